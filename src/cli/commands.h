@@ -1,0 +1,15 @@
+// The subcommands of the amalgam executable. Each adds itself to the CLI11 app; main()
+// owns error handling and exit codes.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+namespace amalgam::cli {
+
+void add_inspect_command(CLI::App& app);
+
+// "1.5 GB"-style sizes for humans (decimal units, as model hubs show them).
+std::string human_bytes(double bytes);
+
+}  // namespace amalgam::cli

@@ -1,0 +1,58 @@
+// amalgam: merge fine-tuned checkpoints into one model.
+//
+// Exit codes: 0 success, 2 bad input (a corrupt file, a bad config, bad arguments),
+// 1 anything else (a failure of amalgam or of the system), 130 interrupted.
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/interrupt.h"
+
+namespace amalgam::cli {
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (bytes >= 1000 && u < 4) {
+    bytes /= 1000;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
+  return buf;
+}
+
+}  // namespace amalgam::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"amalgam: merge fine-tuned neural-network checkpoints into one model"};
+  app.set_version_flag("--version", std::string("amalgam ") + AMALGAM_VERSION);
+  app.require_subcommand(1);
+  amalgam::cli::add_inspect_command(app);
+
+  amalgam::install_interrupt_handler();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "amalgam: error: " << e.what() << " (see amalgam --help)\n";
+    return 2;
+  } catch (const amalgam::InputError& e) {
+    std::cerr << "amalgam: error: " << e.what() << "\n";
+    return 2;
+  } catch (const amalgam::Interrupted&) {
+    std::cerr << "amalgam: interrupted; no output was written\n";
+    return 130;
+  } catch (const std::exception& e) {
+    std::cerr << "amalgam: internal error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,36 @@
+// Errors amalgam reports to its users.
+//
+// Two kinds, because the CLI maps them to different exit codes: InputError is the user's
+// input being wrong (a corrupt file, a bad config: exit 2), anything else is a failure of
+// amalgam itself or of the system (exit 1). Messages are one line and name the file and,
+// where there is one, the tensor.
+#pragma once
+
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace amalgam {
+
+class InputError : public std::runtime_error {
+ public:
+  explicit InputError(const std::string& message) : std::runtime_error(message) {}
+  InputError(const std::filesystem::path& file, std::string_view message)
+      : std::runtime_error(file.string() + ": " + std::string(message)) {}
+  InputError(const std::filesystem::path& file, std::string_view tensor, std::string_view message)
+      : std::runtime_error(file.string() + ": tensor '" + std::string(tensor) + "': " +
+                           std::string(message)) {}
+};
+
+// Thrown when the user interrupts (Ctrl-C): unwinding runs the destructors that remove
+// temporary outputs.
+class Interrupted : public std::runtime_error {
+ public:
+  Interrupted() : std::runtime_error("interrupted") {}
+};
+
+// A system call failed: the message carries errno's text.
+[[noreturn]] void throw_system_error(const std::filesystem::path& file, std::string_view what);
+
+}  // namespace amalgam

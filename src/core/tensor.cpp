@@ -1,0 +1,110 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace amalgam {
+
+int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw std::overflow_error("negative dimension");
+    if (__builtin_mul_overflow(n, d, &n)) throw std::overflow_error("element count overflows 64 bits");
+  }
+  return n;
+}
+
+std::string shape_to_string(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+namespace {
+std::shared_ptr<std::byte> aligned_buffer(size_t bytes) {
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, rounded);
+  return {static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); }};
+}
+}  // namespace
+
+Tensor Tensor::zeros(DType dtype, Shape shape) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.numel_ = shape_numel(shape);
+  t.shape_ = std::move(shape);
+  size_t bytes = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(t.numel_), dtype_size(dtype), &bytes))
+    throw std::overflow_error("tensor byte size overflows");
+  auto buffer = aligned_buffer(bytes);
+  t.bytes_ = {buffer.get(), bytes};
+  t.owner_ = std::move(buffer);
+  t.writable_ = true;
+  return t;
+}
+
+Tensor Tensor::view(DType dtype, Shape shape, std::span<const std::byte> bytes,
+                    std::shared_ptr<const void> owner) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.numel_ = shape_numel(shape);
+  t.shape_ = std::move(shape);
+  if (static_cast<size_t>(t.numel_) * dtype_size(dtype) != bytes.size())
+    throw std::logic_error("Tensor::view: byte count does not match shape");
+  // The view is read-only: writes go through mutable_bytes(), which refuses.
+  t.bytes_ = {const_cast<std::byte*>(bytes.data()), bytes.size()};
+  t.owner_ = std::move(owner);
+  t.writable_ = false;
+  return t;
+}
+
+Tensor Tensor::from_f32(Shape shape, std::span<const float> values) {
+  Tensor t = zeros(DType::F32, std::move(shape));
+  if (values.size() != static_cast<size_t>(t.numel_))
+    throw std::logic_error("Tensor::from_f32: value count does not match shape");
+  if (!values.empty()) std::memcpy(t.bytes_.data(), values.data(), values.size_bytes());
+  return t;
+}
+
+bool Tensor::aligned() const {
+  return reinterpret_cast<uintptr_t>(bytes_.data()) % dtype_size(dtype_) == 0;
+}
+
+std::span<std::byte> Tensor::mutable_bytes() {
+  if (!writable_) throw std::logic_error("tensor is a read-only view");
+  return bytes_;
+}
+
+void Tensor::check_typed(size_t size, size_t align) const {
+  if (size != dtype_size(dtype_)) throw std::logic_error("tensor accessed with the wrong element type");
+  if (reinterpret_cast<uintptr_t>(bytes_.data()) % align != 0)
+    throw std::logic_error("typed access to unaligned tensor data; convert it first");
+}
+
+Tensor Tensor::to(DType dtype) const {
+  if (dtype == dtype_ && aligned()) return *this;
+  Tensor out = zeros(dtype, shape_);
+  convert(dtype_, bytes_.data(), dtype, out.bytes_.data(), static_cast<size_t>(numel_));
+  return out;
+}
+
+Tensor Tensor::clone() const {
+  Tensor out = zeros(dtype_, shape_);
+  if (!bytes_.empty()) std::memcpy(out.bytes_.data(), bytes_.data(), bytes_.size());
+  return out;
+}
+
+Tensor Tensor::reshaped(Shape shape) const {
+  if (shape_numel(shape) != numel_) throw std::logic_error("reshape changes the element count");
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+}  // namespace amalgam

@@ -1,0 +1,114 @@
+// The safetensors format: an 8-byte little-endian header length N, N bytes of JSON
+// ({"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}),
+// then the data, offsets relative to its start.
+//
+// SafetensorsReader maps a file and validates all of it before handing out any tensor:
+// every later layer may assume names are unique, offsets are in the file and sizes match.
+// SafetensorsWriter streams: the header is written from a plan of every tensor up front,
+// then tensors are written (in any order, from any thread) straight to their offsets.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/mapped_file.h"
+
+namespace amalgam {
+
+using Metadata = std::map<std::string, std::string>;
+
+// The largest header amalgam accepts (the safetensors reference's limit).
+inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  Shape shape;
+  uint64_t begin = 0;  // byte offsets relative to the data section
+  uint64_t end = 0;
+  uint64_t nbytes() const { return end - begin; }
+};
+
+class SafetensorsReader {
+ public:
+  // Maps and validates the file; throws InputError naming the file (and tensor).
+  explicit SafetensorsReader(const std::filesystem::path& path);
+
+  const std::filesystem::path& path() const { return file_->path(); }
+  // Tensors in file order (by offset).
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const Metadata& metadata() const { return metadata_; }
+  const TensorInfo* find(std::string_view name) const;
+  bool contains(std::string_view name) const { return find(name) != nullptr; }
+  // A zero-copy view of the tensor's bytes; throws InputError if the name is unknown.
+  Tensor tensor(std::string_view name) const;
+  uint64_t header_bytes() const { return header_bytes_; }
+  uint64_t file_bytes() const { return file_->size(); }
+
+ private:
+  void parse_header(std::string_view json_text);
+  void validate_layout(uint64_t data_bytes);
+
+  std::shared_ptr<MappedFile> file_;
+  uint64_t header_bytes_ = 0;
+  std::vector<TensorInfo> tensors_;
+  std::unordered_map<std::string, size_t> index_;
+  Metadata metadata_;
+};
+
+// What the writer needs to know of a tensor before its data exists.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::F32;
+  Shape shape;
+  uint64_t nbytes() const;
+};
+
+class SafetensorsWriter {
+ public:
+  // Creates `path` and writes its header for `plan` (tensors laid out in plan order).
+  SafetensorsWriter(const std::filesystem::path& path, const std::vector<TensorSpec>& plan,
+                    const Metadata& metadata = {{"format", "pt"}});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  // Writes one planned tensor; dtype and shape must match the plan. Thread-safe for
+  // distinct tensors.
+  void write(std::string_view name, const Tensor& tensor);
+  // Checks every planned tensor was written, flushes to disk and closes.
+  void finish();
+
+  const std::filesystem::path& path() const { return path_; }
+  uint64_t file_bytes() const { return data_start_ + data_bytes_; }
+
+ private:
+  std::filesystem::path path_;
+  int fd_ = -1;
+  uint64_t data_start_ = 0;
+  uint64_t data_bytes_ = 0;
+  std::vector<TensorInfo> layout_;
+  std::unordered_map<std::string, size_t> index_;
+  std::vector<bool> written_;
+  std::mutex mutex_;
+};
+
+// Serialises the header the writer puts in front of the data: compact JSON,
+// "__metadata__" first, then the tensors in the given order, padded with spaces to a
+// multiple of 8 bytes. Exposed for tests that check exact bytes.
+std::string safetensors_header(const std::vector<TensorInfo>& layout, const Metadata& metadata);
+
+// Writes a whole set of tensors at once (small files: heads, statistics, tests).
+void save_safetensors(const std::filesystem::path& path,
+                      const std::vector<std::pair<std::string, Tensor>>& tensors,
+                      const Metadata& metadata = {{"format", "pt"}});
+
+}  // namespace amalgam
