@@ -365,7 +365,9 @@ void check_nan_encodes(const Format& fmt) {
       const RefValue r = ref_decode(fmt, got);
       EXPECT_TRUE(r.nan) << fmt.name << " from " << hex(nan | sign) << " gave non-NaN " << hex(got);
       EXPECT_EQ(r.negative, sign != 0) << fmt.name << " from " << hex(nan | sign) << " gave " << hex(got);
-      if (fmt.ieee_inf) EXPECT_NE(got & (1u << (fmt.mbits - 1)), 0u) << fmt.name << " NaN not quiet: " << hex(got);
+      if (fmt.ieee_inf) {
+        EXPECT_NE(got & (1u << (fmt.mbits - 1)), 0u) << fmt.name << " NaN not quiet: " << hex(got);
+      }
     }
   }
 }
