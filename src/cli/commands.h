@@ -8,6 +8,11 @@
 namespace amalgam::cli {
 
 void add_inspect_command(CLI::App& app);
+void add_merge_command(CLI::App& app);  // also adds `methods`
+void add_generate_command(CLI::App& app);
+
+// "5GB", "500MB", "2GiB", "1000" -> bytes; InputError otherwise.
+uint64_t parse_byte_size(const std::string& text);
 
 // "1.5 GB"-style sizes for humans (decimal units, as model hubs show them).
 std::string human_bytes(double bytes);

@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("amalgam ") + AMALGAM_VERSION);
   app.require_subcommand(1);
   amalgam::cli::add_inspect_command(app);
+  amalgam::cli::add_merge_command(app);
+  amalgam::cli::add_generate_command(app);
 
   amalgam::install_interrupt_handler();
   try {

@@ -38,6 +38,8 @@ class CheckpointReader {
   const TensorInfo& info(const std::string& name) const;
   const SafetensorsReader& shard_of(const std::string& name) const;
   Tensor tensor(const std::string& name) const;
+  // Done with this tensor: its pages leave the process's resident set (the page cache keeps them).
+  void release(const std::string& name) const { shard_of(name).release(name); }
   uint64_t total_tensor_bytes() const;
 
   // config.json, parsed, when the directory has one.

@@ -34,8 +34,17 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
       throw InputError(path, std::string("cannot map: ") + std::strerror(err));
     }
     data_ = static_cast<std::byte*>(p);
+    ::madvise(p, size_, MADV_SEQUENTIAL);  // checkpoints are read front to back: read ahead
   }
   ::close(fd);  // the mapping stays valid without the descriptor
+}
+
+void MappedFile::release(std::span<const std::byte> range) const {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  // Only whole pages inside the range: a page shared with a neighbour may still be in use.
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(range.data()) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(range.data()) + range.size()) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

@@ -21,6 +21,12 @@ class MappedFile {
   std::span<const std::byte> bytes() const { return {data_, size_}; }
   size_t size() const { return size_; }
 
+  // Drops the pages of `range` from this process's page tables once a caller is done with
+  // them (the page cache keeps them; a later read faults them back in). Streaming through a
+  // large checkpoint this way keeps resident memory at the size of the tensors in flight
+  // instead of growing to the size of every input.
+  void release(std::span<const std::byte> range) const;
+
  private:
   std::filesystem::path path_;
   std::byte* data_ = nullptr;

@@ -167,6 +167,10 @@ Tensor SafetensorsReader::tensor(std::string_view name) const {
   return Tensor::view(info->dtype, info->shape, data, file_);
 }
 
+void SafetensorsReader::release(std::string_view name) const {
+  if (const TensorInfo* info = find(name)) file_->release(file_->bytes().subspan(8 + header_bytes_ + info->begin, info->nbytes()));
+}
+
 uint64_t TensorSpec::nbytes() const { return static_cast<uint64_t>(shape_numel(shape)) * dtype_size(dtype); }
 
 std::string safetensors_header(const std::vector<TensorInfo>& layout, const Metadata& metadata) {

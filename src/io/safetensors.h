@@ -50,6 +50,8 @@ class SafetensorsReader {
   bool contains(std::string_view name) const { return find(name) != nullptr; }
   // A zero-copy view of the tensor's bytes; throws InputError if the name is unknown.
   Tensor tensor(std::string_view name) const;
+  // Done with this tensor for now: see MappedFile::release.
+  void release(std::string_view name) const;
   uint64_t header_bytes() const { return header_bytes_; }
   uint64_t file_bytes() const { return file_->size(); }
 

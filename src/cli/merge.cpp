@@ -1,0 +1,87 @@
+// `amalgam merge CONFIG.yaml -o OUT/`: every registered method, from a mergekit-style config.
+// `amalgam methods`: the methods and their parameters.
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "merge/config.h"
+#include "merge/engine.h"
+#include "merge/method.h"
+
+namespace amalgam::cli {
+
+uint64_t parse_byte_size(const std::string& text) {
+  size_t pos = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &pos);
+  } catch (const std::exception&) {
+    throw InputError("size '" + text + "' is not a number with an optional unit (KB, MB, GB, KiB, ...)");
+  }
+  std::string unit = text.substr(pos);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  const std::pair<const char*, double> units[] = {{"", 1},      {"B", 1},      {"K", 1e3},    {"KB", 1e3},
+                                                  {"M", 1e6},   {"MB", 1e6},   {"G", 1e9},    {"GB", 1e9},
+                                                  {"T", 1e12},  {"TB", 1e12},  {"KIB", 1024.0}, {"MIB", 1048576.0},
+                                                  {"GIB", 1073741824.0}};
+  for (const auto& [name, factor] : units)
+    if (unit == name && value > 0) return static_cast<uint64_t>(value * factor);
+  throw InputError("size '" + text + "' is not a positive number with an optional unit (KB, MB, GB, KiB, ...)");
+}
+
+void add_merge_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("merge", "Merge checkpoints as a mergekit-style YAML config says");
+  struct Args {
+    std::string config, output, shard_size = "5GB";
+    MergeOptions options;
+    uint64_t seed = 0;
+    bool no_check_finite = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("config", a->config, "merge config (YAML)")->required();
+  cmd->add_option("-o,--output", a->output, "output checkpoint directory")->required();
+  cmd->add_flag("--force", a->options.force, "replace an existing output");
+  cmd->add_option("--max-shard-size", a->shard_size, "largest output shard, e.g. 5GB, 500MB (default 5GB)");
+  cmd->add_flag("--allow-missing", a->options.allow_missing,
+                "take the base's tensor where a model lacks one, instead of failing");
+  cmd->add_flag("--no-check-finite", a->no_check_finite, "merge NaN or Inf in the inputs instead of failing");
+  auto* seed = cmd->add_option("--seed", a->seed, "seed of the random methods (DARE); overrides the config's");
+  cmd->add_flag("-q,--quiet", a->options.quiet, "no progress or summary");
+  cmd->callback([a, seed] {
+    a->options.output = a->output;
+    a->options.max_shard_bytes = parse_byte_size(a->shard_size);
+    a->options.check_finite = !a->no_check_finite;
+    if (seed->count() > 0) a->options.seed = a->seed;
+    const MergeConfig config = load_merge_config(a->config);
+    const MergeSummary s = run_merge(config, a->options);
+    if (!a->options.quiet) {
+      std::fprintf(stderr,
+                   "amalgam: %s: merged %zu tensors (%zu copied from the base) in %.2f s, read %s, wrote %s in %zu "
+                   "shard(s) -> %s\n",
+                   config.merge_method.c_str(), s.tensors_merged, s.tensors_copied, s.seconds,
+                   human_bytes(static_cast<double>(s.bytes_read)).c_str(),
+                   human_bytes(static_cast<double>(s.bytes_written)).c_str(), s.shards, a->output.c_str());
+    }
+  });
+
+  auto* methods = app.add_subcommand("methods", "List the merge methods and their parameters");
+  methods->callback([] {
+    auto& registry = MethodRegistry::instance();
+    for (const auto& name : registry.names()) {
+      const auto method = registry.create(name);
+      const MethodSpec& spec = method->spec();
+      std::cout << name << ": " << spec.description << "\n";
+      for (const auto& p : spec.params) {
+        std::cout << "    " << p.name << (p.scope == ParamSpec::Scope::Model ? " (per model)" : " (global)");
+        if (p.default_value)
+          std::cout << ", default " << *p.default_value;
+        else
+          std::cout << ", required";
+        std::cout << ": " << p.help << "\n";
+      }
+    }
+  });
+}
+
+}  // namespace amalgam::cli

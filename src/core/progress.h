@@ -1,0 +1,33 @@
+// A one-line progress bar on stderr (items done, bytes, rate, ETA), drawn only when stderr
+// is a terminal and the user did not ask for --quiet. Redraws at most ten times a second.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+namespace amalgam {
+
+class Progress {
+ public:
+  Progress(std::string label, uint64_t total_items, uint64_t total_bytes, bool quiet);
+  ~Progress();
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+
+  void advance(uint64_t items, uint64_t bytes);
+  bool enabled() const { return enabled_; }
+
+ private:
+  void draw(bool final);
+
+  std::string label_;
+  uint64_t total_items_, total_bytes_;
+  uint64_t items_ = 0, bytes_ = 0;
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+  std::mutex mutex_;
+};
+
+}  // namespace amalgam

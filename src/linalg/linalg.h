@@ -1,0 +1,43 @@
+// Thin wrappers over BLAS and LAPACK (OpenBLAS). Matrices are row-major, as PyTorch and
+// safetensors store them. No numerical kernel is written by hand here: every product,
+// factorisation and decomposition is a BLAS or LAPACK call.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace amalgam {
+
+// A dense row-major matrix of floats.
+struct Matrix {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  std::vector<float> data;
+
+  Matrix() = default;
+  Matrix(int64_t r, int64_t c) : rows(r), cols(c), data(static_cast<size_t>(r * c), 0.0f) {}
+  float* row(int64_t i) { return data.data() + i * cols; }
+  const float* row(int64_t i) const { return data.data() + i * cols; }
+  float& operator()(int64_t i, int64_t j) { return data[static_cast<size_t>(i * cols + j)]; }
+  float operator()(int64_t i, int64_t j) const { return data[static_cast<size_t>(i * cols + j)]; }
+};
+
+// C = alpha * op(A) op(B) + beta * C, op = transpose when the flag is set (sgemm).
+void gemm(bool trans_a, bool trans_b, float alpha, const Matrix& a, const Matrix& b, float beta, Matrix& c);
+Matrix matmul(const Matrix& a, const Matrix& b, bool trans_a = false, bool trans_b = false);
+
+// Thin SVD A = U diag(S) Vt, U: m x r, S: r (descending), Vt: r x n, r = min(m, n)
+// (LAPACK sgesdd, falling back to sgesvd if the divide-and-conquer driver fails).
+struct Svd {
+  Matrix u;
+  std::vector<float> s;
+  Matrix vt;
+};
+Svd svd(const Matrix& a);
+
+// The nearest matrix with orthonormal columns (rows, if A is wide) in Frobenius norm:
+// P Q^T where A = P Sigma Q^T.
+Matrix polar_factor(const Matrix& a);
+
+}  // namespace amalgam

@@ -1,0 +1,528 @@
+#include "merge/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <functional>
+#include <set>
+#include <stdexcept>
+#include <system_error>
+#include <utility>
+
+#include "core/error.h"
+#include "io/json_file.h"
+
+namespace amalgam {
+
+namespace fs = std::filesystem;
+
+// ---- ParamSetting -----------------------------------------------------------------------
+
+ParamSetting ParamSetting::scalar(double v) {
+  ParamSetting s;
+  s.value_ = v;
+  return s;
+}
+
+ParamSetting ParamSetting::gradient(Gradient g) {
+  ParamSetting s;
+  s.value_ = std::move(g);
+  return s;
+}
+
+ParamSetting ParamSetting::conditional(std::vector<Conditional> c) {
+  ParamSetting s;
+  s.value_ = std::move(c);
+  return s;
+}
+
+namespace {
+
+// mergekit's interpolation, term for term, so that amalgam and mergekit agree to the last bit.
+// t is clamped to [0, 1] because mergekit would index out of range (or wrap) outside it.
+double interpolate(const ParamSetting::Gradient& g, double t) {
+  if (g.empty()) throw std::logic_error("ParamSetting: empty gradient");
+  if (!(t >= 0)) t = 0;  // also catches NaN, which would make the index below undefined
+  t = std::min(t, 1.0);
+  const size_t last = g.size() - 1;
+  const double scaled = t * static_cast<double>(last);
+  const size_t i0 = std::min(last, static_cast<size_t>(scaled));
+  const size_t i1 = std::min(last, i0 + 1);
+  const double frac = scaled - static_cast<double>(i0);
+  return (1 - frac) * g[i0] + frac * g[i1];
+}
+
+// mergekit: `filter is None or filter == "*" or (tensor_name and filter in tensor_name)`.
+bool filter_matches(const std::optional<std::string>& filter, std::string_view tensor_name) {
+  if (!filter || *filter == "*") return true;
+  return !tensor_name.empty() && tensor_name.find(*filter) != std::string_view::npos;
+}
+
+}  // namespace
+
+std::optional<double> ParamSetting::evaluate(std::string_view tensor_name, double t) const {
+  if (const double* v = std::get_if<double>(&value_)) return *v;
+  if (const Gradient* g = std::get_if<Gradient>(&value_)) return interpolate(*g, t);
+  for (const Conditional& c : std::get<std::vector<Conditional>>(value_))
+    if (filter_matches(c.filter, tensor_name)) return c.value.evaluate(tensor_name, t);
+  return std::nullopt;
+}
+
+bool ParamSetting::is_scalar() const {
+  return std::holds_alternative<double>(value_);
+}
+
+bool ParamSetting::operator==(const ParamSetting& other) const {
+  return value_ == other.value_;
+}
+
+// ---- Parsing ----------------------------------------------------------------------------
+
+namespace {
+
+constexpr std::string_view kSettingShape = "expected a number, a list of numbers, or a list of {filter, value}";
+constexpr std::string_view kTokenizerNote = "not supported: amalgam copies the base model's tokenizer files";
+
+std::string key_path(const std::string& parent, const std::string& key) {
+  return parent.empty() ? key : parent + "." + key;
+}
+
+std::string index_path(const std::string& parent, size_t i) {
+  return parent + "[" + std::to_string(i) + "]";
+}
+
+// A scalar as written, for messages; anything else is described by its kind.
+std::string describe(const YAML::Node& n) {
+  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsSequence()) return "a list";
+  if (n.IsMap()) return "a map";
+  return "nothing";
+}
+
+// Only plain scalars are numbers: a quoted "0.5" is a string in YAML, and amalgam takes YAML's
+// word for it rather than guessing. Bools count because mergekit (Python) treats them as 0/1.
+std::optional<double> as_number(const YAML::Node& n) {
+  if (!n.IsScalar() || n.Tag() != "?") return std::nullopt;
+  double d = 0;
+  if (YAML::convert<double>::decode(n, d)) return d;
+  bool b = false;
+  if (YAML::convert<bool>::decode(n, b)) return b ? 1.0 : 0.0;
+  return std::nullopt;
+}
+
+// The path is resolved where the user most likely meant it: the working directory first (as
+// mergekit does), then beside the config file, so configs can ship next to their models.
+fs::path resolve_path(const std::string& given, const fs::path& source) {
+  const fs::path p(given);
+  std::error_code ec;
+  if (p.is_absolute() || fs::exists(p, ec)) return p;
+  const fs::path dir = source.parent_path();
+  if (!dir.empty() && fs::exists(dir / p, ec)) return dir / p;
+  return p;
+}
+
+class ConfigParser {
+ public:
+  explicit ConfigParser(const fs::path& source) : source_(source) {}
+
+  MergeConfig parse(const YAML::Node& root) const;
+
+ private:
+  [[noreturn]] void fail(const std::string& path, std::string_view message) const {
+    throw InputError(source_, path.empty() ? std::string(message) : path + ": " + std::string(message));
+  }
+
+  void for_each_entry(const YAML::Node& map, const std::string& path,
+                      const std::function<void(const std::string&, const YAML::Node&)>& fn) const;
+  void parse_top_key(MergeConfig& c, const std::string& key, const YAML::Node& v) const;
+  std::string parse_string(const YAML::Node& n, const std::string& path) const;
+  std::string parse_model_name(const YAML::Node& n, const std::string& path) const;
+  fs::path parse_path(const YAML::Node& n, const std::string& path) const;
+  std::vector<ModelEntry> parse_models(const YAML::Node& n) const;
+  ModelEntry parse_model(const YAML::Node& n, const std::string& path) const;
+  ParamMap parse_params(const YAML::Node& n, const std::string& path) const;
+  ParamSetting parse_setting(const YAML::Node& n, const std::string& path) const;
+  ParamSetting parse_gradient(const YAML::Node& n, const std::string& path) const;
+  ParamSetting::Conditional parse_conditional(const YAML::Node& n, const std::string& path) const;
+  double parse_number(const YAML::Node& n, const std::string& path, std::string_view shape) const;
+  DType parse_dtype_value(const YAML::Node& n, const std::string& path) const;
+  uint64_t parse_seed(const YAML::Node& n) const;
+
+  const fs::path& source_;
+};
+
+// yaml-cpp keeps duplicate keys and lookups return the first, so a repeated key would be
+// silently ignored: it is an error here.
+void ConfigParser::for_each_entry(const YAML::Node& map, const std::string& path,
+                                  const std::function<void(const std::string&, const YAML::Node&)>& fn) const {
+  std::set<std::string> seen;
+  for (const auto& kv : map) {
+    if (!kv.first.IsScalar()) fail(path, "keys must be plain strings, got " + describe(kv.first));
+    const std::string& key = kv.first.Scalar();
+    if (!seen.insert(key).second) fail(path, "duplicate key '" + key + "'");
+    fn(key, kv.second);
+  }
+}
+
+MergeConfig ConfigParser::parse(const YAML::Node& root) const {
+  if (!root.IsMap()) fail("", "expected a map with merge_method and models, got " + describe(root));
+  MergeConfig c;
+  c.source = source_;
+  for_each_entry(root, "", [&](const std::string& key, const YAML::Node& v) { parse_top_key(c, key, v); });
+  if (c.merge_method.empty()) fail("merge_method", "required");
+  if (c.models.empty()) fail("models", "required: the list of models to merge");
+  return c;
+}
+
+bool is_unsupported_key(const std::string& key) {
+  return key == "slices" || key == "modules" || key == "tokenizer" || key == "chat_template";
+}
+
+bool is_known_key(const std::string& key) {
+  return key == "merge_method" || key == "models" || key == "base_model" || key == "parameters" || key == "dtype" ||
+         key == "out_dtype" || key == "seed" || key == "tokenizer_source";
+}
+
+// A key set to null counts as absent, as in mergekit, where every optional field is Optional.
+void ConfigParser::parse_top_key(MergeConfig& c, const std::string& key, const YAML::Node& v) const {
+  if (is_unsupported_key(key)) {
+    if (!v.IsNull()) fail(key, "not supported by amalgam");
+    return;
+  }
+  if (!is_known_key(key)) fail("", "unknown key '" + key + "'");
+  if (key == "merge_method") {
+    c.merge_method = parse_string(v, key);
+    if (c.merge_method.empty()) fail(key, "must not be empty");
+  } else if (key == "models") {
+    c.models = parse_models(v);
+  } else if (v.IsNull()) {
+    return;
+  } else if (key == "base_model") {
+    c.base_model = parse_model_name(v, key);
+    c.base_path = resolve_path(*c.base_model, source_);
+  } else if (key == "parameters") {
+    c.parameters = parse_params(v, key);
+  } else if (key == "dtype" || key == "out_dtype") {
+    (key == "dtype" ? c.dtype : c.out_dtype) = parse_dtype_value(v, key);
+  } else if (key == "seed") {
+    c.seed = parse_seed(v);
+  } else if (!v.IsScalar() || v.Scalar() != "base") {  // tokenizer_source
+    fail(key, describe(v) + " " + std::string(kTokenizerNote));
+  }
+}
+
+std::string ConfigParser::parse_string(const YAML::Node& n, const std::string& path) const {
+  if (!n.IsScalar()) fail(path, "expected a string, got " + describe(n));
+  return n.Scalar();
+}
+
+// mergekit reads "model+lora" as a model with a LoRA adapter applied; amalgam does not apply
+// adapters, and treating the string as a plain path would merge the wrong weights.
+std::string ConfigParser::parse_model_name(const YAML::Node& n, const std::string& path) const {
+  std::string name = parse_string(n, path);
+  if (name.empty()) fail(path, "must not be empty");
+  if (name.find('+') != std::string::npos)
+    fail(path, "'" + name + "': LoRA adapters (mergekit's model+lora syntax) are not supported");
+  return name;
+}
+
+fs::path ConfigParser::parse_path(const YAML::Node& n, const std::string& path) const {
+  const std::string s = parse_string(n, path);
+  if (s.empty()) fail(path, "must not be empty");
+  return resolve_path(s, source_);
+}
+
+std::vector<ModelEntry> ConfigParser::parse_models(const YAML::Node& n) const {
+  if (!n.IsSequence() || n.size() == 0) fail("models", "expected a non-empty list, got " + describe(n));
+  std::vector<ModelEntry> models;
+  for (size_t i = 0; i < n.size(); ++i) models.push_back(parse_model(n[i], index_path("models", i)));
+  return models;
+}
+
+// An entry is a map; a bare string is accepted too as shorthand for {model: STRING}.
+ModelEntry ConfigParser::parse_model(const YAML::Node& n, const std::string& path) const {
+  ModelEntry m;
+  if (n.IsScalar()) {
+    m.model = parse_model_name(n, path);
+  } else if (n.IsMap()) {
+    for_each_entry(n, path, [&](const std::string& key, const YAML::Node& v) {
+      if (key == "model") {
+        m.model = parse_model_name(v, key_path(path, key));
+      } else if (key != "parameters" && key != "data" && key != "stats") {
+        fail(path, "unknown key '" + key + "'");
+      } else if (v.IsNull()) {
+        // absent
+      } else if (key == "parameters") {
+        m.parameters = parse_params(v, key_path(path, key));
+      } else {
+        (key == "data" ? m.data : m.stats) = parse_path(v, key_path(path, key));
+      }
+    });
+    if (m.model.empty()) fail(path, "missing 'model'");
+  } else {
+    fail(path, "expected a map with 'model', got " + describe(n));
+  }
+  m.path = resolve_path(m.model, source_);
+  return m;
+}
+
+ParamMap ConfigParser::parse_params(const YAML::Node& n, const std::string& path) const {
+  if (!n.IsMap()) fail(path, "expected a map of parameter names to values, got " + describe(n));
+  ParamMap params;
+  for_each_entry(n, path, [&](const std::string& name, const YAML::Node& v) {
+    params.emplace(name, parse_setting(v, key_path(path, name)));
+  });
+  return params;
+}
+
+// The shape is decided by the node: a scalar, a map (one conditional, which mergekit's schema
+// allows), or a list whose first element says whether it is a gradient or conditionals.
+ParamSetting ConfigParser::parse_setting(const YAML::Node& n, const std::string& path) const {
+  if (n.IsScalar()) return ParamSetting::scalar(parse_number(n, path, kSettingShape));
+  if (n.IsMap()) return ParamSetting::conditional({parse_conditional(n, path)});
+  if (!n.IsSequence()) fail(path, std::string(kSettingShape) + ", got " + describe(n));
+  if (n.size() == 0) fail(path, "empty list: a gradient needs at least one number");
+  if (n[0].IsScalar()) return parse_gradient(n, path);
+  if (!n[0].IsMap()) fail(index_path(path, 0), std::string(kSettingShape) + ", got " + describe(n[0]));
+  std::vector<ParamSetting::Conditional> conds;
+  for (size_t i = 0; i < n.size(); ++i) {
+    if (!n[i].IsMap())
+      fail(index_path(path, i), "expected {filter, value} like the entries before it, got " + describe(n[i]));
+    conds.push_back(parse_conditional(n[i], index_path(path, i)));
+  }
+  return ParamSetting::conditional(std::move(conds));
+}
+
+ParamSetting ConfigParser::parse_gradient(const YAML::Node& n, const std::string& path) const {
+  ParamSetting::Gradient g;
+  for (size_t i = 0; i < n.size(); ++i) g.push_back(parse_number(n[i], index_path(path, i), "expected a number"));
+  return ParamSetting::gradient(std::move(g));
+}
+
+ParamSetting::Conditional ConfigParser::parse_conditional(const YAML::Node& n, const std::string& path) const {
+  ParamSetting::Conditional c;
+  bool have_value = false;
+  for_each_entry(n, path, [&](const std::string& key, const YAML::Node& v) {
+    if (key == "filter") {
+      if (!v.IsNull()) c.filter = parse_string(v, key_path(path, key));  // null: no filter, as in mergekit
+    } else if (key == "value") {
+      c.value = parse_setting(v, key_path(path, key));
+      have_value = true;
+    } else {
+      fail(path, "unknown key '" + key + "' (a conditional has only filter and value)");
+    }
+  });
+  if (!have_value) fail(path, "missing 'value'");
+  return c;
+}
+
+// Infinities and NaN are rejected: no merge parameter means them, and NaN would also break
+// the equality a round trip through merge_config_to_yaml promises.
+double ConfigParser::parse_number(const YAML::Node& n, const std::string& path, std::string_view shape) const {
+  const std::optional<double> d = as_number(n);
+  if (!d) {
+    const bool quoted = n.IsScalar() && n.Tag() == "!";
+    fail(path, std::string(shape) + ", got " + (quoted ? "the string " : "") + describe(n));
+  }
+  if (!std::isfinite(*d)) fail(path, "expected a finite number, got " + describe(n));
+  return *d;
+}
+
+DType ConfigParser::parse_dtype_value(const YAML::Node& n, const std::string& path) const {
+  const std::string name = parse_string(n, path);
+  const std::optional<DType> t = parse_dtype_name(name);
+  if (!t) fail(path, "unknown dtype '" + name + "' (expected float32, float16, bfloat16, float64 or F32, BF16, ...)");
+  return *t;
+}
+
+uint64_t ConfigParser::parse_seed(const YAML::Node& n) const {
+  const std::string s = n.IsScalar() && n.Tag() == "?" ? n.Scalar() : std::string();
+  uint64_t seed = 0;
+  // Decimal digits only: yaml-cpp's own integer decoding would read "010" as octal.
+  const bool digits = !s.empty() && std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), seed);
+  if (!digits || ec != std::errc() || end != s.data() + s.size())
+    fail("seed", "expected a non-negative integer below 2^64, got " + describe(n));
+  return seed;
+}
+
+}  // namespace
+
+MergeConfig parse_merge_config(std::string_view yaml_text, const fs::path& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml_text));
+  } catch (const YAML::Exception& e) {
+    // yaml-cpp's marks are 0-based; editors count from 1.
+    const std::string where = e.mark.is_null() ? std::string()
+                                               : " at line " + std::to_string(e.mark.line + 1) + ", column " +
+                                                     std::to_string(e.mark.column + 1);
+    throw InputError(source, "YAML syntax error" + where + ": " + e.msg);
+  }
+  return ConfigParser(source).parse(root);
+}
+
+MergeConfig load_merge_config(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw InputError(path, "merge config not found");
+  return parse_merge_config(read_text_file(path), path);
+}
+
+// ---- Writing ----------------------------------------------------------------------------
+
+namespace {
+
+// The shortest text that reads back as the same double. Exponents get a ".0" because YAML 1.1
+// readers (PyYAML, so mergekit) take "1e-07" for a string; "1.0e-07" is a float to both.
+std::string format_number(double v) {
+  char buf[64];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  if (ec != std::errc()) throw std::logic_error("format_number: to_chars failed");
+  std::string s(buf, end);
+  const size_t e = s.find('e');
+  if (e != std::string::npos && s.find('.') == std::string::npos) s.insert(e, ".0");
+  return s;
+}
+
+// Torch's names where there is one, so the file also reads as a mergekit config.
+std::string dtype_config_name(DType t) {
+  switch (t) {
+    case DType::F32:
+      return "float32";
+    case DType::F16:
+      return "float16";
+    case DType::BF16:
+      return "bfloat16";
+    case DType::F64:
+      return "float64";
+    default:
+      return std::string(dtype_name(t));
+  }
+}
+
+// A string that a YAML reader would take for a number, a bool or null unless it is quoted
+// (yaml-cpp 0.7's emitter quotes only the null words). amalgam reads these fields as text
+// either way; the quotes are for other readers such as mergekit.
+bool reads_as_non_string(const std::string& s) {
+  const YAML::Node plain(s);
+  double d = 0;
+  bool b = false;
+  return s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL" ||
+         YAML::convert<double>::decode(plain, d) || YAML::convert<bool>::decode(plain, b);
+}
+
+// A text node; the non-specific tag "!" (YAML's mark of a quoted scalar) tells emit() to
+// quote it where needed.
+YAML::Node text_node(const std::string& s) {
+  YAML::Node n(s);
+  if (reads_as_non_string(s)) n.SetTag("!");
+  return n;
+}
+
+// Emitting a Node directly would drop the "!" tags; this walk turns them into quotes.
+void emit(YAML::Emitter& out, const YAML::Node& n, bool is_key = false) {
+  if (n.IsScalar()) {
+    if (n.Tag() == "!" || (is_key && reads_as_non_string(n.Scalar()))) out << YAML::DoubleQuoted;
+    out << n.Scalar();
+  } else if (n.IsSequence()) {
+    if (n.Style() == YAML::EmitterStyle::Flow) out << YAML::Flow;
+    out << YAML::BeginSeq;
+    for (const YAML::Node& e : n) emit(out, e);
+    out << YAML::EndSeq;
+  } else {
+    out << YAML::BeginMap;
+    for (const auto& kv : n) {
+      out << YAML::Key;
+      emit(out, kv.first, true);
+      out << YAML::Value;
+      emit(out, kv.second);
+    }
+    out << YAML::EndMap;
+  }
+}
+
+}  // namespace
+
+// Numbers go in as preformatted strings: yaml-cpp's own double encoding prints 17 digits
+// (0.3 becomes 0.29999999999999999), which round-trips but is unreadable.
+YAML::Node param_to_yaml(const ParamSetting& s) {
+  if (const double* v = std::get_if<double>(&s.value_)) return YAML::Node(format_number(*v));
+  YAML::Node list(YAML::NodeType::Sequence);
+  if (const ParamSetting::Gradient* g = std::get_if<ParamSetting::Gradient>(&s.value_)) {
+    list.SetStyle(YAML::EmitterStyle::Flow);
+    for (double v : *g) list.push_back(format_number(v));
+    return list;
+  }
+  for (const ParamSetting::Conditional& c : std::get<std::vector<ParamSetting::Conditional>>(s.value_)) {
+    YAML::Node entry(YAML::NodeType::Map);
+    if (c.filter) entry["filter"] = text_node(*c.filter);
+    entry["value"] = param_to_yaml(c.value);
+    list.push_back(entry);
+  }
+  return list;
+}
+
+namespace {
+
+YAML::Node params_to_yaml(const ParamMap& params) {
+  YAML::Node map(YAML::NodeType::Map);
+  for (const auto& [name, setting] : params) map[name] = param_to_yaml(setting);
+  return map;
+}
+
+YAML::Node model_to_yaml(const ModelEntry& m) {
+  YAML::Node node(YAML::NodeType::Map);
+  node["model"] = text_node(m.model);
+  if (!m.parameters.empty()) node["parameters"] = params_to_yaml(m.parameters);
+  if (m.data) node["data"] = text_node(m.data->string());
+  if (m.stats) node["stats"] = text_node(m.stats->string());
+  return node;
+}
+
+}  // namespace
+
+std::string merge_config_to_yaml(const MergeConfig& config) {
+  YAML::Node root(YAML::NodeType::Map);
+  root["merge_method"] = text_node(config.merge_method);
+  if (config.base_model) root["base_model"] = text_node(*config.base_model);
+  YAML::Node models(YAML::NodeType::Sequence);
+  for (const ModelEntry& m : config.models) models.push_back(model_to_yaml(m));
+  root["models"] = models;
+  if (!config.parameters.empty()) root["parameters"] = params_to_yaml(config.parameters);
+  if (config.dtype) root["dtype"] = dtype_config_name(*config.dtype);
+  if (config.out_dtype) root["out_dtype"] = dtype_config_name(*config.out_dtype);
+  if (config.seed) root["seed"] = std::to_string(*config.seed);
+  YAML::Emitter out;
+  emit(out, root);
+  if (!out.good()) throw std::logic_error("merge_config_to_yaml: " + out.GetLastError());
+  return std::string(out.c_str()) + "\n";
+}
+
+// ---- Lookups ----------------------------------------------------------------------------
+
+std::optional<double> resolve_param(const MergeConfig& config, const std::string& name,
+                                    std::optional<size_t> model_index, std::string_view tensor_name, double t) {
+  if (model_index) {
+    const ParamMap& own = config.models.at(*model_index).parameters;
+    if (auto it = own.find(name); it != own.end())
+      if (std::optional<double> v = it->second.evaluate(tensor_name, t)) return v;
+  }
+  if (auto it = config.parameters.find(name); it != config.parameters.end()) return it->second.evaluate(tensor_name, t);
+  return std::nullopt;
+}
+
+std::optional<DType> parse_dtype_name(std::string_view name) {
+  static constexpr std::pair<std::string_view, DType> kTorchNames[] = {
+      {"float32", DType::F32}, {"float", DType::F32},  {"fp32", DType::F32},      {"float16", DType::F16},
+      {"half", DType::F16},    {"fp16", DType::F16},   {"bfloat16", DType::BF16}, {"bf16", DType::BF16},
+      {"float64", DType::F64}, {"double", DType::F64},
+  };
+  const std::string_view bare = name.starts_with("torch.") ? name.substr(6) : name;
+  for (const auto& [torch_name, t] : kTorchNames)
+    if (bare == torch_name) return t;
+  return parse_dtype(name);
+}
+
+}  // namespace amalgam

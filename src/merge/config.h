@@ -1,0 +1,118 @@
+// The merge configuration: a superset of mergekit's YAML.
+//
+//   merge_method: ties
+//   base_model: path/to/base
+//   models:
+//     - model: path/to/a
+//       parameters: {weight: 1.0, density: [0.2, 0.8]}   # gradient over layers
+//     - model: path/to/b
+//       parameters:
+//         weight: [{filter: mlp, value: 0.5}, {value: 1.0}]  # conditional on the tensor name
+//   parameters: {lambda: 0.3}
+//   dtype: float32        # compute dtype (amalgam always computes in float32 or better)
+//   out_dtype: bfloat16
+//
+// This layer checks syntax only (known keys, value shapes); the merge engine checks each
+// parameter against the chosen method.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace YAML {
+class Node;
+}
+
+namespace amalgam {
+
+// One parameter's value as mergekit allows it:
+//  - a scalar (number or bool; bools are 1 and 0),
+//  - a gradient: a list of numbers interpolated linearly across the layers (t in [0, 1]),
+//  - a conditional list: [{filter: SUBSTRING, value: SETTING}, ..., {value: FALLBACK}], the
+//    first entry whose filter is absent, "*", or a substring of the tensor name wins.
+class ParamSetting {
+ public:
+  struct Conditional;
+  using Gradient = std::vector<double>;
+
+  static ParamSetting scalar(double v);
+  static ParamSetting gradient(Gradient g);
+  static ParamSetting conditional(std::vector<Conditional> c);
+
+  // The value for a tensor at layer position t (0 = first layer, 1 = last; clamped to that
+  // range), or nullopt when no conditional entry matches, so the caller falls back to the
+  // next level.
+  std::optional<double> evaluate(std::string_view tensor_name, double t) const;
+
+  bool is_scalar() const;
+
+  bool operator==(const ParamSetting&) const;
+
+ private:
+  std::variant<double, Gradient, std::vector<Conditional>> value_;
+  friend YAML::Node param_to_yaml(const ParamSetting&);
+};
+
+struct ParamSetting::Conditional {
+  std::optional<std::string> filter;
+  ParamSetting value;
+  bool operator==(const Conditional&) const = default;
+};
+
+using ParamMap = std::map<std::string, ParamSetting>;
+
+struct ModelEntry {
+  std::string model;       // as written in the config
+  std::filesystem::path path;  // resolved: relative to the working directory if it exists there,
+                               // else relative to the config file's directory
+  ParamMap parameters;
+  // Data-aware extensions (RegMean and later): calibration data or precomputed statistics.
+  std::optional<std::filesystem::path> data;
+  std::optional<std::filesystem::path> stats;
+};
+
+struct MergeConfig {
+  std::filesystem::path source;  // the file it came from, for messages
+  std::string merge_method;
+  std::optional<std::string> base_model;
+  std::optional<std::filesystem::path> base_path;  // resolved like ModelEntry::path
+  std::vector<ModelEntry> models;
+  ParamMap parameters;
+  std::optional<DType> dtype;
+  std::optional<DType> out_dtype;
+  std::optional<uint64_t> seed;  // amalgam extension; --seed on the command line overrides it
+};
+
+// Parses YAML text. Errors are InputError naming `source` and the key, e.g.
+// "merge.yaml: models[1].parameters.weight: expected a number, a list of numbers, or a list of
+// {filter, value}, got 'abc'". Unknown keys are errors; mergekit keys amalgam does not act on
+// (tokenizer_source other than "base", tokenizer, chat_template, slices, modules) are
+// errors saying they are not supported. Numbers must be plain YAML scalars (a quoted "0.5" is
+// a string, an error) and finite. An optional key set to null counts as absent, and a models
+// entry may be a bare string, short for {model: STRING}.
+MergeConfig parse_merge_config(std::string_view yaml_text, const std::filesystem::path& source);
+MergeConfig load_merge_config(const std::filesystem::path& path);
+
+// The resolved config, written into every output as amalgam_config.yaml. Parsing it back
+// (with the same working directory and source) gives an equal config: `model` and
+// `base_model` are written as given, data and stats as their resolved paths.
+std::string merge_config_to_yaml(const MergeConfig& config);
+
+// mergekit's precedence: the model's own setting, then the global one; a setting that
+// evaluates to nullopt (no conditional matched) falls through. nullopt if neither applies.
+std::optional<double> resolve_param(const MergeConfig& config, const std::string& name,
+                                    std::optional<size_t> model_index, std::string_view tensor_name, double t);
+
+// "float32", "float16", "bfloat16", "float64" (torch names, with or without "torch."),
+// and amalgam's own names ("F32", "BF16", ...); nullopt otherwise.
+std::optional<DType> parse_dtype_name(std::string_view name);
+
+}  // namespace amalgam

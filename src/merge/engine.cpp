@@ -1,0 +1,256 @@
+#include "merge/engine.h"
+
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <set>
+
+#include "core/error.h"
+#include "core/interrupt.h"
+#include "core/progress.h"
+#include "io/atomic_output.h"
+#include "io/json_file.h"
+#include "merge/method.h"
+
+namespace amalgam {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The layer number in a tensor name: the first dot-separated component made of digits.
+// Returns the prefix before it and the number, or nullopt.
+std::optional<std::pair<std::string, int>> layer_of(const std::string& name) {
+  size_t start = 0;
+  while (start < name.size()) {
+    size_t end = name.find('.', start);
+    if (end == std::string::npos) end = name.size();
+    const std::string part = name.substr(start, end - start);
+    if (!part.empty() && part.size() < 9 && part.find_first_not_of("0123456789") == std::string::npos)
+      return std::make_pair(name.substr(0, start), std::stoi(part));
+    start = end + 1;
+  }
+  return std::nullopt;
+}
+
+bool comes_before_layers(const std::string& name) {
+  for (const char* key : {"embed", "pre_", "wte", "wpe", "patch", "class_emb", "position"})
+    if (name.find(key) != std::string::npos) return true;
+  return false;
+}
+
+// The candidates the method merges, and for each its index in config.models.
+struct Candidates {
+  std::vector<std::unique_ptr<CheckpointReader>> readers;
+  std::vector<size_t> config_index;
+};
+
+Candidates open_candidates(const MergeConfig& config, const MethodSpec& spec, const CheckpointReader* base) {
+  Candidates c;
+  std::error_code ec;
+  for (size_t i = 0; i < config.models.size(); ++i) {
+    const auto& path = config.models[i].path;
+    // A task-vector method's base listed among the models adds a zero task vector: skip it.
+    if (spec.needs_base && base && fs::equivalent(path, base->path(), ec)) continue;
+    c.readers.push_back(std::make_unique<CheckpointReader>(path));
+    c.config_index.push_back(i);
+  }
+  if (c.readers.size() < spec.min_models || c.readers.size() > spec.max_models) {
+    std::string expected = std::to_string(spec.min_models);
+    if (spec.max_models != spec.min_models)
+      expected += spec.max_models == std::numeric_limits<size_t>::max() ? " or more"
+                                                                      : " to " + std::to_string(spec.max_models);
+    throw InputError(config.source, "models: " + spec.name + " merges " + expected + " model(s)" +
+                                        (spec.needs_base ? " besides the base" : "") + ", got " +
+                                        std::to_string(c.readers.size()));
+  }
+  return c;
+}
+
+// Every parameter the config sets must be one the method knows, at a scope it allows.
+void check_parameter_names(const MergeConfig& config, const MethodSpec& spec) {
+  auto known = [&] {
+    std::string s;
+    for (const auto& p : spec.params) s += (s.empty() ? "" : ", ") + p.name;
+    return s.empty() ? std::string("none") : s;
+  };
+  auto find = [&](const std::string& name) -> const ParamSpec* {
+    for (const auto& p : spec.params)
+      if (p.name == name) return &p;
+    return nullptr;
+  };
+  for (const auto& [name, setting] : config.parameters)
+    if (!find(name))
+      throw InputError(config.source, "parameters." + name + ": not a parameter of " + spec.name + " (known: " + known() + ")");
+  for (size_t i = 0; i < config.models.size(); ++i)
+    for (const auto& [name, setting] : config.models[i].parameters) {
+      const std::string key = "models[" + std::to_string(i) + "].parameters." + name;
+      const ParamSpec* p = find(name);
+      if (!p) throw InputError(config.source, key + ": not a parameter of " + spec.name + " (known: " + known() + ")");
+      if (p->scope == ParamSpec::Scope::Global)
+        throw InputError(config.source, key + ": '" + name + "' applies to all models; set it under the top-level parameters");
+    }
+}
+
+double resolve_one(const MergeConfig& config, const ParamSpec& p, std::optional<size_t> model, const std::string& tensor,
+                   double t) {
+  std::optional<double> v = resolve_param(config, p.name, model, tensor, t);
+  const std::string where = model ? "models[" + std::to_string(*model) + "].parameters." + p.name : "parameters." + p.name;
+  if (!v) v = p.default_value;
+  if (!v) throw InputError(config.source, tensor, "missing required parameter " + where);
+  if (!std::isfinite(*v) || *v < p.min || *v > p.max)
+    throw InputError(config.source, tensor, where + " = " + std::to_string(*v) + " is outside [" + std::to_string(p.min) +
+                                                ", " + std::to_string(p.max) + "]");
+  return *v;
+}
+
+void check_same_shape(const CheckpointReader& ref, const CheckpointReader& other, const std::string& name) {
+  const TensorInfo& a = ref.info(name);
+  const TensorInfo& b = other.info(name);
+  if (a.shape != b.shape)
+    throw InputError(other.shard_of(name).path(), name, "shape " + shape_to_string(b.shape) + " differs from " +
+                                                          shape_to_string(a.shape) + " in " + ref.path().string());
+  if (is_floating(a.dtype) != is_floating(b.dtype))
+    throw InputError(other.shard_of(name).path(), name, std::string("dtype ") + std::string(dtype_name(b.dtype)) +
+                                                          " is not compatible with " + std::string(dtype_name(a.dtype)) +
+                                                          " in " + ref.path().string());
+}
+
+}  // namespace
+
+std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names) {
+  std::map<std::string, int> stacks;
+  for (const auto& name : tensor_names)
+    if (auto l = layer_of(name)) stacks[l->first] = std::max(stacks[l->first], l->second + 1);
+  return stacks;
+}
+
+double layer_position(const std::string& name, const std::map<std::string, int>& stack_sizes) {
+  if (auto l = layer_of(name)) {
+    const auto it = stack_sizes.find(l->first);
+    const int n = it == stack_sizes.end() ? 1 : it->second;
+    return n > 1 ? static_cast<double>(l->second) / (n - 1) : 1.0;
+  }
+  return comes_before_layers(name) ? 0.0 : 1.0;
+}
+
+MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto method = MethodRegistry::instance().create(config.merge_method);
+  const MethodSpec& spec = method->spec();
+  check_parameter_names(config, spec);
+  if (spec.needs_base && !config.base_path)
+    throw InputError(config.source, "base_model: " + spec.name + " needs a base model");
+
+  std::unique_ptr<CheckpointReader> base;
+  if (config.base_path) base = std::make_unique<CheckpointReader>(*config.base_path);
+  const Candidates cand = open_candidates(config, spec, base.get());
+  const CheckpointReader& ref = base ? *base : *cand.readers.front();
+  const uint64_t seed = options.seed.value_or(config.seed.value_or(0));
+  const auto stacks = find_layer_stacks(ref.names());
+
+  // Plan: every tensor of the reference, merged when it is floating point.
+  std::vector<TensorSpec> plan;
+  std::set<std::string> ref_names(ref.names().begin(), ref.names().end());
+  for (const auto& name : ref.names()) {
+    const TensorInfo& info = ref.info(name);
+    for (const auto& r : cand.readers) {
+      if (!r->contains(name)) {
+        if (options.allow_missing && base) continue;
+        throw InputError(r->path(), name, "missing (present in " + ref.path().string() + ")" +
+                                              (base ? "; --allow-missing takes the base's tensor" : ""));
+      }
+      check_same_shape(ref, *r, name);
+    }
+    DType out = info.dtype;
+    if (is_floating(info.dtype)) out = config.out_dtype.value_or(config.dtype.value_or(info.dtype));
+    plan.push_back({name, out, info.shape});
+  }
+  for (const auto& r : cand.readers)
+    for (const auto& name : r->names())
+      if (!ref_names.contains(name) && !options.quiet)
+        std::cerr << "amalgam: note: " << r->path().string() << ": tensor '" << name
+                  << "' is not in the base and is left out\n";
+
+  AtomicOutput output(options.output, options.force);
+  CheckpointWriter writer(output.staging(), plan, options.max_shard_bytes);
+  // The recorded config names the checkpoints as they were found, so it reruns from anywhere.
+  MergeConfig resolved = config;
+  resolved.seed = seed;
+  std::error_code ec;
+  for (auto& m : resolved.models) m.model = fs::absolute(m.path, ec).lexically_normal().string();
+  if (resolved.base_path) resolved.base_model = fs::absolute(*resolved.base_path, ec).lexically_normal().string();
+  write_text_file(output.staging() / "amalgam_config.yaml", merge_config_to_yaml(resolved));
+  std::vector<fs::path> carried;
+  for (const auto& f : ref.auxiliary_files())
+    if (f.filename() != "amalgam_config.yaml" && f.filename() != "merge_report.json") carried.push_back(f);
+  copy_files_into(carried, output.staging());
+
+  MergeSummary summary;
+  Progress progress("merging", plan.size(), ref.total_tensor_bytes(), options.quiet);
+  for (const auto& out_spec : plan) {
+    check_interrupt();
+    const std::string& name = out_spec.name;
+    const TensorInfo& info = ref.info(name);
+    if (!is_floating(info.dtype)) {
+      writer.write(name, ref.tensor(name));
+      ++summary.tensors_copied;
+      summary.bytes_written += info.nbytes();
+      progress.advance(1, info.nbytes());
+      continue;
+    }
+    const double t = layer_position(name, stacks);
+    std::vector<Tensor> inputs;
+    std::vector<std::map<std::string, double>> model_params;
+    for (size_t i = 0; i < cand.readers.size(); ++i) {
+      // With --allow-missing the base's tensor stands in for a candidate that lacks it.
+      const CheckpointReader& source = cand.readers[i]->contains(name) ? *cand.readers[i] : *base;
+      inputs.push_back(source.tensor(name));
+      summary.bytes_read += inputs.back().nbytes();
+      std::map<std::string, double> values;
+      for (const auto& p : spec.params)
+        if (p.scope == ParamSpec::Scope::Model) values[p.name] = resolve_one(config, p, cand.config_index[i], name, t);
+      model_params.push_back(std::move(values));
+    }
+    std::map<std::string, double> globals;
+    for (const auto& p : spec.params)
+      if (p.scope == ParamSpec::Scope::Global) globals[p.name] = resolve_one(config, p, std::nullopt, name, t);
+    std::optional<Tensor> base_tensor;
+    if (base) {
+      base_tensor = base->tensor(name);
+      summary.bytes_read += base_tensor->nbytes();
+    }
+
+    const TensorJob job(name, std::move(inputs), base_tensor, std::move(model_params), std::move(globals), seed);
+    const Tensor merged = method->merge(job);
+    if (options.check_finite) {
+      if (const auto bad = job.first_nonfinite_input()) {
+        const bool is_base = *bad == job.model_count();
+        const auto& bad_path = is_base ? base->shard_of(name).path() : cand.readers[*bad]->shard_of(name).path();
+        throw InputError(bad_path, name, "contains NaN or Inf (--no-check-finite merges it anyway)");
+      }
+    }
+    if (merged.shape() != info.shape || merged.dtype() != DType::F32)
+      throw std::logic_error(spec.name + " returned a tensor of the wrong shape for '" + name + "'");
+    if (options.check_finite) {
+      for (float v : merged.data<float>())
+        if (!std::isfinite(v))
+          throw std::runtime_error(name + ": " + spec.name + " produced NaN or Inf from finite inputs");
+    }
+    const Tensor out = merged.to(out_spec.dtype);
+    writer.write(name, out);
+    if (base) base->release(name);
+    for (const auto& r : cand.readers)
+      if (r->contains(name)) r->release(name);
+    ++summary.tensors_merged;
+    summary.bytes_written += out.nbytes();
+    progress.advance(1, info.nbytes());
+  }
+  writer.finish();
+  summary.shards = writer.shard_count();
+  output.commit();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return summary;
+}
+
+}  // namespace amalgam

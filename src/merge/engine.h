@@ -1,0 +1,44 @@
+// The merge engine: opens the checkpoints a config names, checks that they fit together,
+// and streams the merge tensor by tensor into an atomic output directory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "io/checkpoint.h"
+#include "merge/config.h"
+
+namespace amalgam {
+
+struct MergeOptions {
+  std::filesystem::path output;
+  bool force = false;
+  uint64_t max_shard_bytes = kDefaultMaxShardBytes;
+  bool allow_missing = false;  // a tensor missing from a candidate is taken from the base
+  bool check_finite = true;    // NaN or Inf in an input is an error
+  bool quiet = false;
+  std::optional<uint64_t> seed;  // overrides the config's seed
+};
+
+struct MergeSummary {
+  size_t tensors_merged = 0;
+  size_t tensors_copied = 0;  // integer buffers, taken from the base
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  size_t shards = 0;
+  double seconds = 0;
+};
+
+MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options);
+
+// Where a tensor sits in the depth of its model, for mergekit gradients: layer i of n in
+// its stack ("...layers.i..." and the like) is i / (n - 1); tensors outside the layers are
+// 0 when they come before them (embeddings, pre-norms) and 1 otherwise (final norms, heads).
+// `stack_sizes` maps a stack's name prefix (the name up to the layer number) to its layer count.
+double layer_position(const std::string& tensor_name, const std::map<std::string, int>& stack_sizes);
+std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names);
+
+}  // namespace amalgam

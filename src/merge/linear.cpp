@@ -1,0 +1,55 @@
+// linear: sum_t w_t W_t / sum_t w_t (the division only with normalize, the default).
+// The models are merged as listed; a base_model not among them only supplies the layout.
+#include <vector>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "merge/method.h"
+
+namespace amalgam {
+namespace {
+
+class Linear final : public MergeMethod {
+ public:
+  static constexpr const char* kName = "linear";
+
+  const MethodSpec& spec() const override {
+    static const MethodSpec s{
+        kName,
+        "weighted average of the models",
+        {{"weight", ParamSpec::Scope::Model, std::nullopt, -1e6, 1e6, "the model's weight"},
+         {"normalize", ParamSpec::Scope::Global, 1.0, 0, 1, "divide by the sum of the weights"}},
+        /*needs_base=*/false};
+    return s;
+  }
+
+  Tensor merge(const TensorJob& job) const override {
+    const size_t n = job.numel(), models = job.model_count();
+    std::vector<float> w(models);
+    double sum = 0;
+    for (size_t t = 0; t < models; ++t) sum += w[t] = static_cast<float>(job.param("weight", t));
+    if (job.param("normalize") != 0) {
+      if (std::abs(sum) < 1e-12) throw InputError("linear: the weights for tensor '" + job.name() + "' sum to zero");
+      for (auto& x : w) x = static_cast<float>(x / sum);
+    }
+    Tensor out = Tensor::zeros(DType::F32, job.shape());
+    float* acc = out.mutable_data<float>().data();
+    // Chunks small enough that the accumulator stays in cache while every model streams by.
+    parallel_chunks(n, kChunk, [&](size_t b, size_t e) {
+      float buf[kChunk];
+      for (size_t t = 0; t < models; ++t) {
+        job.read_model(t, b, e, buf);
+        for (size_t i = 0; i < e - b; ++i) acc[b + i] += w[t] * buf[i];
+      }
+    });
+    return out;
+  }
+
+ private:
+  static constexpr size_t kChunk = 4096;
+};
+
+AMALGAM_REGISTER_METHOD(Linear);
+
+}  // namespace
+}  // namespace amalgam

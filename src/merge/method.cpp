@@ -1,0 +1,105 @@
+#include "merge/method.h"
+
+#include <bit>
+#include <cmath>
+#include <stdexcept>
+
+#include "core/error.h"
+
+namespace amalgam {
+
+TensorJob::TensorJob(std::string name, std::vector<Tensor> models, std::optional<Tensor> base,
+                     std::vector<std::map<std::string, double>> model_params,
+                     std::map<std::string, double> global_params, uint64_t seed)
+    : name_(std::move(name)),
+      models_(std::move(models)),
+      base_(std::move(base)),
+      model_params_(std::move(model_params)),
+      global_params_(std::move(global_params)),
+      nonfinite_(std::make_shared<std::optional<size_t>>()) {
+  const Tensor& ref = base_ ? *base_ : models_.at(0);
+  shape_ = ref.shape();
+  numel_ = static_cast<size_t>(ref.numel());
+  // The tensor's name feeds its seed so that randomness does not depend on merge order.
+  uint64_t h = seed;
+  for (unsigned char c : name_) h = mix64(h ^ c);
+  seed_ = h;
+}
+
+void TensorJob::note_nonfinite(size_t input, const float* values, size_t n) const {
+  // A bit test rather than std::isfinite, so that the loop vectorises.
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad |= (std::bit_cast<uint32_t>(values[i]) & 0x7f800000u) == 0x7f800000u;
+  if (!bad) return;
+#pragma omp critical(amalgam_nonfinite)
+  if (!nonfinite_->has_value() || input < **nonfinite_) *nonfinite_ = input;
+}
+
+void TensorJob::read_model(size_t t, size_t begin, size_t end, float* out) const {
+  const Tensor& m = models_.at(t);
+  convert_to_f32(m.dtype(), m.bytes().data() + begin * dtype_size(m.dtype()), out, end - begin);
+  note_nonfinite(t, out, end - begin);
+}
+
+void TensorJob::read_base(size_t begin, size_t end, float* out) const {
+  if (!base_) throw std::logic_error("TensorJob::read_base without a base model");
+  convert_to_f32(base_->dtype(), base_->bytes().data() + begin * dtype_size(base_->dtype()), out, end - begin);
+  note_nonfinite(models_.size(), out, end - begin);
+}
+
+Tensor TensorJob::model_f32(size_t t) const {
+  Tensor out = Tensor::zeros(DType::F32, shape_);
+  read_model(t, 0, numel_, out.mutable_data<float>().data());
+  return out;
+}
+
+Tensor TensorJob::base_f32() const {
+  Tensor out = Tensor::zeros(DType::F32, shape_);
+  read_base(0, numel_, out.mutable_data<float>().data());
+  return out;
+}
+
+double TensorJob::param(const std::string& name, size_t model) const {
+  const auto& params = model_params_.at(model);
+  const auto it = params.find(name);
+  if (it == params.end()) throw std::logic_error("parameter '" + name + "' was not resolved for a model");
+  return it->second;
+}
+
+double TensorJob::param(const std::string& name) const {
+  const auto it = global_params_.find(name);
+  if (it == global_params_.end()) throw std::logic_error("global parameter '" + name + "' was not resolved");
+  return it->second;
+}
+
+uint64_t TensorJob::seed_for(size_t model) const { return mix64(seed_ ^ mix64(model + 1)); }
+
+std::optional<size_t> TensorJob::first_nonfinite_input() const { return *nonfinite_; }
+
+MethodRegistry& MethodRegistry::instance() {
+  static MethodRegistry registry;
+  return registry;
+}
+
+void MethodRegistry::add(const std::string& name, Factory factory) {
+  if (!factories_.emplace(name, std::move(factory)).second)
+    throw std::logic_error("merge method '" + name + "' registered twice");
+}
+
+std::unique_ptr<MergeMethod> MethodRegistry::create(const std::string& name) const {
+  const auto it = factories_.find(name);
+  if (it == factories_.end()) {
+    std::string known;
+    for (const auto& n : names()) known += (known.empty() ? "" : ", ") + n;
+    throw InputError("unknown merge_method '" + name + "' (known: " + known + ")");
+  }
+  return it->second();
+}
+
+std::vector<std::string> MethodRegistry::names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, f] : factories_) out.push_back(n);
+  return out;
+}
+
+}  // namespace amalgam

@@ -1,0 +1,126 @@
+// The interface every merge method implements, and the registry methods add themselves to.
+//
+// A method sees one tensor at a time through a TensorJob: the candidates' tensors (and
+// the base's), readable whole or in element ranges converted to F32, and the method's
+// parameters already resolved for this tensor (mergekit gradients and filters applied).
+// It returns the merged tensor in F32; the engine converts, checks and writes it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace amalgam {
+
+struct ParamSpec {
+  enum class Scope {
+    Model,   // may differ per model (mergekit's tensor_parameters): weight, density, ...
+    Global,  // one value for all models: lambda, normalize, ...
+  };
+  std::string name;
+  Scope scope = Scope::Model;
+  std::optional<double> default_value;  // nullopt: required
+  double min = -std::numeric_limits<double>::infinity();
+  double max = std::numeric_limits<double>::infinity();
+  std::string help;
+};
+
+struct MethodSpec {
+  std::string name;
+  std::string description;
+  std::vector<ParamSpec> params;
+  // Task-vector methods need a base and leave it out of the candidates if it is listed
+  // among the models too (its task vector is zero).
+  bool needs_base = true;
+  size_t min_models = 1;
+  size_t max_models = std::numeric_limits<size_t>::max();
+};
+
+// One tensor to merge. Built by the engine; read-only for methods and safe to read from
+// several threads at once.
+class TensorJob {
+ public:
+  TensorJob(std::string name, std::vector<Tensor> models, std::optional<Tensor> base,
+            std::vector<std::map<std::string, double>> model_params, std::map<std::string, double> global_params,
+            uint64_t seed);
+
+  const std::string& name() const { return name_; }
+  const Shape& shape() const { return shape_; }
+  size_t numel() const { return numel_; }
+  size_t model_count() const { return models_.size(); }
+  bool has_base() const { return base_.has_value(); }
+
+  // Elements [begin, end) of candidate t (or the base) converted to F32 into `out`.
+  void read_model(size_t t, size_t begin, size_t end, float* out) const;
+  void read_base(size_t begin, size_t end, float* out) const;
+  // Whole tensors in F32 (allocates unless the input already is aligned F32).
+  Tensor model_f32(size_t t) const;
+  Tensor base_f32() const;
+
+  double param(const std::string& name, size_t model) const;  // a Model-scope parameter
+  double param(const std::string& name) const;                // a Global-scope parameter
+  // Seeds randomness per tensor and model, independent of the order tensors are merged in.
+  uint64_t seed_for(size_t model) const;
+
+  // Set when a read met NaN or Inf: which input (model index, or model_count() for the base).
+  std::optional<size_t> first_nonfinite_input() const;
+
+ private:
+  void note_nonfinite(size_t input, const float* values, size_t n) const;
+
+  std::string name_;
+  Shape shape_;
+  size_t numel_ = 0;
+  std::vector<Tensor> models_;
+  std::optional<Tensor> base_;
+  std::vector<std::map<std::string, double>> model_params_;
+  std::map<std::string, double> global_params_;
+  uint64_t seed_ = 0;
+  mutable std::shared_ptr<std::optional<size_t>> nonfinite_;  // shared so TensorJob stays copyable
+};
+
+class MergeMethod {
+ public:
+  virtual ~MergeMethod() = default;
+  virtual const MethodSpec& spec() const = 0;
+  // Returns the merged tensor, F32, of job.shape().
+  virtual Tensor merge(const TensorJob& job) const = 0;
+};
+
+class MethodRegistry {
+ public:
+  using Factory = std::function<std::unique_ptr<MergeMethod>()>;
+  static MethodRegistry& instance();
+  void add(const std::string& name, Factory factory);
+  // InputError listing the known methods when `name` is not one of them.
+  std::unique_ptr<MergeMethod> create(const std::string& name) const;
+  std::vector<std::string> names() const;
+
+ private:
+  std::map<std::string, Factory> factories_;
+};
+
+// Put `AMALGAM_REGISTER_METHOD(MyMethod);` in the method's .cpp file; MyMethod needs a
+// static `const char* kName`.
+#define AMALGAM_REGISTER_METHOD(Class)                                                              \
+  static const bool amalgam_registered_##Class = [] {                                              \
+    ::amalgam::MethodRegistry::instance().add(Class::kName, [] { return std::make_unique<Class>(); }); \
+    return true;                                                                                   \
+  }()
+
+// Splitmix64: the mixing function behind seeded, order-independent randomness.
+inline uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace amalgam

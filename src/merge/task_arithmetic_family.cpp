@@ -1,0 +1,127 @@
+#include "merge/task_arithmetic_family.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/parallel.h"
+
+namespace amalgam {
+
+namespace {
+constexpr size_t kChunk = 2048;
+}
+
+MagnitudeBand::Boundary MagnitudeBand::boundary(std::span<const float> magnitudes, size_t rank) {
+  const size_t n = magnitudes.size();
+  if (rank == 0) return {std::numeric_limits<float>::infinity(), 0};  // nothing is above
+  if (rank >= n) return {-1.0f, 0};                                     // everything is above
+  std::vector<float> sorted(magnitudes.begin(), magnitudes.end());
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(rank), sorted.end(),
+                   std::greater<float>());
+  const float value = sorted[rank];
+  size_t greater = 0;
+  for (float m : magnitudes) greater += m > value;
+  // The boundary is the (rank - greater)-th entry equal to `value`, counting by index.
+  size_t ties_before = rank - greater;
+  for (size_t i = 0; i < n; ++i)
+    if (magnitudes[i] == value && ties_before-- == 0) return {value, i};
+  return {value, n};
+}
+
+MagnitudeBand::MagnitudeBand(std::span<const float> magnitudes, size_t skip, size_t keep)
+    : lower_(boundary(magnitudes, skip)), upper_(boundary(magnitudes, skip + keep)) {}
+
+TaskArithmeticFamily::TaskArithmeticFamily(const TaskArithmeticVariant& v) : variant_(v) {
+  using S = ParamSpec::Scope;
+  spec_.name = v.name;
+  spec_.description = v.description;
+  spec_.params = {{"weight", S::Model, std::nullopt, -1e6, 1e6, "the task vector's weight"}};
+  if (v.sparsification != Sparsification::None)
+    spec_.params.push_back({"density", S::Model, 1.0, 0, 1, "fraction of the task vector's entries kept"});
+  if (v.sparsification == Sparsification::MagnitudeBand)
+    spec_.params.push_back({"gamma", S::Model, 0.01, 0, 1, "fraction of the largest entries dropped"});
+  spec_.params.push_back({"lambda", S::Global, 1.0, -1e6, 1e6, "scale of the merged task vector"});
+  spec_.params.push_back({"normalize", S::Global, v.default_normalize ? 1.0 : 0.0, 0, 1,
+                          "divide by the summed weights (of the agreeing models, with sign consensus)"});
+  spec_.params.push_back({"rescale", S::Global, v.default_rescale ? 1.0 : 0.0, 0, 1, "divide kept entries by density"});
+  spec_.params.push_back({"int8_mask", S::Global, 0.0, 0, 1, "accepted for mergekit compatibility; no effect"});
+  spec_.needs_base = true;
+}
+
+Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
+  const size_t n = job.numel(), models = job.model_count();
+  const Sparsification sparsify = variant_.sparsification;
+  std::vector<float> weight(models), density(models), scale(models, 1.0f);
+  for (size_t t = 0; t < models; ++t) {
+    weight[t] = static_cast<float>(job.param("weight", t));
+    density[t] = sparsify == Sparsification::None ? 1.0f : static_cast<float>(job.param("density", t));
+    if (job.param("rescale") != 0 && density[t] > 0) scale[t] = 1.0f / density[t];
+  }
+  const bool normalize = job.param("normalize") != 0;
+  const float lambda = static_cast<float>(job.param("lambda"));
+
+  Tensor out = job.base_f32();
+  float* result = out.mutable_data<float>().data();
+
+  // Magnitude selection needs each task vector whole once, to find its rank boundaries.
+  std::vector<MagnitudeBand> bands;
+  if (sparsify == Sparsification::Magnitude || sparsify == Sparsification::MagnitudeBand) {
+    std::vector<float> magnitudes(n);
+    for (size_t t = 0; t < models; ++t) {
+      job.read_model(t, 0, n, magnitudes.data());
+      for (size_t i = 0; i < n; ++i) {
+        const float m = std::fabs(magnitudes[i] - result[i]);
+        magnitudes[i] = std::isnan(m) ? 0.0f : m;  // NaN would break the ordering (--no-check-finite)
+      }
+      const size_t skip = sparsify == Sparsification::MagnitudeBand
+                              ? static_cast<size_t>(job.param("gamma", t) * static_cast<double>(n))
+                              : 0;
+      const size_t keep = static_cast<size_t>(static_cast<double>(density[t]) * static_cast<double>(n));
+      bands.emplace_back(magnitudes, skip, keep);
+    }
+  }
+
+  float weight_sum = 0;
+  for (float w : weight) weight_sum += w;
+  parallel_chunks(n, kChunk, [&](size_t b, size_t e) {
+    const size_t len = e - b;
+    std::vector<float> deltas(models * kChunk);  // weighted, sparsified task vectors of this chunk
+    for (size_t t = 0; t < models; ++t) {
+      float* d = deltas.data() + t * kChunk;
+      job.read_model(t, b, e, d);
+      for (size_t i = 0; i < len; ++i) {
+        float delta = d[i] - result[b + i];
+        bool keep = true;
+        if (sparsify == Sparsification::Random) keep = uniform01(job.seed_for(t), b + i) < density[t];
+        else if (!bands.empty()) keep = bands[t].contains(std::fabs(delta), b + i);
+        d[i] = keep ? weight[t] * delta * scale[t] : 0.0f;
+      }
+    }
+    for (size_t i = 0; i < len; ++i) {
+      float mixed = 0, divisor = 0;
+      if (variant_.sign_consensus) {
+        float sum = 0;
+        for (size_t t = 0; t < models; ++t) sum += deltas[t * kChunk + i];
+        const bool positive = sum >= 0;
+        for (size_t t = 0; t < models; ++t) {
+          const float d = deltas[t * kChunk + i];
+          if ((positive && d > 0) || (!positive && d < 0)) {
+            mixed += d;
+            divisor += weight[t];
+          }
+        }
+        if (divisor == 0) divisor = 1;
+      } else {
+        for (size_t t = 0; t < models; ++t) mixed += deltas[t * kChunk + i];
+        divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+      }
+      if (normalize) mixed /= divisor;
+      result[b + i] += lambda * mixed;
+    }
+  });
+  return out;
+}
+
+}  // namespace amalgam

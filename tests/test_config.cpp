@@ -1,0 +1,582 @@
+// Tests of the merge-config parser. Expected values are worked out by hand from mergekit's
+// interpolation rule (scaled = t*(len-1), i0 = int(scaled), frac = scaled - i0,
+// value = (1-frac)*g[i0] + frac*g[i1]); the working is in the comments.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "merge/config.h"
+#include "test_util.h"
+
+namespace amalgam {
+namespace {
+
+namespace fs = std::filesystem;
+using amalgam::testing::TempDir;
+using amalgam::testing::write_bytes;
+
+MergeConfig parse(const std::string& yaml) {
+  return parse_merge_config(yaml, "merge.yaml");
+}
+
+double eval(const ParamSetting& s, std::string_view tensor, double t) {
+  const std::optional<double> v = s.evaluate(tensor, t);
+  if (!v) ADD_FAILURE() << "no value for " << tensor << " at t=" << t;
+  return v.value_or(-999);
+}
+
+// The message of the InputError that parsing `yaml` throws, or a failure if it parses.
+std::string parse_error(const std::string& yaml) {
+  try {
+    parse(yaml);
+  } catch (const InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("not an InputError: ") + e.what();
+  }
+  return "parsed without error";
+}
+
+#define EXPECT_PARSE_ERROR(yaml, substring) EXPECT_PRED_FORMAT2(::testing::IsSubstring, substring, parse_error(yaml))
+
+// The classic mergekit SLERP example, with `slices` replaced by `models` (amalgam merges whole
+// models). The gradients are five points, so scaled = 4t.
+constexpr const char* kSlerpYaml = R"(
+merge_method: slerp
+base_model: OpenPipe/mistral-ft-optimized-1218
+models:
+  - model: OpenPipe/mistral-ft-optimized-1218
+  - model: mlabonne/NeuralHermes-2.5-Mistral-7B
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: bfloat16
+)";
+
+TEST(ConfigMergekit, SlerpExampleParses) {
+  const MergeConfig c = parse(kSlerpYaml);
+  EXPECT_EQ(c.source, fs::path("merge.yaml"));
+  EXPECT_EQ(c.merge_method, "slerp");
+  EXPECT_EQ(c.base_model, "OpenPipe/mistral-ft-optimized-1218");
+  // Hub names do not exist on disk, so the paths stay as written.
+  EXPECT_EQ(c.base_path, fs::path("OpenPipe/mistral-ft-optimized-1218"));
+  ASSERT_EQ(c.models.size(), 2u);
+  EXPECT_EQ(c.models[1].model, "mlabonne/NeuralHermes-2.5-Mistral-7B");
+  EXPECT_EQ(c.models[1].path, fs::path("mlabonne/NeuralHermes-2.5-Mistral-7B"));
+  EXPECT_TRUE(c.models[0].parameters.empty());
+  EXPECT_FALSE(c.models[0].data);
+  EXPECT_EQ(c.dtype, DType::BF16);
+  EXPECT_FALSE(c.out_dtype);
+  EXPECT_FALSE(c.seed);
+
+  const ParamSetting expected = ParamSetting::conditional({
+      {"self_attn", ParamSetting::gradient({0, 0.5, 0.3, 0.7, 1})},
+      {"mlp", ParamSetting::gradient({1, 0.5, 0.7, 0.3, 0})},
+      {std::nullopt, ParamSetting::scalar(0.5)},
+  });
+  ASSERT_EQ(c.parameters.count("t"), 1u);
+  EXPECT_EQ(c.parameters.at("t"), expected);
+  EXPECT_FALSE(c.parameters.at("t").is_scalar());
+}
+
+TEST(ConfigMergekit, SlerpExampleEvaluates) {
+  const MergeConfig c = parse(kSlerpYaml);
+  const ParamSetting& t = c.parameters.at("t");
+  const std::string attn = "model.layers.7.self_attn.q_proj.weight";
+  const std::string mlp = "model.layers.31.mlp.down_proj.weight";
+  // Attention, g = [0, 0.5, 0.3, 0.7, 1]:
+  EXPECT_EQ(eval(t, attn, 0.0), 0.0);             // scaled 0: g[0]
+  EXPECT_EQ(eval(t, attn, 0.25), 0.5);            // scaled 1: g[1]
+  EXPECT_EQ(eval(t, attn, 0.5), 0.3);             // scaled 2: g[2]
+  EXPECT_NEAR(eval(t, attn, 0.375), 0.4, 1e-15);  // scaled 1.5: 0.5*0.5 + 0.5*0.3
+  EXPECT_NEAR(eval(t, attn, 0.8), 0.76, 1e-12);   // scaled 3.2: 0.8*0.7 + 0.2*1
+  EXPECT_EQ(eval(t, attn, 1.0), 1.0);             // scaled 4: i0 = i1 = 4
+  // MLP, g = [1, 0.5, 0.7, 0.3, 0]:
+  EXPECT_EQ(eval(t, mlp, 0.0), 1.0);
+  EXPECT_EQ(eval(t, mlp, 0.25), 0.5);             // scaled 1: g[1]
+  EXPECT_NEAR(eval(t, mlp, 0.625), 0.5, 1e-15);   // scaled 2.5: 0.5*0.7 + 0.5*0.3
+  EXPECT_NEAR(eval(t, mlp, 0.875), 0.15, 1e-15);  // scaled 3.5: 0.5*0.3 + 0.5*0
+  EXPECT_EQ(eval(t, mlp, 1.0), 0.0);
+  // Everything else takes the unfiltered fallback, whatever t.
+  EXPECT_EQ(eval(t, "model.embed_tokens.weight", 0.0), 0.5);
+  EXPECT_EQ(eval(t, "model.layers.3.input_layernorm.weight", 0.9), 0.5);
+  // Both filters match: the first entry wins (self_attn, scaled 2: g[2] = 0.3).
+  EXPECT_EQ(eval(t, "layers.0.mlp.self_attn_gate", 0.5), 0.3);
+  // No per-model setting, so resolution falls through to the global one.
+  EXPECT_EQ(resolve_param(c, "t", 1, attn, 0.5), 0.3);
+  EXPECT_EQ(resolve_param(c, "t", std::nullopt, mlp, 0.25), 0.5);
+  EXPECT_EQ(resolve_param(c, "weight", 0, attn, 0.5), std::nullopt);
+}
+
+// mergekit's TIES example from its README: per-model gradients and conditionals, global flags.
+constexpr const char* kTiesYaml = R"(
+models:
+  - model: psmathur/orca_mini_v3_13b
+    parameters:
+      density: [1, 0.7, 0.1] # density gradient
+      weight: 1.0
+  - model: garage-bAInd/Platypus2-13B
+    parameters:
+      density: 0.5
+      weight: [0, 0.3, 0.7, 1] # weight gradient
+  - model: WizardLM/WizardMath-13B-V1.0
+    parameters:
+      density: 0.33
+      weight:
+        - filter: mlp
+          value: 0.5
+        - value: 0
+merge_method: ties
+base_model: TheBloke/Llama-2-13B-fp16
+parameters:
+  normalize: true
+  int8_mask: true
+dtype: float16
+)";
+
+TEST(ConfigMergekit, TiesExample) {
+  const MergeConfig c = parse(kTiesYaml);
+  EXPECT_EQ(c.merge_method, "ties");
+  EXPECT_EQ(c.dtype, DType::F16);
+  ASSERT_EQ(c.models.size(), 3u);
+  const std::string attn = "model.layers.5.self_attn.o_proj.weight";
+  const std::string mlp = "model.layers.5.mlp.up_proj.weight";
+
+  // Model 0 density, g = [1, 0.7, 0.1], scaled = 2t.
+  EXPECT_EQ(resolve_param(c, "density", 0, attn, 0.0), 1.0);
+  EXPECT_NEAR(*resolve_param(c, "density", 0, attn, 0.25), 0.85, 1e-15);  // scaled 0.5: 0.5*1 + 0.5*0.7
+  EXPECT_EQ(resolve_param(c, "density", 0, attn, 0.5), 0.7);              // scaled 1: g[1]
+  EXPECT_NEAR(*resolve_param(c, "density", 0, attn, 0.75), 0.4, 1e-15);   // scaled 1.5: 0.5*0.7 + 0.5*0.1
+  EXPECT_EQ(resolve_param(c, "density", 0, attn, 1.0), 0.1);
+  EXPECT_EQ(resolve_param(c, "weight", 0, mlp, 0.3), 1.0);
+  EXPECT_TRUE(c.models[0].parameters.at("weight").is_scalar());
+
+  // Model 1 weight, g = [0, 0.3, 0.7, 1], scaled = 3t.
+  EXPECT_EQ(resolve_param(c, "weight", 1, attn, 0.0), 0.0);
+  EXPECT_NEAR(*resolve_param(c, "weight", 1, attn, 0.25), 0.225, 1e-15);  // scaled 0.75: 0.25*0 + 0.75*0.3
+  EXPECT_NEAR(*resolve_param(c, "weight", 1, attn, 0.5), 0.5, 1e-15);     // scaled 1.5: 0.5*0.3 + 0.5*0.7
+  EXPECT_EQ(resolve_param(c, "weight", 1, attn, 1.0), 1.0);
+  EXPECT_EQ(resolve_param(c, "density", 1, attn, 0.9), 0.5);
+
+  // Model 2 weight: 0.5 on MLP tensors, 0 elsewhere.
+  EXPECT_EQ(resolve_param(c, "weight", 2, mlp, 0.5), 0.5);
+  EXPECT_EQ(resolve_param(c, "weight", 2, attn, 0.5), 0.0);
+  EXPECT_EQ(resolve_param(c, "density", 2, mlp, 0.5), 0.33);
+
+  // Global bools read as 1, for every model and for none.
+  EXPECT_EQ(resolve_param(c, "normalize", 0, attn, 0.5), 1.0);
+  EXPECT_EQ(resolve_param(c, "int8_mask", 2, mlp, 0.0), 1.0);
+  EXPECT_EQ(resolve_param(c, "normalize", std::nullopt, attn, 0.0), 1.0);
+  EXPECT_EQ(resolve_param(c, "lambda", 1, attn, 0.0), std::nullopt);
+}
+
+TEST(ConfigPrecedence, ModelThenGlobalWithFallThrough) {
+  const MergeConfig c = parse(R"(
+merge_method: ties
+models:
+  - model: a
+    parameters:
+      weight: [{filter: mlp, value: 2}]
+      density: 0.25
+  - model: b
+parameters:
+  weight: [{filter: self_attn, value: 3}]
+  density: 0.75
+)");
+  // Model a's own entry wins where it matches...
+  EXPECT_EQ(resolve_param(c, "weight", 0, "layers.0.mlp.gate_proj", 0.5), 2.0);
+  // ...and where it matches nothing, the global setting is tried.
+  EXPECT_EQ(resolve_param(c, "weight", 0, "layers.0.self_attn.q_proj", 0.5), 3.0);
+  // Neither level matches: no value at all.
+  EXPECT_EQ(resolve_param(c, "weight", 0, "embed_tokens", 0.5), std::nullopt);
+  // Model b has no own setting.
+  EXPECT_EQ(resolve_param(c, "weight", 1, "layers.0.mlp.gate_proj", 0.5), std::nullopt);
+  EXPECT_EQ(resolve_param(c, "weight", 1, "layers.0.self_attn.q_proj", 0.5), 3.0);
+  // No model: only the global level.
+  EXPECT_EQ(resolve_param(c, "weight", std::nullopt, "layers.0.mlp.gate_proj", 0.5), std::nullopt);
+  // A per-model scalar overrides the global scalar.
+  EXPECT_EQ(resolve_param(c, "density", 0, "x", 0.0), 0.25);
+  EXPECT_EQ(resolve_param(c, "density", 1, "x", 0.0), 0.75);
+  EXPECT_THROW(resolve_param(c, "density", 2, "x", 0.0), std::out_of_range);
+}
+
+TEST(ConfigSettings, FilterRules) {
+  const ParamSetting star = ParamSetting::conditional({{"*", ParamSetting::scalar(4)}});
+  EXPECT_EQ(star.evaluate("anything", 0.5), 4.0);
+  EXPECT_EQ(star.evaluate("", 0.5), 4.0);
+  // mergekit's `tensor_name and filter in tensor_name`: an empty name matches no real filter,
+  // and an empty filter is a substring of every non-empty name.
+  const ParamSetting mlp = ParamSetting::conditional({{"mlp", ParamSetting::scalar(1)}});
+  EXPECT_EQ(mlp.evaluate("", 0.5), std::nullopt);
+  EXPECT_EQ(mlp.evaluate("layers.1.mlp", 0.5), 1.0);
+  EXPECT_EQ(mlp.evaluate("layers.1.MLP", 0.5), std::nullopt);  // case-sensitive
+  const ParamSetting empty_filter = ParamSetting::conditional({{"", ParamSetting::scalar(2)}});
+  EXPECT_EQ(empty_filter.evaluate("x", 0.5), 2.0);
+  EXPECT_EQ(empty_filter.evaluate("", 0.5), std::nullopt);
+  EXPECT_EQ(ParamSetting::conditional({}).evaluate("x", 0.5), std::nullopt);
+}
+
+TEST(ConfigSettings, GradientEdges) {
+  // One point: constant.
+  EXPECT_EQ(ParamSetting::gradient({0.7}).evaluate("x", 0.0), 0.7);
+  EXPECT_EQ(ParamSetting::gradient({0.7}).evaluate("x", 1.0), 0.7);
+  // Two points, scaled = t = 0.75: (1-0.75)*2 + 0.75*4 = 0.5 + 3 = 3.5.
+  EXPECT_EQ(ParamSetting::gradient({2, 4}).evaluate("x", 0.75), 3.5);
+  // t outside [0, 1] is clamped rather than indexing out of range.
+  EXPECT_EQ(ParamSetting::gradient({2, 4}).evaluate("x", -1.0), 2.0);
+  EXPECT_EQ(ParamSetting::gradient({2, 4}).evaluate("x", 7.0), 4.0);
+  EXPECT_TRUE(ParamSetting::scalar(1).is_scalar());
+  EXPECT_FALSE(ParamSetting::gradient({1}).is_scalar());
+  EXPECT_NE(ParamSetting::scalar(1), ParamSetting::gradient({1}));
+}
+
+TEST(ConfigSettings, ShapesBeyondTheExamples) {
+  const MergeConfig c = parse(R"(
+merge_method: linear
+models: [a, {model: b}]
+parameters:
+  single: {value: 0.25}
+  single_filtered: {filter: mlp, value: [0, 1]}
+  nested:
+    - filter: self_attn
+      value:
+        - filter: q_proj
+          value: 1
+        - value: [0, 10]
+    - filter: "*"
+      value: 9
+  yes_word: yes
+  no_word: no
+  false_word: false
+  bool_gradient: [true, false]
+  null_filter: [{filter: ~, value: 6}]
+  negative: -0.5
+  exponent: 1e-3
+)");
+  // A bare string in models is shorthand for {model: ...}.
+  ASSERT_EQ(c.models.size(), 2u);
+  EXPECT_EQ(c.models[0].model, "a");
+  EXPECT_EQ(c.models[1].model, "b");
+  const ParamMap& p = c.parameters;
+  EXPECT_EQ(p.at("single"), ParamSetting::conditional({{std::nullopt, ParamSetting::scalar(0.25)}}));
+  EXPECT_EQ(eval(p.at("single"), "x", 0.3), 0.25);
+  EXPECT_EQ(eval(p.at("single_filtered"), "mlp.up", 0.5), 0.5);  // [0, 1] at scaled 0.5
+  EXPECT_EQ(p.at("single_filtered").evaluate("attn", 0.5), std::nullopt);
+  EXPECT_EQ(eval(p.at("nested"), "self_attn.q_proj", 0.5), 1.0);
+  EXPECT_EQ(eval(p.at("nested"), "self_attn.k_proj", 0.5), 5.0);  // [0, 10] at scaled 0.5
+  EXPECT_EQ(eval(p.at("nested"), "mlp.up_proj", 0.5), 9.0);
+  EXPECT_EQ(p.at("yes_word"), ParamSetting::scalar(1));
+  EXPECT_EQ(p.at("no_word"), ParamSetting::scalar(0));
+  EXPECT_EQ(p.at("false_word"), ParamSetting::scalar(0));
+  EXPECT_EQ(p.at("bool_gradient"), ParamSetting::gradient({1, 0}));
+  EXPECT_EQ(eval(p.at("bool_gradient"), "x", 0.5), 0.5);
+  EXPECT_EQ(p.at("null_filter"), ParamSetting::conditional({{std::nullopt, ParamSetting::scalar(6)}}));
+  EXPECT_EQ(p.at("negative"), ParamSetting::scalar(-0.5));
+  EXPECT_EQ(p.at("exponent"), ParamSetting::scalar(0.001));
+}
+
+TEST(ConfigTopLevel, OptionalKeys) {
+  const MergeConfig c = parse(R"(
+merge_method: task_arithmetic
+models:
+  - model: a
+    data: calib.jsonl
+    stats: a.stats
+dtype: torch.float32
+out_dtype: F8_E4M3
+seed: 18446744073709551615
+tokenizer_source: base
+chat_template: ~
+)");
+  EXPECT_EQ(c.dtype, DType::F32);
+  EXPECT_EQ(c.out_dtype, DType::F8_E4M3);
+  EXPECT_EQ(c.seed, 18446744073709551615ull);
+  EXPECT_EQ(c.models[0].data, fs::path("calib.jsonl"));
+  EXPECT_EQ(c.models[0].stats, fs::path("a.stats"));
+  EXPECT_FALSE(c.base_model);
+  EXPECT_FALSE(c.base_path);
+  // Null optional keys count as absent, as in mergekit.
+  const MergeConfig n = parse("merge_method: linear\nmodels: [a]\nbase_model:\nparameters: ~\nseed: null\n");
+  EXPECT_FALSE(n.base_model);
+  EXPECT_TRUE(n.parameters.empty());
+  EXPECT_FALSE(n.seed);
+}
+
+TEST(ConfigDtype, Names) {
+  EXPECT_EQ(parse_dtype_name("float32"), DType::F32);
+  EXPECT_EQ(parse_dtype_name("torch.float"), DType::F32);
+  EXPECT_EQ(parse_dtype_name("fp32"), DType::F32);
+  EXPECT_EQ(parse_dtype_name("float16"), DType::F16);
+  EXPECT_EQ(parse_dtype_name("torch.half"), DType::F16);
+  EXPECT_EQ(parse_dtype_name("fp16"), DType::F16);
+  EXPECT_EQ(parse_dtype_name("bfloat16"), DType::BF16);
+  EXPECT_EQ(parse_dtype_name("torch.bf16"), DType::BF16);
+  EXPECT_EQ(parse_dtype_name("float64"), DType::F64);
+  EXPECT_EQ(parse_dtype_name("torch.double"), DType::F64);
+  EXPECT_EQ(parse_dtype_name("BF16"), DType::BF16);
+  EXPECT_EQ(parse_dtype_name("F8_E5M2"), DType::F8_E5M2);
+  EXPECT_EQ(parse_dtype_name("I8"), DType::I8);
+  EXPECT_EQ(parse_dtype_name("Float32"), std::nullopt);
+  EXPECT_EQ(parse_dtype_name("torch."), std::nullopt);
+  EXPECT_EQ(parse_dtype_name("torch.F32"), std::nullopt);
+  EXPECT_EQ(parse_dtype_name("float8"), std::nullopt);
+  EXPECT_EQ(parse_dtype_name(""), std::nullopt);
+}
+
+TEST(ConfigErrors, TopLevel) {
+  EXPECT_PARSE_ERROR("", "merge.yaml: expected a map with merge_method and models");
+  EXPECT_PARSE_ERROR("[1, 2]", "expected a map with merge_method and models");
+  EXPECT_PARSE_ERROR("models: [a]\n", "merge.yaml: merge_method: required");
+  EXPECT_PARSE_ERROR("merge_method: [a]\nmodels: [a]\n", "merge_method: expected a string");
+  EXPECT_PARSE_ERROR("merge_method: ''\nmodels: [a]\n", "merge_method: must not be empty");
+  EXPECT_PARSE_ERROR("merge_method: linear\n", "models: required");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: []\n", "models: expected a non-empty list");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: {model: a}\n", "models: expected a non-empty list");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\nfoo: 1\n", "merge.yaml: unknown key 'foo'");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\nfoo: ~\n", "unknown key 'foo'");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmerge_method: ties\nmodels: [a]\n", "duplicate key 'merge_method'");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\nparameters: [1]\n", "parameters: expected a map");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\nparameters: {w: 1, w: 2}\n", "parameters: duplicate key 'w'");
+}
+
+TEST(ConfigErrors, UnsupportedMergekitKeys) {
+  for (const std::string key : {"slices", "modules", "tokenizer", "chat_template"})
+    EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\n" + key + ": x\n",
+                       "merge.yaml: " + key + ": not supported by amalgam");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer_source: union\n",
+                     "tokenizer_source: 'union' not supported: amalgam copies the base model's tokenizer files");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer_source: {model: b}\n",
+                     "not supported: amalgam copies the base model's tokenizer files");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a+lora]\n",
+                     "models[0]: 'a+lora': LoRA adapters (mergekit's model+lora syntax) are not supported");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [{model: 'a+b'}]\n", "models[0].model: 'a+b': LoRA adapters");
+  EXPECT_PARSE_ERROR("merge_method: linear\nbase_model: x+y\nmodels: [a]\n", "base_model: 'x+y': LoRA adapters");
+}
+
+TEST(ConfigErrors, Models) {
+  const std::string head = "merge_method: linear\nmodels:\n  - model: a\n";
+  EXPECT_PARSE_ERROR(head + "  - model: b\n    foo: 1\n", "merge.yaml: models[1]: unknown key 'foo'");
+  EXPECT_PARSE_ERROR(head + "  - parameters: {weight: 1}\n", "models[1]: missing 'model'");
+  EXPECT_PARSE_ERROR(head + "  - model: [b]\n", "models[1].model: expected a string");
+  EXPECT_PARSE_ERROR(head + "  - model: ''\n", "models[1].model: must not be empty");
+  EXPECT_PARSE_ERROR(head + "  - [b]\n", "models[1]: expected a map with 'model'");
+  EXPECT_PARSE_ERROR(head + "  - model: b\n    data: [x]\n", "models[1].data: expected a string");
+  EXPECT_PARSE_ERROR(head + "  - model: b\n    stats: ''\n", "models[1].stats: must not be empty");
+  EXPECT_PARSE_ERROR(head + "  - model: b\n    parameters: 1\n", "models[1].parameters: expected a map");
+}
+
+TEST(ConfigErrors, Settings) {
+  const std::string head = "merge_method: linear\nmodels:\n  - model: a\n  - model: b\n    parameters:\n      weight: ";
+  const std::string shape = "expected a number, a list of numbers, or a list of {filter, value}";
+  // The whole message, to pin its form: file, key path, what was expected, what was found.
+  EXPECT_EQ(parse_error(head + "abc\n"), "merge.yaml: models[1].parameters.weight: " + shape + ", got 'abc'");
+  // A quoted number is a string in YAML.
+  EXPECT_PARSE_ERROR(head + "'0.5'\n", "models[1].parameters.weight: " + shape + ", got the string '0.5'");
+  EXPECT_PARSE_ERROR(head + "\"1\"\n", "models[1].parameters.weight: " + shape);
+  EXPECT_PARSE_ERROR(head + "~\n", "models[1].parameters.weight: " + shape + ", got nothing");
+  EXPECT_PARSE_ERROR(head + "[]\n", "models[1].parameters.weight: empty list");
+  EXPECT_PARSE_ERROR(head + "[0.1, x]\n", "models[1].parameters.weight[1]: expected a number, got 'x'");
+  EXPECT_PARSE_ERROR(head + "[0.1, '0.2']\n", "models[1].parameters.weight[1]: expected a number");
+  EXPECT_PARSE_ERROR(head + "[0.1, {value: 1}]\n", "models[1].parameters.weight[1]: expected a number, got a map");
+  EXPECT_PARSE_ERROR(head + "[{value: 1}, 2]\n", "models[1].parameters.weight[1]: expected {filter, value}");
+  EXPECT_PARSE_ERROR(head + "[[1, 2]]\n", "models[1].parameters.weight[0]: " + shape);
+  EXPECT_PARSE_ERROR(head + "[{filtr: mlp, value: 1}]\n", "models[1].parameters.weight[0]: unknown key 'filtr'");
+  EXPECT_PARSE_ERROR(head + "{filter: mlp, valeu: 1}\n", "models[1].parameters.weight: unknown key 'valeu'");
+  EXPECT_PARSE_ERROR(head + "[{filter: mlp}]\n", "models[1].parameters.weight[0]: missing 'value'");
+  EXPECT_PARSE_ERROR(head + "[{filter: [mlp], value: 1}]\n",
+                     "models[1].parameters.weight[0].filter: expected a string");
+  EXPECT_PARSE_ERROR(head + "[{filter: mlp, value: abc}]\n", "models[1].parameters.weight[0].value: " + shape);
+  EXPECT_PARSE_ERROR(head + "[{filter: mlp, value: []}]\n", "models[1].parameters.weight[0].value: empty list");
+  EXPECT_PARSE_ERROR(head + ".inf\n", "models[1].parameters.weight: expected a finite number, got '.inf'");
+  EXPECT_PARSE_ERROR(head + "[0, .nan]\n", "models[1].parameters.weight[1]: expected a finite number");
+}
+
+TEST(ConfigErrors, DtypeSeedAndSyntax) {
+  const std::string head = "merge_method: linear\nmodels: [a]\n";
+  EXPECT_PARSE_ERROR(head + "dtype: float8\n", "merge.yaml: dtype: unknown dtype 'float8'");
+  EXPECT_PARSE_ERROR(head + "out_dtype: int4\n", "out_dtype: unknown dtype 'int4'");
+  EXPECT_PARSE_ERROR(head + "dtype: [F32]\n", "dtype: expected a string");
+  EXPECT_PARSE_ERROR(head + "seed: -1\n", "seed: expected a non-negative integer");
+  EXPECT_PARSE_ERROR(head + "seed: 1.5\n", "seed: expected a non-negative integer");
+  EXPECT_PARSE_ERROR(head + "seed: '7'\n", "seed: expected a non-negative integer");
+  EXPECT_PARSE_ERROR(head + "seed: 0x10\n", "seed: expected a non-negative integer");
+  EXPECT_PARSE_ERROR(head + "seed: 18446744073709551616\n", "seed: expected a non-negative integer");  // 2^64
+  // The flow list opened on line 2 is never closed; yaml-cpp notices at the `:` of `b: 3`,
+  // line 3, column 2 (its marks are 0-based, 2:1; the message counts from 1).
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a, b\nb: 3\n",
+                     "merge.yaml: YAML syntax error at line 3, column 2: end of sequence flow not found");
+  // `  models` continues the plain scalar `linear`, so the `:` after it (line 2, column 9)
+  // would start a map inside a scalar.
+  EXPECT_PARSE_ERROR("merge_method: linear\n  models: [a]\n",
+                     "YAML syntax error at line 2, column 9: illegal map value");
+}
+
+TEST(ConfigLoad, MissingFileAndSource) {
+  TempDir dir;
+  EXPECT_THROW(load_merge_config(dir / "nope.yaml"), InputError);
+  try {
+    load_merge_config(dir / "nope.yaml");
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find((dir / "nope.yaml").string()), std::string::npos) << e.what();
+  }
+  write_bytes(dir / "m.yaml", "merge_method: linear\nmodels: [a]\nfoo: 1\n");
+  try {
+    load_merge_config(dir / "m.yaml");
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), (dir / "m.yaml").string() + ": unknown key 'foo'");
+  }
+}
+
+void expect_same_config(const MergeConfig& a, const MergeConfig& b) {
+  EXPECT_EQ(a.merge_method, b.merge_method);
+  EXPECT_EQ(a.base_model, b.base_model);
+  EXPECT_EQ(a.base_path, b.base_path);
+  ASSERT_EQ(a.models.size(), b.models.size());
+  for (size_t i = 0; i < a.models.size(); ++i) {
+    SCOPED_TRACE("model " + std::to_string(i));
+    EXPECT_EQ(a.models[i].model, b.models[i].model);
+    EXPECT_EQ(a.models[i].path, b.models[i].path);
+    EXPECT_EQ(a.models[i].parameters, b.models[i].parameters);
+    EXPECT_EQ(a.models[i].data, b.models[i].data);
+    EXPECT_EQ(a.models[i].stats, b.models[i].stats);
+  }
+  EXPECT_EQ(a.parameters, b.parameters);
+  EXPECT_EQ(a.dtype, b.dtype);
+  EXPECT_EQ(a.out_dtype, b.out_dtype);
+  EXPECT_EQ(a.seed, b.seed);
+}
+
+TEST(ConfigRoundTrip, EverythingSurvives) {
+  const MergeConfig c = parse(R"(
+merge_method: della
+base_model: base
+models:
+  - model: a
+    parameters:
+      weight: [0, 0.5, 0.3, 0.7, 1]
+      density: [{filter: mlp, value: [0.1, 0.2]}, {filter: "*", value: 0.3}]
+    data: calib.jsonl
+  - model: 'true'
+    parameters:
+      weight: {value: 1}
+    stats: b.stats
+  - model: 'odd: name'
+    parameters:
+      weight: [{filter: '1', value: 2}]
+parameters:
+  "yes": 0.5
+  lambda: 0.1
+  third: 0.333333333333333314829616256247390992939472198486328125
+  tiny: 1e-7
+  huge: 1.5e300
+  negative: -2.5
+  big: 123456789.123
+  flag: yes
+  nested: [{filter: self_attn, value: [{filter: q, value: 1}, {value: [0, 2]}]}]
+dtype: float32
+out_dtype: F8_E5M2
+seed: 42
+)");
+  const std::string yaml = merge_config_to_yaml(c);
+  // Gradients are flow lists; numbers are written shortest; dtypes use torch names when there is one.
+  EXPECT_NE(yaml.find("weight: [0, 0.5, 0.3, 0.7, 1]"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("lambda: 0.1\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("tiny: 1.0e-07\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("huge: 1.5e+300\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("flag: 1\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("dtype: float32\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("out_dtype: F8_E5M2\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("seed: 42\n"), std::string::npos) << yaml;
+  EXPECT_EQ(yaml.find("tokenizer_source"), std::string::npos) << yaml;
+  // Text that other YAML readers would take for a bool or a number is quoted.
+  EXPECT_NE(yaml.find("model: \"true\"\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("filter: \"1\"\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("\"yes\": 0.5\n"), std::string::npos) << yaml;
+
+  const MergeConfig back = parse(yaml);
+  expect_same_config(c, back);
+  // The 1/3 literal above is the exact decimal value of the double nearest 1/3.
+  EXPECT_EQ(back.parameters.at("third"), ParamSetting::scalar(1.0 / 3.0));
+  EXPECT_EQ(back.models[1].model, "true");
+  EXPECT_EQ(back.models[2].model, "odd: name");
+  // And a second trip changes nothing.
+  EXPECT_EQ(merge_config_to_yaml(back), yaml);
+}
+
+TEST(ConfigRoundTrip, Minimal) {
+  const MergeConfig c = parse("merge_method: linear\nmodels: [a]\n");
+  const std::string yaml = merge_config_to_yaml(c);
+  EXPECT_EQ(yaml, "merge_method: linear\nmodels:\n  - model: a\n");
+  expect_same_config(c, parse(yaml));
+}
+
+// Changes the working directory for one test, so that "relative to the working directory"
+// is a directory the test controls.
+class ScopedCwd {
+ public:
+  explicit ScopedCwd(const fs::path& dir) : old_(fs::current_path()) { fs::current_path(dir); }
+  ~ScopedCwd() { fs::current_path(old_); }
+
+ private:
+  fs::path old_;
+};
+
+TEST(ConfigPaths, ResolvedAgainstWorkingDirThenConfigDir) {
+  TempDir tmp;
+  const fs::path cwd = tmp / "cwd";
+  const fs::path cfg = tmp / "cfg";
+  for (const fs::path& d : {cwd / "both", cfg / "both", cfg / "models" / "near", cfg / "models" / "base"})
+    fs::create_directories(d);
+  write_bytes(cfg / "calib.jsonl", "{}\n");
+  write_bytes(cwd / "a.stats", "");
+  write_bytes(cfg / "a.stats", "");
+  write_bytes(cfg / "merge.yaml", R"(
+merge_method: linear
+base_model: models/base
+models:
+  - model: models/near
+    data: calib.jsonl
+    stats: a.stats
+  - model: both
+  - model: nowhere/model
+    data: nowhere.jsonl
+  - model: )" + (cfg / "models" / "near").string() +
+                                      "\n");
+  ScopedCwd in(cwd);
+
+  const MergeConfig c = load_merge_config(cfg / "merge.yaml");
+  EXPECT_EQ(c.source, cfg / "merge.yaml");
+  // Only beside the config: joined to the config's directory.
+  EXPECT_EQ(c.base_model, "models/base");
+  EXPECT_EQ(c.base_path, cfg / "models/base");
+  EXPECT_EQ(c.models[0].model, "models/near");
+  EXPECT_EQ(c.models[0].path, cfg / "models/near");
+  EXPECT_EQ(c.models[0].data, cfg / "calib.jsonl");
+  // In the working directory: kept as written, even though the config's directory has one too.
+  EXPECT_EQ(c.models[0].stats, fs::path("a.stats"));
+  EXPECT_EQ(c.models[1].path, fs::path("both"));
+  // Nowhere: kept as written, for the engine to report.
+  EXPECT_EQ(c.models[2].path, fs::path("nowhere/model"));
+  EXPECT_EQ(c.models[2].data, fs::path("nowhere.jsonl"));
+  // Absolute: as is.
+  EXPECT_EQ(c.models[3].path, cfg / "models" / "near");
+
+  // Without a file there is no config directory to fall back to.
+  const MergeConfig s = parse_merge_config("merge_method: linear\nmodels: [models/near]\n", "");
+  EXPECT_EQ(s.models[0].path, fs::path("models/near"));
+
+  // The resolved paths survive the round trip when read from the same place.
+  expect_same_config(c, parse_merge_config(merge_config_to_yaml(c), cfg / "merge.yaml"));
+}
+
+}  // namespace
+}  // namespace amalgam

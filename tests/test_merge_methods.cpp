@@ -1,0 +1,264 @@
+// Each merge method on one tensor, against values worked out by hand or by a naive loop.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "linalg/linalg.h"
+#include "merge/method.h"
+#include "merge/task_arithmetic_family.h"
+
+namespace amalgam {
+namespace {
+
+using Params = std::map<std::string, double>;
+
+Tensor vec(std::vector<float> v, Shape shape = {}) {
+  if (shape.empty()) shape = {static_cast<int64_t>(v.size())};
+  return Tensor::from_f32(shape, v);
+}
+
+std::vector<float> values(const Tensor& t) {
+  const auto d = t.data<float>();
+  return {d.begin(), d.end()};
+}
+
+// Runs `method` on one tensor; per-model parameters, then globals (defaults filled in from
+// the method's spec so tests only state what matters).
+std::vector<float> run(const std::string& method, std::vector<Tensor> models, std::optional<Tensor> base,
+                       std::vector<Params> model_params, Params globals = {}, uint64_t seed = 0) {
+  const auto m = MethodRegistry::instance().create(method);
+  for (const auto& p : m->spec().params) {
+    if (!p.default_value) continue;
+    if (p.scope == ParamSpec::Scope::Global) globals.emplace(p.name, *p.default_value);
+    for (auto& mp : model_params)
+      if (p.scope == ParamSpec::Scope::Model) mp.emplace(p.name, *p.default_value);
+  }
+  const TensorJob job("layers.0.w", std::move(models), std::move(base), model_params, globals, seed);
+  return values(m->merge(job));
+}
+
+void expect_near(const std::vector<float>& got, const std::vector<float>& want, float tol = 1e-6f) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << "entry " << i;
+}
+
+TEST(MergeMethods, AllNineAreRegistered) {
+  const auto names = MethodRegistry::instance().names();
+  for (const char* n : {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
+                        "breadcrumbs_ties", "slerp", "tsv"})
+    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+}
+
+TEST(MergeMethods, LinearWeightedMean) {
+  const auto a = vec({1, 2}), b = vec({3, -2}), c = vec({0, 8});
+  // (1*[1,2] + 2*[3,-2] + 1*[0,8]) / 4 = [7/4, 6/4]
+  expect_near(run("linear", {a, b, c}, std::nullopt, {{{"weight", 1}}, {{"weight", 2}}, {{"weight", 1}}}),
+              {1.75f, 1.5f});
+  // Without normalisation: the plain weighted sum [7, 6].
+  expect_near(run("linear", {a, b, c}, std::nullopt, {{{"weight", 1}}, {{"weight", 2}}, {{"weight", 1}}},
+                  {{"normalize", 0}}),
+              {7, 6});
+}
+
+TEST(MergeMethods, TaskArithmetic) {
+  const auto base = vec({1, 1, 1});
+  const auto a = vec({2, 1, 0}), b = vec({1, 3, 1});
+  // D_a = [1, 0, -1], D_b = [0, 2, 0]; 1 + 0.5 * (1 * D_a + 2 * D_b) = [1.5, 3, 0.5]
+  expect_near(run("task_arithmetic", {a, b}, base, {{{"weight", 1}}, {{"weight", 2}}}, {{"lambda", 0.5}}),
+              {1.5f, 3.0f, 0.5f});
+}
+
+// The TIES example worked by hand (base 0, so task vectors are the models):
+//   m1 = [ 3, -1,  2, 0, -5,  1]   top 3 by magnitude: 5 (i4), 3 (i0), 2 (i2)
+//   m2 = [-2,  4,  1, 1, -1, -3]   top 3: 4 (i1), 3 (i5), 2 (i0)
+//   m3 = [ 1, -3, -4, 2,  2, -1]   top 3: 4 (i2), 3 (i1), then 2 at i3 and i4 tie: i3 wins
+// trimmed: t1 = [3,0,2,0,-5,0], t2 = [-2,4,0,0,0,-3], t3 = [0,-3,-4,2,0,0]
+// sums [1, 1, -2, 2, -5, -3] elect + + - + - -; means of the agreeing entries:
+//   [3, 4, -4, 2, -5, -3]
+TEST(MergeMethods, TiesTrimElectDisjointMean) {
+  const auto base = vec({0, 0, 0, 0, 0, 0});
+  const auto m1 = vec({3, -1, 2, 0, -5, 1}), m2 = vec({-2, 4, 1, 1, -1, -3}), m3 = vec({1, -3, -4, 2, 2, -1});
+  const std::vector<Params> p(3, {{"weight", 1}, {"density", 0.5}});
+  expect_near(run("ties", {m1, m2, m3}, base, p), {3, 4, -4, 2, -5, -3});
+  // Density 1 keeps everything: sums [2, 0, -1, 3, -4, -3] elect + + - + - - (0 counts as +);
+  // agreeing means: [(3+1)/2, 4, -4, (1+2)/2, (-5-1)/2, (-3-1)/2]
+  const std::vector<Params> all(3, {{"weight", 1}, {"density", 1}});
+  expect_near(run("ties", {m1, m2, m3}, base, all), {2, 4, -4, 1.5f, -3, -2});
+  // Without normalize the agreeing entries are summed: [4, 4, -4, 3, -6, -4]
+  expect_near(run("ties", {m1, m2, m3}, base, all, {{"normalize", 0}}), {4, 4, -4, 3, -6, -4});
+}
+
+TEST(MergeMethods, TiesWeightsEnterTheElectionAndTheDivisor) {
+  const auto base = vec({0});
+  // Weighted deltas: 1*2 = 2 and 3*(-1) = -3: the sum is -1, so '-' wins; the mean over
+  // agreeing weights is -3 / 3 = -1.
+  expect_near(run("ties", {vec({2}), vec({-1})}, base, {{{"weight", 1}}, {{"weight", 3}}}), {-1});
+}
+
+TEST(MergeMethods, MagnitudeBandBreaksTiesByIndex) {
+  const std::vector<float> mags = {5, 1, 5, 3, 5, 0};
+  // Ranks: 5@0 -> 0, 5@2 -> 1, 5@4 -> 2, 3@3 -> 3, 1@1 -> 4, 0@5 -> 5.
+  const MagnitudeBand band(mags, 1, 3);  // ranks 1, 2, 3
+  std::vector<bool> kept;
+  for (size_t i = 0; i < mags.size(); ++i) kept.push_back(band.contains(mags[i], i));
+  EXPECT_EQ(kept, (std::vector<bool>{false, false, true, true, true, false}));
+  const MagnitudeBand everything(mags, 0, 6), nothing(mags, 0, 0), tail(mags, 5, 10);
+  for (size_t i = 0; i < mags.size(); ++i) {
+    EXPECT_TRUE(everything.contains(mags[i], i));
+    EXPECT_FALSE(nothing.contains(mags[i], i));
+    EXPECT_EQ(tail.contains(mags[i], i), i == 5);
+  }
+}
+
+TEST(MergeMethods, BreadcrumbsDropsTheTopAndKeepsTheNextBand) {
+  // Task vector magnitudes 10..1: gamma 0.1 drops the 10, density 0.5 keeps 9..5.
+  std::vector<float> m(10), want(10, 0.0f);
+  for (int i = 0; i < 10; ++i) m[static_cast<size_t>(i)] = static_cast<float>((i % 2 ? -1 : 1) * (10 - i));
+  for (int i = 1; i <= 5; ++i) want[static_cast<size_t>(i)] = m[static_cast<size_t>(i)];
+  expect_near(run("breadcrumbs", {vec(m)}, vec(std::vector<float>(10, 0.0f)),
+                  {{{"weight", 1}, {"density", 0.5}, {"gamma", 0.1}}}),
+              want);
+}
+
+TEST(MergeMethods, DareKeepsDensityAndRescales) {
+  const size_t n = 200000;
+  const auto base = vec(std::vector<float>(n, 0.0f));
+  const auto model = vec(std::vector<float>(n, 1.0f));
+  const Params p = {{"weight", 1}, {"density", 0.3}};
+  const auto a = run("dare_linear", {model}, base, {p}, {}, 42);
+  size_t kept = 0;
+  double sum = 0;
+  for (float v : a) {
+    if (v != 0) {
+      ++kept;
+      EXPECT_FLOAT_EQ(v, 1.0f / 0.3f);  // rescaled by 1/density
+    }
+    sum += v;
+  }
+  // Binomial(200000, 0.3): standard deviation ~205 entries; 5 sigma is ~1000.
+  EXPECT_NEAR(static_cast<double>(kept), 0.3 * n, 1000.0);
+  EXPECT_NEAR(sum / n, 1.0, 0.02);  // rescaling keeps the expected task vector
+  EXPECT_EQ(a, run("dare_linear", {model}, base, {p}, {}, 42));  // same seed, same bits
+  EXPECT_NE(a, run("dare_linear", {model}, base, {p}, {}, 43));
+  // Without rescale the kept entries stay 1.
+  for (float v : run("dare_linear", {model}, base, {p}, {{"rescale", 0}}, 42)) EXPECT_TRUE(v == 0.0f || v == 1.0f);
+}
+
+TEST(MergeMethods, SlerpInterpolatesOnTheSphere) {
+  // Orthogonal unit vectors: at t = 0.5 both get sin(pi/4) / sin(pi/2).
+  const float h = std::sin(static_cast<float>(M_PI) / 4);
+  expect_near(run("slerp", {vec({0, 1})}, vec({1, 0}), {{}}, {{"t", 0.5}}), {h, h});
+  // t = 1/3 of a right angle: [cos(30deg), sin(30deg)] = [0.8660254, 0.5]
+  expect_near(run("slerp", {vec({0, 1})}, vec({1, 0}), {{}}, {{"t", 1.0 / 3}}), {0.8660254f, 0.5f});
+  // The originals' lengths are interpolated, not normalised away: base [2,0], model [0,4].
+  expect_near(run("slerp", {vec({0, 4})}, vec({2, 0}), {{}}, {{"t", 0.5}}), {2 * h, 4 * h}, 1e-5f);
+}
+
+TEST(MergeMethods, SlerpFallsBackToLinearForColinearVectors) {
+  // model = 3 * base: cos = 1, so (1 - t) * base + t * model = [1 + 2t, 2 + 4t]
+  expect_near(run("slerp", {vec({3, 6})}, vec({1, 2}), {{}}, {{"t", 0.25}}), {1.5f, 3.0f});
+  expect_near(run("slerp", {vec({-1, -2})}, vec({1, 2}), {{}}, {{"t", 0.5}}), {0, 0});  // antiparallel
+  expect_near(run("slerp", {vec({5, 7})}, vec({1, 2}), {{}}, {{"t", 0}}), {1, 2});
+  expect_near(run("slerp", {vec({5, 7})}, vec({1, 2}), {{}}, {{"t", 1}}), {5, 7}, 1e-5f);
+}
+
+// A 4x3 task vector with known SVD: singular values 5, 3, 1 on the standard basis.
+std::vector<float> diag_delta(float a, float b, float c) { return {a, 0, 0, 0, b, 0, 0, 0, c, 0, 0, 0}; }
+
+TEST(MergeMethods, TsvSingleTaskIsTheTruncatedSvd) {
+  const Tensor base = vec(std::vector<float>(12, 1.0f), {4, 3});
+  std::vector<float> model = diag_delta(5, 3, 1);
+  for (auto& v : model) v += 1.0f;
+  // rank_fraction 2/3 keeps k = 2 of min(4, 3) = 3: W0 + 5 e0 e0^T + 3 e1 e1^T.
+  std::vector<float> want = diag_delta(5, 3, 0);
+  for (auto& v : want) v += 1.0f;
+  expect_near(run("tsv", {vec(model, {4, 3})}, base, {{}}, {{"rank_fraction", 2.0 / 3}}), want, 1e-5f);
+  // Full rank gives the model back.
+  expect_near(run("tsv", {vec(model, {4, 3})}, base, {{}}, {{"rank_fraction", 1}}), model, 1e-5f);
+}
+
+TEST(MergeMethods, TsvOrthogonalTasksAddUp) {
+  const Tensor base = vec(std::vector<float>(12, 0.0f), {4, 3});
+  // Two tasks with orthogonal rank-1 task vectors: k = floor(3 / 2) = 1 each; the
+  // concatenated factors are already orthonormal, so the merge is D1 + D2.
+  expect_near(run("tsv", {vec(diag_delta(5, 0, 0), {4, 3}), vec(diag_delta(0, 3, 0), {4, 3})}, base, {{}, {}}),
+              diag_delta(5, 3, 0), 1e-5f);
+}
+
+TEST(MergeMethods, TsvNonMatrixTensorsTakeTheMeanTaskVector) {
+  expect_near(run("tsv", {vec({2, 0}), vec({4, 4})}, vec({1, 1}), {{}, {}}), {3, 2});
+}
+
+TEST(MergeMethods, CopiesOfOneModelReturnIt) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> g;
+  std::vector<float> base_v(64), model_v(64);
+  for (auto& x : base_v) x = g(rng);
+  for (auto& x : model_v) x = g(rng);
+  const Tensor base = vec(base_v), model = vec(model_v);
+  const std::vector<Tensor> copies(4, model);
+  expect_near(run("linear", copies, std::nullopt, {{{"weight", 1}}, {{"weight", 2}}, {{"weight", 3}}, {{"weight", 4}}}),
+              model_v, 1e-5f);
+  expect_near(run("ties", copies, base, std::vector<Params>(4, {{"weight", 1}, {"density", 1}})), model_v, 1e-5f);
+  expect_near(run("task_arithmetic", copies, base, std::vector<Params>(4, {{"weight", 1}}), {{"lambda", 0.25}}),
+              model_v, 1e-5f);
+}
+
+TEST(MergeMethods, SymmetricMethodsIgnoreModelOrder) {
+  std::mt19937 rng(2);
+  std::normal_distribution<float> g;
+  std::vector<Tensor> models;
+  for (int k = 0; k < 3; ++k) {
+    std::vector<float> v(257);
+    for (auto& x : v) x = g(rng);
+    models.push_back(vec(v));
+  }
+  const Tensor base = vec(std::vector<float>(257, 0.1f));
+  const std::vector<Tensor> reversed(models.rbegin(), models.rend());
+  const std::vector<Params> p(3, {{"weight", 1}, {"density", 0.4}});
+  for (const char* m : {"ties", "task_arithmetic", "breadcrumbs_ties"}) {
+    std::vector<Params> pm = p;
+    if (std::string(m) == "task_arithmetic")
+      for (auto& x : pm) x.erase("density");
+    expect_near(run(m, models, base, pm), run(m, reversed, base, pm), 1e-5f);
+  }
+}
+
+TEST(Linalg, PolarFactorIsOrthonormalAndSymmetrising) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  Matrix a(7, 4);
+  for (auto& x : a.data) x = g(rng);
+  const Matrix p = polar_factor(a);
+  const Matrix ptp = matmul(p, p, true, false);  // P^T P = I
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) EXPECT_NEAR(ptp(i, j), i == j ? 1.0f : 0.0f, 1e-5f);
+  // A = P H with H = P^T A symmetric positive definite: the defining property of the
+  // polar decomposition.
+  const Matrix h = matmul(p, a, true, false);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_GT(h(i, i), 0.0f);
+    for (int j = 0; j < 4; ++j) EXPECT_NEAR(h(i, j), h(j, i), 1e-4f);
+  }
+}
+
+TEST(Linalg, SvdReconstructsAndOrdersSingularValues) {
+  std::mt19937 rng(6);
+  std::normal_distribution<float> g;
+  Matrix a(5, 8);
+  for (auto& x : a.data) x = g(rng);
+  const Svd d = svd(a);
+  ASSERT_EQ(d.s.size(), 5u);
+  for (size_t i = 1; i < d.s.size(); ++i) EXPECT_GE(d.s[i - 1], d.s[i]);
+  Matrix us = d.u;
+  for (int64_t i = 0; i < us.rows; ++i)
+    for (int64_t j = 0; j < us.cols; ++j) us(i, j) *= d.s[static_cast<size_t>(j)];
+  const Matrix back = matmul(us, d.vt);
+  // Reference: the input itself.
+  for (size_t i = 0; i < a.data.size(); ++i) EXPECT_NEAR(back.data[i], a.data[i], 1e-4f);
+}
+
+}  // namespace
+}  // namespace amalgam
