@@ -112,6 +112,29 @@ TEST(MergeMethods, MagnitudeBandBreaksTiesByIndex) {
   }
 }
 
+TEST(MergeMethods, MagnitudeBandMatchesASortedReference) {
+  // Quantised magnitudes (many ties, like BF16 task vectors) and a wide spread of exponents.
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> level(0, 40);
+  std::uniform_int_distribution<int> exponent(-30, 10);
+  for (int trial = 0; trial < 4; ++trial) {
+    std::vector<float> mags(5000);
+    for (auto& m : mags) m = trial % 2 ? static_cast<float>(level(rng)) * 0.25f : std::ldexp(1.0f + level(rng) / 64.0f, exponent(rng));
+    // Reference: sort indices by (magnitude descending, index ascending); rank is the position.
+    std::vector<size_t> order(mags.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return mags[a] > mags[b]; });
+    std::vector<size_t> rank(mags.size());
+    for (size_t r = 0; r < order.size(); ++r) rank[order[r]] = r;
+    for (auto [skip, keep] : {std::pair<size_t, size_t>{0, 1000}, {50, 2000}, {4999, 5}, {0, 4999}, {1234, 1}}) {
+      const MagnitudeBand band(mags, skip, keep);
+      for (size_t i = 0; i < mags.size(); ++i)
+        ASSERT_EQ(band.contains(mags[i], i), rank[i] >= skip && rank[i] < skip + keep)
+            << "trial " << trial << " skip " << skip << " keep " << keep << " index " << i;
+    }
+  }
+}
+
 TEST(MergeMethods, BreadcrumbsDropsTheTopAndKeepsTheNextBand) {
   // Task vector magnitudes 10..1: gamma 0.1 drops the 10, density 0.5 keeps 9..5.
   std::vector<float> m(10), want(10, 0.0f);

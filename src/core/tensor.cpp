@@ -25,16 +25,20 @@ std::string shape_to_string(const Shape& shape) {
 }
 
 namespace {
-std::shared_ptr<std::byte> aligned_buffer(size_t bytes) {
+std::shared_ptr<std::byte> aligned_buffer(size_t bytes, bool zero) {
   const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded);
   if (!p) throw std::bad_alloc();
-  std::memset(p, 0, rounded);
+  if (zero) std::memset(p, 0, rounded);
   return {static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); }};
 }
 }  // namespace
 
-Tensor Tensor::zeros(DType dtype, Shape shape) {
+Tensor Tensor::zeros(DType dtype, Shape shape) { return allocate(dtype, std::move(shape), true); }
+
+Tensor Tensor::uninitialized(DType dtype, Shape shape) { return allocate(dtype, std::move(shape), false); }
+
+Tensor Tensor::allocate(DType dtype, Shape shape, bool zero) {
   Tensor t;
   t.dtype_ = dtype;
   t.numel_ = shape_numel(shape);
@@ -42,15 +46,15 @@ Tensor Tensor::zeros(DType dtype, Shape shape) {
   size_t bytes = 0;
   if (__builtin_mul_overflow(static_cast<size_t>(t.numel_), dtype_size(dtype), &bytes))
     throw std::overflow_error("tensor byte size overflows");
-  auto buffer = aligned_buffer(bytes);
+  auto buffer = aligned_buffer(bytes, zero);
   t.bytes_ = {buffer.get(), bytes};
   t.owner_ = std::move(buffer);
   t.writable_ = true;
   return t;
 }
 
-Tensor Tensor::view(DType dtype, Shape shape, std::span<const std::byte> bytes,
-                    std::shared_ptr<const void> owner) {
+Tensor Tensor::view(DType dtype, Shape shape, std::span<const std::byte> bytes, std::shared_ptr<const void> owner,
+                    const ByteSource* source, uint64_t source_offset) {
   Tensor t;
   t.dtype_ = dtype;
   t.numel_ = shape_numel(shape);
@@ -61,7 +65,18 @@ Tensor Tensor::view(DType dtype, Shape shape, std::span<const std::byte> bytes,
   t.bytes_ = {const_cast<std::byte*>(bytes.data()), bytes.size()};
   t.owner_ = std::move(owner);
   t.writable_ = false;
+  t.source_ = source;
+  t.source_offset_ = source_offset;
   return t;
+}
+
+void Tensor::read_bytes(uint64_t offset, std::span<std::byte> dst) const {
+  if (offset > bytes_.size() || dst.size() > bytes_.size() - offset)
+    throw std::logic_error("Tensor::read_bytes: range outside the tensor");
+  if (source_)
+    source_->read(source_offset_ + offset, dst);
+  else if (!dst.empty())
+    std::memcpy(dst.data(), bytes_.data() + offset, dst.size());
 }
 
 Tensor Tensor::from_f32(Shape shape, std::span<const float> values) {
@@ -89,13 +104,13 @@ void Tensor::check_typed(size_t size, size_t align) const {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_ && aligned()) return *this;
-  Tensor out = zeros(dtype, shape_);
+  Tensor out = uninitialized(dtype, shape_);
   convert(dtype_, bytes_.data(), dtype, out.bytes_.data(), static_cast<size_t>(numel_));
   return out;
 }
 
 Tensor Tensor::clone() const {
-  Tensor out = zeros(dtype_, shape_);
+  Tensor out = uninitialized(dtype_, shape_);
   if (!bytes_.empty()) std::memcpy(out.bytes_.data(), bytes_.data(), bytes_.size());
   return out;
 }

@@ -17,6 +17,16 @@ namespace amalgam {
 
 using Shape = std::vector<int64_t>;
 
+// Where a view's bytes can also be read with a system call. Streaming through a large
+// mapped checkpoint with pread is several times faster than faulting its pages in one by
+// one, and leaves nothing mapped behind, so views of files offer both.
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  // Fills `dst` from `offset`; throws InputError when the file has become shorter.
+  virtual void read(uint64_t offset, std::span<std::byte> dst) const = 0;
+};
+
 // Number of elements of a shape; throws std::overflow_error when it does not fit 64 bits.
 int64_t shape_numel(const Shape& shape);
 std::string shape_to_string(const Shape& shape);
@@ -27,9 +37,13 @@ class Tensor {
 
   // A new owned tensor, zero-filled, 64-byte aligned.
   static Tensor zeros(DType dtype, Shape shape);
-  // A read-only view of `bytes`; `owner` keeps the memory alive.
-  static Tensor view(DType dtype, Shape shape, std::span<const std::byte> bytes,
-                     std::shared_ptr<const void> owner);
+  // The same without the fill, for buffers about to be overwritten whole (merge outputs,
+  // conversions): filling gigabytes that are overwritten next costs as much as the merge.
+  static Tensor uninitialized(DType dtype, Shape shape);
+  // A read-only view of `bytes`; `owner` keeps the memory (and `source`) alive. With a
+  // `source`, read_bytes() reads from it at `source_offset` instead of touching `bytes`.
+  static Tensor view(DType dtype, Shape shape, std::span<const std::byte> bytes, std::shared_ptr<const void> owner,
+                     const ByteSource* source = nullptr, uint64_t source_offset = 0);
   // An owned F32 tensor holding `values`.
   static Tensor from_f32(Shape shape, std::span<const float> values);
 
@@ -44,6 +58,9 @@ class Tensor {
   bool aligned() const;
 
   std::span<const std::byte> bytes() const { return bytes_; }
+  // Copies bytes [offset, offset + dst.size()) of the data into `dst`, through the view's
+  // ByteSource when it has one.
+  void read_bytes(uint64_t offset, std::span<std::byte> dst) const;
   std::span<std::byte> mutable_bytes();
 
   // Typed access; the dtype must match and the data must be aligned for T.
@@ -67,6 +84,7 @@ class Tensor {
   Tensor reshaped(Shape shape) const;
 
  private:
+  static Tensor allocate(DType dtype, Shape shape, bool zero);
   void check_typed(size_t size, size_t align) const;
 
   DType dtype_ = DType::F32;
@@ -75,6 +93,8 @@ class Tensor {
   std::span<std::byte> bytes_;
   std::shared_ptr<const void> owner_;
   bool writable_ = false;
+  const ByteSource* source_ = nullptr;  // not owning: owner_ keeps it alive
+  uint64_t source_offset_ = 0;
 };
 
 }  // namespace amalgam

@@ -40,6 +40,7 @@ class CheckpointReader {
   Tensor tensor(const std::string& name) const;
   // Done with this tensor: its pages leave the process's resident set (the page cache keeps them).
   void release(const std::string& name) const { shard_of(name).release(name); }
+  void prefetch(const std::string& name) const { shard_of(name).prefetch(name); }
   uint64_t total_tensor_bytes() const;
 
   // config.json, parsed, when the directory has one.

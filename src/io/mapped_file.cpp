@@ -13,16 +13,19 @@
 namespace amalgam {
 
 MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = fd_;
   if (fd < 0) throw InputError(path, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
+    fd_ = -1;
     throw InputError(path, std::string("cannot stat: ") + std::strerror(err));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
+    fd_ = -1;
     throw InputError(path, "not a regular file");
   }
   size_ = static_cast<size_t>(st.st_size);
@@ -31,12 +34,23 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
     if (p == MAP_FAILED) {
       const int err = errno;
       ::close(fd);
+      fd_ = -1;
       throw InputError(path, std::string("cannot map: ") + std::strerror(err));
     }
     data_ = static_cast<std::byte*>(p);
-    ::madvise(p, size_, MADV_SEQUENTIAL);  // checkpoints are read front to back: read ahead
   }
-  ::close(fd);  // the mapping stays valid without the descriptor
+}
+
+void MappedFile::read(uint64_t offset, std::span<std::byte> dst) const {
+  size_t done = 0;
+  while (done < dst.size()) {
+    const ssize_t n = ::pread(fd_, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw InputError(path_, std::string("read failed: ") + std::strerror(errno));
+    if (n == 0)
+      throw InputError(path_, "file ended at byte " + std::to_string(offset + done) + " while reading it (truncated?)");
+    done += static_cast<size_t>(n);
+  }
 }
 
 void MappedFile::release(std::span<const std::byte> range) const {
@@ -47,8 +61,13 @@ void MappedFile::release(std::span<const std::byte> range) const {
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+void MappedFile::will_need(uint64_t offset, uint64_t size) const {
+  ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(size), POSIX_FADV_WILLNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_) ::munmap(data_, size_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 }  // namespace amalgam

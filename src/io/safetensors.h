@@ -52,6 +52,8 @@ class SafetensorsReader {
   Tensor tensor(std::string_view name) const;
   // Done with this tensor for now: see MappedFile::release.
   void release(std::string_view name) const;
+  // About to read this tensor: see MappedFile::will_need.
+  void prefetch(std::string_view name) const;
   uint64_t header_bytes() const { return header_bytes_; }
   uint64_t file_bytes() const { return file_->size(); }
 

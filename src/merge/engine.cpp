@@ -1,12 +1,16 @@
 #include "merge/engine.h"
 
+#include <atomic>
+#include <bit>
 #include <chrono>
+#include <future>
 #include <cmath>
 #include <iostream>
 #include <set>
 
 #include "core/error.h"
 #include "core/interrupt.h"
+#include "core/parallel.h"
 #include "core/progress.h"
 #include "io/atomic_output.h"
 #include "io/json_file.h"
@@ -134,31 +138,115 @@ double layer_position(const std::string& name, const std::map<std::string, int>&
   return comes_before_layers(name) ? 0.0 : 1.0;
 }
 
+namespace {
+
+// Everything one merge needs, opened and checked up front.
+struct MergeInputs {
+  const MergeConfig& config;
+  const MergeOptions& options;
+  std::unique_ptr<MergeMethod> method;
+  std::unique_ptr<CheckpointReader> base;
+  Candidates candidates;
+  const CheckpointReader* reference = nullptr;  // the base, or the first model without one
+  std::map<std::string, int> stacks;
+  uint64_t seed = 0;
+
+  std::vector<const CheckpointReader*> readers_of(const std::string& name) const {
+    std::vector<const CheckpointReader*> out;
+    if (base) out.push_back(base.get());
+    for (const auto& r : candidates.readers)
+      if (r->contains(name)) out.push_back(r.get());
+    return out;
+  }
+};
+
+// Checks the merged values and converts them to the output dtype in one parallel pass.
+Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, const std::string& what) {
+  Tensor out = Tensor::uninitialized(out_dtype, merged.shape());
+  const float* in = merged.data<float>().data();
+  std::byte* dst = out.mutable_bytes().data();
+  std::atomic<bool> nonfinite{false};
+  parallel_chunks(static_cast<size_t>(merged.numel()), 1 << 16, [&](size_t b, size_t e) {
+    if (check_finite) {
+      uint32_t bad = 0;
+      for (size_t i = b; i < e; ++i) bad |= (std::bit_cast<uint32_t>(in[i]) & 0x7f800000u) == 0x7f800000u;
+      if (bad) nonfinite = true;
+    }
+    convert_from_f32(in + b, out_dtype, dst + b * dtype_size(out_dtype), e - b);
+  });
+  if (nonfinite) throw std::runtime_error(what + " produced NaN or Inf from finite inputs");
+  return out;
+}
+
+// Merges one floating-point tensor and returns it in its output dtype.
+Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary) {
+  const std::string& name = out_spec.name;
+  const MethodSpec& spec = in.method->spec();
+  const double t = layer_position(name, in.stacks);
+  std::vector<Tensor> inputs;
+  std::vector<std::map<std::string, double>> model_params;
+  for (size_t i = 0; i < in.candidates.readers.size(); ++i) {
+    // With --allow-missing the base's tensor stands in for a candidate that lacks it.
+    const CheckpointReader& r = *in.candidates.readers[i];
+    inputs.push_back(r.contains(name) ? r.tensor(name) : in.base->tensor(name));
+    summary.bytes_read += inputs.back().nbytes();
+    std::map<std::string, double> values;
+    for (const auto& p : spec.params)
+      if (p.scope == ParamSpec::Scope::Model)
+        values[p.name] = resolve_one(in.config, p, in.candidates.config_index[i], name, t);
+    model_params.push_back(std::move(values));
+  }
+  std::map<std::string, double> globals;
+  for (const auto& p : spec.params)
+    if (p.scope == ParamSpec::Scope::Global) globals[p.name] = resolve_one(in.config, p, std::nullopt, name, t);
+  std::optional<Tensor> base_tensor;
+  if (in.base) {
+    base_tensor = in.base->tensor(name);
+    summary.bytes_read += base_tensor->nbytes();
+  }
+
+  const TensorJob job(name, std::move(inputs), base_tensor, std::move(model_params), std::move(globals), in.seed);
+  const Tensor merged = in.method->merge(job);
+  job.rethrow_read_error();
+  if (in.options.check_finite) {
+    if (const auto bad = job.first_nonfinite_input()) {
+      const bool is_base = *bad == job.model_count();
+      const CheckpointReader& r = is_base ? *in.base : *in.candidates.readers[*bad];
+      throw InputError(r.contains(name) ? r.shard_of(name).path() : in.base->shard_of(name).path(), name,
+                       "contains NaN or Inf (--no-check-finite merges it anyway)");
+    }
+  }
+  if (merged.shape() != out_spec.shape || merged.dtype() != DType::F32)
+    throw std::logic_error(spec.name + " returned a tensor of the wrong shape for '" + name + "'");
+  return finish_tensor(merged, out_spec.dtype, in.options.check_finite, name + ": " + spec.name);
+}
+
+}  // namespace
+
 MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  const auto method = MethodRegistry::instance().create(config.merge_method);
-  const MethodSpec& spec = method->spec();
+  MergeInputs in{config, options, MethodRegistry::instance().create(config.merge_method), nullptr, {}, nullptr, {}, 0};
+  const MethodSpec& spec = in.method->spec();
   check_parameter_names(config, spec);
   if (spec.needs_base && !config.base_path)
     throw InputError(config.source, "base_model: " + spec.name + " needs a base model");
-
-  std::unique_ptr<CheckpointReader> base;
-  if (config.base_path) base = std::make_unique<CheckpointReader>(*config.base_path);
-  const Candidates cand = open_candidates(config, spec, base.get());
-  const CheckpointReader& ref = base ? *base : *cand.readers.front();
-  const uint64_t seed = options.seed.value_or(config.seed.value_or(0));
-  const auto stacks = find_layer_stacks(ref.names());
+  if (config.base_path) in.base = std::make_unique<CheckpointReader>(*config.base_path);
+  in.candidates = open_candidates(config, spec, in.base.get());
+  in.reference = in.base ? in.base.get() : in.candidates.readers.front().get();
+  in.seed = options.seed.value_or(config.seed.value_or(0));
+  in.stacks = find_layer_stacks(in.reference->names());
+  const CheckpointReader& ref = *in.reference;
 
   // Plan: every tensor of the reference, merged when it is floating point.
   std::vector<TensorSpec> plan;
   std::set<std::string> ref_names(ref.names().begin(), ref.names().end());
   for (const auto& name : ref.names()) {
     const TensorInfo& info = ref.info(name);
-    for (const auto& r : cand.readers) {
+    for (const auto& r : in.candidates.readers) {
       if (!r->contains(name)) {
-        if (options.allow_missing && base) continue;
+        if (options.allow_missing && in.base) continue;
         throw InputError(r->path(), name, "missing (present in " + ref.path().string() + ")" +
-                                              (base ? "; --allow-missing takes the base's tensor" : ""));
+                                              (in.base ? "; --allow-missing takes the base's tensor" : ""));
       }
       check_same_shape(ref, *r, name);
     }
@@ -166,7 +254,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     if (is_floating(info.dtype)) out = config.out_dtype.value_or(config.dtype.value_or(info.dtype));
     plan.push_back({name, out, info.shape});
   }
-  for (const auto& r : cand.readers)
+  for (const auto& r : in.candidates.readers)
     for (const auto& name : r->names())
       if (!ref_names.contains(name) && !options.quiet)
         std::cerr << "amalgam: note: " << r->path().string() << ": tensor '" << name
@@ -176,7 +264,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   CheckpointWriter writer(output.staging(), plan, options.max_shard_bytes);
   // The recorded config names the checkpoints as they were found, so it reruns from anywhere.
   MergeConfig resolved = config;
-  resolved.seed = seed;
+  resolved.seed = in.seed;
   std::error_code ec;
   for (auto& m : resolved.models) m.model = fs::absolute(m.path, ec).lexically_normal().string();
   if (resolved.base_path) resolved.base_model = fs::absolute(*resolved.base_path, ec).lexically_normal().string();
@@ -186,66 +274,32 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     if (f.filename() != "amalgam_config.yaml" && f.filename() != "merge_report.json") carried.push_back(f);
   copy_files_into(carried, output.staging());
 
+  // While tensor i is merged on all cores, the kernel reads tensor i+1 ahead and a second
+  // thread writes tensor i-1.
   MergeSummary summary;
   Progress progress("merging", plan.size(), ref.total_tensor_bytes(), options.quiet);
-  for (const auto& out_spec : plan) {
+  std::future<void> written;
+  for (size_t i = 0; i < plan.size(); ++i) {
     check_interrupt();
+    const TensorSpec& out_spec = plan[i];
     const std::string& name = out_spec.name;
-    const TensorInfo& info = ref.info(name);
-    if (!is_floating(info.dtype)) {
-      writer.write(name, ref.tensor(name));
+    if (i + 1 < plan.size())
+      for (const auto* r : in.readers_of(plan[i + 1].name)) r->prefetch(plan[i + 1].name);
+    Tensor out;
+    if (is_floating(ref.info(name).dtype)) {
+      out = merge_tensor(in, out_spec, summary);
+      ++summary.tensors_merged;
+    } else {
+      out = ref.tensor(name);  // integer buffers are the base's
       ++summary.tensors_copied;
-      summary.bytes_written += info.nbytes();
-      progress.advance(1, info.nbytes());
-      continue;
     }
-    const double t = layer_position(name, stacks);
-    std::vector<Tensor> inputs;
-    std::vector<std::map<std::string, double>> model_params;
-    for (size_t i = 0; i < cand.readers.size(); ++i) {
-      // With --allow-missing the base's tensor stands in for a candidate that lacks it.
-      const CheckpointReader& source = cand.readers[i]->contains(name) ? *cand.readers[i] : *base;
-      inputs.push_back(source.tensor(name));
-      summary.bytes_read += inputs.back().nbytes();
-      std::map<std::string, double> values;
-      for (const auto& p : spec.params)
-        if (p.scope == ParamSpec::Scope::Model) values[p.name] = resolve_one(config, p, cand.config_index[i], name, t);
-      model_params.push_back(std::move(values));
-    }
-    std::map<std::string, double> globals;
-    for (const auto& p : spec.params)
-      if (p.scope == ParamSpec::Scope::Global) globals[p.name] = resolve_one(config, p, std::nullopt, name, t);
-    std::optional<Tensor> base_tensor;
-    if (base) {
-      base_tensor = base->tensor(name);
-      summary.bytes_read += base_tensor->nbytes();
-    }
-
-    const TensorJob job(name, std::move(inputs), base_tensor, std::move(model_params), std::move(globals), seed);
-    const Tensor merged = method->merge(job);
-    if (options.check_finite) {
-      if (const auto bad = job.first_nonfinite_input()) {
-        const bool is_base = *bad == job.model_count();
-        const auto& bad_path = is_base ? base->shard_of(name).path() : cand.readers[*bad]->shard_of(name).path();
-        throw InputError(bad_path, name, "contains NaN or Inf (--no-check-finite merges it anyway)");
-      }
-    }
-    if (merged.shape() != info.shape || merged.dtype() != DType::F32)
-      throw std::logic_error(spec.name + " returned a tensor of the wrong shape for '" + name + "'");
-    if (options.check_finite) {
-      for (float v : merged.data<float>())
-        if (!std::isfinite(v))
-          throw std::runtime_error(name + ": " + spec.name + " produced NaN or Inf from finite inputs");
-    }
-    const Tensor out = merged.to(out_spec.dtype);
-    writer.write(name, out);
-    if (base) base->release(name);
-    for (const auto& r : cand.readers)
-      if (r->contains(name)) r->release(name);
-    ++summary.tensors_merged;
+    for (const auto* r : in.readers_of(name)) r->release(name);
+    if (written.valid()) written.get();
     summary.bytes_written += out.nbytes();
-    progress.advance(1, info.nbytes());
+    written = std::async(std::launch::async, [&writer, name, out = std::move(out)] { writer.write(name, out); });
+    progress.advance(1, ref.info(name).nbytes());
   }
+  if (written.valid()) written.get();
   writer.finish();
   summary.shards = writer.shard_count();
   output.commit();

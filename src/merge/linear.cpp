@@ -32,21 +32,25 @@ class Linear final : public MergeMethod {
       if (std::abs(sum) < 1e-12) throw InputError("linear: the weights for tensor '" + job.name() + "' sum to zero");
       for (auto& x : w) x = static_cast<float>(x / sum);
     }
-    Tensor out = Tensor::zeros(DType::F32, job.shape());
+    Tensor out = Tensor::uninitialized(DType::F32, job.shape());
     float* acc = out.mutable_data<float>().data();
     // Chunks small enough that the accumulator stays in cache while every model streams by.
     parallel_chunks(n, kChunk, [&](size_t b, size_t e) {
-      float buf[kChunk];
-      for (size_t t = 0; t < models; ++t) {
+      thread_local std::vector<float> buffer(kChunk);
+      float* buf = buffer.data();
+      float* a = acc + b;
+      job.read_model(0, b, e, buf);
+      for (size_t i = 0; i < e - b; ++i) a[i] = w[0] * buf[i];
+      for (size_t t = 1; t < models; ++t) {
         job.read_model(t, b, e, buf);
-        for (size_t i = 0; i < e - b; ++i) acc[b + i] += w[t] * buf[i];
+        for (size_t i = 0; i < e - b; ++i) a[i] += w[t] * buf[i];
       }
     });
     return out;
   }
 
  private:
-  static constexpr size_t kChunk = 4096;
+  static constexpr size_t kChunk = 32768;
 };
 
 AMALGAM_REGISTER_METHOD(Linear);

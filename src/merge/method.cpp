@@ -3,6 +3,8 @@
 #include <bit>
 #include <cmath>
 #include <stdexcept>
+#include <vector>
+#include <algorithm>
 
 #include "core/error.h"
 
@@ -16,7 +18,8 @@ TensorJob::TensorJob(std::string name, std::vector<Tensor> models, std::optional
       base_(std::move(base)),
       model_params_(std::move(model_params)),
       global_params_(std::move(global_params)),
-      nonfinite_(std::make_shared<std::optional<size_t>>()) {
+      nonfinite_(std::make_shared<std::optional<size_t>>()),
+      read_error_(std::make_shared<std::exception_ptr>()) {
   const Tensor& ref = base_ ? *base_ : models_.at(0);
   shape_ = ref.shape();
   numel_ = static_cast<size_t>(ref.numel());
@@ -35,26 +38,47 @@ void TensorJob::note_nonfinite(size_t input, const float* values, size_t n) cons
   if (!nonfinite_->has_value() || input < **nonfinite_) *nonfinite_ = input;
 }
 
+void TensorJob::read_input(const Tensor& input, size_t index, size_t begin, size_t end, float* out) const {
+  const size_t n = end - begin, size = dtype_size(input.dtype());
+  try {
+    if (input.dtype() == DType::F32) {
+      input.read_bytes(begin * size, {reinterpret_cast<std::byte*>(out), n * size});
+    } else {
+      thread_local std::vector<std::byte> staging;
+      staging.resize(n * size);
+      input.read_bytes(begin * size, staging);
+      convert_to_f32(input.dtype(), staging.data(), out, n);
+    }
+  } catch (...) {
+#pragma omp critical(amalgam_read_error)
+    if (!*read_error_) *read_error_ = std::current_exception();
+    std::fill(out, out + n, 0.0f);
+    return;
+  }
+  note_nonfinite(index, out, n);
+}
+
 void TensorJob::read_model(size_t t, size_t begin, size_t end, float* out) const {
-  const Tensor& m = models_.at(t);
-  convert_to_f32(m.dtype(), m.bytes().data() + begin * dtype_size(m.dtype()), out, end - begin);
-  note_nonfinite(t, out, end - begin);
+  read_input(models_.at(t), t, begin, end, out);
 }
 
 void TensorJob::read_base(size_t begin, size_t end, float* out) const {
   if (!base_) throw std::logic_error("TensorJob::read_base without a base model");
-  convert_to_f32(base_->dtype(), base_->bytes().data() + begin * dtype_size(base_->dtype()), out, end - begin);
-  note_nonfinite(models_.size(), out, end - begin);
+  read_input(*base_, models_.size(), begin, end, out);
+}
+
+void TensorJob::rethrow_read_error() const {
+  if (*read_error_) std::rethrow_exception(*read_error_);
 }
 
 Tensor TensorJob::model_f32(size_t t) const {
-  Tensor out = Tensor::zeros(DType::F32, shape_);
+  Tensor out = Tensor::uninitialized(DType::F32, shape_);
   read_model(t, 0, numel_, out.mutable_data<float>().data());
   return out;
 }
 
 Tensor TensorJob::base_f32() const {
-  Tensor out = Tensor::zeros(DType::F32, shape_);
+  Tensor out = Tensor::uninitialized(DType::F32, shape_);
   read_base(0, numel_, out.mutable_data<float>().data());
   return out;
 }

@@ -71,8 +71,12 @@ class TensorJob {
 
   // Set when a read met NaN or Inf: which input (model index, or model_count() for the base).
   std::optional<size_t> first_nonfinite_input() const;
+  // Reads run inside parallel loops, where an exception cannot propagate: a failed read
+  // (a file truncated under us) is recorded and rethrown here, after the method returns.
+  void rethrow_read_error() const;
 
  private:
+  void read_input(const Tensor& input, size_t index, size_t begin, size_t end, float* out) const;
   void note_nonfinite(size_t input, const float* values, size_t n) const;
 
   std::string name_;
@@ -83,7 +87,9 @@ class TensorJob {
   std::vector<std::map<std::string, double>> model_params_;
   std::map<std::string, double> global_params_;
   uint64_t seed_ = 0;
-  mutable std::shared_ptr<std::optional<size_t>> nonfinite_;  // shared so TensorJob stays copyable
+  // Shared so that TensorJob stays copyable; written under a critical section.
+  std::shared_ptr<std::optional<size_t>> nonfinite_;
+  std::shared_ptr<std::exception_ptr> read_error_;
 };
 
 class MergeMethod {

@@ -58,7 +58,7 @@ class Slerp final : public MergeMethod {
       s0 = std::sin((1 - t) * theta) / std::sin(theta);
       s1 = std::sin(t * theta) / std::sin(theta);
     }
-    Tensor out = Tensor::zeros(DType::F32, job.shape());
+    Tensor out = Tensor::uninitialized(DType::F32, job.shape());
     float* res = out.mutable_data<float>().data();
     parallel_chunks(n, kChunk, [&](size_t b, size_t e) {
       float v0[kChunk], v1[kChunk];

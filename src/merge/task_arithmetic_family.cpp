@@ -1,6 +1,10 @@
 #include "merge/task_arithmetic_family.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <bit>
+#include <stdexcept>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -13,18 +17,54 @@ namespace {
 constexpr size_t kChunk = 2048;
 }
 
+namespace {
+
+// Counts of the 16-bit digit of every value's bit pattern at `shift`, among values whose
+// higher bits equal `prefix` (all values when shift is 16), one histogram per thread, summed.
+std::vector<uint64_t> digit_histogram(std::span<const float> values, int shift, uint32_t prefix) {
+  const int threads = num_threads();
+  std::vector<uint64_t> hist(static_cast<size_t>(threads) << 16, 0);
+#pragma omp parallel num_threads(threads)
+  {
+    uint64_t* h = hist.data() + (static_cast<size_t>(omp_get_thread_num()) << 16);
+#pragma omp for schedule(static)
+    for (size_t i = 0; i < values.size(); ++i) {
+      const uint32_t bits = std::bit_cast<uint32_t>(values[i]);
+      if (shift == 16 || (bits >> 16) == prefix) ++h[(bits >> shift) & 0xffffu];
+    }
+  }
+  for (int t = 1; t < threads; ++t)
+    for (size_t d = 0; d < 65536; ++d) hist[d] += hist[(static_cast<size_t>(t) << 16) + d];
+  hist.resize(65536);
+  return hist;
+}
+
+// Walks a histogram from the largest digit down; returns the digit holding rank `rank` and
+// the number of values in larger digits.
+std::pair<uint32_t, uint64_t> descend(const std::vector<uint64_t>& hist, uint64_t rank) {
+  uint64_t above = 0;
+  for (uint32_t d = 65535;; --d) {
+    if (above + hist[d] > rank) return {d, above};
+    above += hist[d];
+    if (d == 0) break;
+  }
+  throw std::logic_error("rank outside the histogram");
+}
+
+}  // namespace
+
 MagnitudeBand::Boundary MagnitudeBand::boundary(std::span<const float> magnitudes, size_t rank) {
   const size_t n = magnitudes.size();
   if (rank == 0) return {std::numeric_limits<float>::infinity(), 0};  // nothing is above
   if (rank >= n) return {-1.0f, 0};                                     // everything is above
-  std::vector<float> sorted(magnitudes.begin(), magnitudes.end());
-  std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(rank), sorted.end(),
-                   std::greater<float>());
-  const float value = sorted[rank];
-  size_t greater = 0;
-  for (float m : magnitudes) greater += m > value;
+  // Radix selection: for non-negative floats the bit patterns sort like the values, so two
+  // 16-bit histogram passes find the value of rank `rank` (largest first) in linear time,
+  // without copying or reordering the magnitudes.
+  const auto [high, above_high] = descend(digit_histogram(magnitudes, 16, 0), rank);
+  const auto [low, above_low] = descend(digit_histogram(magnitudes, 0, high), rank - above_high);
+  const float value = std::bit_cast<float>((high << 16) | low);
   // The boundary is the (rank - greater)-th entry equal to `value`, counting by index.
-  size_t ties_before = rank - greater;
+  size_t ties_before = rank - above_high - above_low;
   for (size_t i = 0; i < n; ++i)
     if (magnitudes[i] == value && ties_before-- == 0) return {value, i};
   return {value, n};
