@@ -76,12 +76,43 @@ TEST(Cli, InspectSingleFile) {
 
 TEST(Cli, CorruptFileIsOneLineExitTwo) {
   TempDir tmp;
-  write_bytes(tmp / "bad.safetensors", testing::raw_safetensors(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", "short"));
+  write_bytes(tmp / "bad.safetensors",
+              testing::raw_safetensors(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", "short"));
   const auto r = run_amalgam("inspect " + (tmp / "bad.safetensors").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err.rfind("amalgam: error: " + (tmp / "bad.safetensors").string() + ": tensor 'w':", 0), 0u) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
   EXPECT_TRUE(r.out.empty());
+}
+
+}  // namespace
+}  // namespace amalgam
+
+namespace amalgam {
+namespace {
+
+TEST(CliInterrupt, CtrlCLeavesNoPartialOutput) {
+  testing::TempDir tmp;
+  const auto gen = testing::run_amalgam("generate -o " + (tmp / "fam").string() +
+                                        " --models 2 --layers 6 --hidden 384 --intermediate 1024 --vocab 2000");
+  ASSERT_EQ(gen.code, 0) << gen.err;
+  testing::write_bytes(tmp / "tsv.yaml", "merge_method: tsv\nbase_model: " + (tmp / "fam/base").string() +
+                                             "\nmodels:\n  - model: " + (tmp / "fam/model_1").string() +
+                                             "\n  - model: " + (tmp / "fam/model_2").string() + "\n");
+  fs::create_directories(tmp / "out");
+  testing::write_bytes(tmp / "out/previous.txt", "keep me");
+  // TSV's SVDs take long enough that SIGINT arrives mid-merge.
+  const std::string script = std::string(AMALGAM_BIN) + " merge " + (tmp / "tsv.yaml").string() + " -o " +
+                             (tmp / "out").string() + " --force -q 2>" + (tmp / "err").string() +
+                             " & pid=$!; sleep 0.5; kill -INT $pid; wait $pid; echo $? >" + (tmp / "rc").string();
+  ASSERT_EQ(std::system(("bash -c '" + script + "'").c_str()), 0);
+  const std::string rc = testing::read_bytes(tmp / "rc");
+  ASSERT_EQ(rc, "130\n") << "the merge finished before the signal; make it slower. stderr: "
+                         << testing::read_bytes(tmp / "err");
+  EXPECT_NE(testing::read_bytes(tmp / "err").find("interrupted"), std::string::npos);
+  EXPECT_EQ(testing::read_bytes(tmp / "out/previous.txt"), "keep me");  // the old output is intact
+  for (const auto& e : fs::directory_iterator(tmp.path()))
+    EXPECT_EQ(e.path().filename().string().find(".out.amalgam-tmp"), std::string::npos) << e.path();
 }
 
 }  // namespace

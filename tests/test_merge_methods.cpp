@@ -57,9 +57,9 @@ TEST(MergeMethods, LinearWeightedMean) {
   expect_near(run("linear", {a, b, c}, std::nullopt, {{{"weight", 1}}, {{"weight", 2}}, {{"weight", 1}}}),
               {1.75f, 1.5f});
   // Without normalisation: the plain weighted sum [7, 6].
-  expect_near(run("linear", {a, b, c}, std::nullopt, {{{"weight", 1}}, {{"weight", 2}}, {{"weight", 1}}},
-                  {{"normalize", 0}}),
-              {7, 6});
+  expect_near(
+      run("linear", {a, b, c}, std::nullopt, {{{"weight", 1}}, {{"weight", 2}}, {{"weight", 1}}}, {{"normalize", 0}}),
+      {7, 6});
 }
 
 TEST(MergeMethods, TaskArithmetic) {
@@ -119,7 +119,8 @@ TEST(MergeMethods, MagnitudeBandMatchesASortedReference) {
   std::uniform_int_distribution<int> exponent(-30, 10);
   for (int trial = 0; trial < 4; ++trial) {
     std::vector<float> mags(5000);
-    for (auto& m : mags) m = trial % 2 ? static_cast<float>(level(rng)) * 0.25f : std::ldexp(1.0f + level(rng) / 64.0f, exponent(rng));
+    for (auto& m : mags)
+      m = trial % 2 ? static_cast<float>(level(rng)) * 0.25f : std::ldexp(1.0f + level(rng) / 64.0f, exponent(rng));
     // Reference: sort indices by (magnitude descending, index ascending); rank is the position.
     std::vector<size_t> order(mags.size());
     std::iota(order.begin(), order.end(), 0);
@@ -162,7 +163,7 @@ TEST(MergeMethods, DareKeepsDensityAndRescales) {
   }
   // Binomial(200000, 0.3): standard deviation ~205 entries; 5 sigma is ~1000.
   EXPECT_NEAR(static_cast<double>(kept), 0.3 * n, 1000.0);
-  EXPECT_NEAR(sum / n, 1.0, 0.02);  // rescaling keeps the expected task vector
+  EXPECT_NEAR(sum / n, 1.0, 0.02);                               // rescaling keeps the expected task vector
   EXPECT_EQ(a, run("dare_linear", {model}, base, {p}, {}, 42));  // same seed, same bits
   EXPECT_NE(a, run("dare_linear", {model}, base, {p}, {}, 43));
   // Without rescale the kept entries stay 1.
@@ -188,7 +189,9 @@ TEST(MergeMethods, SlerpFallsBackToLinearForColinearVectors) {
 }
 
 // A 4x3 task vector with known SVD: singular values 5, 3, 1 on the standard basis.
-std::vector<float> diag_delta(float a, float b, float c) { return {a, 0, 0, 0, b, 0, 0, 0, c, 0, 0, 0}; }
+std::vector<float> diag_delta(float a, float b, float c) {
+  return {a, 0, 0, 0, b, 0, 0, 0, c, 0, 0, 0};
+}
 
 TEST(MergeMethods, TsvSingleTaskIsTheTruncatedSvd) {
   const Tensor base = vec(std::vector<float>(12, 1.0f), {4, 3});

@@ -133,8 +133,7 @@ struct Malformed {
   const char* expected;  // a substring of the one-line error
 };
 
-std::string entry(const std::string& name, const std::string& dtype, const std::string& shape, uint64_t b,
-                  uint64_t e) {
+std::string entry(const std::string& name, const std::string& dtype, const std::string& shape, uint64_t b, uint64_t e) {
   return "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":" + shape + ",\"data_offsets\":[" +
          std::to_string(b) + "," + std::to_string(e) + "]}";
 }
@@ -180,21 +179,23 @@ std::vector<Malformed> catalogue() {
        "past the end of the data"},
       {"overlapping tensors", file_of(entry("a", "F32", "[2]", 0, 8) + "," + entry("b", "F32", "[1]", 4, 8), f8),
        "overlaps tensor 'a'"},
-      {"hole between tensors",
-       file_of(entry("a", "F32", "[1]", 0, 4) + "," + entry("b", "U8", "[2]", 6, 8), f8), "hole of 2 bytes"},
+      {"hole between tensors", file_of(entry("a", "F32", "[1]", 0, 4) + "," + entry("b", "U8", "[2]", 6, 8), f8),
+       "hole of 2 bytes"},
       {"data not starting at zero", file_of(entry("a", "F32", "[1]", 4, 8), f8), "hole of 4 bytes"},
       {"trailing bytes", file_of(entry("a", "F32", "[1]", 0, 4), f8), "4 bytes of data after the last tensor"},
-      {"duplicate tensor names",
-       file_of(entry("a", "F32", "[1]", 0, 4) + "," + entry("a", "F32", "[1]", 4, 8), f8), "duplicate key"},
-      {"duplicate field", raw_safetensors(R"({"a":{"dtype":"U8","dtype":"F32","shape":[1],"data_offsets":[0,1]}})", "x"),
+      {"duplicate tensor names", file_of(entry("a", "F32", "[1]", 0, 4) + "," + entry("a", "F32", "[1]", 4, 8), f8),
        "duplicate key"},
+      {"duplicate field",
+       raw_safetensors(R"({"a":{"dtype":"U8","dtype":"F32","shape":[1],"data_offsets":[0,1]}})", "x"), "duplicate key"},
       {"metadata not an object", raw_safetensors(R"({"__metadata__":[1]})", ""), "__metadata__ is not an object"},
       {"metadata value not a string", raw_safetensors(R"({"__metadata__":{"format":1}})", ""), "is not a string"},
   };
   return c;
 }
 
-TEST(SafetensorsMalformed, CatalogueHasAtLeastTwentyCases) { EXPECT_GE(catalogue().size(), 20u); }
+TEST(SafetensorsMalformed, CatalogueHasAtLeastTwentyCases) {
+  EXPECT_GE(catalogue().size(), 20u);
+}
 
 TEST(SafetensorsMalformed, EachGivesItsSpecificError) {
   TempDir dir;

@@ -10,7 +10,8 @@
 namespace amalgam::cli {
 
 void add_generate_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "Write a synthetic base checkpoint and fine-tunes of it (demos, benchmarks)");
+  auto* cmd =
+      app.add_subcommand("generate", "Write a synthetic base checkpoint and fine-tunes of it (demos, benchmarks)");
   struct Args {
     std::string output, dtype = "bfloat16", shard_size = "5GB";
     SyntheticFamily spec;

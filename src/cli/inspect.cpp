@@ -49,8 +49,8 @@ nlohmann::ordered_json inspect_json(const CheckpointReader& ckpt) {
 }
 
 void print_table(const nlohmann::ordered_json& j) {
-  std::cout << j["path"].get<std::string>() << ": " << j["total_tensors"] << " tensors, "
-            << j["total_parameters"] << " parameters, " << human_bytes(j["total_bytes"].get<double>());
+  std::cout << j["path"].get<std::string>() << ": " << j["total_tensors"] << " tensors, " << j["total_parameters"]
+            << " parameters, " << human_bytes(j["total_bytes"].get<double>());
   if (j["sharded"].get<bool>()) std::cout << " in " << j["shards"].size() << " shards";
   std::cout << "\n";
   for (const auto& [dtype, n] : j["parameters_by_dtype"].items())

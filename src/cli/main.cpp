@@ -2,8 +2,6 @@
 //
 // Exit codes: 0 success, 2 bad input (a corrupt file, a bad config, bad arguments),
 // 1 anything else (a failure of amalgam or of the system), 130 interrupted.
-#include <malloc.h>
-
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -36,11 +34,6 @@ int main(int argc, char** argv) {
   amalgam::cli::add_merge_command(app);
   amalgam::cli::add_generate_command(app);
 
-  // Merges allocate and free a tensor-sized buffer per tensor. Keeping freed memory in the
-  // heap instead of returning it to the kernel avoids faulting and zeroing those pages again
-  // for every tensor; resident memory stays at the largest tensors' size either way.
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   amalgam::install_interrupt_handler();
   try {
     app.parse(argc, argv);

@@ -21,10 +21,9 @@ uint64_t parse_byte_size(const std::string& text) {
   }
   std::string unit = text.substr(pos);
   for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  const std::pair<const char*, double> units[] = {{"", 1},      {"B", 1},      {"K", 1e3},    {"KB", 1e3},
-                                                  {"M", 1e6},   {"MB", 1e6},   {"G", 1e9},    {"GB", 1e9},
-                                                  {"T", 1e12},  {"TB", 1e12},  {"KIB", 1024.0}, {"MIB", 1048576.0},
-                                                  {"GIB", 1073741824.0}};
+  const std::pair<const char*, double> units[] = {
+      {"", 1},     {"B", 1},    {"K", 1e3},   {"KB", 1e3},     {"M", 1e6},         {"MB", 1e6},          {"G", 1e9},
+      {"GB", 1e9}, {"T", 1e12}, {"TB", 1e12}, {"KIB", 1024.0}, {"MIB", 1048576.0}, {"GIB", 1073741824.0}};
   for (const auto& [name, factor] : units)
     if (unit == name && value > 0) return static_cast<uint64_t>(value * factor);
   throw InputError("size '" + text + "' is not a positive number with an optional unit (KB, MB, GB, KiB, ...)");

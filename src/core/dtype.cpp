@@ -14,35 +14,51 @@ namespace amalgam {
 size_t dtype_size(DType t) {
   switch (t) {
     case DType::F64:
-    case DType::I64: return 8;
+    case DType::I64:
+      return 8;
     case DType::F32:
-    case DType::I32: return 4;
+    case DType::I32:
+      return 4;
     case DType::F16:
     case DType::BF16:
-    case DType::I16: return 2;
+    case DType::I16:
+      return 2;
     case DType::F8_E4M3:
     case DType::F8_E5M2:
     case DType::I8:
     case DType::U8:
-    case DType::BOOL: return 1;
+    case DType::BOOL:
+      return 1;
   }
   return 0;
 }
 
 std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::F64: return "F64";
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::F8_E4M3: return "F8_E4M3";
-    case DType::F8_E5M2: return "F8_E5M2";
-    case DType::I64: return "I64";
-    case DType::I32: return "I32";
-    case DType::I16: return "I16";
-    case DType::I8: return "I8";
-    case DType::U8: return "U8";
-    case DType::BOOL: return "BOOL";
+    case DType::F64:
+      return "F64";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::F8_E4M3:
+      return "F8_E4M3";
+    case DType::F8_E5M2:
+      return "F8_E5M2";
+    case DType::I64:
+      return "I64";
+    case DType::I32:
+      return "I32";
+    case DType::I16:
+      return "I16";
+    case DType::I8:
+      return "I8";
+    case DType::U8:
+      return "U8";
+    case DType::BOOL:
+      return "BOOL";
   }
   return "?";
 }
@@ -54,8 +70,8 @@ std::optional<DType> parse_dtype(std::string_view name) {
 }
 
 bool is_floating(DType t) {
-  return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16 ||
-         t == DType::F8_E4M3 || t == DType::F8_E5M2;
+  return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F8_E4M3 ||
+         t == DType::F8_E5M2;
 }
 
 namespace {
@@ -243,13 +259,20 @@ void from_f32_range(const float* in, DType dst, void* out, size_t begin, size_t 
 
 int64_t load_integer(DType t, const void* in, size_t i) {
   switch (t) {
-    case DType::I64: return load<int64_t>(in, i);
-    case DType::I32: return load<int32_t>(in, i);
-    case DType::I16: return load<int16_t>(in, i);
-    case DType::I8: return load<int8_t>(in, i);
-    case DType::U8: return load<uint8_t>(in, i);
-    case DType::BOOL: return load<uint8_t>(in, i) != 0;
-    default: throw std::logic_error("load_integer: not an integer dtype");
+    case DType::I64:
+      return load<int64_t>(in, i);
+    case DType::I32:
+      return load<int32_t>(in, i);
+    case DType::I16:
+      return load<int16_t>(in, i);
+    case DType::I8:
+      return load<int8_t>(in, i);
+    case DType::U8:
+      return load<uint8_t>(in, i);
+    case DType::BOOL:
+      return load<uint8_t>(in, i) != 0;
+    default:
+      throw std::logic_error("load_integer: not an integer dtype");
   }
 }
 
@@ -262,13 +285,20 @@ Int clamp_to(int64_t v) {
 
 void store_integer(DType t, void* out, size_t i, int64_t v) {
   switch (t) {
-    case DType::I64: return store<int64_t>(out, i, v);
-    case DType::I32: return store<int32_t>(out, i, clamp_to<int32_t>(v));
-    case DType::I16: return store<int16_t>(out, i, clamp_to<int16_t>(v));
-    case DType::I8: return store<int8_t>(out, i, clamp_to<int8_t>(v));
-    case DType::U8: return store<uint8_t>(out, i, clamp_to<uint8_t>(v));
-    case DType::BOOL: return store<uint8_t>(out, i, v != 0);
-    default: throw std::logic_error("store_integer: not an integer dtype");
+    case DType::I64:
+      return store<int64_t>(out, i, v);
+    case DType::I32:
+      return store<int32_t>(out, i, clamp_to<int32_t>(v));
+    case DType::I16:
+      return store<int16_t>(out, i, clamp_to<int16_t>(v));
+    case DType::I8:
+      return store<int8_t>(out, i, clamp_to<int8_t>(v));
+    case DType::U8:
+      return store<uint8_t>(out, i, clamp_to<uint8_t>(v));
+    case DType::BOOL:
+      return store<uint8_t>(out, i, v != 0);
+    default:
+      throw std::logic_error("store_integer: not an integer dtype");
   }
 }
 
@@ -299,7 +329,9 @@ uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(encode_small_float(f, 5, 10, true));
 }
 
-float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+float bf16_to_f32(uint16_t h) {
+  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
+}
 
 uint16_t f32_to_bf16(float f) {
   const uint32_t b = std::bit_cast<uint32_t>(f);
@@ -307,10 +339,18 @@ uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
-float f8e4m3_to_f32(uint8_t v) { return e4m3_table()[v]; }
-uint8_t f32_to_f8e4m3(float f) { return static_cast<uint8_t>(encode_small_float(f, 4, 3, false)); }
-float f8e5m2_to_f32(uint8_t v) { return e5m2_table()[v]; }
-uint8_t f32_to_f8e5m2(float f) { return static_cast<uint8_t>(encode_small_float(f, 5, 2, true)); }
+float f8e4m3_to_f32(uint8_t v) {
+  return e4m3_table()[v];
+}
+uint8_t f32_to_f8e4m3(float f) {
+  return static_cast<uint8_t>(encode_small_float(f, 4, 3, false));
+}
+float f8e5m2_to_f32(uint8_t v) {
+  return e5m2_table()[v];
+}
+uint8_t f32_to_f8e5m2(float f) {
+  return static_cast<uint8_t>(encode_small_float(f, 5, 2, true));
+}
 
 void convert_to_f32(DType src, const void* in, float* out, size_t n) {
   parallel_chunks(n, kConvertChunk, [&](size_t b, size_t e) { to_f32_range(src, in, out, b, e); });

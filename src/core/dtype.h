@@ -16,9 +16,8 @@ namespace amalgam {
 
 enum class DType : uint8_t { F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, I8, U8, BOOL };
 
-inline constexpr DType kAllDTypes[] = {DType::F64,  DType::F32,     DType::F16,     DType::BF16,
-                                       DType::F8_E4M3, DType::F8_E5M2, DType::I64, DType::I32,
-                                       DType::I16,  DType::I8,      DType::U8,      DType::BOOL};
+inline constexpr DType kAllDTypes[] = {DType::F64, DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2,
+                                       DType::I64, DType::I32, DType::I16, DType::I8,   DType::U8,      DType::BOOL};
 
 size_t dtype_size(DType t);
 // The name safetensors uses ("F32", "BF16", ...).

@@ -19,8 +19,7 @@ class InputError : public std::runtime_error {
   InputError(const std::filesystem::path& file, std::string_view message)
       : std::runtime_error(file.string() + ": " + std::string(message)) {}
   InputError(const std::filesystem::path& file, std::string_view tensor, std::string_view message)
-      : std::runtime_error(file.string() + ": tensor '" + std::string(tensor) + "': " +
-                           std::string(message)) {}
+      : std::runtime_error(file.string() + ": tensor '" + std::string(tensor) + "': " + std::string(message)) {}
 };
 
 // Thrown when the user interrupts (Ctrl-C): unwinding runs the destructors that remove

@@ -9,7 +9,9 @@ namespace amalgam {
 namespace {
 std::atomic<bool> g_interrupted{false};
 
-extern "C" void on_signal(int) { g_interrupted.store(true); }
+extern "C" void on_signal(int) {
+  g_interrupted.store(true);
+}
 }  // namespace
 
 void install_interrupt_handler() {
@@ -17,7 +19,9 @@ void install_interrupt_handler() {
   std::signal(SIGTERM, on_signal);
 }
 
-bool interrupt_requested() { return g_interrupted.load(std::memory_order_relaxed); }
+bool interrupt_requested() {
+  return g_interrupted.load(std::memory_order_relaxed);
+}
 
 void check_interrupt() {
   if (interrupt_requested()) throw Interrupted();

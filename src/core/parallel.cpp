@@ -4,6 +4,8 @@
 
 namespace amalgam {
 
-int num_threads() { return omp_get_max_threads(); }
+int num_threads() {
+  return omp_get_max_threads();
+}
 
 }  // namespace amalgam

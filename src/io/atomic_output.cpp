@@ -44,8 +44,7 @@ AtomicOutput::AtomicOutput(const fs::path& target, bool force, Kind kind) : kind
   if (target.empty()) throw InputError("output path is empty");
   // "out/" names the directory "out": drop the trailing separator so filename() is set.
   target_ = target.has_filename() ? target : target.parent_path();
-  if (occupied(target_) && !force)
-    throw InputError(target_, "already exists; pass --force to replace it");
+  if (occupied(target_) && !force) throw InputError(target_, "already exists; pass --force to replace it");
   std::error_code ec;
   if (!target_.parent_path().empty()) {
     fs::create_directories(target_.parent_path(), ec);

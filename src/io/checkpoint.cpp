@@ -98,7 +98,8 @@ void CheckpointReader::open_sharded(const fs::path& index_path) {
       throw InputError(index_path, *expected.begin(), "its shard '" + file + "' does not exist");
     auto reader = std::make_unique<SafetensorsReader>(shard_path);
     for (const auto& name : expected)
-      if (!reader->contains(name)) throw InputError(shard_path, name, "listed in the index but missing from this shard");
+      if (!reader->contains(name))
+        throw InputError(shard_path, name, "listed in the index but missing from this shard");
     for (const auto& t : reader->tensors())
       if (!expected.contains(t.name))
         throw InputError(shard_path, t.name, "present in the shard but not listed for it in the index");
@@ -106,7 +107,9 @@ void CheckpointReader::open_sharded(const fs::path& index_path) {
   }
 }
 
-const TensorInfo& CheckpointReader::info(const std::string& name) const { return *shard_of(name).find(name); }
+const TensorInfo& CheckpointReader::info(const std::string& name) const {
+  return *shard_of(name).find(name);
+}
 
 const SafetensorsReader& CheckpointReader::shard_of(const std::string& name) const {
   const auto it = location_.find(name);
@@ -114,7 +117,9 @@ const SafetensorsReader& CheckpointReader::shard_of(const std::string& name) con
   return *shards_[it->second];
 }
 
-Tensor CheckpointReader::tensor(const std::string& name) const { return shard_of(name).tensor(name); }
+Tensor CheckpointReader::tensor(const std::string& name) const {
+  return shard_of(name).tensor(name);
+}
 
 uint64_t CheckpointReader::total_tensor_bytes() const {
   uint64_t total = 0;
@@ -146,8 +151,8 @@ std::string shard_name(size_t i, size_t n) {
 }
 }  // namespace
 
-CheckpointWriter::CheckpointWriter(const fs::path& dir, const std::vector<TensorSpec>& plan,
-                                   uint64_t max_shard_bytes, const Metadata& metadata)
+CheckpointWriter::CheckpointWriter(const fs::path& dir, const std::vector<TensorSpec>& plan, uint64_t max_shard_bytes,
+                                   const Metadata& metadata)
     : dir_(dir) {
   if (max_shard_bytes == 0) throw InputError("--max-shard-size must be positive");
   std::vector<std::vector<TensorSpec>> groups;

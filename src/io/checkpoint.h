@@ -68,8 +68,7 @@ class CheckpointReader {
 class CheckpointWriter {
  public:
   CheckpointWriter(const std::filesystem::path& dir, const std::vector<TensorSpec>& plan,
-                   uint64_t max_shard_bytes = kDefaultMaxShardBytes,
-                   const Metadata& metadata = {{"format", "pt"}});
+                   uint64_t max_shard_bytes = kDefaultMaxShardBytes, const Metadata& metadata = {{"format", "pt"}});
   void write(const std::string& name, const Tensor& tensor);
   void finish();
   size_t shard_count() const { return shards_.size(); }

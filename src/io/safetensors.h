@@ -111,8 +111,7 @@ class SafetensorsWriter {
 std::string safetensors_header(const std::vector<TensorInfo>& layout, const Metadata& metadata);
 
 // Writes a whole set of tensors at once (small files: heads, statistics, tests).
-void save_safetensors(const std::filesystem::path& path,
-                      const std::vector<std::pair<std::string, Tensor>>& tensors,
+void save_safetensors(const std::filesystem::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const Metadata& metadata = {{"format", "pt"}});
 
 }  // namespace amalgam

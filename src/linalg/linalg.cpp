@@ -42,8 +42,8 @@ int svd_row_major(const Matrix& a, Svd& out, bool divide_and_conquer) {
   std::vector<int> iwork(static_cast<size_t>(8 * r));
   auto call = [&](float* w) {
     if (divide_and_conquer)
-      sgesdd_("S", &m, &n, work.data.data(), &m, out.s.data(), out.vt.data.data(), &m, out.u.data.data(), &r, w,
-              &lwork, iwork.data(), &info);
+      sgesdd_("S", &m, &n, work.data.data(), &m, out.s.data(), out.vt.data.data(), &m, out.u.data.data(), &r, w, &lwork,
+              iwork.data(), &info);
     else
       sgesvd_("S", "S", &m, &n, work.data.data(), &m, out.s.data(), out.vt.data.data(), &m, out.u.data.data(), &r, w,
               &lwork, &info);

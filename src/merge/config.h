@@ -70,7 +70,7 @@ struct ParamSetting::Conditional {
 using ParamMap = std::map<std::string, ParamSetting>;
 
 struct ModelEntry {
-  std::string model;       // as written in the config
+  std::string model;           // as written in the config
   std::filesystem::path path;  // resolved: relative to the working directory if it exists there,
                                // else relative to the config file's directory
   ParamMap parameters;

@@ -3,8 +3,8 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
-#include <future>
 #include <cmath>
+#include <future>
 #include <iostream>
 #include <set>
 
@@ -38,6 +38,9 @@ std::optional<std::pair<std::string, int>> layer_of(const std::string& name) {
 }
 
 bool comes_before_layers(const std::string& name) {
+  // Output heads first: GPT-NeoX's "embed_out" is a head although it says "embed".
+  for (const char* key : {"lm_head", "embed_out", "head", "score", "classifier"})
+    if (name.find(key) != std::string::npos) return false;
   for (const char* key : {"embed", "pre_", "wte", "wpe", "patch", "class_emb", "position"})
     if (name.find(key) != std::string::npos) return true;
   return false;
@@ -62,8 +65,8 @@ Candidates open_candidates(const MergeConfig& config, const MethodSpec& spec, co
   if (c.readers.size() < spec.min_models || c.readers.size() > spec.max_models) {
     std::string expected = std::to_string(spec.min_models);
     if (spec.max_models != spec.min_models)
-      expected += spec.max_models == std::numeric_limits<size_t>::max() ? " or more"
-                                                                      : " to " + std::to_string(spec.max_models);
+      expected +=
+          spec.max_models == std::numeric_limits<size_t>::max() ? " or more" : " to " + std::to_string(spec.max_models);
     throw InputError(config.source, "models: " + spec.name + " merges " + expected + " model(s)" +
                                         (spec.needs_base ? " besides the base" : "") + ", got " +
                                         std::to_string(c.readers.size()));
@@ -85,26 +88,30 @@ void check_parameter_names(const MergeConfig& config, const MethodSpec& spec) {
   };
   for (const auto& [name, setting] : config.parameters)
     if (!find(name))
-      throw InputError(config.source, "parameters." + name + ": not a parameter of " + spec.name + " (known: " + known() + ")");
+      throw InputError(config.source,
+                       "parameters." + name + ": not a parameter of " + spec.name + " (known: " + known() + ")");
   for (size_t i = 0; i < config.models.size(); ++i)
     for (const auto& [name, setting] : config.models[i].parameters) {
       const std::string key = "models[" + std::to_string(i) + "].parameters." + name;
       const ParamSpec* p = find(name);
       if (!p) throw InputError(config.source, key + ": not a parameter of " + spec.name + " (known: " + known() + ")");
       if (p->scope == ParamSpec::Scope::Global)
-        throw InputError(config.source, key + ": '" + name + "' applies to all models; set it under the top-level parameters");
+        throw InputError(config.source,
+                         key + ": '" + name + "' applies to all models; set it under the top-level parameters");
     }
 }
 
-double resolve_one(const MergeConfig& config, const ParamSpec& p, std::optional<size_t> model, const std::string& tensor,
-                   double t) {
+double resolve_one(const MergeConfig& config, const ParamSpec& p, std::optional<size_t> model,
+                   const std::string& tensor, double t) {
   std::optional<double> v = resolve_param(config, p.name, model, tensor, t);
-  const std::string where = model ? "models[" + std::to_string(*model) + "].parameters." + p.name : "parameters." + p.name;
+  const std::string where =
+      model ? "models[" + std::to_string(*model) + "].parameters." + p.name : "parameters." + p.name;
   if (!v) v = p.default_value;
   if (!v) throw InputError(config.source, tensor, "missing required parameter " + where);
   if (!std::isfinite(*v) || *v < p.min || *v > p.max)
-    throw InputError(config.source, tensor, where + " = " + std::to_string(*v) + " is outside [" + std::to_string(p.min) +
-                                                ", " + std::to_string(p.max) + "]");
+    throw InputError(config.source, tensor,
+                     where + " = " + std::to_string(*v) + " is outside [" + std::to_string(p.min) + ", " +
+                         std::to_string(p.max) + "]");
   return *v;
 }
 
@@ -112,12 +119,13 @@ void check_same_shape(const CheckpointReader& ref, const CheckpointReader& other
   const TensorInfo& a = ref.info(name);
   const TensorInfo& b = other.info(name);
   if (a.shape != b.shape)
-    throw InputError(other.shard_of(name).path(), name, "shape " + shape_to_string(b.shape) + " differs from " +
-                                                          shape_to_string(a.shape) + " in " + ref.path().string());
+    throw InputError(other.shard_of(name).path(), name,
+                     "shape " + shape_to_string(b.shape) + " differs from " + shape_to_string(a.shape) + " in " +
+                         ref.path().string());
   if (is_floating(a.dtype) != is_floating(b.dtype))
-    throw InputError(other.shard_of(name).path(), name, std::string("dtype ") + std::string(dtype_name(b.dtype)) +
-                                                          " is not compatible with " + std::string(dtype_name(a.dtype)) +
-                                                          " in " + ref.path().string());
+    throw InputError(other.shard_of(name).path(), name,
+                     std::string("dtype ") + std::string(dtype_name(b.dtype)) + " is not compatible with " +
+                         std::string(dtype_name(a.dtype)) + " in " + ref.path().string());
 }
 
 }  // namespace
@@ -166,15 +174,22 @@ Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, c
   const float* in = merged.data<float>().data();
   std::byte* dst = out.mutable_bytes().data();
   std::atomic<bool> nonfinite{false};
-  parallel_chunks(static_cast<size_t>(merged.numel()), 1 << 16, [&](size_t b, size_t e) {
-    if (check_finite) {
-      uint32_t bad = 0;
-      for (size_t i = b; i < e; ++i) bad |= (std::bit_cast<uint32_t>(in[i]) & 0x7f800000u) == 0x7f800000u;
-      if (bad) nonfinite = true;
-    }
-    convert_from_f32(in + b, out_dtype, dst + b * dtype_size(out_dtype), e - b);
+  // The check reads the values back after conversion: a finite F32 can still overflow a
+  // narrower output dtype (70000 in float16 is Inf).
+  constexpr size_t kChunk = 1 << 14;
+  parallel_chunks(static_cast<size_t>(merged.numel()), kChunk, [&](size_t b, size_t e) {
+    std::byte* chunk = dst + b * dtype_size(out_dtype);
+    convert_from_f32(in + b, out_dtype, chunk, e - b);
+    if (!check_finite) return;
+    float back[kChunk];
+    convert_to_f32(out_dtype, chunk, back, e - b);
+    uint32_t bad = 0;
+    for (size_t i = 0; i < e - b; ++i) bad |= (std::bit_cast<uint32_t>(back[i]) & 0x7f800000u) == 0x7f800000u;
+    if (bad) nonfinite = true;
   });
-  if (nonfinite) throw std::runtime_error(what + " produced NaN or Inf from finite inputs");
+  if (nonfinite)
+    throw std::runtime_error(what + " produced NaN or Inf from finite inputs (or a value outside " +
+                             std::string(dtype_name(out_dtype)) + "'s range)");
   return out;
 }
 
@@ -225,7 +240,13 @@ Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumm
 
 MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  MergeInputs in{config, options, MethodRegistry::instance().create(config.merge_method), nullptr, {}, nullptr, {}, 0};
+  std::unique_ptr<MergeMethod> method;
+  try {
+    method = MethodRegistry::instance().create(config.merge_method);
+  } catch (const InputError& e) {
+    throw InputError(config.source, std::string("merge_method: ") + e.what());
+  }
+  MergeInputs in{config, options, std::move(method), nullptr, {}, nullptr, {}, 0};
   const MethodSpec& spec = in.method->spec();
   check_parameter_names(config, spec);
   if (spec.needs_base && !config.base_path)
@@ -245,8 +266,9 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     for (const auto& r : in.candidates.readers) {
       if (!r->contains(name)) {
         if (options.allow_missing && in.base) continue;
-        throw InputError(r->path(), name, "missing (present in " + ref.path().string() + ")" +
-                                              (in.base ? "; --allow-missing takes the base's tensor" : ""));
+        throw InputError(r->path(), name,
+                         "missing (present in " + ref.path().string() + ")" +
+                             (in.base ? "; --allow-missing takes the base's tensor" : ""));
       }
       check_same_shape(ref, *r, name);
     }

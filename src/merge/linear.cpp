@@ -14,12 +14,11 @@ class Linear final : public MergeMethod {
   static constexpr const char* kName = "linear";
 
   const MethodSpec& spec() const override {
-    static const MethodSpec s{
-        kName,
-        "weighted average of the models",
-        {{"weight", ParamSpec::Scope::Model, std::nullopt, -1e6, 1e6, "the model's weight"},
-         {"normalize", ParamSpec::Scope::Global, 1.0, 0, 1, "divide by the sum of the weights"}},
-        /*needs_base=*/false};
+    static const MethodSpec s{kName,
+                              "weighted average of the models",
+                              {{"weight", ParamSpec::Scope::Model, std::nullopt, -1e6, 1e6, "the model's weight"},
+                               {"normalize", ParamSpec::Scope::Global, 1.0, 0, 1, "divide by the sum of the weights"}},
+                              /*needs_base=*/false};
     return s;
   }
 

@@ -1,10 +1,10 @@
 #include "merge/method.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
-#include <algorithm>
 
 #include "core/error.h"
 
@@ -96,9 +96,13 @@ double TensorJob::param(const std::string& name) const {
   return it->second;
 }
 
-uint64_t TensorJob::seed_for(size_t model) const { return mix64(seed_ ^ mix64(model + 1)); }
+uint64_t TensorJob::seed_for(size_t model) const {
+  return mix64(seed_ ^ mix64(model + 1));
+}
 
-std::optional<size_t> TensorJob::first_nonfinite_input() const { return *nonfinite_; }
+std::optional<size_t> TensorJob::first_nonfinite_input() const {
+  return *nonfinite_;
+}
 
 MethodRegistry& MethodRegistry::instance() {
   static MethodRegistry registry;
@@ -115,7 +119,7 @@ std::unique_ptr<MergeMethod> MethodRegistry::create(const std::string& name) con
   if (it == factories_.end()) {
     std::string known;
     for (const auto& n : names()) known += (known.empty() ? "" : ", ") + n;
-    throw InputError("unknown merge_method '" + name + "' (known: " + known + ")");
+    throw InputError("unknown method '" + name + "' (known: " + known + ")");
   }
   return it->second();
 }

@@ -115,10 +115,10 @@ class MethodRegistry {
 
 // Put `AMALGAM_REGISTER_METHOD(MyMethod);` in the method's .cpp file; MyMethod needs a
 // static `const char* kName`.
-#define AMALGAM_REGISTER_METHOD(Class)                                                              \
-  static const bool amalgam_registered_##Class = [] {                                              \
+#define AMALGAM_REGISTER_METHOD(Class)                                                                 \
+  static const bool amalgam_registered_##Class = [] {                                                  \
     ::amalgam::MethodRegistry::instance().add(Class::kName, [] { return std::make_unique<Class>(); }); \
-    return true;                                                                                   \
+    return true;                                                                                       \
   }()
 
 // Splitmix64: the mixing function behind seeded, order-independent randomness.

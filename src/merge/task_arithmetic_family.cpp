@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <bit>
-#include <stdexcept>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include "core/parallel.h"
@@ -56,7 +56,7 @@ std::pair<uint32_t, uint64_t> descend(const std::vector<uint64_t>& hist, uint64_
 MagnitudeBand::Boundary MagnitudeBand::boundary(std::span<const float> magnitudes, size_t rank) {
   const size_t n = magnitudes.size();
   if (rank == 0) return {std::numeric_limits<float>::infinity(), 0};  // nothing is above
-  if (rank >= n) return {-1.0f, 0};                                     // everything is above
+  if (rank >= n) return {-1.0f, 0};                                   // everything is above
   // Radix selection: for non-negative floats the bit patterns sort like the values, so two
   // 16-bit histogram passes find the value of rank `rank` (largest first) in linear time,
   // without copying or reordering the magnitudes.
@@ -118,7 +118,7 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
       const size_t skip = sparsify == Sparsification::MagnitudeBand
                               ? static_cast<size_t>(job.param("gamma", t) * static_cast<double>(n))
                               : 0;
-      const size_t keep = static_cast<size_t>(static_cast<double>(density[t]) * static_cast<double>(n));
+      const size_t keep = static_cast<size_t>(job.param("density", t) * static_cast<double>(n));
       bands.emplace_back(magnitudes, skip, keep);
     }
   }
@@ -134,8 +134,10 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
       for (size_t i = 0; i < len; ++i) {
         float delta = d[i] - result[b + i];
         bool keep = true;
-        if (sparsify == Sparsification::Random) keep = uniform01(job.seed_for(t), b + i) < density[t];
-        else if (!bands.empty()) keep = bands[t].contains(std::fabs(delta), b + i);
+        if (sparsify == Sparsification::Random)
+          keep = uniform01(job.seed_for(t), b + i) < density[t];
+        else if (!bands.empty())
+          keep = bands[t].contains(std::fabs(delta), b + i);
         d[i] = keep ? weight[t] * delta * scale[t] : 0.0f;
       }
     }

@@ -46,7 +46,9 @@ class TaskArithmeticFamily : public MergeMethod {
 class MagnitudeBand {
  public:
   MagnitudeBand(std::span<const float> magnitudes, size_t skip, size_t keep);
-  bool contains(float magnitude, size_t index) const { return !above(lower_, magnitude, index) && above(upper_, magnitude, index); }
+  bool contains(float magnitude, size_t index) const {
+    return !above(lower_, magnitude, index) && above(upper_, magnitude, index);
+  }
 
  private:
   // The entry of a given rank: everything ranked before it is "above" it.
@@ -71,16 +73,16 @@ inline float uniform01(uint64_t seed, uint64_t index) {
 // Defines and registers one variant: AMALGAM_REGISTER_TASK_ARITHMETIC_VARIANT(Ties, "ties",
 // "...", Magnitude, sign_consensus, default_normalize, default_rescale).
 #define AMALGAM_REGISTER_TASK_ARITHMETIC_VARIANT(Class, method_name, description, sparsification, sign_consensus, \
-                                                 default_normalize, default_rescale)                           \
-  namespace {                                                                                                  \
-  class Class final : public ::amalgam::TaskArithmeticFamily {                                                 \
-   public:                                                                                                     \
-    static constexpr const char* kName = method_name;                                                          \
-    Class()                                                                                                    \
-        : TaskArithmeticFamily({kName, description, ::amalgam::Sparsification::sparsification, sign_consensus, \
-                                default_normalize, default_rescale}) {}                                        \
-  };                                                                                                           \
-  AMALGAM_REGISTER_METHOD(Class);                                                                              \
+                                                 default_normalize, default_rescale)                              \
+  namespace {                                                                                                     \
+  class Class final : public ::amalgam::TaskArithmeticFamily {                                                    \
+   public:                                                                                                        \
+    static constexpr const char* kName = method_name;                                                             \
+    Class()                                                                                                       \
+        : TaskArithmeticFamily({kName, description, ::amalgam::Sparsification::sparsification, sign_consensus,    \
+                                default_normalize, default_rescale}) {}                                           \
+  };                                                                                                              \
+  AMALGAM_REGISTER_METHOD(Class);                                                                                 \
   }
 
 }  // namespace amalgam

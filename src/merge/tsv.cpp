@@ -20,13 +20,12 @@ class Tsv final : public MergeMethod {
   static constexpr const char* kName = "tsv";
 
   const MethodSpec& spec() const override {
-    static const MethodSpec s{
-        kName,
-        "TSV-M: low-rank task vectors, decorrelated by orthogonalising their singular vectors",
-        {{"alpha", ParamSpec::Scope::Global, 1.0, -1e6, 1e6, "scale of the merged task vector"},
-         {"rank_fraction", ParamSpec::Scope::Global, 0.0, 0, 1,
-          "rank kept per task as a fraction of min(d_out, d_in); 0 means 1/T"}},
-        /*needs_base=*/true};
+    static const MethodSpec s{kName,
+                              "TSV-M: low-rank task vectors, decorrelated by orthogonalising their singular vectors",
+                              {{"alpha", ParamSpec::Scope::Global, 1.0, -1e6, 1e6, "scale of the merged task vector"},
+                               {"rank_fraction", ParamSpec::Scope::Global, 0.0, 0, 1,
+                                "rank kept per task as a fraction of min(d_out, d_in); 0 means 1/T"}},
+                              /*needs_base=*/true};
     return s;
   }
 
