@@ -34,8 +34,8 @@ class Linear final : public MergeMethod {
     Tensor out = Tensor::uninitialized(DType::F32, job.shape());
     float* acc = out.mutable_data<float>().data();
     // Chunks small enough that the accumulator stays in cache while every model streams by.
-    parallel_chunks(n, kChunk, [&](size_t b, size_t e) {
-      thread_local std::vector<float> buffer(kChunk);
+    parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
+      thread_local std::vector<float> buffer(kStreamChunk);
       float* buf = buffer.data();
       float* a = acc + b;
       job.read_model(0, b, e, buf);
@@ -47,9 +47,6 @@ class Linear final : public MergeMethod {
     });
     return out;
   }
-
- private:
-  static constexpr size_t kChunk = 32768;
 };
 
 AMALGAM_REGISTER_METHOD(Linear);

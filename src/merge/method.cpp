@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace amalgam {
 
@@ -71,15 +72,19 @@ void TensorJob::rethrow_read_error() const {
   if (*read_error_) std::rethrow_exception(*read_error_);
 }
 
+// Whole tensors are read in chunks on all cores: one thread's pread and conversion of a
+// large tensor would leave the others idle.
 Tensor TensorJob::model_f32(size_t t) const {
   Tensor out = Tensor::uninitialized(DType::F32, shape_);
-  read_model(t, 0, numel_, out.mutable_data<float>().data());
+  float* dst = out.mutable_data<float>().data();
+  parallel_chunks(numel_, kStreamChunk, [&](size_t b, size_t e) { read_model(t, b, e, dst + b); });
   return out;
 }
 
 Tensor TensorJob::base_f32() const {
   Tensor out = Tensor::uninitialized(DType::F32, shape_);
-  read_base(0, numel_, out.mutable_data<float>().data());
+  float* dst = out.mutable_data<float>().data();
+  parallel_chunks(numel_, kStreamChunk, [&](size_t b, size_t e) { read_base(b, e, dst + b); });
   return out;
 }
 

@@ -92,6 +92,10 @@ class TensorJob {
   std::shared_ptr<std::exception_ptr> read_error_;
 };
 
+// Elements per streamed chunk: 64 KB of BF16 per input per read (few system calls), and a
+// chunk of every input plus the accumulators still fits in L2 while the models stream by.
+inline constexpr size_t kStreamChunk = 32768;
+
 class MergeMethod {
  public:
   virtual ~MergeMethod() = default;

@@ -30,10 +30,12 @@ class Slerp final : public MergeMethod {
     const double t = job.param("t");
     // Dot product and norms, summed per chunk and then in chunk order: the same bits
     // whatever the thread count.
-    const size_t chunks = (n + kChunk - 1) / kChunk;
+    const size_t chunks = (n + kStreamChunk - 1) / kStreamChunk;
     std::vector<double> dot(chunks), norm0(chunks), norm1(chunks);
-    parallel_chunks(n, kChunk, [&](size_t b, size_t e) {
-      float v0[kChunk], v1[kChunk];
+    parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
+      thread_local std::vector<float> b0(kStreamChunk), b1(kStreamChunk);
+      float* v0 = b0.data();
+      float* v1 = b1.data();
       job.read_base(b, e, v0);
       job.read_model(0, b, e, v1);
       double d = 0, a = 0, c = 0;
@@ -42,9 +44,9 @@ class Slerp final : public MergeMethod {
         a += static_cast<double>(v0[i]) * v0[i];
         c += static_cast<double>(v1[i]) * v1[i];
       }
-      dot[b / kChunk] = d;
-      norm0[b / kChunk] = a;
-      norm1[b / kChunk] = c;
+      dot[b / kStreamChunk] = d;
+      norm0[b / kStreamChunk] = a;
+      norm1[b / kStreamChunk] = c;
     });
     double d = 0, a = 0, c = 0;
     for (size_t i = 0; i < chunks; ++i) d += dot[i], a += norm0[i], c += norm1[i];
@@ -60,8 +62,10 @@ class Slerp final : public MergeMethod {
     }
     Tensor out = Tensor::uninitialized(DType::F32, job.shape());
     float* res = out.mutable_data<float>().data();
-    parallel_chunks(n, kChunk, [&](size_t b, size_t e) {
-      float v0[kChunk], v1[kChunk];
+    parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
+      thread_local std::vector<float> b0(kStreamChunk), b1(kStreamChunk);
+      float* v0 = b0.data();
+      float* v1 = b1.data();
       job.read_base(b, e, v0);
       job.read_model(0, b, e, v1);
       for (size_t i = 0; i < e - b; ++i) res[b + i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
@@ -70,7 +74,6 @@ class Slerp final : public MergeMethod {
   }
 
  private:
-  static constexpr size_t kChunk = 4096;
   static constexpr double kEps = 1e-8;
   static constexpr double kColinear = 0.9995;
 };

@@ -14,10 +14,6 @@
 namespace amalgam {
 
 namespace {
-constexpr size_t kChunk = 2048;
-}
-
-namespace {
 
 // Counts of the 16-bit digit of every value's bit pattern at `shift`, among values whose
 // higher bits equal `prefix` (all values when shift is 16), one histogram per thread, summed.
@@ -63,10 +59,21 @@ MagnitudeBand::Boundary MagnitudeBand::boundary(std::span<const float> magnitude
   const auto [high, above_high] = descend(digit_histogram(magnitudes, 16, 0), rank);
   const auto [low, above_low] = descend(digit_histogram(magnitudes, 0, high), rank - above_high);
   const float value = std::bit_cast<float>((high << 16) | low);
-  // The boundary is the (rank - greater)-th entry equal to `value`, counting by index.
+  // The boundary is the (rank - greater)-th entry equal to `value`, counting by index:
+  // count ties block by block (a vectorised count) and scan only the block that holds it.
   size_t ties_before = rank - above_high - above_low;
-  for (size_t i = 0; i < n; ++i)
-    if (magnitudes[i] == value && ties_before-- == 0) return {value, i};
+  constexpr size_t kBlock = 4096;
+  for (size_t b = 0; b < n; b += kBlock) {
+    const size_t e = std::min(n, b + kBlock);
+    size_t ties = 0;
+    for (size_t i = b; i < e; ++i) ties += magnitudes[i] == value;
+    if (ties_before >= ties) {
+      ties_before -= ties;
+      continue;
+    }
+    for (size_t i = b; i < e; ++i)
+      if (magnitudes[i] == value && ties_before-- == 0) return {value, i};
+  }
   return {value, n};
 }
 
@@ -108,13 +115,17 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
   // Magnitude selection needs each task vector whole once, to find its rank boundaries.
   std::vector<MagnitudeBand> bands;
   if (sparsify == Sparsification::Magnitude || sparsify == Sparsification::MagnitudeBand) {
-    std::vector<float> magnitudes(n);
+    Tensor buffer = Tensor::uninitialized(DType::F32, {static_cast<int64_t>(n)});
+    const std::span<float> magnitudes = buffer.mutable_data<float>();
     for (size_t t = 0; t < models; ++t) {
-      job.read_model(t, 0, n, magnitudes.data());
-      for (size_t i = 0; i < n; ++i) {
-        const float m = std::fabs(magnitudes[i] - result[i]);
-        magnitudes[i] = std::isnan(m) ? 0.0f : m;  // NaN would break the ordering (--no-check-finite)
-      }
+      parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
+        float* m = magnitudes.data() + b;
+        job.read_model(t, b, e, m);
+        for (size_t i = 0; i < e - b; ++i) {
+          const float a = std::fabs(m[i] - result[b + i]);
+          m[i] = a == a ? a : 0.0f;  // NaN would break the ordering (--no-check-finite)
+        }
+      });
       const size_t skip = sparsify == Sparsification::MagnitudeBand
                               ? static_cast<size_t>(job.param("gamma", t) * static_cast<double>(n))
                               : 0;
@@ -125,42 +136,62 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
 
   float weight_sum = 0;
   for (float w : weight) weight_sum += w;
-  parallel_chunks(n, kChunk, [&](size_t b, size_t e) {
+  const float plain_divisor = normalize && std::fabs(weight_sum) >= 1e-8f ? weight_sum : 1.0f;
+  // Every loop below runs over the elements of a chunk with the model fixed, so that it
+  // vectorises; sums over models still add in model order, whatever the chunking.
+  parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
     const size_t len = e - b;
-    std::vector<float> deltas(models * kChunk);  // weighted, sparsified task vectors of this chunk
+    thread_local std::vector<float> scratch;
+    scratch.resize((models + 3) * kStreamChunk);
+    // Disjoint slices of one buffer; __restrict lets the compiler vectorise across them.
+    float* __restrict mixed = scratch.data();
+    float* __restrict divisor = mixed + kStreamChunk;
+    float* __restrict vote = divisor + kStreamChunk;
+    float* __restrict deltas = vote + kStreamChunk;  // weighted, sparsified task vectors of this chunk
+    const float* __restrict base = result + b;
     for (size_t t = 0; t < models; ++t) {
-      float* d = deltas.data() + t * kChunk;
+      float* __restrict d = deltas + t * kStreamChunk;
       job.read_model(t, b, e, d);
+      const float w = weight[t] * scale[t];
+      if (sparsify == Sparsification::None) {
+        for (size_t i = 0; i < len; ++i) d[i] = w * (d[i] - base[i]);
+      } else if (sparsify == Sparsification::Random) {
+        const uint64_t seed = job.seed_for(t);
+        for (size_t i = 0; i < len; ++i) d[i] = uniform01(seed, b + i) < density[t] ? w * (d[i] - base[i]) : 0.0f;
+      } else {
+        const MagnitudeBand& band = bands[t];
+        for (size_t i = 0; i < len; ++i) {
+          const float delta = d[i] - base[i];
+          d[i] = band.contains(std::fabs(delta), b + i) ? w * delta : 0.0f;
+        }
+      }
+    }
+    std::fill(mixed, mixed + len, 0.0f);
+    if (!variant_.sign_consensus) {
+      for (size_t t = 0; t < models; ++t)
+        for (size_t i = 0; i < len; ++i) mixed[i] += deltas[t * kStreamChunk + i];
+      for (size_t i = 0; i < len; ++i) result[b + i] = base[i] + lambda * (mixed[i] / plain_divisor);
+      return;
+    }
+    // TIES: elect the sign of the summed weighted deltas (0 counts as +), then keep, per
+    // entry, the deltas of that sign and the weights of the models they came from.
+    std::fill(vote, vote + len, 0.0f);
+    std::fill(divisor, divisor + len, 0.0f);
+    for (size_t t = 0; t < models; ++t)
+      for (size_t i = 0; i < len; ++i) vote[i] += deltas[t * kStreamChunk + i];
+    for (size_t t = 0; t < models; ++t) {
+      const float* __restrict d = deltas + t * kStreamChunk;
+      const float w = weight[t];
       for (size_t i = 0; i < len; ++i) {
-        float delta = d[i] - result[b + i];
-        bool keep = true;
-        if (sparsify == Sparsification::Random)
-          keep = uniform01(job.seed_for(t), b + i) < density[t];
-        else if (!bands.empty())
-          keep = bands[t].contains(std::fabs(delta), b + i);
-        d[i] = keep ? weight[t] * delta * scale[t] : 0.0f;
+        const float elected = vote[i] >= 0 ? 1.0f : -1.0f;
+        const float agree = d[i] * elected > 0 ? 1.0f : 0.0f;  // zero deltas never agree
+        mixed[i] += agree * d[i];
+        divisor[i] += agree * w;
       }
     }
     for (size_t i = 0; i < len; ++i) {
-      float mixed = 0, divisor = 0;
-      if (variant_.sign_consensus) {
-        float sum = 0;
-        for (size_t t = 0; t < models; ++t) sum += deltas[t * kChunk + i];
-        const bool positive = sum >= 0;
-        for (size_t t = 0; t < models; ++t) {
-          const float d = deltas[t * kChunk + i];
-          if ((positive && d > 0) || (!positive && d < 0)) {
-            mixed += d;
-            divisor += weight[t];
-          }
-        }
-        if (divisor == 0) divisor = 1;
-      } else {
-        for (size_t t = 0; t < models; ++t) mixed += deltas[t * kChunk + i];
-        divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
-      }
-      if (normalize) mixed /= divisor;
-      result[b + i] += lambda * mixed;
+      const float div = normalize && divisor[i] != 0 ? divisor[i] : 1.0f;
+      result[b + i] = base[i] + lambda * (mixed[i] / div);
     }
   });
   return out;

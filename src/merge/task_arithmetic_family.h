@@ -47,7 +47,7 @@ class MagnitudeBand {
  public:
   MagnitudeBand(std::span<const float> magnitudes, size_t skip, size_t keep);
   bool contains(float magnitude, size_t index) const {
-    return !above(lower_, magnitude, index) && above(upper_, magnitude, index);
+    return !above(lower_, magnitude, index) & above(upper_, magnitude, index);  // & not &&: no branch
   }
 
  private:
@@ -58,7 +58,7 @@ class MagnitudeBand {
   };
   static Boundary boundary(std::span<const float> magnitudes, size_t rank);
   static bool above(const Boundary& b, float magnitude, size_t index) {
-    return magnitude > b.value || (magnitude == b.value && index < b.index);
+    return (magnitude > b.value) | ((magnitude == b.value) & (index < b.index));
   }
   Boundary lower_;  // rank `skip`: entries above it are dropped
   Boundary upper_;  // rank `skip + keep`: entries above it (and not above lower_) are kept

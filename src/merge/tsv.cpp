@@ -38,9 +38,10 @@ class Tsv final : public MergeMethod {
     Tensor out = job.base_f32();
     float* res = out.mutable_data<float>().data();
     const size_t models = job.model_count();
-    parallel_chunks(job.numel(), 4096, [&](size_t b, size_t e) {
-      float buf[4096];
-      std::vector<float> acc(e - b, 0.0f);
+    parallel_chunks(job.numel(), kStreamChunk, [&](size_t b, size_t e) {
+      thread_local std::vector<float> buffer(kStreamChunk), acc(kStreamChunk);
+      float* buf = buffer.data();
+      std::fill(acc.begin(), acc.begin() + static_cast<std::ptrdiff_t>(e - b), 0.0f);
       for (size_t t = 0; t < models; ++t) {
         job.read_model(t, b, e, buf);
         for (size_t i = 0; i < e - b; ++i) acc[i] += buf[i] - res[b + i];
