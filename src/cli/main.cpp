@@ -2,6 +2,8 @@
 //
 // Exit codes: 0 success, 2 bad input (a corrupt file, a bad config, bad arguments),
 // 1 anything else (a failure of amalgam or of the system), 130 interrupted.
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -34,6 +36,13 @@ int main(int argc, char** argv) {
   amalgam::cli::add_merge_command(app);
   amalgam::cli::add_generate_command(app);
 
+  // Every shard of every input stays open for pread: a merge of many sharded checkpoints
+  // can need more descriptors than the default soft limit of 1024.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
   amalgam::install_interrupt_handler();
   try {
     app.parse(argc, argv);
