@@ -5,8 +5,11 @@
 #   - the same merges written in NumPy (bench/numpy_merge.py), a Python user's reference.
 # Each timing is the median of RUNS runs (default 3); peak RSS from GNU time. Also peak RSS of
 # linear with 2, 4 and 8 models: it must not grow with the number of models.
+# A second table attributes the gap to the read bound: the time to write and fsync an output
+# of the same size (dd), and amalgam writing its output to tmpfs (/dev/shm) instead of disk.
 #
 #   bench/merge_throughput.sh [DATA_DIR]     (default bench-data/, about 15 GB of disk)
+#   SKIP_NUMPY=1 bench/merge_throughput.sh   (amalgam only, a few minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-bench-data}
@@ -72,15 +75,41 @@ for method in linear task_arithmetic ties; do
   a_runs=(); n_runs=()
   for _ in $(seq "$RUNS"); do
     a_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --force --quiet)")
-    n_runs+=("$(time_cmd /usr/bin/python3 bench/numpy_merge.py $method "$DATA/out-numpy-$method.safetensors" \
-      "$fam/base" $(for i in $(seq 1 $MODELS); do echo "$fam/model_$i"; done))")
+    if [ -z "${SKIP_NUMPY:-}" ]; then
+      n_runs+=("$(time_cmd /usr/bin/python3 bench/numpy_merge.py $method "$DATA/out-numpy-$method.safetensors" \
+        "$fam/base" $(for i in $(seq 1 $MODELS); do echo "$fam/model_$i"; done))")
+    else
+      n_runs+=("0 0")
+    fi
   done
   a_s=$(printf "%s\n" "${a_runs[@]}" | awk '{print $1}' | median)
   a_rss=$(printf "%s\n" "${a_runs[@]}" | awk '{print $2}' | sort -g | tail -1)
   n_s=$(printf "%s\n" "${n_runs[@]}" | awk '{print $1}' | median)
   n_rss=$(printf "%s\n" "${n_runs[@]}" | awk '{print $2}' | sort -g | tail -1)
   awk -v m=$method -v b="$bytes" -v c="$bound" -v a="$a_s" -v n="$n_s" -v r="$a_rss" -v nr="$n_rss" 'BEGIN {
-    printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %9.1fx %10.0f %9.0f\n", m, b/1e9, c, a, c/a, n, n/a, r/1024, nr/1024 }'
+    if (n == 0) printf "%-16s %10.2f %10.2f %10.2f %8.2f %10s %10s %10.0f %9s\n", m, b/1e9, c, a, c/a, "-", "-", r/1024, "-"
+    else printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %9.1fx %10.0f %9.0f\n", m, b/1e9, c, a, c/a, n, n/a, r/1024, nr/1024 }'
+done
+
+echo
+out_mb=$(( $(bytes_of "$DATA"/out-amalgam-linear/*.safetensors) / 1000000 ))
+write_s=$(for _ in $(seq "$RUNS"); do
+  time_cmd dd if=/dev/zero of="$DATA/.write-test" bs=1M count="$out_mb" conv=fsync | awk '{print $1}'
+  rm -f "$DATA/.write-test"
+done | median)
+echo "where the time goes: writing + fsyncing an output of the same size ($out_mb MB) with dd takes $write_s s"
+printf "%-16s %10s %14s %12s %14s\n" method amalgam_s cat+write_s of_that amalgam_tmpfs_s
+for method in linear task_arithmetic ties; do
+  if [ $method = linear ]; then bound=$cat_models; else bound=$cat_all; fi
+  a_s=$(for _ in $(seq "$RUNS"); do
+    time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --force --quiet | awk '{print $1}'
+  done | median)
+  shm_s=$(for _ in $(seq "$RUNS"); do
+    time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o /dev/shm/amalgam-bench-out --force --quiet | awk '{print $1}'
+  done | median)
+  rm -rf /dev/shm/amalgam-bench-out
+  awk -v m=$method -v a="$a_s" -v c="$bound" -v w="$write_s" -v t="$shm_s" 'BEGIN {
+    printf "%-16s %10.2f %14.2f %12.2f %14.2f\n", m, a, c + w, (c + w) / a, t }'
 done
 
 echo
