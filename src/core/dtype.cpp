@@ -354,6 +354,12 @@ uint8_t f32_to_f8e5m2(float f) {
   return static_cast<uint8_t>(encode_small_float(f, 5, 2, true));
 }
 
+bool all_finite(const float* values, size_t n) {
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad |= (std::bit_cast<uint32_t>(values[i]) & 0x7f800000u) == 0x7f800000u;
+  return bad == 0;
+}
+
 void convert_to_f32(DType src, const void* in, float* out, size_t n) {
   parallel_chunks(n, kConvertChunk, [&](size_t b, size_t e) { to_f32_range(src, in, out, b, e); });
 }

@@ -35,6 +35,10 @@ uint8_t f32_to_f8e4m3(float f);
 float f8e5m2_to_f32(uint8_t v);
 uint8_t f32_to_f8e5m2(float f);
 
+// True when no value is NaN or Inf. A bit test rather than std::isfinite, so that the loop
+// vectorises: it runs over every element a merge reads and writes.
+bool all_finite(const float* values, size_t n);
+
 // Bulk conversions of n elements. `in` and `out` need no alignment (safetensors data may
 // be unaligned). Large arrays are converted on all cores.
 void convert_to_f32(DType src, const void* in, float* out, size_t n);

@@ -164,17 +164,16 @@ const TensorInfo* SafetensorsReader::find(std::string_view name) const {
 Tensor SafetensorsReader::tensor(std::string_view name) const {
   const TensorInfo* info = find(name);
   if (!info) throw InputError(path(), name, "no such tensor");
-  const auto data = file_->bytes().subspan(8 + header_bytes_ + info->begin, info->nbytes());
-  return Tensor::view(info->dtype, info->shape, data, file_, file_.get(), 8 + header_bytes_ + info->begin);
+  const auto data = file_->bytes().subspan(file_offset(*info), info->nbytes());
+  return Tensor::view(info->dtype, info->shape, data, file_, file_.get(), file_offset(*info));
 }
 
 void SafetensorsReader::release(std::string_view name) const {
-  if (const TensorInfo* info = find(name))
-    file_->release(file_->bytes().subspan(8 + header_bytes_ + info->begin, info->nbytes()));
+  if (const TensorInfo* info = find(name)) file_->release(file_->bytes().subspan(file_offset(*info), info->nbytes()));
 }
 
 void SafetensorsReader::prefetch(std::string_view name) const {
-  if (const TensorInfo* info = find(name)) file_->will_need(8 + header_bytes_ + info->begin, info->nbytes());
+  if (const TensorInfo* info = find(name)) file_->will_need(file_offset(*info), info->nbytes());
 }
 
 uint64_t TensorSpec::nbytes() const {

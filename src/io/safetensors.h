@@ -60,6 +60,8 @@ class SafetensorsReader {
  private:
   void parse_header(std::string_view json_text);
   void validate_layout(uint64_t data_bytes);
+  // Where a tensor's data starts in the file: after the length prefix and the header.
+  uint64_t file_offset(const TensorInfo& info) const { return 8 + header_bytes_ + info.begin; }
 
   std::shared_ptr<MappedFile> file_;
   uint64_t header_bytes_ = 0;

@@ -1,7 +1,6 @@
 #include "merge/engine.h"
 
 #include <atomic>
-#include <bit>
 #include <chrono>
 #include <cmath>
 #include <future>
@@ -183,9 +182,7 @@ Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, c
     if (!check_finite) return;
     float back[kChunk];
     convert_to_f32(out_dtype, chunk, back, e - b);
-    uint32_t bad = 0;
-    for (size_t i = 0; i < e - b; ++i) bad |= (std::bit_cast<uint32_t>(back[i]) & 0x7f800000u) == 0x7f800000u;
-    if (bad) nonfinite = true;
+    if (!all_finite(back, e - b)) nonfinite = true;
   });
   if (nonfinite)
     throw std::runtime_error(what + " produced NaN or Inf from finite inputs (or a value outside " +

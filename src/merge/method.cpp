@@ -1,7 +1,6 @@
 #include "merge/method.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -31,10 +30,7 @@ TensorJob::TensorJob(std::string name, std::vector<Tensor> models, std::optional
 }
 
 void TensorJob::note_nonfinite(size_t input, const float* values, size_t n) const {
-  // A bit test rather than std::isfinite, so that the loop vectorises.
-  uint32_t bad = 0;
-  for (size_t i = 0; i < n; ++i) bad |= (std::bit_cast<uint32_t>(values[i]) & 0x7f800000u) == 0x7f800000u;
-  if (!bad) return;
+  if (all_finite(values, n)) return;
 #pragma omp critical(amalgam_nonfinite)
   if (!nonfinite_->has_value() || input < **nonfinite_) *nonfinite_ = input;
 }
