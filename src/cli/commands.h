@@ -10,6 +10,10 @@ namespace amalgam::cli {
 void add_inspect_command(CLI::App& app);
 void add_merge_command(CLI::App& app);  // also adds `methods`
 void add_generate_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_task_command(CLI::App& app);
+void add_zoo_command(CLI::App& app);
 
 // "5GB", "500MB", "2GiB", "1000" -> bytes; InputError otherwise.
 uint64_t parse_byte_size(const std::string& text);

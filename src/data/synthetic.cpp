@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "core/random.h"
 #include "core/tensor.h"
 #include "io/atomic_output.h"
 #include "io/checkpoint.h"
@@ -14,16 +15,9 @@ namespace amalgam {
 
 namespace {
 
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
 // Uniform in [-1, 1) from a counter: fast, seeded and the same on every thread layout.
 float noise(uint64_t key, uint64_t i) {
-  return static_cast<float>(static_cast<int64_t>(mix(key ^ mix(i))) >> 40) * 0x1p-23f;
+  return static_cast<float>(static_cast<int64_t>(mix64(key ^ mix64(i))) >> 40) * 0x1p-23f;
 }
 
 std::vector<TensorSpec> family_layout(const SyntheticFamily& s) {
@@ -48,7 +42,7 @@ std::vector<TensorSpec> family_layout(const SyntheticFamily& s) {
 
 uint64_t name_key(const std::string& name, uint64_t seed) {
   uint64_t k = seed;
-  for (unsigned char c : name) k = mix(k ^ c);
+  for (unsigned char c : name) k = mix64(k ^ c);
   return k;
 }
 

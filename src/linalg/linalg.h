@@ -26,6 +26,13 @@ struct Matrix {
 // C = alpha * op(A) op(B) + beta * C, op = transpose when the flag is set (sgemm).
 void gemm(bool trans_a, bool trans_b, float alpha, const Matrix& a, const Matrix& b, float beta, Matrix& c);
 Matrix matmul(const Matrix& a, const Matrix& b, bool trans_a = false, bool trans_b = false);
+// The same on raw row-major buffers with leading dimensions, for views into larger buffers
+// (one attention head's columns of a [tokens, width] matrix): C (m x n) = alpha op(A) op(B) + beta C.
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+// Double precision: gradient checks run the training ops in double.
+void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+           const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
 
 // Thin SVD A = U diag(S) Vt, U: m x r, S: r (descending), Vt: r x n, r = min(m, n)
 // (LAPACK sgesdd, falling back to sgesvd if the divide-and-conquer driver fails).

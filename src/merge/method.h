@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/random.h"
 #include "core/tensor.h"
 
 namespace amalgam {
@@ -124,13 +125,5 @@ class MethodRegistry {
     ::amalgam::MethodRegistry::instance().add(Class::kName, [] { return std::make_unique<Class>(); }); \
     return true;                                                                                       \
   }()
-
-// Splitmix64: the mixing function behind seeded, order-independent randomness.
-inline uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 }  // namespace amalgam

@@ -1,0 +1,73 @@
+// `amalgam train MODEL --task DIR --head HEAD -o OUT`: fine-tunes a CLIP vision encoder on a
+// task through a frozen head (the head is not changed). `--probe -o HEAD`: fits a linear
+// probe head on the frozen encoder's features instead.
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "data/preprocess.h"
+#include "data/task.h"
+#include "io/json_file.h"
+#include "train/trainer.h"
+
+namespace amalgam::cli {
+
+void add_train_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("train", "Fine-tune a CLIP vision encoder through a frozen head, or fit a probe head");
+  struct Args {
+    std::string model, task, head, output, split = "train";
+    bool probe = false, force = false;
+    train::TrainOptions options;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("model", a->model, "checkpoint directory to start from")->required();
+  cmd->add_option("--task", a->task, "task directory")->required();
+  cmd->add_option("--head", a->head, "head file (frozen) for fine-tuning");
+  cmd->add_flag("--probe", a->probe, "fit a linear probe head on frozen features; -o names the head file");
+  cmd->add_option("-o,--output", a->output, "output checkpoint directory (or head file with --probe)")->required();
+  cmd->add_option("--split", a->split, "training split (default train)");
+  cmd->add_option("--epochs", a->options.epochs, "passes over the split")->check(CLI::Range(1, 100000));
+  cmd->add_option("--batch-size", a->options.batch_size, "images per step")->check(CLI::Range(1, 65536));
+  cmd->add_option("--lr", a->options.learning_rate, "peak learning rate (AdamW)")->check(CLI::PositiveNumber);
+  cmd->add_option("--weight-decay", a->options.weight_decay, "decoupled weight decay")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--max-shift", a->options.max_shift, "random translation in pixels (0: none)")
+      ->check(CLI::Range(0, 64));
+  cmd->add_option("--seed", a->options.seed, "seed of shuffling, augmentation and head initialisation");
+  cmd->add_flag("--force", a->force, "replace an existing output");
+  cmd->add_flag("-q,--quiet", a->options.quiet, "no progress bar");
+  cmd->callback([a] {
+    if (a->probe == !a->head.empty())
+      throw InputError("train: give either --head HEAD (fine-tune through it) or --probe (fit a head)");
+    const ClipVisionModel model = ClipVisionModel::load(a->model);
+    const ImageProcessorConfig preprocess = load_image_processor_config(a->model);
+    const TaskInfo task = read_task_info(a->task);
+    const TaskSplit split = load_split(a->task, task, a->split);
+    const int64_t channels = model.config().num_channels;
+    if (a->probe) {
+      ClassifierHead head =
+          train::fit_probe(model, split.images, split.labels, task.num_classes(), preprocess, a->options);
+      head.task = task.name;
+      head.class_names = task.classes;
+      head.save(a->output, a->force);
+      std::cerr << "amalgam: wrote a probe head for '" << task.name << "' to " << a->output << "\n";
+      return;
+    }
+    ClassifierHead head = ClassifierHead::load(a->head);
+    if (head.dim() != model.feature_dim() || head.classes() != task.num_classes())
+      throw InputError(a->head, "head is [" + std::to_string(head.classes()) + ", " + std::to_string(head.dim()) +
+                                    "], the model and task need [" + std::to_string(task.num_classes()) + ", " +
+                                    std::to_string(model.feature_dim()) + "]");
+    ClipVisionWeights weights = model.weights();
+    const auto report = train::train_encoder(
+        model.config(), weights, head, false, split.size(),
+        train::classification_batches(split.images, split.labels, preprocess, channels, a->options.max_shift),
+        a->options);
+    save_clip_vision(a->output, model.config(), weights, DType::F32, a->force, preprocess.to_json());
+    std::fprintf(stderr, "amalgam: %lld steps in %.1f s (%.0f images/s), last epoch loss %.4f; wrote %s\n",
+                 static_cast<long long>(report.steps), report.seconds, report.images_per_second,
+                 report.epoch_loss.empty() ? 0.0 : report.epoch_loss.back(), a->output.c_str());
+  });
+}
+
+}  // namespace amalgam::cli

@@ -1,0 +1,106 @@
+#include "eval/evaluate.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/interrupt.h"
+#include "core/progress.h"
+
+namespace amalgam {
+
+nlohmann::ordered_json EvalResult::to_json() const {
+  nlohmann::ordered_json per_class = nlohmann::ordered_json::array();
+  for (size_t c = 0; c < class_accuracy.size(); ++c)
+    per_class.push_back({{"class", c < class_names.size() ? class_names[c] : std::to_string(c)},
+                         {"examples", class_examples[c]},
+                         {"accuracy", class_accuracy[c]}});
+  return {
+      {"task", task},          {"split", split}, {"examples", examples}, {"correct", correct},
+      {"accuracy", accuracy},  {"loss", loss},   {"seconds", seconds},   {"examples_per_second", examples_per_second},
+      {"per_class", per_class}};
+}
+
+BatchScore score_logits(const Matrix& logits, std::span<const int64_t> labels) {
+  BatchScore s;
+  for (int64_t r = 0; r < logits.rows; ++r) {
+    const float* row = logits.row(r);
+    int64_t best = 0;
+    for (int64_t c = 1; c < logits.cols; ++c)
+      if (row[c] > row[best]) best = c;
+    double sum = 0;
+    for (int64_t c = 0; c < logits.cols; ++c) sum += std::exp(static_cast<double>(row[c]) - row[best]);
+    const int64_t y = labels[static_cast<size_t>(r)];
+    s.loss_sum += std::log(sum) - (static_cast<double>(row[y]) - row[best]);
+    s.predictions.push_back(best);
+  }
+  return s;
+}
+
+namespace {
+
+void check_compatible(const ClipVisionModel& model, const ImageProcessorConfig& preprocess, const TaskInfo& task,
+                      const ClassifierHead& head) {
+  const auto& c = model.config();
+  preprocess.check_channels(c.num_channels);
+  const ImageShape in = preprocessed_shape(preprocess, task.image, c.num_channels);
+  if (in.height != c.image_size || in.width != c.image_size)
+    throw InputError("task '" + task.name + "': preprocessing gives " + std::to_string(in.height) + "x" +
+                     std::to_string(in.width) + " images, the model takes " + std::to_string(c.image_size) + "x" +
+                     std::to_string(c.image_size) + " (check preprocessor_config.json)");
+  if (head.dim() != model.feature_dim())
+    throw InputError("head" + (head.task.empty() ? "" : " '" + head.task + "'") + " takes features of width " +
+                     std::to_string(head.dim()) + ", the model gives " + std::to_string(model.feature_dim()));
+  if (head.classes() != task.num_classes())
+    throw InputError("head" + (head.task.empty() ? "" : " '" + head.task + "'") + " has " +
+                     std::to_string(head.classes()) + " classes, task '" + task.name + "' has " +
+                     std::to_string(task.num_classes()));
+}
+
+}  // namespace
+
+EvalResult evaluate(const ClipVisionModel& model, const ImageProcessorConfig& preprocess, const TaskInfo& task,
+                    const TaskSplit& split, const ClassifierHead& head, const EvalOptions& options) {
+  check_compatible(model, preprocess, task, head);
+  const auto indices = options.max_examples > 0 ? sample_indices(split.size(), options.max_examples, options.seed)
+                                                : sample_indices(split.size(), split.size(), 0);
+  EvalResult r;
+  r.task = task.name;
+  r.split = split.name;
+  r.class_names = task.classes;
+  r.class_examples.assign(static_cast<size_t>(task.num_classes()), 0);
+  std::vector<int64_t> class_correct(static_cast<size_t>(task.num_classes()), 0);
+  double loss_sum = 0;
+  const int64_t n = static_cast<int64_t>(indices.size()), bs = std::max<int64_t>(1, options.batch_size);
+  Progress progress("eval " + task.name, static_cast<uint64_t>(n), 0, options.quiet);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t begin = 0; begin < n; begin += bs) {
+    check_interrupt();
+    const std::span<const int64_t> batch(indices.data() + begin, static_cast<size_t>(std::min(bs, n - begin)));
+    const auto pixels = preprocess_batch(split.images, batch, preprocess, model.config().num_channels);
+    const Matrix logits = head.logits(model.features(pixels, static_cast<int64_t>(batch.size())));
+    std::vector<int64_t> labels;
+    for (int64_t i : batch) labels.push_back(split.labels[static_cast<size_t>(i)]);
+    const BatchScore s = score_logits(logits, labels);
+    loss_sum += s.loss_sum;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      const auto y = static_cast<size_t>(labels[i]);
+      ++r.class_examples[y];
+      if (s.predictions[i] == labels[i]) ++class_correct[y];
+    }
+    progress.advance(batch.size(), 0);
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.examples = n;
+  for (size_t c = 0; c < class_correct.size(); ++c) {
+    r.correct += class_correct[c];
+    r.class_accuracy.push_back(
+        r.class_examples[c] ? static_cast<double>(class_correct[c]) / static_cast<double>(r.class_examples[c]) : 0.0);
+  }
+  r.accuracy = n ? static_cast<double>(r.correct) / static_cast<double>(n) : 0.0;
+  r.loss = n ? loss_sum / static_cast<double>(n) : 0.0;
+  r.examples_per_second = r.seconds > 0 ? static_cast<double>(n) / r.seconds : 0.0;
+  return r;
+}
+
+}  // namespace amalgam

@@ -1,0 +1,221 @@
+#include "eval/zoo_build.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include "core/error.h"
+#include "eval/evaluate.h"
+#include "io/atomic_output.h"
+#include "io/json_file.h"
+
+namespace amalgam {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::ordered_json train_options_json(const train::TrainOptions& o) {
+  return {{"epochs", o.epochs},
+          {"batch_size", o.batch_size},
+          {"learning_rate", o.learning_rate},
+          {"head_lr_scale", o.head_lr_scale},
+          {"weight_decay", o.weight_decay},
+          {"warmup_fraction", o.warmup_fraction},
+          {"grad_clip", o.grad_clip},
+          {"max_shift", o.max_shift},
+          {"seed", o.seed}};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void log(const ZooBuildOptions& o, const std::string& line) {
+  if (!o.quiet) std::fprintf(stderr, "amalgam: zoo: %s\n", line.c_str());
+}
+
+struct LoadedTask {
+  TaskInfo info;
+  TaskSplit train, val, test;
+};
+
+LoadedTask load_task(const fs::path& dir) {
+  LoadedTask t;
+  t.info = read_task_info(dir);
+  t.train = load_split(dir, t.info, "train");
+  t.val = load_split(dir, t.info, "val");
+  t.test = load_split(dir, t.info, "test");
+  return t;
+}
+
+double accuracy(const ClipVisionModel& model, const LoadedTask& task, const TaskSplit& split,
+                const ClassifierHead& head) {
+  EvalOptions eval;
+  eval.batch_size = 256;
+  eval.quiet = true;
+  return evaluate(model, zoo_preprocess(), task.info, split, head, eval).accuracy;
+}
+
+}  // namespace
+
+ImageProcessorConfig zoo_preprocess() {
+  ImageProcessorConfig p;
+  p.do_convert_rgb = false;  // the zoo's models take one gray channel
+  p.shortest_edge = 28;
+  p.crop_height = p.crop_width = 28;
+  p.image_mean = {0.5};
+  p.image_std = {0.5};
+  return p;
+}
+
+ZooBuildOptions ZooBuildOptions::preset(bool small) {
+  ZooBuildOptions o;
+  o.small = small;
+  o.data = small ? ZooDataOptions::small() : ZooDataOptions{};
+  auto& m = o.model;
+  m.image_size = 28;
+  m.patch_size = 7;
+  m.num_channels = 1;
+  m.hidden_act = Activation::QuickGelu;
+  m.hidden_size = small ? 32 : 128;
+  m.intermediate_size = 4 * m.hidden_size;
+  m.num_hidden_layers = small ? 2 : 6;
+  m.num_attention_heads = small ? 2 : 4;
+  o.pool.per_task = small ? 400 : 2000;
+  o.pool.extra = small ? 800 : 8000;
+  o.pretrain.epochs = small ? 3 : 4;
+  o.pretrain.learning_rate = 2e-3;
+  o.pretrain.batch_size = small ? 32 : 128;
+  o.pretrain.seed = 1;
+  o.probe.epochs = 30;
+  o.probe.batch_size = 256;
+  o.probe.learning_rate = 1e-2;
+  o.probe.weight_decay = 1e-4;
+  o.probe.seed = 2;
+  o.finetune.epochs = small ? 4 : 4;
+  o.finetune.learning_rate = small ? 2e-3 : 1e-3;
+  o.finetune.batch_size = small ? 32 : 128;
+  o.finetune.seed = 3;
+  o.finetune_examples = small ? 600 : 10000;
+  return o;
+}
+
+nlohmann::ordered_json ZooBuildOptions::to_json() const {
+  return {{"small", small},
+          {"seed", data.seed},
+          {"data_sizes", {data.sizes.train, data.sizes.val, data.sizes.test}},
+          {"cap_real_tasks", data.cap_real_tasks},
+          {"model", model.to_json()},
+          {"pool", {{"per_task", pool.per_task}, {"extra", pool.extra}, {"seed", pool.seed}}},
+          {"pretrain", train_options_json(pretrain)},
+          {"probe", train_options_json(probe)},
+          {"finetune", train_options_json(finetune)},
+          {"finetune_examples", finetune_examples}};
+}
+
+nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& options, bool force) {
+  const auto wanted = options.to_json();
+  if (fs::exists(dir / "zoo.json")) {
+    const auto existing = read_json_file(dir / "zoo.json");
+    // Compared as unordered JSON: the file's keys come back sorted.
+    if (existing.contains("options") && existing["options"] == nlohmann::json(wanted)) {
+      log(options, "cached: " + (dir / "zoo.json").string() + " was built with the same options");
+      return existing;
+    }
+    if (!force) throw InputError(dir, "holds a zoo built with other options; --force rebuilds it");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  AtomicOutput output(dir, true);
+  const fs::path stage = output.staging();
+  // Filled separately and put together at the end: an ordered_json object is a vector, so a
+  // reference into it does not survive the next key.
+  nlohmann::ordered_json timing = nlohmann::ordered_json::object(), pretrain, tasks = nlohmann::ordered_json::array();
+
+  auto t0 = std::chrono::steady_clock::now();
+  write_zoo_data(stage / "data", options.data, false);
+  timing["data"] = seconds_since(t0);
+  log(options, "data written");
+
+  // The base: rotation prediction on unlabeled images; its head is thrown away.
+  t0 = std::chrono::steady_clock::now();
+  const Tensor pool = pretraining_pool(stage / "data", options.pool);
+  const ImageProcessorConfig preprocess = zoo_preprocess();
+  ClipVisionWeights base = random_clip_vision_weights(options.model, options.pretrain.seed, false);
+  ClassifierHead rotation = train::new_head(4, options.model.hidden_size, options.pretrain.seed);
+  train::TrainOptions pre = options.pretrain;
+  pre.quiet = options.quiet;
+  const auto pre_report = train::train_encoder(options.model, base, rotation, true, pool.dim(0),
+                                               train::rotation_batches(pool, preprocess, 1, pre.max_shift), pre);
+  save_clip_vision(stage / "base", options.model, base, DType::F32, false, preprocess.to_json());
+  timing["pretrain"] = seconds_since(t0);
+  pretrain = {{"images", pool.dim(0)},
+              {"steps", pre_report.steps},
+              {"rotation_accuracy_last_epoch", pre_report.epoch_accuracy.back()}};
+  log(options, "base pretrained: rotation accuracy " + std::to_string(pre_report.epoch_accuracy.back()));
+
+  const ClipVisionModel base_model(options.model, base);
+  fs::create_directories(stage / "heads");
+  double probe_seconds = 0, finetune_seconds = 0;
+  for (size_t i = 0; i < zoo_task_names().size(); ++i) {
+    const std::string& name = zoo_task_names()[i];
+    const LoadedTask task = load_task(stage / "data" / name);
+    const int64_t n = std::min(options.finetune_examples, task.train.size());
+    const std::span<const int64_t> labels(task.train.labels.data(), static_cast<size_t>(n));
+
+    t0 = std::chrono::steady_clock::now();
+    ClassifierHead head =
+        train::fit_probe(base_model, task.train.images, labels, task.info.num_classes(), preprocess, options.probe);
+    head.task = name;
+    head.class_names = task.info.classes;
+    head.save(stage / "heads" / (name + ".safetensors"), false);
+    probe_seconds += seconds_since(t0);
+
+    t0 = std::chrono::steady_clock::now();
+    ClipVisionWeights tuned = base;
+    ClassifierHead frozen = head;
+    train::TrainOptions ft = options.finetune;
+    ft.seed += i;
+    ft.quiet = options.quiet;
+    train::train_encoder(
+        options.model, tuned, frozen, false, n,
+        train::classification_batches(task.train.images, task.train.labels, preprocess, 1, ft.max_shift), ft);
+    save_clip_vision(stage / "finetuned" / name, options.model, tuned, DType::F32, false, preprocess.to_json());
+    finetune_seconds += seconds_since(t0);
+
+    const ClipVisionModel tuned_model(options.model, tuned);
+    nlohmann::ordered_json entry = {{"task", name},
+                                    {"classes", task.info.num_classes()},
+                                    {"train_examples_used", n},
+                                    {"val", task.val.size()},
+                                    {"test", task.test.size()},
+                                    {"base_probe_val", accuracy(base_model, task, task.val, head)},
+                                    {"base_probe_test", accuracy(base_model, task, task.test, head)},
+                                    {"finetuned_val", accuracy(tuned_model, task, task.val, head)},
+                                    {"finetuned_test", accuracy(tuned_model, task, task.test, head)}};
+    char line[200];
+    std::snprintf(line, sizeof line, "%-9s base+probe %.4f  fine-tuned %.4f (test)", name.c_str(),
+                  entry["base_probe_test"].get<double>(), entry["finetuned_test"].get<double>());
+    log(options, line);
+    tasks.push_back(entry);
+  }
+  timing["probes"] = probe_seconds;
+  timing["finetunes"] = finetune_seconds;
+  double base_sum = 0, tuned_sum = 0;
+  for (const auto& t : tasks) {
+    base_sum += t["base_probe_test"].get<double>();
+    tuned_sum += t["finetuned_test"].get<double>();
+  }
+  timing["total"] = seconds_since(start);
+  const nlohmann::ordered_json zoo = {{"options", wanted},
+                                      {"average_test",
+                                       {{"base_probe", base_sum / static_cast<double>(tasks.size())},
+                                        {"finetuned", tuned_sum / static_cast<double>(tasks.size())}}},
+                                      {"tasks", tasks},
+                                      {"pretrain", pretrain},
+                                      {"seconds", timing}};
+  write_text_file(stage / "zoo.json", zoo.dump(2) + "\n");
+  output.commit();
+  return zoo;
+}
+
+}  // namespace amalgam

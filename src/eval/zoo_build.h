@@ -1,0 +1,52 @@
+// `amalgam zoo build`: the embedded benchmark's models, made the way the merging papers make
+// theirs, from the zoo's eight tasks (data/zoo_tasks.h):
+//
+//   1. data      the eight tasks, written under zoo/data/<task>/
+//   2. base      a CLIP-style ViT (CLIPVisionModel layout) pretrained without any task label:
+//                rotation prediction on an unlabeled pool of train-split and generated
+//                images; its pretraining head is discarded
+//   3. heads     one linear probe per task on the base's frozen features (the analogue of a
+//                CLIP zero-shot head), zoo/heads/<task>.safetensors
+//   4. finetuned one fine-tune per task from the base through its frozen head,
+//                zoo/finetuned/<task>/
+//   5. zoo.json  the options, every accuracy measured (base + head and fine-tuned, on val
+//                and test) and the time of each stage
+//
+// Deterministic (same options, same bits on the same machine and thread count) and cached:
+// a zoo whose zoo.json records the same options is not rebuilt.
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "data/zoo_tasks.h"
+#include "model/clip_vision.h"
+#include "train/trainer.h"
+
+namespace amalgam {
+
+struct ZooBuildOptions {
+  bool small = false;
+  ZooDataOptions data;
+  ClipVisionConfig model;
+  ZooPoolOptions pool;
+  train::TrainOptions pretrain, probe, finetune;
+  int64_t finetune_examples = 10000;  // train images per task used for fine-tuning and probes
+  bool quiet = false;
+
+  // The full zoo (about 1.2M parameters, builds in minutes) or the small one for tests.
+  static ZooBuildOptions preset(bool small);
+  // Everything that changes the result, for the cache check and zoo.json.
+  nlohmann::ordered_json to_json() const;
+};
+
+// The zoo's image preprocessing (28x28 gray in, normalized to [-1, 1]), as written into every
+// checkpoint's preprocessor_config.json.
+ImageProcessorConfig zoo_preprocess();
+
+// Builds the zoo in `dir` (atomically), or returns at once when `dir` already holds a zoo built
+// with the same options. A zoo with other options is replaced only with `force`. Returns
+// zoo.json's content.
+nlohmann::ordered_json build_zoo(const std::filesystem::path& dir, const ZooBuildOptions& options, bool force);
+
+}  // namespace amalgam

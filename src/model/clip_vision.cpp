@@ -1,0 +1,567 @@
+#include "model/clip_vision.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "core/random.h"
+#include "core/tensor.h"
+#include "io/atomic_output.h"
+#include "io/checkpoint.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
+#include "model/activations.h"
+#include "model/patches.h"
+
+namespace amalgam {
+
+// ---------------------------------------------------------------------------------------
+// Config
+
+namespace {
+
+int64_t positive_int(const nlohmann::json& j, const char* key, int64_t fallback, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  const auto& v = j[key];
+  if (!v.is_number_integer() || v.get<int64_t>() <= 0 || v.get<int64_t>() > (int64_t{1} << 24))
+    throw InputError(where, std::string("config key '") + key + "' must be a positive integer, got " + v.dump());
+  return v.get<int64_t>();
+}
+
+Activation parse_activation(const nlohmann::json& v, const std::string& where) {
+  const std::string name = v.is_string() ? v.get<std::string>() : v.dump();
+  if (name == "quick_gelu") return Activation::QuickGelu;
+  if (name == "gelu") return Activation::Gelu;
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return Activation::GeluTanh;
+  throw InputError(where, "config key 'hidden_act': '" + name +
+                              "' is not supported (quick_gelu, gelu, gelu_new, gelu_pytorch_tanh)");
+}
+
+}  // namespace
+
+std::string activation_name(Activation act) {
+  switch (act) {
+    case Activation::QuickGelu:
+      return "quick_gelu";
+    case Activation::Gelu:
+      return "gelu";
+    case Activation::GeluTanh:
+      return "gelu_new";
+  }
+  return "?";
+}
+
+ClipVisionConfig ClipVisionConfig::from_json(const nlohmann::json& json, const std::string& where) {
+  if (!json.is_object()) throw InputError(where, "config is not a JSON object");
+  const nlohmann::json* v = &json;
+  if (json.contains("vision_config")) {
+    v = &json["vision_config"];
+    if (!v->is_object()) throw InputError(where, "config key 'vision_config' is not an object");
+  }
+  ClipVisionConfig c;
+  c.hidden_size = positive_int(*v, "hidden_size", c.hidden_size, where);
+  c.intermediate_size = positive_int(*v, "intermediate_size", c.intermediate_size, where);
+  c.num_hidden_layers = positive_int(*v, "num_hidden_layers", c.num_hidden_layers, where);
+  c.num_attention_heads = positive_int(*v, "num_attention_heads", c.num_attention_heads, where);
+  c.image_size = positive_int(*v, "image_size", c.image_size, where);
+  c.patch_size = positive_int(*v, "patch_size", c.patch_size, where);
+  c.num_channels = positive_int(*v, "num_channels", c.num_channels, where);
+  // A CLIPConfig keeps projection_dim at the top level; a CLIPVisionConfig in itself.
+  c.projection_dim = positive_int(json, "projection_dim", c.projection_dim, where);
+  c.projection_dim = positive_int(*v, "projection_dim", c.projection_dim, where);
+  if (v->contains("hidden_act")) c.hidden_act = parse_activation((*v)["hidden_act"], where);
+  if (v->contains("layer_norm_eps")) {
+    const auto& eps = (*v)["layer_norm_eps"];
+    if (!eps.is_number() || !(eps.get<double>() > 0))
+      throw InputError(where, "config key 'layer_norm_eps' must be a positive number, got " + eps.dump());
+    c.layer_norm_eps = eps.get<double>();
+  }
+  if (c.hidden_size % c.num_attention_heads != 0)
+    throw InputError(where, "config: hidden_size " + std::to_string(c.hidden_size) +
+                                " is not divisible by num_attention_heads " + std::to_string(c.num_attention_heads));
+  if (c.image_size % c.patch_size != 0)
+    throw InputError(where, "config: image_size " + std::to_string(c.image_size) + " is not divisible by patch_size " +
+                                std::to_string(c.patch_size));
+  return c;
+}
+
+nlohmann::json ClipVisionConfig::to_json() const {
+  return {{"model_type", "clip_vision_model"},
+          {"hidden_size", hidden_size},
+          {"intermediate_size", intermediate_size},
+          {"num_hidden_layers", num_hidden_layers},
+          {"num_attention_heads", num_attention_heads},
+          {"image_size", image_size},
+          {"patch_size", patch_size},
+          {"num_channels", num_channels},
+          {"projection_dim", projection_dim},
+          {"hidden_act", activation_name(hidden_act)},
+          {"layer_norm_eps", layer_norm_eps},
+          {"attention_dropout", 0.0},
+          {"dropout", 0.0},
+          {"initializer_range", 0.02},
+          {"initializer_factor", 1.0}};
+}
+
+std::string clip_layer_prefix(int64_t layer) {
+  return "vision_model.encoder.layers." + std::to_string(layer) + ".";
+}
+
+std::vector<std::string> linear_site_weights(int64_t layer, LinearSite site) {
+  const std::string p = clip_layer_prefix(layer);
+  switch (site) {
+    case LinearSite::Qkv:
+      return {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"};
+    case LinearSite::OutProj:
+      return {p + "self_attn.out_proj.weight"};
+    case LinearSite::Fc1:
+      return {p + "mlp.fc1.weight"};
+    case LinearSite::Fc2:
+      return {p + "mlp.fc2.weight"};
+    case LinearSite::Projection:
+      return {"visual_projection.weight"};
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------
+// Shapes: one table of every tensor the model has, used to check, load, save and randomise.
+
+namespace {
+
+void size_layer_norm(LayerNormParams& ln, int64_t d) {
+  ln.weight.resize(static_cast<size_t>(d));
+  ln.bias.resize(static_cast<size_t>(d));
+}
+
+void size_linear(LinearParams& l, int64_t out, int64_t in) {
+  if (l.weight.rows != out || l.weight.cols != in) l.weight = Matrix(out, in);
+  l.bias.resize(static_cast<size_t>(out));
+}
+
+}  // namespace
+
+std::vector<ClipParameter> clip_parameters(const ClipVisionConfig& c, ClipVisionWeights& w, bool with_projection) {
+  const int64_t d = c.hidden_size, f = c.intermediate_size, p = c.patch_size, ch = c.num_channels;
+  const float attn_scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5) /
+                                              std::sqrt(2.0 * static_cast<double>(c.num_hidden_layers)));
+  std::vector<ClipParameter> t;
+  auto add_ln = [&](const std::string& name, LayerNormParams& ln) {
+    size_layer_norm(ln, d);
+    t.push_back({name + ".weight", {d}, ln.weight.data(), ClipParameter::Kind::LayerNormWeight, 0.05f});
+    t.push_back({name + ".bias", {d}, ln.bias.data(), ClipParameter::Kind::Vector, 0.05f});
+  };
+  auto add_linear = [&](const std::string& name, LinearParams& l, int64_t out, int64_t in, float scale) {
+    size_linear(l, out, in);
+    t.push_back({name + ".weight", {out, in}, l.weight.data.data(), ClipParameter::Kind::Matrix, scale});
+    t.push_back({name + ".bias", {out}, l.bias.data(), ClipParameter::Kind::Vector, 0.02f});
+  };
+
+  if (w.patch_embedding.rows != d || w.patch_embedding.cols != ch * p * p) w.patch_embedding = Matrix(d, ch * p * p);
+  t.push_back({"vision_model.embeddings.patch_embedding.weight",
+               {d, ch, p, p},
+               w.patch_embedding.data.data(),
+               ClipParameter::Kind::Matrix,
+               0.02f});
+  w.class_embedding.resize(static_cast<size_t>(d));
+  t.push_back({"vision_model.embeddings.class_embedding",
+               {d},
+               w.class_embedding.data(),
+               ClipParameter::Kind::Vector,
+               static_cast<float>(std::pow(static_cast<double>(d), -0.5))});
+  if (w.position_embedding.rows != c.tokens() || w.position_embedding.cols != d)
+    w.position_embedding = Matrix(c.tokens(), d);
+  t.push_back({"vision_model.embeddings.position_embedding.weight",
+               {c.tokens(), d},
+               w.position_embedding.data.data(),
+               ClipParameter::Kind::Matrix,
+               0.02f});
+  add_ln("vision_model.pre_layrnorm", w.pre_layrnorm);
+  w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    auto& b = w.layers[static_cast<size_t>(l)];
+    const std::string pre = clip_layer_prefix(l);
+    add_ln(pre + "layer_norm1", b.layer_norm1);
+    add_linear(pre + "self_attn.q_proj", b.q_proj, d, d, attn_scale);
+    add_linear(pre + "self_attn.k_proj", b.k_proj, d, d, attn_scale);
+    add_linear(pre + "self_attn.v_proj", b.v_proj, d, d, attn_scale);
+    add_linear(pre + "self_attn.out_proj", b.out_proj, d, d,
+               static_cast<float>(std::pow(static_cast<double>(d), -0.5)));
+    add_ln(pre + "layer_norm2", b.layer_norm2);
+    add_linear(pre + "mlp.fc1", b.fc1, f, d, static_cast<float>(std::pow(2.0 * static_cast<double>(d), -0.5)));
+    add_linear(pre + "mlp.fc2", b.fc2, d, f, attn_scale);
+  }
+  add_ln("vision_model.post_layernorm", w.post_layernorm);
+  if (with_projection) {
+    if (!w.visual_projection || w.visual_projection->rows != c.projection_dim || w.visual_projection->cols != d)
+      w.visual_projection = Matrix(c.projection_dim, d);
+    t.push_back({"visual_projection.weight",
+                 {c.projection_dim, d},
+                 w.visual_projection->data.data(),
+                 ClipParameter::Kind::Matrix,
+                 static_cast<float>(std::pow(static_cast<double>(d), -0.5))});
+  } else {
+    w.visual_projection.reset();
+  }
+  return t;
+}
+
+namespace {
+
+// For reading only: the caller has checked the shapes, so nothing is resized.
+std::vector<ClipParameter> parameter_table(const ClipVisionConfig& c, const ClipVisionWeights& w) {
+  return clip_parameters(c, const_cast<ClipVisionWeights&>(w), w.visual_projection.has_value());
+}
+
+size_t expected_size(const ClipParameter& p) {
+  return static_cast<size_t>(shape_numel(p.shape));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Construction and loading
+
+namespace {
+
+void check_shapes(const ClipVisionConfig& c, const ClipVisionWeights& w) {
+  auto fail = [](const std::string& name, const std::string& what) {
+    throw InputError("CLIP vision weights: tensor '" + name + "': " + what);
+  };
+  if (w.layers.size() != static_cast<size_t>(c.num_hidden_layers))
+    fail("vision_model.encoder.layers",
+         std::to_string(w.layers.size()) + " layers, config.json says " + std::to_string(c.num_hidden_layers));
+  auto matrix_ok = [](const Matrix& m, int64_t r, int64_t cols) {
+    return m.rows == r && m.cols == cols && m.data.size() == static_cast<size_t>(r * cols);
+  };
+  auto vec_ok = [](const std::vector<float>& v, int64_t n) { return v.size() == static_cast<size_t>(n); };
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
+  if (!matrix_ok(w.patch_embedding, d, c.num_channels * c.patch_size * c.patch_size))
+    fail("vision_model.embeddings.patch_embedding.weight", "wrong shape");
+  if (!vec_ok(w.class_embedding, d)) fail("vision_model.embeddings.class_embedding", "wrong shape");
+  if (!matrix_ok(w.position_embedding, c.tokens(), d))
+    fail("vision_model.embeddings.position_embedding.weight", "wrong shape");
+  auto ln_ok = [&](const LayerNormParams& ln) { return vec_ok(ln.weight, d) && vec_ok(ln.bias, d); };
+  auto lin_ok = [&](const LinearParams& l, int64_t out, int64_t in) {
+    return matrix_ok(l.weight, out, in) && vec_ok(l.bias, out);
+  };
+  if (!ln_ok(w.pre_layrnorm)) fail("vision_model.pre_layrnorm", "wrong shape");
+  if (!ln_ok(w.post_layernorm)) fail("vision_model.post_layernorm", "wrong shape");
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const auto& b = w.layers[static_cast<size_t>(l)];
+    const std::string p = clip_layer_prefix(l);
+    if (!ln_ok(b.layer_norm1) || !ln_ok(b.layer_norm2)) fail(p + "layer_norm", "wrong shape");
+    if (!lin_ok(b.q_proj, d, d) || !lin_ok(b.k_proj, d, d) || !lin_ok(b.v_proj, d, d) || !lin_ok(b.out_proj, d, d))
+      fail(p + "self_attn", "wrong shape");
+    if (!lin_ok(b.fc1, f, d)) fail(p + "mlp.fc1", "wrong shape");
+    if (!lin_ok(b.fc2, d, f)) fail(p + "mlp.fc2", "wrong shape");
+  }
+  if (w.visual_projection && !matrix_ok(*w.visual_projection, c.projection_dim, d))
+    fail("visual_projection.weight", "wrong shape");
+}
+
+// Copies a stored tensor, converted to F32, into the table's slot after checking it.
+void load_parameter(const CheckpointReader& ckpt, const ClipParameter& p) {
+  if (!ckpt.contains(p.name)) throw InputError(ckpt.path(), p.name, "missing (needed by a CLIP vision model)");
+  const TensorInfo& info = ckpt.info(p.name);
+  if (info.shape != p.shape)
+    throw InputError(ckpt.path(), p.name,
+                     "has shape " + shape_to_string(info.shape) + ", config.json implies " + shape_to_string(p.shape));
+  if (info.dtype != DType::F32 && info.dtype != DType::F16 && info.dtype != DType::BF16 && info.dtype != DType::F64)
+    throw InputError(ckpt.path(), p.name,
+                     "dtype " + std::string(dtype_name(info.dtype)) + " is not a float dtype (F32, F16, BF16, F64)");
+  const Tensor values = ckpt.tensor(p.name).to(DType::F32);
+  const auto src = values.data<float>();
+  std::copy(src.begin(), src.end(), p.data);
+  ckpt.release(p.name);
+}
+
+}  // namespace
+
+ClipVisionModel::ClipVisionModel(ClipVisionConfig config, ClipVisionWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  check_shapes(config_, weights_);
+}
+
+ClipVisionModel ClipVisionModel::load(const std::filesystem::path& checkpoint) {
+  CheckpointReader ckpt(checkpoint);
+  if (!ckpt.config())
+    throw InputError(ckpt.path(), "no config.json beside the weights (a CLIP vision model needs its config)");
+  const auto config = ClipVisionConfig::from_json(*ckpt.config(), (ckpt.dir() / "config.json").string());
+  ClipVisionWeights weights;
+  const bool with_projection = ckpt.contains("visual_projection.weight");
+  const auto table = clip_parameters(config, weights, with_projection);
+  parallel_for(table.size(), [&](size_t i) { load_parameter(ckpt, table[i]); });
+  return ClipVisionModel(config, std::move(weights));
+}
+
+int64_t ClipVisionModel::feature_dim() const {
+  return weights_.visual_projection ? weights_.visual_projection->rows : config_.hidden_size;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+
+namespace {
+
+void resize(std::vector<float>& v, size_t n) {
+  if (v.size() != n) v.resize(n);
+}
+
+// In place, row by row: y = (x - mean) / sqrt(var + eps) * weight + bias (biased variance).
+void layer_norm(const float* x, float* y, int64_t rows, int64_t width, const LayerNormParams& ln, double eps) {
+  const float* g = ln.weight.data();
+  const float* b = ln.bias.data();
+  parallel_chunks(static_cast<size_t>(rows), 128, [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      const float* xr = x + r * static_cast<size_t>(width);
+      float* yr = y + r * static_cast<size_t>(width);
+      double sum = 0;
+      for (int64_t i = 0; i < width; ++i) sum += xr[i];
+      const double mean = sum / static_cast<double>(width);
+      double sq = 0;
+      for (int64_t i = 0; i < width; ++i) sq += (xr[i] - mean) * (xr[i] - mean);
+      const float inv = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(width) + eps));
+      const float m = static_cast<float>(mean);
+      for (int64_t i = 0; i < width; ++i) yr[i] = (xr[i] - m) * inv * g[i] + b[i];
+    }
+  });
+}
+
+// y = x W^T + b (beta = 0), or y += x W^T + b (accumulate: the residual connections).
+void linear(const float* x, int64_t rows, const LinearParams& l, float* y, bool accumulate) {
+  const int64_t out = l.weight.rows, in = l.weight.cols;
+  sgemm(false, true, rows, out, in, 1.0f, x, in, l.weight.data.data(), in, accumulate ? 1.0f : 0.0f, y, out);
+  const float* b = l.bias.data();
+  parallel_chunks(static_cast<size_t>(rows), 256, [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      float* yr = y + r * static_cast<size_t>(out);
+      for (int64_t i = 0; i < out; ++i) yr[i] += b[i];
+    }
+  });
+}
+
+void activate(float* x, size_t n, Activation act) {
+  parallel_chunks(n, 1 << 14, [&](size_t begin, size_t end) {
+    switch (act) {
+      case Activation::QuickGelu:
+        for (size_t i = begin; i < end; ++i) x[i] = quick_gelu(x[i]);
+        break;
+      case Activation::Gelu:
+        for (size_t i = begin; i < end; ++i) x[i] = gelu_erf(x[i]);
+        break;
+      case Activation::GeluTanh:
+        for (size_t i = begin; i < end; ++i) x[i] = gelu_tanh(x[i]);
+        break;
+    }
+  });
+}
+
+void softmax_rows(float* s, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * cols;
+    float mx = row[0];
+    for (int64_t j = 1; j < cols; ++j) mx = std::max(mx, row[j]);
+    float sum = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      row[j] = exp_approx(row[j] - mx);
+      sum += row[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
+  }
+}
+
+// context[b, :, head] = softmax(q_bh k_bh^T) v_bh for every image and head, where qkv holds
+// [q | k | v] per row. The products are small (tokens x head_dim), so the pairs are spread
+// over threads, each calling single-threaded BLAS (OpenBLAS runs serially inside an OpenMP
+// region).
+void attention(const float* qkv, float* context, int64_t batch, int64_t tokens, int64_t width, int64_t heads) {
+  const int64_t hd = width / heads, stride = 3 * width;
+  const int64_t pairs = batch * heads;
+  // Small batches of small models stay on one thread: waking the others costs more.
+#pragma omp parallel if (pairs * tokens * tokens * hd > (1 << 18))
+  {
+    std::vector<float> scores(static_cast<size_t>(tokens * tokens));
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t b = p / heads, h = p % heads;
+      const float* q = qkv + b * tokens * stride + h * hd;
+      sgemm(false, true, tokens, tokens, hd, 1.0f, q, stride, q + width, stride, 0.0f, scores.data(), tokens);
+      softmax_rows(scores.data(), tokens, tokens);
+      sgemm(false, false, tokens, hd, tokens, 1.0f, scores.data(), tokens, q + 2 * width, stride, 0.0f,
+            context + b * tokens * width + h * hd, width);
+    }
+  }
+}
+
+// q, k and v in one GEMM against their stacked weights [3D, D]: one large product runs
+// closer to the machine's peak than three of a third the size. Hugging Face scales q
+// (bias included) by head_dim^-0.5 before the attention product.
+void qkv_projection(const ClipVisionConfig& c, const ClipBlockWeights& w, const float* x, int64_t rows,
+                    HiddenStates::Scratch& s) {
+  const int64_t d = c.hidden_size;
+  const size_t dd = static_cast<size_t>(d * d);
+  resize(s.qkv_weight, 3 * dd);
+  std::copy(w.q_proj.weight.data.begin(), w.q_proj.weight.data.end(), s.qkv_weight.begin());
+  std::copy(w.k_proj.weight.data.begin(), w.k_proj.weight.data.end(), s.qkv_weight.begin() + static_cast<long>(dd));
+  std::copy(w.v_proj.weight.data.begin(), w.v_proj.weight.data.end(), s.qkv_weight.begin() + static_cast<long>(2 * dd));
+  resize(s.qkv, static_cast<size_t>(rows * 3 * d));
+  sgemm(false, true, rows, 3 * d, d, 1.0f, x, d, s.qkv_weight.data(), d, 0.0f, s.qkv.data(), 3 * d);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
+  const float *bq = w.q_proj.bias.data(), *bk = w.k_proj.bias.data(), *bv = w.v_proj.bias.data();
+  parallel_chunks(static_cast<size_t>(rows), 256, [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      float* q = s.qkv.data() + r * static_cast<size_t>(3 * d);
+      float *k = q + d, *v = q + 2 * d;
+      for (int64_t i = 0; i < d; ++i) {
+        q[i] = (q[i] + bq[i]) * scale;
+        k[i] += bk[i];
+        v[i] += bv[i];
+      }
+    }
+  });
+}
+
+void call_tap(const LinearTap& tap, int64_t layer, LinearSite site, const float* data, int64_t rows, int64_t width) {
+  if (tap) tap(LinearInput{layer, site, data, rows, width});
+}
+
+}  // namespace
+
+HiddenStates ClipVisionModel::embed(std::span<const float> pixels, int64_t batch) const {
+  const auto& c = config_;
+  const int64_t g = c.patches_per_side(), p = c.patch_size, ch = c.num_channels, side = c.image_size;
+  const int64_t d = c.hidden_size, tokens = c.tokens(), kernel = ch * p * p;
+  if (batch < 0 || pixels.size() != static_cast<size_t>(batch * ch * side * side))
+    throw std::invalid_argument("ClipVisionModel::embed: " + std::to_string(pixels.size()) + " pixel values for " +
+                                std::to_string(batch) + " images of " + std::to_string(ch) + "x" +
+                                std::to_string(side) + "x" + std::to_string(side));
+  HiddenStates h;
+  h.batch = batch;
+  h.tokens = tokens;
+  h.width = d;
+  h.data.resize(static_cast<size_t>(batch * tokens * d));
+  if (batch == 0) return h;
+
+  // The stride-P convolution is one GEMM over every patch of the batch (im2col), with the
+  // patch flattened in the kernel's (channel, y, x) order.
+  const int64_t patches = batch * g * g;
+  auto& cols = h.scratch.mlp;
+  resize(cols, static_cast<size_t>(patches * kernel));
+  im2col_patches(pixels.data(), batch, ch, side, p, cols.data());
+  auto& out = h.scratch.normed;
+  resize(out, static_cast<size_t>(patches * d));
+  sgemm(false, true, patches, d, kernel, 1.0f, cols.data(), kernel, weights_.patch_embedding.data.data(), kernel, 0.0f,
+        out.data(), d);
+
+  const float* pos = weights_.position_embedding.data.data();
+  parallel_chunks(static_cast<size_t>(batch * tokens), 128, [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      const int64_t b = static_cast<int64_t>(r) / tokens, t = static_cast<int64_t>(r) % tokens;
+      const float* src = t == 0 ? weights_.class_embedding.data() : out.data() + (b * g * g + t - 1) * d;
+      float* dst = h.row(static_cast<int64_t>(r));
+      for (int64_t i = 0; i < d; ++i) dst[i] = src[i] + pos[t * d + i];
+    }
+  });
+  layer_norm(h.data.data(), h.data.data(), batch * tokens, d, weights_.pre_layrnorm, c.layer_norm_eps);
+  return h;
+}
+
+void run_clip_block(const ClipVisionConfig& c, const ClipBlockWeights& w, int64_t layer, HiddenStates& h,
+                    const LinearTap& tap) {
+  const int64_t rows = h.batch * h.tokens, d = h.width, f = c.intermediate_size;
+  if (d != c.hidden_size) throw std::invalid_argument("run_clip_block: hidden states of the wrong width");
+  if (rows == 0) return;
+  auto& s = h.scratch;
+  const size_t n = static_cast<size_t>(rows * d);
+  resize(s.normed, n);
+  resize(s.context, n);
+  resize(s.mlp, static_cast<size_t>(rows * f));
+
+  layer_norm(h.data.data(), s.normed.data(), rows, d, w.layer_norm1, c.layer_norm_eps);
+  call_tap(tap, layer, LinearSite::Qkv, s.normed.data(), rows, d);
+  qkv_projection(c, w, s.normed.data(), rows, s);
+  attention(s.qkv.data(), s.context.data(), h.batch, h.tokens, d, c.num_attention_heads);
+  call_tap(tap, layer, LinearSite::OutProj, s.context.data(), rows, d);
+  linear(s.context.data(), rows, w.out_proj, h.data.data(), true);
+
+  layer_norm(h.data.data(), s.normed.data(), rows, d, w.layer_norm2, c.layer_norm_eps);
+  call_tap(tap, layer, LinearSite::Fc1, s.normed.data(), rows, d);
+  linear(s.normed.data(), rows, w.fc1, s.mlp.data(), false);
+  activate(s.mlp.data(), s.mlp.size(), c.hidden_act);
+  call_tap(tap, layer, LinearSite::Fc2, s.mlp.data(), rows, f);
+  linear(s.mlp.data(), rows, w.fc2, h.data.data(), true);
+}
+
+void ClipVisionModel::run_block(int64_t layer, HiddenStates& h, const LinearTap& tap) const {
+  run_clip_block(config_, weights_.layers.at(static_cast<size_t>(layer)), layer, h, tap);
+}
+
+Matrix ClipVisionModel::pool(const HiddenStates& h, const LinearTap& tap) const {
+  const int64_t d = config_.hidden_size;
+  Matrix cls(h.batch, d);
+  for (int64_t b = 0; b < h.batch; ++b) std::copy(h.row(b * h.tokens), h.row(b * h.tokens) + d, cls.row(b));
+  layer_norm(cls.data.data(), cls.data.data(), h.batch, d, weights_.post_layernorm, config_.layer_norm_eps);
+  if (!weights_.visual_projection) return cls;
+  call_tap(tap, -1, LinearSite::Projection, cls.data.data(), h.batch, d);
+  return matmul(cls, *weights_.visual_projection, false, true);
+}
+
+Matrix ClipVisionModel::features(std::span<const float> pixels, int64_t batch, const LinearTap& tap) const {
+  HiddenStates h = embed(pixels, batch);
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) run_block(l, h, tap);
+  return pool(h, tap);
+}
+
+// ---------------------------------------------------------------------------------------
+// Random weights and saving
+
+namespace {
+
+// Approximately normal (a sum of four uniforms, rescaled to unit variance) from a counter.
+float normal_noise(uint64_t key, uint64_t i) {
+  float sum = 0;
+  for (uint64_t j = 0; j < 4; ++j) sum += static_cast<float>(mix64(key ^ mix64(4 * i + j)) >> 40) * 0x1p-24f - 0.5f;
+  return sum * 1.7320508f;  // variance of the sum: 4/12
+}
+
+}  // namespace
+
+ClipVisionWeights random_clip_vision_weights(const ClipVisionConfig& config, uint64_t seed, bool with_projection) {
+  ClipVisionWeights w;
+  const auto table = clip_parameters(config, w, with_projection);
+  parallel_for(table.size(), [&](size_t t) {
+    const ClipParameter& p = table[t];
+    uint64_t key = mix64(seed);
+    for (unsigned char ch : p.name) key = mix64(key ^ ch);
+    const size_t n = expected_size(p);
+    const float offset = p.kind == ClipParameter::Kind::LayerNormWeight ? 1.0f : 0.0f;
+    for (size_t i = 0; i < n; ++i) p.data[i] = offset + p.init_scale * normal_noise(key, i);
+  });
+  return w;
+}
+
+void save_clip_vision(const std::filesystem::path& dir, const ClipVisionConfig& config,
+                      const ClipVisionWeights& weights, DType dtype, bool force,
+                      const std::optional<nlohmann::json>& preprocessor_config) {
+  check_shapes(config, weights);
+  AtomicOutput output(dir, force);
+  const auto table = parameter_table(config, weights);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const ClipParameter& p : table) {
+    const Tensor f32 = Tensor::from_f32(p.shape, std::span<const float>(p.data, expected_size(p)));
+    tensors.emplace_back(p.name, f32.to(dtype));
+  }
+  save_safetensors(output.staging() / "model.safetensors", tensors);
+  nlohmann::json json = config.to_json();
+  json["architectures"] = {weights.visual_projection ? "CLIPVisionModelWithProjection" : "CLIPVisionModel"};
+  json["torch_dtype"] = dtype == DType::F16 ? "float16" : (dtype == DType::BF16 ? "bfloat16" : "float32");
+  write_text_file(output.staging() / "config.json", json.dump(2) + "\n");
+  if (preprocessor_config)
+    write_text_file(output.staging() / "preprocessor_config.json", preprocessor_config->dump(2) + "\n");
+  output.commit();
+}
+
+}  // namespace amalgam

@@ -1,0 +1,183 @@
+// The CLIP vision transformer, computed exactly as Hugging Face's CLIPVisionModel computes
+// it (and CLIPVisionModelWithProjection, with the projection), in F32 on the CPU.
+//
+//   pixels [B, C, H, W] -> patch convolution (no bias) -> [CLS; patches] + positions
+//   -> pre_layrnorm -> L x block -> post_layernorm(CLS) -> visual_projection (optional)
+//   block: h += out_proj(attention(LN1(h)));  h += fc2(act(fc1(LN2(h))))
+//
+// Every product is a BLAS call on all tokens of the batch at once. The forward is exposed
+// block by block (embed, run_clip_block, pool) because RegMean++ runs candidate blocks on a
+// merged model's hidden states, and every linear layer's input can be observed through a
+// tap, which is how the statistics step accumulates Gram matrices without copying.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+#include "linalg/linalg.h"
+
+namespace amalgam {
+
+enum class Activation { QuickGelu, Gelu, GeluTanh };
+
+// The fields of Hugging Face's CLIPVisionConfig that the forward needs; missing fields take
+// CLIPVisionConfig's defaults (a ViT-B/32).
+struct ClipVisionConfig {
+  int64_t hidden_size = 768;
+  int64_t intermediate_size = 3072;
+  int64_t num_hidden_layers = 12;
+  int64_t num_attention_heads = 12;
+  int64_t image_size = 224;
+  int64_t patch_size = 32;
+  int64_t num_channels = 3;
+  int64_t projection_dim = 512;  // used only when the checkpoint has a visual_projection
+  Activation hidden_act = Activation::QuickGelu;
+  double layer_norm_eps = 1e-5;
+
+  // From a CLIPVisionConfig object, or a CLIPConfig's "vision_config" section. `where`
+  // names the file in errors (InputError naming the key).
+  static ClipVisionConfig from_json(const nlohmann::json& json, const std::string& where);
+  // A complete CLIPVisionConfig ("model_type": "clip_vision_model").
+  nlohmann::json to_json() const;
+
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  int64_t patches_per_side() const { return image_size / patch_size; }
+  int64_t tokens() const { return patches_per_side() * patches_per_side() + 1; }
+};
+
+std::string activation_name(Activation act);
+
+struct LayerNormParams {
+  std::vector<float> weight;  // [D]
+  std::vector<float> bias;    // [D]
+};
+
+// y = x W^T + b, W: [out, in] as PyTorch stores it.
+struct LinearParams {
+  Matrix weight;
+  std::vector<float> bias;  // [out]
+};
+
+struct ClipBlockWeights {
+  LayerNormParams layer_norm1;
+  LinearParams q_proj, k_proj, v_proj, out_proj;
+  LayerNormParams layer_norm2;
+  LinearParams fc1, fc2;
+};
+
+struct ClipVisionWeights {
+  Matrix patch_embedding;                // [D, C*P*P]: the conv kernel [D, C, P, P], flattened
+  std::vector<float> class_embedding;    // [D]
+  Matrix position_embedding;             // [tokens, D]
+  LayerNormParams pre_layrnorm;          // (sic: Hugging Face's spelling)
+  std::vector<ClipBlockWeights> layers;  // encoder.layers.{i}
+  LayerNormParams post_layernorm;
+  std::optional<Matrix> visual_projection;  // [projection_dim, D], no bias
+};
+
+// Every tensor of the model under its Hugging Face name, in checkpoint order, with where its
+// values live in a ClipVisionWeights. Loading, saving, random initialisation and training's
+// flat parameter vector are all built from this one table.
+struct ClipParameter {
+  enum class Kind { Matrix, Vector, LayerNormWeight };
+  std::string name;
+  Shape shape;
+  float* data;  // shape_numel(shape) floats inside the weights
+  Kind kind;
+  float init_scale;  // standard deviation of random initialisation
+};
+// Sizes `weights` for `config` (keeping values whose sizes already match), then lists them.
+std::vector<ClipParameter> clip_parameters(const ClipVisionConfig& config, ClipVisionWeights& weights,
+                                           bool with_projection);
+
+// Hugging Face tensor names. The vision tower's tensors are prefixed "vision_model." in
+// every CLIP checkpoint class; the projection is "visual_projection.weight".
+std::string clip_layer_prefix(int64_t layer);  // "vision_model.encoder.layers.{i}."
+
+// Where a linear layer's input is observed. q, k and v read the same input: one site.
+enum class LinearSite { Qkv, OutProj, Fc1, Fc2, Projection };
+// The weight tensors that read a site's input ("...self_attn.q_proj.weight", ...).
+std::vector<std::string> linear_site_weights(int64_t layer, LinearSite site);
+
+// What a tap sees: the input rows of one linear layer for the whole batch, [rows, width],
+// row-major, valid only during the call. `layer` is -1 for the projection.
+struct LinearInput {
+  int64_t layer;
+  LinearSite site;
+  const float* data;
+  int64_t rows;
+  int64_t width;
+};
+using LinearTap = std::function<void(const LinearInput&)>;
+
+// The residual stream of a batch: [batch * tokens, width], image-major, token 0 is CLS.
+// It also owns the scratch buffers the blocks reuse, so a forward allocates once.
+struct HiddenStates {
+  int64_t batch = 0;
+  int64_t tokens = 0;
+  int64_t width = 0;
+  std::vector<float> data;
+
+  struct Scratch {
+    std::vector<float> normed, qkv_weight, qkv, context, mlp;
+  } scratch;
+
+  float* row(int64_t i) { return data.data() + i * width; }
+  const float* row(int64_t i) const { return data.data() + i * width; }
+};
+
+class ClipVisionModel {
+ public:
+  // Checks every shape against the config (InputError naming the tensor).
+  ClipVisionModel(ClipVisionConfig config, ClipVisionWeights weights);
+
+  // A CLIPVisionModel, CLIPVisionModelWithProjection or CLIPModel checkpoint (file or
+  // directory, sharded or not; the text tower is ignored). F32, F16, BF16 and F64 weights
+  // are converted to F32. The config comes from the directory's config.json, or from the
+  // file's directory; errors name the checkpoint and the tensor.
+  static ClipVisionModel load(const std::filesystem::path& checkpoint);
+
+  const ClipVisionConfig& config() const { return config_; }
+  const ClipVisionWeights& weights() const { return weights_; }
+  ClipVisionWeights& mutable_weights() { return weights_; }
+  // Width of what features() returns: projection_dim with a projection, else hidden_size.
+  int64_t feature_dim() const;
+
+  // pixels: [batch, C, H, W], already normalized (Hugging Face's pixel_values).
+  HiddenStates embed(std::span<const float> pixels, int64_t batch) const;
+  void run_block(int64_t layer, HiddenStates& h, const LinearTap& tap = {}) const;
+  // post_layernorm of the CLS tokens, then the projection when there is one: [batch, feature_dim].
+  Matrix pool(const HiddenStates& h, const LinearTap& tap = {}) const;
+  // All of the above.
+  Matrix features(std::span<const float> pixels, int64_t batch, const LinearTap& tap = {}) const;
+
+ private:
+  ClipVisionConfig config_;
+  ClipVisionWeights weights_;
+};
+
+// One encoder block with the given weights on `h`, in place: RegMean++ runs a candidate's
+// block on the merged model's stream. `layer` is what the tap reports.
+void run_clip_block(const ClipVisionConfig& config, const ClipBlockWeights& block, int64_t layer, HiddenStates& h,
+                    const LinearTap& tap = {});
+
+// Seeded random weights of the right shapes and scales (LayerNorms near identity): for
+// tests, benchmarks and the zoo's initialisation. Same config and seed, same bits.
+ClipVisionWeights random_clip_vision_weights(const ClipVisionConfig& config, uint64_t seed, bool with_projection);
+
+// Writes a Hugging Face checkpoint directory (atomically): config.json (a CLIPVisionConfig,
+// architectures CLIPVisionModel or CLIPVisionModelWithProjection), model.safetensors in
+// `dtype`, and `preprocessor_config` as preprocessor_config.json when given.
+void save_clip_vision(const std::filesystem::path& dir, const ClipVisionConfig& config,
+                      const ClipVisionWeights& weights, DType dtype, bool force,
+                      const std::optional<nlohmann::json>& preprocessor_config = std::nullopt);
+
+}  // namespace amalgam

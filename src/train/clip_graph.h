@@ -1,0 +1,82 @@
+// The CLIP vision model as a differentiable function of one flat parameter vector:
+// forward keeps what backward needs, backward accumulates the gradient of <features, dF>.
+// The flat vector holds the tensors of clip_parameters() in checkpoint order, so the
+// optimizer, gradient clipping and finite-difference checks are loops over one array, and
+// converting to and from ClipVisionWeights is a copy.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/clip_vision.h"
+
+namespace amalgam::train {
+
+struct ParamSlot {
+  std::string name;
+  Shape shape;
+  size_t offset = 0;
+  size_t size = 0;
+  bool decay = false;  // weight decay applies to matrices only, not to norms, biases, embeddings' vectors
+};
+
+struct ParamLayout {
+  std::vector<ParamSlot> slots;
+  size_t total = 0;
+
+  static ParamLayout for_clip(const ClipVisionConfig& config, bool with_projection);
+  const ParamSlot& at(const std::string& name) const;
+};
+
+std::vector<float> flatten_weights(const ClipVisionConfig& config, const ClipVisionWeights& weights);
+ClipVisionWeights unflatten_weights(const ClipVisionConfig& config, std::span<const float> flat, bool with_projection);
+
+template <class T>
+class ClipTrainGraph {
+ public:
+  ClipTrainGraph(const ClipVisionConfig& config, bool with_projection);
+
+  const ClipVisionConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  int64_t feature_dim() const { return with_projection_ ? config_.projection_dim : config_.hidden_size; }
+
+  // pixels [batch, C, H, W] -> features [batch, feature_dim]; keeps the activations.
+  void forward(std::span<const T> params, std::span<const T> pixels, int64_t batch, std::vector<T>& features);
+  // grads += d<features, dfeatures>/d params for the last forward's batch.
+  void backward(std::span<const T> params, std::span<const T> dfeatures, std::span<T> grads);
+
+ private:
+  struct BlockOffsets {
+    size_t ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+  };
+  // What one block's backward needs from its forward.
+  struct BlockCache {
+    std::vector<T> x_in, ln1_xhat, ln1_rstd, ln1_out, q, k, v, probs, context, x_mid, ln2_xhat, ln2_rstd, ln2_out,
+        fc1_pre, act;
+  };
+
+  void block_forward(std::span<const T> params, const BlockOffsets& o, BlockCache& c, std::vector<T>& h);
+  void block_backward(std::span<const T> params, std::span<T> grads, const BlockOffsets& o, BlockCache& c,
+                      std::vector<T>& dh);
+
+  ClipVisionConfig config_;
+  bool with_projection_;
+  ParamLayout layout_;
+  size_t patch_w_, class_emb_, pos_emb_, pre_w_, pre_b_, post_w_, post_b_, proj_w_ = 0;
+  std::vector<BlockOffsets> blocks_;
+
+  int64_t batch_ = 0;
+  std::vector<T> cols_, pre_xhat_, pre_rstd_, post_xhat_, post_rstd_, pooled_;
+  std::vector<BlockCache> caches_;
+  // Work buffers reused from step to step: fresh pages cost more than the arithmetic here.
+  struct Work {
+    std::vector<T> patch_out, h, cls, dpooled, dcls, dh, de, dpatch, dact, dnorm, dcontext, dq, dk, dv;
+  } work_;
+};
+
+extern template class ClipTrainGraph<float>;
+extern template class ClipTrainGraph<double>;
+
+}  // namespace amalgam::train

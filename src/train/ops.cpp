@@ -1,0 +1,295 @@
+#include "train/ops.h"
+
+#include <algorithm>
+
+#include "core/parallel.h"
+
+namespace amalgam::train {
+
+namespace {
+
+// Row loops are split in chunks of this many rows across threads: smaller chunks of the
+// zoo's narrow models cost more in thread wake-ups than they save.
+constexpr size_t kRowChunk = 256;
+// Attention over (image, head) pairs goes parallel only above this many multiply-adds.
+constexpr int64_t kParallelAttentionWork = 1 << 18;
+
+// The activation and its derivative: float uses the vectorisable approximations the
+// inference engine uses, double the exact libm functions (finite-difference checks).
+template <class T>
+T exp_of(T x) {
+  if constexpr (std::is_same_v<T, float>)
+    return exp_approx(x);
+  else
+    return std::exp(x);
+}
+
+template <class T>
+T erf_of(T x) {
+  if constexpr (std::is_same_v<T, float>)
+    return erf_approx(x);
+  else
+    return std::erf(x);
+}
+
+template <class T>
+T tanh_of(T x) {
+  if constexpr (std::is_same_v<T, float>)
+    return tanh_approx(x);
+  else
+    return std::tanh(x);
+}
+
+constexpr double kSqrtHalf = 0.70710678118654752;
+constexpr double kInvSqrt2Pi = 0.39894228040143268;
+constexpr double kTanhScale = 0.79788456080286536;  // sqrt(2 / pi)
+
+template <class T>
+T act_value(Activation act, T x) {
+  switch (act) {
+    case Activation::QuickGelu:
+      return x / (T(1) + exp_of<T>(T(-1.702) * x));
+    case Activation::Gelu:
+      return T(0.5) * x * (T(1) + erf_of<T>(x * T(kSqrtHalf)));
+    case Activation::GeluTanh:
+      return T(0.5) * x * (T(1) + tanh_of<T>(T(kTanhScale) * (x + T(0.044715) * x * x * x)));
+  }
+  return x;
+}
+
+template <class T>
+T act_derivative(Activation act, T x) {
+  switch (act) {
+    case Activation::QuickGelu: {
+      const T s = T(1) / (T(1) + exp_of<T>(T(-1.702) * x));
+      return s + T(1.702) * x * s * (T(1) - s);
+    }
+    case Activation::Gelu:
+      return T(0.5) * (T(1) + erf_of<T>(x * T(kSqrtHalf))) + x * T(kInvSqrt2Pi) * exp_of<T>(T(-0.5) * x * x);
+    case Activation::GeluTanh: {
+      const T u = T(kTanhScale) * (x + T(0.044715) * x * x * x);
+      const T t = tanh_of<T>(u);
+      return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * T(kTanhScale) * (T(1) + T(3 * 0.044715) * x * x);
+    }
+  }
+  return T(1);
+}
+
+template <class T>
+void softmax_row(T* row, int64_t n) {
+  T mx = row[0];
+  for (int64_t j = 1; j < n; ++j) mx = std::max(mx, row[j]);
+  T sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    row[j] = exp_of<T>(row[j] - mx);
+    sum += row[j];
+  }
+  const T inv = T(1) / sum;
+  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+}
+
+}  // namespace
+
+template <class T>
+void linear_forward(const T* x, int64_t rows, int64_t in, const T* w, const T* b, int64_t out, T* y) {
+  gemm<T>(false, true, rows, out, in, T(1), x, in, w, in, T(0), y, out);
+  if (!b) return;
+  parallel_chunks(static_cast<size_t>(rows), kRowChunk, [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      T* yr = y + r * static_cast<size_t>(out);
+      for (int64_t i = 0; i < out; ++i) yr[i] += b[i];
+    }
+  });
+}
+
+template <class T>
+void linear_backward(const T* x, const T* dy, int64_t rows, int64_t in, const T* w, int64_t out, T* dx,
+                     bool accumulate_dx, T* dw, T* db) {
+  if (dw) gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
+  if (db) {
+    const std::vector<T> ones(static_cast<size_t>(rows), T(1));
+    gemm<T>(true, false, out, 1, rows, T(1), dy, out, ones.data(), 1, T(1), db, 1);
+  }
+  if (dx) gemm<T>(false, false, rows, in, out, T(1), dy, out, w, in, accumulate_dx ? T(1) : T(0), dx, in);
+}
+
+template <class T>
+void layer_norm_forward(const T* x, int64_t rows, int64_t d, const T* g, const T* b, double eps, T* y, T* xhat,
+                        T* rstd) {
+  parallel_chunks(static_cast<size_t>(rows), kRowChunk, [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      const T* xr = x + r * static_cast<size_t>(d);
+      double sum = 0;
+      for (int64_t i = 0; i < d; ++i) sum += xr[i];
+      const double mean = sum / static_cast<double>(d);
+      double sq = 0;
+      for (int64_t i = 0; i < d; ++i) sq += (xr[i] - mean) * (xr[i] - mean);
+      const T inv = static_cast<T>(1.0 / std::sqrt(sq / static_cast<double>(d) + eps));
+      rstd[r] = inv;
+      T* hr = xhat + r * static_cast<size_t>(d);
+      T* yr = y + r * static_cast<size_t>(d);
+      for (int64_t i = 0; i < d; ++i) {
+        hr[i] = (xr[i] - static_cast<T>(mean)) * inv;
+        yr[i] = hr[i] * g[i] + b[i];
+      }
+    }
+  });
+}
+
+template <class T>
+void layer_norm_backward(const T* dy, const T* xhat, const T* rstd, int64_t rows, int64_t d, const T* g, T* dx,
+                         bool accumulate_dx, T* dg, T* db) {
+  // Parameter gradients: column sums, serial over rows (a few hundred thousand adds).
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* dyr = dy + r * d;
+    const T* hr = xhat + r * d;
+    for (int64_t i = 0; i < d; ++i) {
+      if (dg) dg[i] += dyr[i] * hr[i];
+      if (db) db[i] += dyr[i];
+    }
+  }
+  if (!dx) return;
+  parallel_chunks(static_cast<size_t>(rows), kRowChunk, [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      const T* dyr = dy + r * static_cast<size_t>(d);
+      const T* hr = xhat + r * static_cast<size_t>(d);
+      T* dxr = dx + r * static_cast<size_t>(d);
+      double mean_dg = 0, mean_dgh = 0;
+      for (int64_t i = 0; i < d; ++i) {
+        mean_dg += static_cast<double>(dyr[i] * g[i]);
+        mean_dgh += static_cast<double>(dyr[i] * g[i] * hr[i]);
+      }
+      const T a = static_cast<T>(mean_dg / static_cast<double>(d));
+      const T c = static_cast<T>(mean_dgh / static_cast<double>(d));
+      for (int64_t i = 0; i < d; ++i) {
+        const T v = rstd[r] * (dyr[i] * g[i] - a - hr[i] * c);
+        dxr[i] = accumulate_dx ? dxr[i] + v : v;
+      }
+    }
+  });
+}
+
+template <class T>
+void activation_forward(Activation act, const T* x, T* y, size_t n) {
+  parallel_chunks(n, 1 << 14, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) y[i] = act_value<T>(act, x[i]);
+  });
+}
+
+template <class T>
+void activation_backward(Activation act, const T* x, const T* dy, T* dx, size_t n) {
+  parallel_chunks(n, 1 << 14, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) dx[i] = dy[i] * act_derivative<T>(act, x[i]);
+  });
+}
+
+template <class T>
+void attention_forward(const T* q, const T* k, const T* v, int64_t batch, int64_t tokens, int64_t width, int64_t heads,
+                       T* probs, T* context) {
+  const int64_t hd = width / heads, pairs = batch * heads;
+#pragma omp parallel for schedule(static) if (pairs * tokens * tokens * hd > kParallelAttentionWork)
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t b = p / heads, h = p % heads;
+    const int64_t off = b * tokens * width + h * hd;
+    T* s = probs + p * tokens * tokens;
+    gemm<T>(false, true, tokens, tokens, hd, T(1), q + off, width, k + off, width, T(0), s, tokens);
+    for (int64_t r = 0; r < tokens; ++r) softmax_row(s + r * tokens, tokens);
+    gemm<T>(false, false, tokens, hd, tokens, T(1), s, tokens, v + off, width, T(0), context + off, width);
+  }
+}
+
+template <class T>
+void attention_backward(const T* q, const T* k, const T* v, const T* probs, const T* dcontext, int64_t batch,
+                        int64_t tokens, int64_t width, int64_t heads, T* dq, T* dk, T* dv) {
+  const int64_t hd = width / heads, pairs = batch * heads;
+#pragma omp parallel if (pairs * tokens * tokens * hd > kParallelAttentionWork)
+  {
+    std::vector<T> ds(static_cast<size_t>(tokens * tokens));
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t b = p / heads, h = p % heads;
+      const int64_t off = b * tokens * width + h * hd;
+      const T* pr = probs + p * tokens * tokens;
+      // dV = P^T dC; dP = dC V^T; dS = P * (dP - rowsum(dP * P)); dQ = dS K; dK = dS^T Q.
+      gemm<T>(true, false, tokens, hd, tokens, T(1), pr, tokens, dcontext + off, width, T(0), dv + off, width);
+      gemm<T>(false, true, tokens, tokens, hd, T(1), dcontext + off, width, v + off, width, T(0), ds.data(), tokens);
+      for (int64_t r = 0; r < tokens; ++r) {
+        T* dr = ds.data() + r * tokens;
+        const T* prr = pr + r * tokens;
+        T dot = 0;
+        for (int64_t j = 0; j < tokens; ++j) dot += dr[j] * prr[j];
+        for (int64_t j = 0; j < tokens; ++j) dr[j] = prr[j] * (dr[j] - dot);
+      }
+      gemm<T>(false, false, tokens, hd, tokens, T(1), ds.data(), tokens, k + off, width, T(0), dq + off, width);
+      gemm<T>(true, false, tokens, hd, tokens, T(1), ds.data(), tokens, q + off, width, T(0), dk + off, width);
+    }
+  }
+}
+
+template <class T>
+void l2_normalize_forward(const T* x, int64_t rows, int64_t d, T* y, T* norms) {
+  for (int64_t r = 0; r < rows; ++r) {
+    double sq = 0;
+    for (int64_t i = 0; i < d; ++i) sq += static_cast<double>(x[r * d + i]) * x[r * d + i];
+    norms[r] = static_cast<T>(std::sqrt(sq));
+    const T inv = norms[r] > 0 ? T(1) / norms[r] : T(0);
+    for (int64_t i = 0; i < d; ++i) y[r * d + i] = x[r * d + i] * inv;
+  }
+}
+
+template <class T>
+void l2_normalize_backward(const T* y, const T* norms, const T* dy, int64_t rows, int64_t d, T* dx) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (norms[r] == 0) {
+      for (int64_t i = 0; i < d; ++i) dx[r * d + i] = 0;
+      continue;
+    }
+    T dot = 0;
+    for (int64_t i = 0; i < d; ++i) dot += y[r * d + i] * dy[r * d + i];
+    for (int64_t i = 0; i < d; ++i) dx[r * d + i] = (dy[r * d + i] - y[r * d + i] * dot) / norms[r];
+  }
+}
+
+template <class T>
+double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std::span<const int64_t> labels,
+                             T* dlogits, int64_t* correct) {
+  double loss = 0;
+  int64_t right = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* lr = logits + r * classes;
+    int64_t best = 0;
+    for (int64_t c = 1; c < classes; ++c)
+      if (lr[c] > lr[best]) best = c;
+    double z = 0;
+    for (int64_t c = 0; c < classes; ++c) z += std::exp(static_cast<double>(lr[c] - lr[best]));
+    const int64_t y = labels[static_cast<size_t>(r)];
+    loss += std::log(z) - static_cast<double>(lr[y] - lr[best]);
+    right += best == y;
+    if (dlogits)
+      for (int64_t c = 0; c < classes; ++c) {
+        const double p = std::exp(static_cast<double>(lr[c] - lr[best])) / z;
+        dlogits[r * classes + c] = static_cast<T>((p - (c == y ? 1.0 : 0.0)) / static_cast<double>(rows));
+      }
+  }
+  if (correct) *correct = right;
+  return rows ? loss / static_cast<double>(rows) : 0.0;
+}
+
+#define AMALGAM_INSTANTIATE_TRAIN_OPS(T)                                                                            \
+  template void linear_forward<T>(const T*, int64_t, int64_t, const T*, const T*, int64_t, T*);                     \
+  template void linear_backward<T>(const T*, const T*, int64_t, int64_t, const T*, int64_t, T*, bool, T*, T*);      \
+  template void layer_norm_forward<T>(const T*, int64_t, int64_t, const T*, const T*, double, T*, T*, T*);          \
+  template void layer_norm_backward<T>(const T*, const T*, const T*, int64_t, int64_t, const T*, T*, bool, T*, T*); \
+  template void activation_forward<T>(Activation, const T*, T*, size_t);                                            \
+  template void activation_backward<T>(Activation, const T*, const T*, T*, size_t);                                 \
+  template void attention_forward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, T*, T*);     \
+  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,  \
+                                      int64_t, T*, T*, T*);                                                         \
+  template void l2_normalize_forward<T>(const T*, int64_t, int64_t, T*, T*);                                        \
+  template void l2_normalize_backward<T>(const T*, const T*, const T*, int64_t, int64_t, T*);                       \
+  template double softmax_cross_entropy<T>(const T*, int64_t, int64_t, std::span<const int64_t>, T*, int64_t*);
+
+AMALGAM_INSTANTIATE_TRAIN_OPS(float)
+AMALGAM_INSTANTIATE_TRAIN_OPS(double)
+
+}  // namespace amalgam::train

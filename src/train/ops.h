@@ -1,0 +1,75 @@
+// The training ops of the CLIP vision model, forward and backward, in float (training) or
+// double (gradient checks against finite differences). Row-major buffers; every product is
+// a BLAS call; elementwise loops are spread over the cores.
+//
+// Backward conventions: parameter gradients are accumulated (+=), so a batch can be split;
+// input gradients are overwritten unless `accumulate_dx` says to add them (residual
+// streams); a null pointer skips that gradient.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "linalg/linalg.h"
+#include "model/activations.h"
+#include "model/clip_vision.h"
+
+namespace amalgam::train {
+
+template <class T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb,
+          T beta, T* c, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  else
+    dgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// y[rows, out] = x[rows, in] W[out, in]^T + b (b may be null).
+template <class T>
+void linear_forward(const T* x, int64_t rows, int64_t in, const T* w, const T* b, int64_t out, T* y);
+// dW += dy^T x, db += column sums of dy, dx (= or +=) dy W.
+template <class T>
+void linear_backward(const T* x, const T* dy, int64_t rows, int64_t in, const T* w, int64_t out, T* dx,
+                     bool accumulate_dx, T* dw, T* db);
+
+// y = (x - mean) * rstd * g + b per row (biased variance); keeps xhat and rstd for backward.
+template <class T>
+void layer_norm_forward(const T* x, int64_t rows, int64_t d, const T* g, const T* b, double eps, T* y, T* xhat,
+                        T* rstd);
+template <class T>
+void layer_norm_backward(const T* dy, const T* xhat, const T* rstd, int64_t rows, int64_t d, const T* g, T* dx,
+                         bool accumulate_dx, T* dg, T* db);
+
+template <class T>
+void activation_forward(Activation act, const T* x, T* y, size_t n);
+// dx = dy * act'(x).
+template <class T>
+void activation_backward(Activation act, const T* x, const T* dy, T* dx, size_t n);
+
+// Multi-head self-attention on [batch * tokens, width] buffers (q already scaled):
+// context = softmax(q k^T) v per image and head. probs [batch * heads, tokens, tokens] is
+// kept for backward, which overwrites dq, dk, dv.
+template <class T>
+void attention_forward(const T* q, const T* k, const T* v, int64_t batch, int64_t tokens, int64_t width, int64_t heads,
+                       T* probs, T* context);
+template <class T>
+void attention_backward(const T* q, const T* k, const T* v, const T* probs, const T* dcontext, int64_t batch,
+                        int64_t tokens, int64_t width, int64_t heads, T* dq, T* dk, T* dv);
+
+// Rows scaled to unit L2 norm; norms kept for backward (a zero row stays zero).
+template <class T>
+void l2_normalize_forward(const T* x, int64_t rows, int64_t d, T* y, T* norms);
+template <class T>
+void l2_normalize_backward(const T* y, const T* norms, const T* dy, int64_t rows, int64_t d, T* dx);
+
+// Mean over rows of -log softmax(logits)[label]; dlogits (when not null) gets the gradient
+// of that mean. Also counts correct argmax predictions into `correct` when not null.
+template <class T>
+double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std::span<const int64_t> labels,
+                             T* dlogits, int64_t* correct = nullptr);
+
+}  // namespace amalgam::train

@@ -1,0 +1,329 @@
+#include "train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numbers>
+
+#include "core/error.h"
+#include "core/interrupt.h"
+#include "core/parallel.h"
+#include "core/progress.h"
+#include "train/clip_graph.h"
+#include "train/ops.h"
+
+namespace amalgam::train {
+
+namespace {
+
+// One contiguous run of parameters with its gradient and Adam moments.
+struct ParamSegment {
+  std::span<float> values;
+  std::span<float> grads;
+  bool decay;
+  double lr_scale;
+  std::vector<float> m, v;
+};
+
+class AdamW {
+ public:
+  AdamW(double beta1, double beta2, double eps, double weight_decay)
+      : b1_(beta1), b2_(beta2), eps_(eps), wd_(weight_decay) {}
+
+  void add(std::span<float> values, std::span<float> grads, bool decay, double lr_scale = 1.0) {
+    segments_.push_back(
+        {values, grads, decay, lr_scale, std::vector<float>(values.size()), std::vector<float>(values.size())});
+  }
+
+  // Rescales the gradients so that their global L2 norm is at most `max_norm`; returns the norm.
+  double clip(double max_norm) {
+    double sq = 0;
+    for (const auto& s : segments_)
+      for (float g : s.grads) sq += static_cast<double>(g) * g;
+    const double norm = std::sqrt(sq);
+    if (max_norm > 0 && norm > max_norm) {
+      const auto scale = static_cast<float>(max_norm / norm);
+      for (auto& s : segments_)
+        for (float& g : s.grads) g *= scale;
+    }
+    return norm;
+  }
+
+  void step(double lr) {
+    ++t_;
+    const double c1 = 1 - std::pow(b1_, static_cast<double>(t_)), c2 = 1 - std::pow(b2_, static_cast<double>(t_));
+    const auto b1 = static_cast<float>(b1_), b2 = static_cast<float>(b2_);
+    const auto inv_c2 = static_cast<float>(1 / c2), eps = static_cast<float>(eps_);
+    for (auto& s : segments_) {
+      const double seg_lr = lr * s.lr_scale;
+      const auto step = static_cast<float>(seg_lr / c1);
+      const float decay = s.decay ? static_cast<float>(1 - seg_lr * wd_) : 1.0f;
+      parallel_chunks(s.values.size(), 1 << 15, [&](size_t begin, size_t end) {
+        for (size_t i = begin; i < end; ++i) {
+          const float g = s.grads[i];
+          s.m[i] = b1 * s.m[i] + (1 - b1) * g;
+          s.v[i] = b2 * s.v[i] + (1 - b2) * g * g;
+          s.values[i] = s.values[i] * decay - step * s.m[i] / (std::sqrt(s.v[i] * inv_c2) + eps);
+        }
+      });
+    }
+  }
+
+ private:
+  double b1_, b2_, eps_, wd_;
+  int64_t t_ = 0;
+  std::vector<ParamSegment> segments_;
+};
+
+// Linear warmup to the peak, then cosine decay to zero.
+double learning_rate(const TrainOptions& o, int64_t step, int64_t total) {
+  const auto warmup = static_cast<int64_t>(o.warmup_fraction * static_cast<double>(total));
+  if (step < warmup) return o.learning_rate * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  const double progress =
+      static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
+  return o.learning_rate * 0.5 * (1 + std::cos(std::numbers::pi * progress));
+}
+
+// Fisher-Yates with the project's portable generator.
+std::vector<int64_t> shuffled(int64_t n, SplitMix64& rng) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  for (int64_t i = n - 1; i > 0; --i)
+    std::swap(order[static_cast<size_t>(i)], order[rng.below(static_cast<uint64_t>(i + 1))]);
+  return order;
+}
+
+// Translates each [C, H, W] image by (dy, dx), filling with `fill` (the normalized value of
+// a black pixel, the background of the zoo's tasks).
+void shift_image(float* image, int64_t channels, int64_t side, int64_t dy, int64_t dx, float fill) {
+  std::vector<float> src(image, image + channels * side * side);
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t y = 0; y < side; ++y)
+      for (int64_t x = 0; x < side; ++x) {
+        const int64_t sy = y - dy, sx = x - dx;
+        image[(c * side + y) * side + x] =
+            sy >= 0 && sy < side && sx >= 0 && sx < side ? src[static_cast<size_t>((c * side + sy) * side + sx)] : fill;
+      }
+}
+
+// Rotates a [C, side, side] image by k * 90 degrees counterclockwise.
+void rotate_image(float* image, int64_t channels, int64_t side, int64_t k) {
+  if (k % 4 == 0) return;
+  std::vector<float> src(image, image + channels * side * side);
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t y = 0; y < side; ++y)
+      for (int64_t x = 0; x < side; ++x) {
+        int64_t sy = y, sx = x;
+        for (int64_t r = 0; r < k % 4; ++r) {  // one counterclockwise quarter turn per step
+          const int64_t ny = sx, nx = side - 1 - sy;
+          sy = ny;
+          sx = nx;
+        }
+        image[(c * side + y) * side + x] = src[static_cast<size_t>((c * side + sy) * side + sx)];
+      }
+}
+
+float black_value(const ImageProcessorConfig& p, int64_t channel) {
+  if (!p.do_normalize) return 0.0f;
+  const auto c = static_cast<size_t>(channel);
+  const double mean = p.image_mean.size() > c ? p.image_mean[c] : p.image_mean.front();
+  const double std = p.image_std.size() > c ? p.image_std[c] : p.image_std.front();
+  return static_cast<float>(-mean / std);
+}
+
+void augment(std::vector<float>& pixels, int64_t batch, int64_t channels, int64_t side, int64_t max_shift,
+             const ImageProcessorConfig& p, SplitMix64& rng) {
+  if (max_shift <= 0) return;
+  const auto span = static_cast<uint64_t>(2 * max_shift + 1);
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto dy = static_cast<int64_t>(rng.below(span)) - max_shift;
+    const auto dx = static_cast<int64_t>(rng.below(span)) - max_shift;
+    shift_image(pixels.data() + b * channels * side * side, channels, side, dy, dx, black_value(p, 0));
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Preprocesses images[indices] and shifts them at random; returns the images' side length.
+int64_t augmented_batch(const Tensor& images, std::span<const int64_t> indices, const ImageProcessorConfig& preprocess,
+                        int64_t channels, int64_t max_shift, SplitMix64& rng, std::vector<float>& pixels) {
+  const ImageShape stored{images.dim(1), images.dim(2), images.dim(3)};
+  const ImageShape input = preprocessed_shape(preprocess, stored, channels);
+  if (input.height != input.width) throw InputError("training needs square model inputs, got " + to_string(input));
+  pixels = preprocess_batch(images, indices, preprocess, channels);
+  augment(pixels, static_cast<int64_t>(indices.size()), channels, input.height, max_shift, preprocess, rng);
+  return input.height;
+}
+
+}  // namespace
+
+BatchSource classification_batches(const Tensor& images, std::span<const int64_t> labels,
+                                   const ImageProcessorConfig& preprocess, int64_t channels, int64_t max_shift) {
+  return [&images, labels, preprocess, channels, max_shift](std::span<const int64_t> indices, SplitMix64& rng,
+                                                            std::vector<float>& pixels, std::vector<int64_t>& out) {
+    augmented_batch(images, indices, preprocess, channels, max_shift, rng, pixels);
+    out.clear();
+    for (int64_t i : indices) out.push_back(labels[static_cast<size_t>(i)]);
+  };
+}
+
+BatchSource rotation_batches(const Tensor& images, const ImageProcessorConfig& preprocess, int64_t channels,
+                             int64_t max_shift) {
+  return [&images, preprocess, channels, max_shift](std::span<const int64_t> indices, SplitMix64& rng,
+                                                    std::vector<float>& pixels, std::vector<int64_t>& out) {
+    const int64_t side = augmented_batch(images, indices, preprocess, channels, max_shift, rng, pixels);
+    out.clear();
+    for (size_t b = 0; b < indices.size(); ++b) {
+      const auto k = static_cast<int64_t>(rng.below(4));
+      rotate_image(pixels.data() + static_cast<int64_t>(b) * channels * side * side, channels, side, k);
+      out.push_back(k);
+    }
+  };
+}
+
+ClassifierHead new_head(int64_t classes, int64_t dim, uint64_t seed) {
+  ClassifierHead head;
+  head.weight = Matrix(classes, dim);
+  head.bias.assign(static_cast<size_t>(classes), 0.0f);
+  head.normalize_features = true;
+  SplitMix64 rng(seed);
+  // Small random weights break the symmetry between classes.
+  for (auto& w : head.weight.data) w = static_cast<float>(static_cast<double>(rng.below(2001)) / 1000.0 - 1.0) * 0.01f;
+  return head;
+}
+
+namespace {
+
+// The head on top of the features: logits, loss, and the gradient back to the features.
+struct HeadStep {
+  double loss = 0;
+  int64_t correct = 0;
+};
+
+HeadStep head_forward_backward(ClassifierHead& head, std::span<const float> features, int64_t batch,
+                               std::span<const int64_t> labels, std::vector<float>* dfeatures, float* dw, float* db) {
+  const int64_t dim = head.dim(), classes = head.classes();
+  std::vector<float> normed(features.begin(), features.end()), norms(static_cast<size_t>(batch));
+  if (head.normalize_features) l2_normalize_forward<float>(features.data(), batch, dim, normed.data(), norms.data());
+  std::vector<float> logits(static_cast<size_t>(batch * classes)), dlogits(logits.size());
+  linear_forward<float>(normed.data(), batch, dim, head.weight.data.data(),
+                        head.bias.empty() ? nullptr : head.bias.data(), classes, logits.data());
+  HeadStep s;
+  s.loss = softmax_cross_entropy<float>(logits.data(), batch, classes, labels, dlogits.data(), &s.correct);
+  std::vector<float> dnormed(normed.size());
+  linear_backward<float>(normed.data(), dlogits.data(), batch, dim, head.weight.data.data(), classes,
+                         dfeatures ? dnormed.data() : nullptr, false, dw, head.bias.empty() ? nullptr : db);
+  if (dfeatures) {
+    dfeatures->resize(normed.size());
+    if (head.normalize_features)
+      l2_normalize_backward<float>(normed.data(), norms.data(), dnormed.data(), batch, dim, dfeatures->data());
+    else
+      *dfeatures = dnormed;
+  }
+  return s;
+}
+
+}  // namespace
+
+TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& weights, ClassifierHead& head,
+                          bool train_head, int64_t examples, const BatchSource& source, const TrainOptions& options) {
+  const bool projection = weights.visual_projection.has_value();
+  ClipTrainGraph<float> graph(config, projection);
+  std::vector<float> params = flatten_weights(config, weights);
+  std::vector<float> grads(params.size());
+  std::vector<float> head_dw(head.weight.data.size()), head_db(head.bias.size());
+
+  AdamW adam(0.9, 0.999, 1e-8, options.weight_decay);
+  for (const ParamSlot& s : graph.layout().slots)
+    adam.add(std::span(params).subspan(s.offset, s.size), std::span(grads).subspan(s.offset, s.size), s.decay);
+  if (train_head) {
+    adam.add(head.weight.data, head_dw, true, options.head_lr_scale);
+    if (!head.bias.empty()) adam.add(head.bias, head_db, false, options.head_lr_scale);
+  }
+
+  const int64_t bs = std::min(options.batch_size, examples);
+  const int64_t per_epoch = examples / bs;  // the last partial batch is dropped: constant batch statistics
+  const int64_t total = per_epoch * options.epochs;
+  SplitMix64 rng(options.seed);
+  TrainReport report;
+  Progress progress("train", static_cast<uint64_t>(total), 0, options.quiet);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> pixels, features, dfeatures;
+  std::vector<int64_t> labels;
+  for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
+    const auto order = shuffled(examples, rng);
+    double loss_sum = 0;
+    int64_t correct = 0;
+    for (int64_t b = 0; b < per_epoch; ++b) {
+      check_interrupt();
+      source(std::span(order).subspan(static_cast<size_t>(b * bs), static_cast<size_t>(bs)), rng, pixels, labels);
+      graph.forward(params, pixels, bs, features);
+      std::fill(head_dw.begin(), head_dw.end(), 0.0f);
+      std::fill(head_db.begin(), head_db.end(), 0.0f);
+      const HeadStep h =
+          head_forward_backward(head, features, bs, labels, &dfeatures, train_head ? head_dw.data() : nullptr,
+                                train_head ? head_db.data() : nullptr);
+      std::fill(grads.begin(), grads.end(), 0.0f);
+      graph.backward(params, dfeatures, grads);
+      adam.clip(options.grad_clip);
+      adam.step(learning_rate(options, report.steps, total));
+      ++report.steps;
+      loss_sum += h.loss;
+      correct += h.correct;
+      progress.advance(1, 0);
+    }
+    report.epoch_loss.push_back(per_epoch ? loss_sum / static_cast<double>(per_epoch) : 0.0);
+    report.epoch_accuracy.push_back(per_epoch ? static_cast<double>(correct) / static_cast<double>(per_epoch * bs)
+                                              : 0.0);
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  report.images_per_second = report.seconds > 0 ? static_cast<double>(report.steps * bs) / report.seconds : 0.0;
+  weights = unflatten_weights(config, params, projection);
+  return report;
+}
+
+ClassifierHead fit_probe(const ClipVisionModel& model, const Tensor& images, std::span<const int64_t> labels,
+                         int64_t classes, const ImageProcessorConfig& preprocess, const TrainOptions& options) {
+  // Features once, then softmax regression on them: the encoder is frozen.
+  const int64_t n = static_cast<int64_t>(labels.size()), dim = model.feature_dim();
+  std::vector<float> features(static_cast<size_t>(n * dim));
+  constexpr int64_t kBatch = 256;
+  for (int64_t begin = 0; begin < n; begin += kBatch) {
+    check_interrupt();
+    std::vector<int64_t> idx;
+    for (int64_t i = begin; i < std::min(n, begin + kBatch); ++i) idx.push_back(i);
+    const auto pixels = preprocess_batch(images, idx, preprocess, model.config().num_channels);
+    const Matrix f = model.features(pixels, static_cast<int64_t>(idx.size()));
+    std::copy(f.data.begin(), f.data.end(), features.begin() + begin * dim);
+  }
+  ClassifierHead head = new_head(classes, dim, options.seed);
+  std::vector<float> dw(head.weight.data.size()), db(head.bias.size());
+  AdamW adam(0.9, 0.999, 1e-8, options.weight_decay);
+  adam.add(head.weight.data, dw, true, options.head_lr_scale);
+  adam.add(head.bias, db, false, options.head_lr_scale);
+  const int64_t bs = std::min(options.batch_size, n);
+  const int64_t per_epoch = n / bs, total = per_epoch * options.epochs;
+  SplitMix64 rng(options.seed);
+  int64_t step = 0;
+  std::vector<float> batch_features(static_cast<size_t>(bs * dim));
+  std::vector<int64_t> batch_labels(static_cast<size_t>(bs));
+  for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
+    const auto order = shuffled(n, rng);
+    for (int64_t b = 0; b < per_epoch; ++b) {
+      for (int64_t i = 0; i < bs; ++i) {
+        const int64_t src = order[static_cast<size_t>(b * bs + i)];
+        std::copy(features.begin() + src * dim, features.begin() + (src + 1) * dim, batch_features.begin() + i * dim);
+        batch_labels[static_cast<size_t>(i)] = labels[static_cast<size_t>(src)];
+      }
+      std::fill(dw.begin(), dw.end(), 0.0f);
+      std::fill(db.begin(), db.end(), 0.0f);
+      head_forward_backward(head, batch_features, bs, batch_labels, nullptr, dw.data(), db.data());
+      adam.step(learning_rate(options, step++, total));
+    }
+  }
+  return head;
+}
+
+}  // namespace amalgam::train

@@ -1,0 +1,73 @@
+// Training the CLIP vision encoder with a classification head: fine-tuning with the head
+// frozen (as the task-vector literature does with CLIP's zero-shot heads), pretraining with a
+// throwaway head on a self-supervised task, and linear probes on frozen features.
+//
+// AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay,
+// global gradient-norm clipping, seeded shuffling and random-shift augmentation. Same data,
+// options and seed (and thread count): same bits.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "core/tensor.h"
+#include "data/preprocess.h"
+#include "data/task.h"
+#include "model/classifier_head.h"
+#include "model/clip_vision.h"
+
+namespace amalgam::train {
+
+struct TrainOptions {
+  int64_t epochs = 2;
+  int64_t batch_size = 64;
+  double learning_rate = 1e-3;
+  // The head's learning rate over the encoder's. On L2-normalized features the logits are
+  // bounded by the head's row norms, which must grow to about 10 for confident predictions;
+  // at the encoder's rate that alone would take thousands of steps.
+  double head_lr_scale = 10.0;
+  double weight_decay = 0.05;
+  double warmup_fraction = 0.05;
+  double grad_clip = 1.0;
+  int64_t max_shift = 2;  // augmentation: random translation by up to this many pixels
+  uint64_t seed = 0;
+  bool quiet = false;
+};
+
+struct TrainReport {
+  int64_t steps = 0;
+  double seconds = 0;
+  double images_per_second = 0;
+  std::vector<double> epoch_loss;      // mean training loss per epoch
+  std::vector<double> epoch_accuracy;  // training accuracy per epoch (augmented batches)
+};
+
+// Fills `pixels` ([batch, C, H, W], the model's input) and `labels` for examples `indices`.
+using BatchSource = std::function<void(std::span<const int64_t> indices, SplitMix64& rng, std::vector<float>& pixels,
+                                       std::vector<int64_t>& labels)>;
+
+// Labelled images (U8 [N, H, W, C]) preprocessed for a model with `channels` inputs, shifted
+// at random by up to `max_shift` pixels (0: no augmentation).
+BatchSource classification_batches(const Tensor& images, std::span<const int64_t> labels,
+                                   const ImageProcessorConfig& preprocess, int64_t channels, int64_t max_shift);
+// Unlabelled square images, each rotated by a random multiple of 90 degrees; the label is
+// the rotation (0-3). Self-supervised pretraining: no task labels are used.
+BatchSource rotation_batches(const Tensor& images, const ImageProcessorConfig& preprocess, int64_t channels,
+                             int64_t max_shift);
+
+// Trains the encoder `weights` in place on `examples` examples from `source`, through
+// `head` (updated too when `train_head`).
+TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& weights, ClassifierHead& head,
+                          bool train_head, int64_t examples, const BatchSource& source, const TrainOptions& options);
+
+// A linear probe: a head fitted (softmax regression, AdamW) on the frozen encoder's
+// L2-normalized features of the images.
+ClassifierHead fit_probe(const ClipVisionModel& model, const Tensor& images, std::span<const int64_t> labels,
+                         int64_t classes, const ImageProcessorConfig& preprocess, const TrainOptions& options);
+
+// A zero-initialised head for `classes` classes on `dim` features (normalized features).
+ClassifierHead new_head(int64_t classes, int64_t dim, uint64_t seed);
+
+}  // namespace amalgam::train

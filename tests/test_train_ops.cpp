@@ -1,0 +1,428 @@
+// Gradient checks: every training op's backward, and the whole CLIP model's, against
+// central finite differences of a scalar loss <output, R> in double precision. Also the
+// training graph's float forward against the inference engine.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+
+#include <nlohmann/json.hpp>
+#include "core/parallel.h"
+#include "model/clip_vision.h"
+#include "test_util.h"
+#include "train/clip_graph.h"
+#include "train/ops.h"
+#include "train/trainer.h"
+
+namespace amalgam::train {
+namespace {
+
+std::vector<double> random_vector(size_t n, uint64_t seed, double scale = 1.0) {
+  std::vector<double> v(n);
+  uint64_t s = seed * 0x9e3779b97f4a7c15ULL + 1;
+  for (auto& x : v) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    x = scale * (static_cast<double>(s >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+  }
+  return v;
+}
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Compares `analytic` with central differences of `loss` in every coordinate of `x`
+// (at most `max_checks`, spread evenly).
+void check_gradient(std::vector<double>& x, const std::vector<double>& analytic, const std::function<double()>& loss,
+                    const std::string& what, size_t max_checks = 400) {
+  ASSERT_EQ(x.size(), analytic.size()) << what;
+  const size_t step = std::max<size_t>(1, x.size() / max_checks);
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); i += step) {
+    const double saved = x[i], h = 1e-6;
+    x[i] = saved + h;
+    const double up = loss();
+    x[i] = saved - h;
+    const double down = loss();
+    x[i] = saved;
+    const double numeric = (up - down) / (2 * h);
+    const double err = std::abs(numeric - analytic[i]) / std::max(1.0, std::abs(numeric));
+    worst = std::max(worst, err);
+    EXPECT_LT(err, 1e-6) << what << " coordinate " << i << ": analytic " << analytic[i] << " numeric " << numeric;
+  }
+  EXPECT_LT(worst, 1e-6) << what;
+}
+
+TEST(TrainOpsGradient, Linear) {
+  const int64_t rows = 5, in = 7, out = 3;
+  auto x = random_vector(rows * in, 1), w = random_vector(out * in, 2), b = random_vector(out, 3),
+       r = random_vector(rows * out, 4);
+  auto loss = [&] {
+    std::vector<double> y(rows * out);
+    linear_forward<double>(x.data(), rows, in, w.data(), b.data(), out, y.data());
+    return dot(y, r);
+  };
+  std::vector<double> dx(x.size()), dw(w.size(), 0), db(b.size(), 0);
+  linear_backward<double>(x.data(), r.data(), rows, in, w.data(), out, dx.data(), false, dw.data(), db.data());
+  check_gradient(x, dx, loss, "dx");
+  check_gradient(w, dw, loss, "dW");
+  check_gradient(b, db, loss, "db");
+}
+
+TEST(TrainOpsGradient, LayerNorm) {
+  const int64_t rows = 4, d = 9;
+  auto x = random_vector(rows * d, 5, 2.0), g = random_vector(d, 6), b = random_vector(d, 7),
+       r = random_vector(rows * d, 8);
+  for (auto& v : g) v += 1.0;
+  std::vector<double> xhat(rows * d), rstd(rows), y(rows * d);
+  auto loss = [&] {
+    layer_norm_forward<double>(x.data(), rows, d, g.data(), b.data(), 1e-5, y.data(), xhat.data(), rstd.data());
+    return dot(y, r);
+  };
+  loss();
+  std::vector<double> dx(x.size(), 0.5), dg(d, 0), db(d, 0);
+  std::vector<double> base = dx;
+  layer_norm_backward<double>(r.data(), xhat.data(), rstd.data(), rows, d, g.data(), dx.data(), true, dg.data(),
+                              db.data());
+  for (size_t i = 0; i < dx.size(); ++i) dx[i] -= base[i];  // accumulate_dx added to what was there
+  check_gradient(x, dx, loss, "dx");
+  check_gradient(g, dg, loss, "dgamma");
+  check_gradient(b, db, loss, "dbeta");
+}
+
+TEST(TrainOpsGradient, Activations) {
+  for (Activation act : {Activation::QuickGelu, Activation::Gelu, Activation::GeluTanh}) {
+    auto x = random_vector(50, 9, 4.0), r = random_vector(50, 10);
+    std::vector<double> y(50);
+    auto loss = [&] {
+      activation_forward<double>(act, x.data(), y.data(), y.size());
+      return dot(y, r);
+    };
+    std::vector<double> dx(50);
+    activation_backward<double>(act, x.data(), r.data(), dx.data(), dx.size());
+    check_gradient(x, dx, loss, activation_name(act));
+  }
+}
+
+TEST(TrainOpsGradient, FloatActivationsMatchInferenceEngine) {
+  // The float training path uses the engine's approximations: same function, same values.
+  auto x = random_vector(64, 11, 5.0);
+  std::vector<float> xf(x.begin(), x.end()), y(64);
+  activation_forward<float>(Activation::Gelu, xf.data(), y.data(), y.size());
+  for (size_t i = 0; i < xf.size(); ++i) {
+    EXPECT_FLOAT_EQ(y[i], gelu_erf(xf[i]));
+    EXPECT_NEAR(y[i], 0.5 * x[i] * (1 + std::erf(x[i] / std::sqrt(2.0))), 2e-6 * std::max(1.0, std::abs(x[i])));
+  }
+}
+
+TEST(TrainOpsGradient, Attention) {
+  const int64_t batch = 2, tokens = 5, width = 6, heads = 2;
+  const size_t n = batch * tokens * width;
+  auto q = random_vector(n, 12), k = random_vector(n, 13), v = random_vector(n, 14), r = random_vector(n, 15);
+  std::vector<double> probs(batch * heads * tokens * tokens), ctx(n);
+  auto loss = [&] {
+    attention_forward<double>(q.data(), k.data(), v.data(), batch, tokens, width, heads, probs.data(), ctx.data());
+    return dot(ctx, r);
+  };
+  loss();
+  std::vector<double> dq(n), dk(n), dv(n);
+  attention_backward<double>(q.data(), k.data(), v.data(), probs.data(), r.data(), batch, tokens, width, heads,
+                             dq.data(), dk.data(), dv.data());
+  check_gradient(q, dq, loss, "dq");
+  check_gradient(k, dk, loss, "dk");
+  check_gradient(v, dv, loss, "dv");
+}
+
+TEST(TrainOpsGradient, L2NormalizeAndCrossEntropy) {
+  const int64_t rows = 3, d = 5;
+  auto x = random_vector(rows * d, 16), r = random_vector(rows * d, 17);
+  std::vector<double> y(rows * d), norms(rows);
+  auto loss = [&] {
+    l2_normalize_forward<double>(x.data(), rows, d, y.data(), norms.data());
+    return dot(y, r);
+  };
+  loss();
+  std::vector<double> dx(rows * d);
+  l2_normalize_backward<double>(y.data(), norms.data(), r.data(), rows, d, dx.data());
+  check_gradient(x, dx, loss, "l2 normalize");
+
+  auto logits = random_vector(rows * d, 18, 3.0);
+  const std::vector<int64_t> labels = {1, 4, 0};
+  auto ce = [&] { return softmax_cross_entropy<double>(logits.data(), rows, d, labels, nullptr); };
+  std::vector<double> dlogits(rows * d);
+  int64_t correct = -1;
+  const double value = softmax_cross_entropy<double>(logits.data(), rows, d, labels, dlogits.data(), &correct);
+  // Hand-computed mean cross-entropy.
+  double expect = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    double z = 0;
+    for (int64_t c = 0; c < d; ++c) z += std::exp(logits[i * d + c]);
+    expect += std::log(z) - logits[i * d + labels[i]];
+  }
+  EXPECT_NEAR(value, expect / rows, 1e-12);
+  EXPECT_GE(correct, 0);
+  check_gradient(logits, dlogits, ce, "cross entropy");
+}
+
+ClipVisionConfig small_config(Activation act, int64_t channels) {
+  ClipVisionConfig c;
+  c.hidden_size = 8;
+  c.intermediate_size = 12;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.image_size = 6;
+  c.patch_size = 3;
+  c.num_channels = channels;
+  c.projection_dim = 5;
+  c.hidden_act = act;
+  return c;
+}
+
+TEST(TrainGraphGradient, WholeModelEveryParameter) {
+  for (bool projection : {false, true}) {
+    const ClipVisionConfig c = small_config(projection ? Activation::Gelu : Activation::QuickGelu, projection ? 3 : 1);
+    ClipTrainGraph<double> graph(c, projection);
+    const auto flat = flatten_weights(c, random_clip_vision_weights(c, 21, projection));
+    std::vector<double> params(flat.begin(), flat.end());
+    // Larger LayerNorm/bias perturbations than the initialisation, so no term is negligible.
+    auto noise = random_vector(params.size(), 22, 0.3);
+    for (size_t i = 0; i < params.size(); ++i) params[i] += noise[i];
+    const int64_t batch = 2;
+    auto pixels = random_vector(static_cast<size_t>(batch * c.num_channels * 36), 23);
+    auto r = random_vector(static_cast<size_t>(batch * graph.feature_dim()), 24);
+    std::vector<double> features;
+    auto loss = [&] {
+      graph.forward(params, pixels, batch, features);
+      return dot(features, r);
+    };
+    loss();
+    std::vector<double> grads(params.size(), 0);
+    graph.backward(params, r, grads);
+    check_gradient(params, grads, loss, projection ? "model with projection" : "model", 3000);
+  }
+}
+
+TEST(TrainGraphForward, FloatGraphMatchesInferenceEngine) {
+  ClipVisionConfig c = small_config(Activation::QuickGelu, 3);
+  c.hidden_size = 12;
+  c.num_attention_heads = 3;
+  const ClipVisionWeights weights = random_clip_vision_weights(c, 31, true);
+  const ClipVisionModel model(c, weights);
+  ClipTrainGraph<float> graph(c, true);
+  const auto params = flatten_weights(c, weights);
+  const auto px = random_vector(static_cast<size_t>(3 * 3 * 36), 32);
+  const std::vector<float> pixels(px.begin(), px.end());
+  std::vector<float> features;
+  graph.forward(params, pixels, 3, features);
+  const Matrix expect = model.features(pixels, 3);
+  ASSERT_EQ(features.size(), expect.data.size());
+  for (size_t i = 0; i < features.size(); ++i) EXPECT_NEAR(features[i], expect.data[i], 1e-5);
+  // And flatten/unflatten is a round trip.
+  const ClipVisionWeights back = unflatten_weights(c, params, true);
+  EXPECT_EQ(flatten_weights(c, back), params);
+}
+
+}  // namespace
+}  // namespace amalgam::train
+
+namespace amalgam::train {
+namespace {
+
+// A task a tiny model must learn: the class is which quadrant of the image holds a bright
+// square, at a random position within that quadrant, over noise.
+struct QuadrantTask {
+  Tensor images;
+  std::vector<int64_t> labels;
+};
+
+QuadrantTask quadrant_task(int64_t n, uint64_t seed) {
+  QuadrantTask t;
+  t.images = Tensor::zeros(DType::U8, {n, 12, 12, 1});
+  auto px = t.images.mutable_data<uint8_t>();
+  SplitMix64 rng(seed);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto label = static_cast<int64_t>(rng.below(4));
+    t.labels.push_back(label);
+    uint8_t* img = px.data() + i * 144;
+    for (int64_t p = 0; p < 144; ++p) img[p] = static_cast<uint8_t>(rng.below(60));
+    const int64_t y0 = (label / 2) * 6 + static_cast<int64_t>(rng.below(3)),
+                  x0 = (label % 2) * 6 + static_cast<int64_t>(rng.below(3));
+    for (int64_t y = y0; y < y0 + 3; ++y)
+      for (int64_t x = x0; x < x0 + 3; ++x) img[y * 12 + x] = 250;
+  }
+  return t;
+}
+
+ImageProcessorConfig plain_preprocess() {
+  ImageProcessorConfig p;
+  p.do_resize = false;
+  p.do_center_crop = false;
+  p.image_mean = {0.5};
+  p.image_std = {0.5};
+  return p;
+}
+
+ClipVisionConfig quadrant_model() {
+  ClipVisionConfig c;
+  c.hidden_size = 16;
+  c.intermediate_size = 32;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.image_size = 12;
+  c.patch_size = 3;
+  c.num_channels = 1;
+  return c;
+}
+
+double accuracy(const ClipVisionModel& model, const ClassifierHead& head, const QuadrantTask& t) {
+  std::vector<int64_t> idx(t.labels.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(i);
+  const Matrix logits = head.logits(
+      model.features(preprocess_batch(t.images, idx, plain_preprocess(), 1), static_cast<int64_t>(idx.size())));
+  int64_t correct = 0;
+  for (int64_t r = 0; r < logits.rows; ++r) {
+    int64_t best = 0;
+    for (int64_t c = 1; c < logits.cols; ++c)
+      if (logits(r, c) > logits(r, best)) best = c;
+    correct += best == t.labels[static_cast<size_t>(r)];
+  }
+  return static_cast<double>(correct) / static_cast<double>(logits.rows);
+}
+
+TEST(Trainer, LearnsASeparableTaskAndIsDeterministic) {
+  const ClipVisionConfig c = quadrant_model();
+  const QuadrantTask train = quadrant_task(512, 1), test = quadrant_task(256, 2);
+  TrainOptions o;
+  o.epochs = 6;
+  o.batch_size = 32;
+  o.learning_rate = 3e-3;
+  o.max_shift = 0;
+  o.quiet = true;
+  auto run = [&] {
+    ClipVisionWeights w = random_clip_vision_weights(c, 5, false);
+    ClassifierHead head = new_head(4, c.hidden_size, 6);
+    const auto report = train_encoder(c, w, head, true, 512,
+                                      classification_batches(train.images, train.labels, plain_preprocess(), 1, 0), o);
+    return std::make_tuple(w, head, report);
+  };
+  const auto [w, head, report] = run();
+  ASSERT_EQ(report.epoch_loss.size(), 6u);
+  EXPECT_LT(report.epoch_loss.back(), 0.5 * report.epoch_loss.front());
+  const ClipVisionModel model(c, w);
+  EXPECT_GT(accuracy(model, head, test), 0.9);
+  // Chance is 25%: the untrained model with a fresh head is near it.
+  EXPECT_LT(accuracy(ClipVisionModel(c, random_clip_vision_weights(c, 5, false)), new_head(4, c.hidden_size, 6), test),
+            0.5);
+  const auto [w2, head2, report2] = run();
+  EXPECT_EQ(flatten_weights(c, w2), flatten_weights(c, w));
+  EXPECT_EQ(head2.weight.data, head.weight.data);
+}
+
+TEST(Trainer, ProbeOnFrozenFeaturesAndFrozenHeadFineTune) {
+  const ClipVisionConfig c = quadrant_model();
+  const QuadrantTask train = quadrant_task(512, 3), test = quadrant_task(256, 4);
+  TrainOptions o;
+  o.epochs = 6;
+  o.batch_size = 32;
+  o.learning_rate = 3e-3;
+  o.max_shift = 0;
+  o.quiet = true;
+  // Rotation pretraining gives the encoder features; a probe reads the task off them; a
+  // fine-tune through the frozen probe improves on it and leaves the head untouched.
+  ClipVisionWeights w = random_clip_vision_weights(c, 7, false);
+  ClassifierHead rot = new_head(4, c.hidden_size, 8);
+  train_encoder(c, w, rot, true, 512, rotation_batches(train.images, plain_preprocess(), 1, 0), o);
+  TrainOptions probe_opt = o;
+  probe_opt.epochs = 30;
+  probe_opt.learning_rate = 1e-2;
+  const ClassifierHead probe =
+      fit_probe(ClipVisionModel(c, w), train.images, train.labels, 4, plain_preprocess(), probe_opt);
+  const double probe_acc = accuracy(ClipVisionModel(c, w), probe, test);
+  ClassifierHead frozen = probe;
+  const auto report = train_encoder(c, w, frozen, false, 512,
+                                    classification_batches(train.images, train.labels, plain_preprocess(), 1, 0), o);
+  EXPECT_EQ(frozen.weight.data, probe.weight.data);
+  EXPECT_EQ(frozen.bias, probe.bias);
+  const double tuned_acc = accuracy(ClipVisionModel(c, w), probe, test);
+  EXPECT_GT(tuned_acc, 0.9);
+  EXPECT_GE(tuned_acc, probe_acc);
+  EXPECT_LT(report.epoch_loss.back(), report.epoch_loss.front());
+}
+
+TEST(Trainer, RotationLabelsMatchTheRotation) {
+  // One image with a single bright pixel: its position after rotation tells the label.
+  Tensor img = Tensor::zeros(DType::U8, {1, 12, 12, 1});
+  img.mutable_data<uint8_t>()[1 * 12 + 2] = 255;  // row 1, column 2
+  ImageProcessorConfig p = plain_preprocess();
+  auto source = rotation_batches(img, p, 1, 0);
+  SplitMix64 rng(9);
+  for (int trial = 0; trial < 12; ++trial) {
+    std::vector<float> pixels;
+    std::vector<int64_t> labels;
+    const std::vector<int64_t> idx = {0};
+    source(idx, rng, pixels, labels);
+    int64_t pos = std::max_element(pixels.begin(), pixels.end()) - pixels.begin();
+    const int64_t y = pos / 12, x = pos % 12;
+    // Counterclockwise quarter turns of (row 1, col 2) in a 12x12 image.
+    const int64_t expect[4][2] = {{1, 2}, {9, 1}, {10, 9}, {2, 10}};
+    EXPECT_EQ(y, expect[labels[0]][0]) << "label " << labels[0];
+    EXPECT_EQ(x, expect[labels[0]][1]) << "label " << labels[0];
+  }
+}
+
+}  // namespace
+}  // namespace amalgam::train
+
+namespace amalgam::train {
+namespace {
+
+TEST(TrainCli, ProbeThenFineTuneThenEval) {
+  testing::TempDir tmp;
+  const ClipVisionConfig c = quadrant_model();
+  save_clip_vision(tmp / "base", c, random_clip_vision_weights(c, 3, false), DType::F32, false,
+                   plain_preprocess().to_json());
+  TaskInfo info;
+  info.name = "quadrant";
+  info.classes = {"tl", "tr", "bl", "br"};
+  info.image = {12, 12, 1};
+  QuadrantTask train = quadrant_task(512, 11), test = quadrant_task(256, 12);
+  std::vector<TaskSplit> splits(2);
+  splits[0] = {"train", train.images, train.labels};
+  splits[1] = {"test", test.images, test.labels};
+  write_task(tmp / "task", info, splits, false);
+
+  const std::string base = (tmp / "base").string(), task = (tmp / "task").string(),
+                    head = (tmp / "head.safetensors").string(), tuned = (tmp / "tuned").string();
+  auto r =
+      testing::run_amalgam("train " + base + " --task " + task + " --probe -o " + head + " --epochs 20 --lr 0.01 -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = testing::run_amalgam("train " + base + " --task " + task + " --head " + head + " -o " + tuned +
+                           " --epochs 6 --lr 0.003 --max-shift 0 --batch-size 32 -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto accuracy_of = [&](const std::string& model) {
+    const auto e = testing::run_amalgam("eval " + model + " --task " + task + " --head " + head + " --json -q");
+    EXPECT_EQ(e.code, 0) << e.err;
+    return nlohmann::json::parse(e.out)["results"][0]["accuracy"].get<double>();
+  };
+  const double before = accuracy_of(base), after = accuracy_of(tuned);
+  EXPECT_GT(after, 0.9);
+  EXPECT_GT(after, before);
+  // The head was frozen: the file is what the probe wrote.
+  EXPECT_EQ(ClassifierHead::load(head).classes(), 4);
+  // Refuses to overwrite, and a head of the wrong shape is an input error.
+  r = testing::run_amalgam("train " + base + " --task " + task + " --head " + head + " -o " + tuned + " -q");
+  EXPECT_EQ(r.code, 2);
+  ClassifierHead wrong = new_head(3, c.hidden_size, 1);
+  wrong.save(tmp / "wrong.safetensors", false);
+  r = testing::run_amalgam("train " + base + " --task " + task + " --head " + (tmp / "wrong.safetensors").string() +
+                           " -o " + (tmp / "x").string() + " -q");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("wrong.safetensors"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace amalgam::train

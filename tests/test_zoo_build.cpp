@@ -1,0 +1,87 @@
+// `zoo build` on a reduced configuration: every artifact is written, the accuracies in
+// zoo.json are what an independent `amalgam eval` of the saved files reports, a second build
+// with the same options is a cache hit, other options need --force, and the build is
+// deterministic.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "eval/zoo_build.h"
+#include "io/json_file.h"
+#include "test_util.h"
+
+namespace amalgam {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+ZooBuildOptions tiny_zoo() {
+  ZooBuildOptions o = ZooBuildOptions::preset(true);
+  o.data.sizes = {120, 60, 60};
+  o.data.data_dir = fs::path(AMALGAM_SOURCE_DIR) / ".cache/zoo-data";
+  if (const char* env = std::getenv("AMALGAM_DATA_DIR")) o.data.data_dir = env;
+  o.pool.per_task = 60;
+  o.pool.extra = 120;
+  o.pretrain.epochs = 1;
+  o.finetune.epochs = 1;
+  o.probe.epochs = 5;
+  o.finetune_examples = 120;
+  o.quiet = true;
+  return o;
+}
+
+TEST(ZooBuild, WritesEverythingAndZooJsonMatchesEval) {
+  TempDir tmp;
+  const auto zoo = build_zoo(tmp / "zoo", tiny_zoo(), false);
+  const fs::path dir = tmp / "zoo";
+  EXPECT_TRUE(fs::exists(dir / "zoo.json"));
+  EXPECT_TRUE(fs::exists(dir / "base/config.json"));
+  EXPECT_TRUE(fs::exists(dir / "base/preprocessor_config.json"));
+  ASSERT_EQ(zoo["tasks"].size(), zoo_task_names().size());
+  for (const auto& name : zoo_task_names()) {
+    EXPECT_TRUE(fs::exists(dir / "data" / name / "task.json")) << name;
+    EXPECT_TRUE(fs::exists(dir / "heads" / (name + ".safetensors"))) << name;
+    EXPECT_TRUE(fs::exists(dir / "finetuned" / name / "model.safetensors")) << name;
+  }
+  // Two tasks re-evaluated from the files by the CLI, in another process.
+  for (size_t i : {size_t{0}, size_t{5}}) {
+    const auto& entry = zoo["tasks"][i];
+    const std::string name = entry["task"].get<std::string>();
+    for (const char* model : {"base", "finetuned"}) {
+      const fs::path ckpt = std::string(model) == "base" ? dir / "base" : dir / "finetuned" / name;
+      const auto r =
+          testing::run_amalgam("eval " + ckpt.string() + " --task " + (dir / "data" / name).string() + " --head " +
+                               (dir / "heads" / (name + ".safetensors")).string() + " --batch-size 256 --json -q");
+      ASSERT_EQ(r.code, 0) << r.err;
+      const double acc = nlohmann::json::parse(r.out)["results"][0]["accuracy"].get<double>();
+      const std::string key = std::string(model) == "base" ? "base_probe_test" : "finetuned_test";
+      EXPECT_DOUBLE_EQ(acc, entry[key].get<double>()) << name << " " << model;
+    }
+  }
+  // The fine-tunes moved away from the base.
+  EXPECT_NE(testing::read_bytes(dir / "base/model.safetensors"),
+            testing::read_bytes(dir / "finetuned" / zoo_task_names()[0] / "model.safetensors"));
+}
+
+TEST(ZooBuild, CachedDeterministicAndRefusesOtherOptions) {
+  TempDir tmp;
+  const ZooBuildOptions o = tiny_zoo();
+  build_zoo(tmp / "a", o, false);
+  const auto stamp = fs::last_write_time(tmp / "a/zoo.json");
+  const auto again = build_zoo(tmp / "a", o, false);  // a cache hit: nothing is rewritten
+  EXPECT_EQ(fs::last_write_time(tmp / "a/zoo.json"), stamp);
+  EXPECT_EQ(nlohmann::json(again["options"]), nlohmann::json(o.to_json()));
+
+  build_zoo(tmp / "b", o, false);
+  for (const std::string f : {"base/model.safetensors", "heads/mnist.safetensors", "finetuned/count/model.safetensors"})
+    EXPECT_EQ(testing::read_bytes(tmp / "a" / f), testing::read_bytes(tmp / "b" / f)) << f;
+
+  ZooBuildOptions other = o;
+  other.finetune.seed += 1;
+  EXPECT_THROW(build_zoo(tmp / "a", other, false), InputError);
+}
+
+}  // namespace
+}  // namespace amalgam
