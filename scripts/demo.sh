@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the embedded default. Until the benchmark zoo exists (a later issue), it
-# writes a small synthetic checkpoint family (a base and three fine-tunes) and merges it
-# with every data-free method, from the example configs in examples/.
+# The main job on the embedded default: merges a small synthetic checkpoint family (a base
+# and three fine-tunes) with every data-free method from the example configs in examples/,
+# then builds the embedded benchmark zoo (cached after the first run) and evaluates a
+# fine-tune and the base on one of its tasks. The benchmark report comes in a later issue.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +24,10 @@ echo "== the merged checkpoints"
 for d in demo-out/merged-*; do
   $amalgam inspect "$d" | head -1
 done
+
+echo "== amalgam zoo build: eight tasks, a pretrained base, probe heads, eight fine-tunes (cached)"
+$amalgam zoo build -o zoo
+
+echo "== amalgam eval: the mnist fine-tune and the base, through the same probe head"
+$amalgam eval zoo/finetuned/mnist --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q | head -1
+$amalgam eval zoo/base --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q | head -1

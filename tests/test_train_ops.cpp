@@ -293,15 +293,20 @@ double accuracy(const ClipVisionModel& model, const ClassifierHead& head, const 
   return static_cast<double>(correct) / static_cast<double>(logits.rows);
 }
 
-TEST(Trainer, LearnsASeparableTaskAndIsDeterministic) {
-  const ClipVisionConfig c = quadrant_model();
-  const QuadrantTask train = quadrant_task(512, 1), test = quadrant_task(256, 2);
+TrainOptions quadrant_options() {
   TrainOptions o;
   o.epochs = 6;
   o.batch_size = 32;
   o.learning_rate = 3e-3;
   o.max_shift = 0;
   o.quiet = true;
+  return o;
+}
+
+TEST(Trainer, LearnsASeparableTaskAndIsDeterministic) {
+  const ClipVisionConfig c = quadrant_model();
+  const QuadrantTask train = quadrant_task(512, 1), test = quadrant_task(256, 2);
+  const TrainOptions o = quadrant_options();
   auto run = [&] {
     ClipVisionWeights w = random_clip_vision_weights(c, 5, false);
     ClassifierHead head = new_head(4, c.hidden_size, 6);
@@ -325,12 +330,7 @@ TEST(Trainer, LearnsASeparableTaskAndIsDeterministic) {
 TEST(Trainer, ProbeOnFrozenFeaturesAndFrozenHeadFineTune) {
   const ClipVisionConfig c = quadrant_model();
   const QuadrantTask train = quadrant_task(512, 3), test = quadrant_task(256, 4);
-  TrainOptions o;
-  o.epochs = 6;
-  o.batch_size = 32;
-  o.learning_rate = 3e-3;
-  o.max_shift = 0;
-  o.quiet = true;
+  const TrainOptions o = quadrant_options();
   // Rotation pretraining gives the encoder features; a probe reads the task off them; a
   // fine-tune through the frozen probe improves on it and leaves the head untouched.
   ClipVisionWeights w = random_clip_vision_weights(c, 7, false);

@@ -84,7 +84,7 @@ ZooBuildOptions ZooBuildOptions::preset(bool small) {
   o.pool.per_task = small ? 400 : 2000;
   o.pool.extra = small ? 800 : 8000;
   o.pretrain.epochs = small ? 3 : 4;
-  o.pretrain.learning_rate = 2e-3;
+  o.pretrain.learning_rate = 1e-3;
   o.pretrain.batch_size = small ? 32 : 128;
   o.pretrain.seed = 1;
   o.probe.epochs = 30;

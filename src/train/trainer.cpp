@@ -189,8 +189,11 @@ ClassifierHead new_head(int64_t classes, int64_t dim, uint64_t seed) {
   head.bias.assign(static_cast<size_t>(classes), 0.0f);
   head.normalize_features = true;
   SplitMix64 rng(seed);
-  // Small random weights break the symmetry between classes.
-  for (auto& w : head.weight.data) w = static_cast<float>(static_cast<double>(rng.below(2001)) / 1000.0 - 1.0) * 0.01f;
+  // Random rows of norm about 6: on unit features the first logits then differ by order
+  // one, so the encoder gets a useful gradient from the first step. (Near-zero rows give
+  // near-uniform softmax outputs and stall the encoder until the head has grown.)
+  const float scale = 10.0f / std::sqrt(static_cast<float>(dim));
+  for (auto& w : head.weight.data) w = static_cast<float>(static_cast<double>(rng.below(2001)) / 1000.0 - 1.0) * scale;
   return head;
 }
 

@@ -29,7 +29,7 @@ struct TrainOptions {
   // at the encoder's rate that alone would take thousands of steps.
   double head_lr_scale = 10.0;
   double weight_decay = 0.05;
-  double warmup_fraction = 0.05;
+  double warmup_fraction = 0.1;
   double grad_clip = 1.0;
   int64_t max_shift = 2;  // augmentation: random translation by up to this many pixels
   uint64_t seed = 0;
