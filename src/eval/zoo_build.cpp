@@ -83,7 +83,7 @@ ZooBuildOptions ZooBuildOptions::preset(bool small) {
   m.num_attention_heads = small ? 2 : 4;
   o.pool.per_task = small ? 400 : 2000;
   o.pool.extra = small ? 800 : 8000;
-  o.pretrain.epochs = small ? 3 : 4;
+  o.pretrain.epochs = small ? 3 : 8;
   o.pretrain.learning_rate = 1e-3;
   o.pretrain.batch_size = small ? 32 : 128;
   o.pretrain.seed = 1;
@@ -92,11 +92,11 @@ ZooBuildOptions ZooBuildOptions::preset(bool small) {
   o.probe.learning_rate = 1e-2;
   o.probe.weight_decay = 1e-4;
   o.probe.seed = 2;
-  o.finetune.epochs = small ? 4 : 4;
+  o.finetune.epochs = small ? 4 : 8;
   o.finetune.learning_rate = small ? 2e-3 : 1e-3;
   o.finetune.batch_size = small ? 32 : 128;
   o.finetune.seed = 3;
-  o.finetune_examples = small ? 600 : 10000;
+  o.finetune_examples = small ? 600 : 20000;
   return o;
 }
 

@@ -31,7 +31,7 @@ struct ZooBuildOptions {
   ClipVisionConfig model;
   ZooPoolOptions pool;
   train::TrainOptions pretrain, probe, finetune;
-  int64_t finetune_examples = 10000;  // train images per task used for fine-tuning and probes
+  int64_t finetune_examples = 20000;  // train images per task used for fine-tuning and probes
   bool quiet = false;
 
   // The full zoo (about 1.2M parameters, builds in minutes) or the small one for tests.
