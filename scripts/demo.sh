@@ -29,5 +29,5 @@ echo "== amalgam zoo build: eight tasks, a pretrained base, probe heads, eight f
 $amalgam zoo build -o zoo
 
 echo "== amalgam eval: the mnist fine-tune and the base, through the same probe head"
-$amalgam eval zoo/finetuned/mnist --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q | head -1
-$amalgam eval zoo/base --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q | head -1
+$amalgam eval zoo/finetuned/mnist --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q
+$amalgam eval zoo/base --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q
