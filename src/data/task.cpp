@@ -262,6 +262,16 @@ uint64_t SplitMix64::below(uint64_t bound) {
   }
 }
 
+std::vector<int64_t> permutation(int64_t n, SplitMix64& rng) {
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = i;
+  for (int64_t i = n - 1; i > 0; --i) {
+    const auto j = static_cast<size_t>(rng.below(static_cast<uint64_t>(i + 1)));
+    std::swap(p[static_cast<size_t>(i)], p[j]);
+  }
+  return p;
+}
+
 std::vector<int64_t> sample_indices(int64_t n, int64_t k, uint64_t seed) {
   if (n < 0 || k < 0) throw std::invalid_argument("sample_indices: negative count");
   std::vector<int64_t> out(static_cast<size_t>(std::min(n, k)));

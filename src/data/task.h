@@ -105,4 +105,8 @@ class SplitMix64 {
 // (n, k, seed) everywhere. k >= n gives all of [0, n).
 std::vector<int64_t> sample_indices(int64_t n, int64_t k, uint64_t seed);
 
+// A random permutation of [0, n) (Fisher-Yates), drawn from `rng`, which advances: an epoch
+// loop shuffles again with the same generator.
+std::vector<int64_t> permutation(int64_t n, SplitMix64& rng);
+
 }  // namespace amalgam

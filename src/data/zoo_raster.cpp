@@ -92,14 +92,8 @@ double Rng::normal() {
 }
 
 std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
-  std::vector<int64_t> p(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = i;
   SplitMix64 rng(seed);
-  for (int64_t i = n - 1; i > 0; --i) {
-    const auto j = static_cast<size_t>(rng.below(static_cast<uint64_t>(i + 1)));
-    std::swap(p[static_cast<size_t>(i)], p[j]);
-  }
-  return p;
+  return amalgam::permutation(n, rng);
 }
 
 std::vector<int64_t> balanced_labels(int64_t n, int64_t classes, uint64_t seed) {

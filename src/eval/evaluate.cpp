@@ -1,11 +1,11 @@
 #include "eval/evaluate.h"
 
 #include <chrono>
-#include <cmath>
 
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/progress.h"
+#include "train/ops.h"
 
 namespace amalgam {
 
@@ -19,22 +19,6 @@ nlohmann::ordered_json EvalResult::to_json() const {
       {"task", task},          {"split", split}, {"examples", examples}, {"correct", correct},
       {"accuracy", accuracy},  {"loss", loss},   {"seconds", seconds},   {"examples_per_second", examples_per_second},
       {"per_class", per_class}};
-}
-
-BatchScore score_logits(const Matrix& logits, std::span<const int64_t> labels) {
-  BatchScore s;
-  for (int64_t r = 0; r < logits.rows; ++r) {
-    const float* row = logits.row(r);
-    int64_t best = 0;
-    for (int64_t c = 1; c < logits.cols; ++c)
-      if (row[c] > row[best]) best = c;
-    double sum = 0;
-    for (int64_t c = 0; c < logits.cols; ++c) sum += std::exp(static_cast<double>(row[c]) - row[best]);
-    const int64_t y = labels[static_cast<size_t>(r)];
-    s.loss_sum += std::log(sum) - (static_cast<double>(row[y]) - row[best]);
-    s.predictions.push_back(best);
-  }
-  return s;
 }
 
 namespace {
@@ -81,12 +65,14 @@ EvalResult evaluate(const ClipVisionModel& model, const ImageProcessorConfig& pr
     const Matrix logits = head.logits(model.features(pixels, static_cast<int64_t>(batch.size())));
     std::vector<int64_t> labels;
     for (int64_t i : batch) labels.push_back(split.labels[static_cast<size_t>(i)]);
-    const BatchScore s = score_logits(logits, labels);
-    loss_sum += s.loss_sum;
+    std::vector<int64_t> predictions(labels.size());
+    loss_sum += static_cast<double>(labels.size()) *
+                train::softmax_cross_entropy<float>(logits.data.data(), logits.rows, logits.cols, labels, nullptr,
+                                                    nullptr, predictions.data());
     for (size_t i = 0; i < labels.size(); ++i) {
       const auto y = static_cast<size_t>(labels[i]);
       ++r.class_examples[y];
-      if (s.predictions[i] == labels[i]) ++class_correct[y];
+      if (predictions[i] == labels[i]) ++class_correct[y];
     }
     progress.advance(batch.size(), 0);
   }

@@ -41,11 +41,4 @@ struct EvalResult {
 EvalResult evaluate(const ClipVisionModel& model, const ImageProcessorConfig& preprocess, const TaskInfo& task,
                     const TaskSplit& split, const ClassifierHead& head, const EvalOptions& options);
 
-// The mean cross-entropy and the number of correct argmax predictions of `logits` rows.
-struct BatchScore {
-  double loss_sum = 0;
-  std::vector<int64_t> predictions;
-};
-BatchScore score_logits(const Matrix& logits, std::span<const int64_t> labels);
-
 }  // namespace amalgam

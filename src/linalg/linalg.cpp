@@ -16,12 +16,8 @@ void gemm(bool trans_a, bool trans_b, float alpha, const Matrix& a, const Matrix
   const int64_t kb = trans_b ? b.cols : b.rows;
   const int64_t n = trans_b ? b.rows : b.cols;
   if (k != kb || c.rows != m || c.cols != n) throw std::logic_error("gemm: shapes do not match");
-  if (m == 0 || n == 0) return;
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a.data.data(),
-              static_cast<blasint>(std::max<int64_t>(1, a.cols)), b.data.data(),
-              static_cast<blasint>(std::max<int64_t>(1, b.cols)), beta, c.data.data(),
-              static_cast<blasint>(std::max<int64_t>(1, c.cols)));
+  sgemm(trans_a, trans_b, m, n, k, alpha, a.data.data(), std::max<int64_t>(1, a.cols), b.data.data(),
+        std::max<int64_t>(1, b.cols), beta, c.data.data(), std::max<int64_t>(1, c.cols));
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,

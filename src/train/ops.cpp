@@ -252,7 +252,7 @@ void l2_normalize_backward(const T* y, const T* norms, const T* dy, int64_t rows
 
 template <class T>
 double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std::span<const int64_t> labels,
-                             T* dlogits, int64_t* correct) {
+                             T* dlogits, int64_t* correct, int64_t* predictions) {
   double loss = 0;
   int64_t right = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -265,6 +265,7 @@ double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std
     const int64_t y = labels[static_cast<size_t>(r)];
     loss += std::log(z) - static_cast<double>(lr[y] - lr[best]);
     right += best == y;
+    if (predictions) predictions[r] = best;
     if (dlogits)
       for (int64_t c = 0; c < classes; ++c) {
         const double p = std::exp(static_cast<double>(lr[c] - lr[best])) / z;
@@ -287,7 +288,8 @@ double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std
                                       int64_t, T*, T*, T*);                                                         \
   template void l2_normalize_forward<T>(const T*, int64_t, int64_t, T*, T*);                                        \
   template void l2_normalize_backward<T>(const T*, const T*, const T*, int64_t, int64_t, T*);                       \
-  template double softmax_cross_entropy<T>(const T*, int64_t, int64_t, std::span<const int64_t>, T*, int64_t*);
+  template double softmax_cross_entropy<T>(const T*, int64_t, int64_t, std::span<const int64_t>, T*, int64_t*,      \
+                                           int64_t*);
 
 AMALGAM_INSTANTIATE_TRAIN_OPS(float)
 AMALGAM_INSTANTIATE_TRAIN_OPS(double)

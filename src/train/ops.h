@@ -67,9 +67,11 @@ template <class T>
 void l2_normalize_backward(const T* y, const T* norms, const T* dy, int64_t rows, int64_t d, T* dx);
 
 // Mean over rows of -log softmax(logits)[label]; dlogits (when not null) gets the gradient
-// of that mean. Also counts correct argmax predictions into `correct` when not null.
+// of that mean. When not null, `correct` gets the number of rows whose argmax (the first
+// largest logit) is the label, and `predictions` [rows] each row's argmax. Training and
+// evaluation both score logits here.
 template <class T>
 double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std::span<const int64_t> labels,
-                             T* dlogits, int64_t* correct = nullptr);
+                             T* dlogits, int64_t* correct = nullptr, int64_t* predictions = nullptr);
 
 }  // namespace amalgam::train

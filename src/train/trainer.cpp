@@ -84,15 +84,6 @@ double learning_rate(const TrainOptions& o, int64_t step, int64_t total) {
   return o.learning_rate * 0.5 * (1 + std::cos(std::numbers::pi * progress));
 }
 
-// Fisher-Yates with the project's portable generator.
-std::vector<int64_t> shuffled(int64_t n, SplitMix64& rng) {
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
-  for (int64_t i = n - 1; i > 0; --i)
-    std::swap(order[static_cast<size_t>(i)], order[rng.below(static_cast<uint64_t>(i + 1))]);
-  return order;
-}
-
 // Translates each [C, H, W] image by (dy, dx), filling with `fill` (the normalized value of
 // a black pixel, the background of the zoo's tasks).
 void shift_image(float* image, int64_t channels, int64_t side, int64_t dy, int64_t dx, float fill) {
@@ -256,7 +247,7 @@ TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& wei
   std::vector<float> pixels, features, dfeatures;
   std::vector<int64_t> labels;
   for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
-    const auto order = shuffled(examples, rng);
+    const auto order = permutation(examples, rng);
     double loss_sum = 0;
     int64_t correct = 0;
     for (int64_t b = 0; b < per_epoch; ++b) {
@@ -313,7 +304,7 @@ ClassifierHead fit_probe(const ClipVisionModel& model, const Tensor& images, std
   std::vector<float> batch_features(static_cast<size_t>(bs * dim));
   std::vector<int64_t> batch_labels(static_cast<size_t>(bs));
   for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
-    const auto order = shuffled(n, rng);
+    const auto order = permutation(n, rng);
     for (int64_t b = 0; b < per_epoch; ++b) {
       for (int64_t i = 0; i < bs; ++i) {
         const int64_t src = order[static_cast<size_t>(b * bs + i)];
