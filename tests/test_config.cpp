@@ -72,7 +72,7 @@ TEST(ConfigMergekit, SlerpExampleParses) {
   EXPECT_EQ(c.models[1].model, "mlabonne/NeuralHermes-2.5-Mistral-7B");
   EXPECT_EQ(c.models[1].path, fs::path("mlabonne/NeuralHermes-2.5-Mistral-7B"));
   EXPECT_TRUE(c.models[0].parameters.empty());
-  EXPECT_FALSE(c.models[0].data);
+  EXPECT_TRUE(c.models[0].data.empty());
   EXPECT_EQ(c.dtype, DType::BF16);
   EXPECT_FALSE(c.out_dtype);
   EXPECT_FALSE(c.seed);
@@ -299,7 +299,7 @@ chat_template: ~
   EXPECT_EQ(c.dtype, DType::F32);
   EXPECT_EQ(c.out_dtype, DType::F8_E4M3);
   EXPECT_EQ(c.seed, 18446744073709551615ull);
-  EXPECT_EQ(c.models[0].data, fs::path("calib.jsonl"));
+  EXPECT_EQ(c.models[0].data, std::vector<fs::path>{fs::path("calib.jsonl")});
   EXPECT_EQ(c.models[0].stats, fs::path("a.stats"));
   EXPECT_FALSE(c.base_model);
   EXPECT_FALSE(c.base_path);
@@ -368,7 +368,8 @@ TEST(ConfigErrors, Models) {
   EXPECT_PARSE_ERROR(head + "  - model: [b]\n", "models[1].model: expected a string");
   EXPECT_PARSE_ERROR(head + "  - model: ''\n", "models[1].model: must not be empty");
   EXPECT_PARSE_ERROR(head + "  - [b]\n", "models[1]: expected a map with 'model'");
-  EXPECT_PARSE_ERROR(head + "  - model: b\n    data: [x]\n", "models[1].data: expected a string");
+  EXPECT_PARSE_ERROR(head + "  - model: b\n    data: {x: 1}\n", "models[1].data: expected a string");
+  EXPECT_PARSE_ERROR(head + "  - model: b\n    data: [x, [y]]\n", "models[1].data[1]: expected a string");
   EXPECT_PARSE_ERROR(head + "  - model: b\n    stats: ''\n", "models[1].stats: must not be empty");
   EXPECT_PARSE_ERROR(head + "  - model: b\n    parameters: 1\n", "models[1].parameters: expected a map");
 }
@@ -560,13 +561,13 @@ models:
   EXPECT_EQ(c.base_path, cfg / "models/base");
   EXPECT_EQ(c.models[0].model, "models/near");
   EXPECT_EQ(c.models[0].path, cfg / "models/near");
-  EXPECT_EQ(c.models[0].data, cfg / "calib.jsonl");
+  EXPECT_EQ(c.models[0].data, std::vector<fs::path>{cfg / "calib.jsonl"});
   // In the working directory: kept as written, even though the config's directory has one too.
   EXPECT_EQ(c.models[0].stats, fs::path("a.stats"));
   EXPECT_EQ(c.models[1].path, fs::path("both"));
   // Nowhere: kept as written, for the engine to report.
   EXPECT_EQ(c.models[2].path, fs::path("nowhere/model"));
-  EXPECT_EQ(c.models[2].data, fs::path("nowhere.jsonl"));
+  EXPECT_EQ(c.models[2].data, std::vector<fs::path>{fs::path("nowhere.jsonl")});
   // Absolute: as is.
   EXPECT_EQ(c.models[3].path, cfg / "models" / "near");
 

@@ -14,6 +14,7 @@ void add_eval_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_task_command(CLI::App& app);
 void add_zoo_command(CLI::App& app);
+void add_stats_command(CLI::App& app);
 
 // "5GB", "500MB", "2GiB", "1000" -> bytes; InputError otherwise.
 uint64_t parse_byte_size(const std::string& text);

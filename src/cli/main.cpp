@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   amalgam::cli::add_inspect_command(app);
   amalgam::cli::add_merge_command(app);
+  amalgam::cli::add_stats_command(app);
   amalgam::cli::add_generate_command(app);
   amalgam::cli::add_eval_command(app);
   amalgam::cli::add_train_command(app);

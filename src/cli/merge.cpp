@@ -32,7 +32,7 @@ uint64_t parse_byte_size(const std::string& text) {
 void add_merge_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("merge", "Merge checkpoints as a mergekit-style YAML config says");
   struct Args {
-    std::string config, output, shard_size = "5GB";
+    std::string config, output, shard_size = "5GB", max_memory;
     MergeOptions options;
     uint64_t seed = 0;
     bool no_check_finite = false;
@@ -42,6 +42,9 @@ void add_merge_command(CLI::App& app) {
   cmd->add_option("-o,--output", a->output, "output checkpoint directory")->required();
   cmd->add_flag("--force", a->options.force, "replace an existing output");
   cmd->add_option("--max-shard-size", a->shard_size, "largest output shard, e.g. 5GB, 500MB (default 5GB)");
+  cmd->add_option("--max-memory", a->max_memory,
+                  "memory a data-aware method may hold, e.g. 8GB (default: half of physical memory); RegMean++'s "
+                  "hidden states go to a scratch file beyond half of it");
   cmd->add_flag("--allow-missing", a->options.allow_missing,
                 "take the base's tensor where a model lacks one, instead of failing");
   cmd->add_flag("--no-check-finite", a->no_check_finite, "merge NaN or Inf in the inputs instead of failing");
@@ -51,6 +54,7 @@ void add_merge_command(CLI::App& app) {
     a->options.output = a->output;
     a->options.max_shard_bytes = parse_byte_size(a->shard_size);
     a->options.check_finite = !a->no_check_finite;
+    if (!a->max_memory.empty()) a->options.max_memory = parse_byte_size(a->max_memory);
     if (seed->count() > 0) a->options.seed = a->seed;
     const MergeConfig config = load_merge_config(a->config);
     const MergeSummary s = run_merge(config, a->options);

@@ -32,4 +32,8 @@ class Interrupted : public std::runtime_error {
 // A system call failed: the message carries errno's text.
 [[noreturn]] void throw_system_error(const std::filesystem::path& file, std::string_view what);
 
+// A one-line warning on stderr ("amalgam: warning: ..."): something the user should know
+// that does not stop the command (a solver fallback, an ill-conditioned layer).
+void warn(std::string_view message);
+
 }  // namespace amalgam

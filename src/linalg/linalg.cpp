@@ -3,6 +3,8 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -34,6 +36,83 @@ void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double a
   cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
               static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+}
+
+void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t lda, float beta, float* c, int64_t ldc) {
+  if (n == 0) return;
+  // Row-major upper triangle of A^T A.
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(rows), alpha, a,
+              static_cast<blasint>(lda), beta, c, static_cast<blasint>(ldc));
+}
+
+namespace {
+
+// B [n, m] row-major <-> column-major, which LAPACK's right-hand sides are.
+std::vector<double> transposed(std::span<const double> b, int64_t rows, int64_t cols) {
+  std::vector<double> t(b.size());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) t[static_cast<size_t>(j * rows + i)] = b[static_cast<size_t>(i * cols + j)];
+  return t;
+}
+
+// X = E^T diag(1/lambda) E B over the kept eigenpairs, E's rows the eigenvectors.
+SymmetricSolve pseudo_inverse_solve(std::span<const double> a, int64_t n, std::span<double> b, int64_t m) {
+  std::vector<double> e(a.begin(), a.end()), lambda(static_cast<size_t>(n));
+  const int nn = static_cast<int>(n);
+  int info = 0, lwork = -1, liwork = -1, iwork_query = 0;
+  double work_query = 0;
+  // A symmetric row-major matrix is its own column-major transpose; the eigenvectors come
+  // back as LAPACK's columns, which are our rows.
+  dsyevd_("V", "U", &nn, e.data(), &nn, lambda.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
+  lwork = static_cast<int>(work_query);
+  liwork = iwork_query;
+  std::vector<double> work(static_cast<size_t>(std::max(1, lwork)));
+  std::vector<int> iwork(static_cast<size_t>(std::max(1, liwork)));
+  dsyevd_("V", "U", &nn, e.data(), &nn, lambda.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
+  if (info != 0) throw std::runtime_error("dsyevd failed (info " + std::to_string(info) + ")");
+  const double largest = std::max(std::abs(lambda.front()), std::abs(lambda.back()));
+  const double cutoff = static_cast<double>(n) * std::numeric_limits<double>::epsilon() * largest;
+  SymmetricSolve result{true, 0, 0};
+  const double smallest = lambda.front();
+  result.condition = smallest > 0 ? largest / smallest : std::numeric_limits<double>::infinity();
+  std::vector<double> projected(static_cast<size_t>(n * m));
+  dgemm(false, false, n, m, n, 1.0, e.data(), n, b.data(), m, 0.0, projected.data(), m);
+  for (int64_t i = 0; i < n; ++i) {
+    const double l = lambda[static_cast<size_t>(i)];
+    const double scale = l > cutoff ? 1.0 / l : 0.0;
+    if (l > cutoff) ++result.rank;
+    for (int64_t j = 0; j < m; ++j) projected[static_cast<size_t>(i * m + j)] *= scale;
+  }
+  dgemm(true, false, n, m, n, 1.0, e.data(), n, projected.data(), m, 0.0, b.data(), m);
+  return result;
+}
+
+}  // namespace
+
+SymmetricSolve solve_symmetric(std::span<const double> a, int64_t n, std::span<double> b, int64_t m, double min_rcond) {
+  if (a.size() != static_cast<size_t>(n * n) || b.size() != static_cast<size_t>(n * m))
+    throw std::logic_error("solve_symmetric: sizes do not match");
+  if (n == 0) return {false, 0, 0};
+  const int nn = static_cast<int>(n), mm = static_cast<int>(m);
+  std::vector<double> factor(a.begin(), a.end());
+  int info = 0;
+  std::vector<double> norm_work(static_cast<size_t>(n));
+  const double anorm = dlansy_("1", "U", &nn, factor.data(), &nn, norm_work.data());
+  dpotrf_("U", &nn, factor.data(), &nn, &info);
+  double rcond = 0;
+  if (info == 0) {
+    std::vector<double> work(static_cast<size_t>(3 * n));
+    std::vector<int> iwork(static_cast<size_t>(n));
+    int con_info = 0;
+    dpocon_("U", &nn, factor.data(), &nn, &anorm, &rcond, work.data(), iwork.data(), &con_info);
+  }
+  if (info != 0 || !(rcond >= min_rcond)) return pseudo_inverse_solve(a, n, b, m);
+  std::vector<double> rhs = transposed(b, n, m);
+  dpotrs_("U", &nn, &mm, factor.data(), &nn, rhs.data(), &nn, &info);
+  if (info != 0) throw std::runtime_error("dpotrs failed (info " + std::to_string(info) + ")");
+  const std::vector<double> x = transposed(rhs, m, n);
+  std::copy(x.begin(), x.end(), b.begin());
+  return {false, 1.0 / rcond, n};
 }
 
 Matrix matmul(const Matrix& a, const Matrix& b, bool trans_a, bool trans_b) {

@@ -34,6 +34,25 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
            const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
 
+// C = alpha * A^T A + beta * C (ssyrk) for A: [rows, n] row-major with leading dimension
+// lda, C: [n, n]. Only C's upper triangle (j >= i) is written: a Gram matrix in half the
+// work of a GEMM.
+void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t lda, float beta, float* c, int64_t ldc);
+
+// Solves A X = B for a symmetric positive semi-definite A ([n, n], row-major, double) and
+// B ([n, m], row-major), overwriting B with X. Cholesky (dpotrf/dpotrs) when A is positive
+// definite and reasonably conditioned; otherwise (Cholesky fails, or the reciprocal
+// condition estimate is below `min_rcond`) the pseudo-inverse from a symmetric
+// eigendecomposition (dsyevd), eigenvalues below n * eps * max dropped. Never an explicit
+// inverse.
+struct SymmetricSolve {
+  bool fallback = false;  // the eigendecomposition ran
+  double condition = 0;   // 1-norm estimate (Cholesky) or max/min eigenvalue (fallback); inf if singular
+  int64_t rank = 0;       // n, or the eigenvalues kept by the fallback
+};
+SymmetricSolve solve_symmetric(std::span<const double> a, int64_t n, std::span<double> b, int64_t m,
+                               double min_rcond = 1e-12);
+
 // Thin SVD A = U diag(S) Vt, U: m x r, S: r (descending), Vt: r x n, r = min(m, n)
 // (LAPACK sgesdd, falling back to sgesvd if the divide-and-conquer driver fails).
 struct Svd {

@@ -256,8 +256,12 @@ ModelEntry ConfigParser::parse_model(const YAML::Node& n, const std::string& pat
         // absent
       } else if (key == "parameters") {
         m.parameters = parse_params(v, key_path(path, key));
+      } else if (key == "stats") {
+        m.stats = parse_path(v, key_path(path, key));
+      } else if (v.IsSequence() && v.size() > 0) {
+        for (size_t j = 0; j < v.size(); ++j) m.data.push_back(parse_path(v[j], index_path(key_path(path, key), j)));
       } else {
-        (key == "data" ? m.data : m.stats) = parse_path(v, key_path(path, key));
+        m.data.push_back(parse_path(v, key_path(path, key)));
       }
     });
     if (m.model.empty()) fail(path, "missing 'model'");
@@ -476,7 +480,12 @@ YAML::Node model_to_yaml(const ModelEntry& m) {
   YAML::Node node(YAML::NodeType::Map);
   node["model"] = text_node(m.model);
   if (!m.parameters.empty()) node["parameters"] = params_to_yaml(m.parameters);
-  if (m.data) node["data"] = text_node(m.data->string());
+  if (m.data.size() == 1) node["data"] = text_node(m.data.front().string());
+  if (m.data.size() > 1) {
+    YAML::Node list(YAML::NodeType::Sequence);
+    for (const auto& d : m.data) list.push_back(text_node(d.string()));
+    node["data"] = list;
+  }
   if (m.stats) node["stats"] = text_node(m.stats->string());
   return node;
 }

@@ -74,8 +74,9 @@ struct ModelEntry {
   std::filesystem::path path;  // resolved: relative to the working directory if it exists there,
                                // else relative to the config file's directory
   ParamMap parameters;
-  // Data-aware extensions (RegMean and later): calibration data or precomputed statistics.
-  std::optional<std::filesystem::path> data;
+  // Data-aware extensions (RegMean and later): calibration data (one task directory, or a
+  // list of them whose examples are drawn in equal shares) or precomputed statistics.
+  std::vector<std::filesystem::path> data;
   std::optional<std::filesystem::path> stats;
 };
 

@@ -1,5 +1,7 @@
 #include "merge/engine.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -129,6 +131,12 @@ void check_same_shape(const CheckpointReader& ref, const CheckpointReader& other
 
 }  // namespace
 
+uint64_t default_max_memory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return uint64_t{8} << 30;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 2;
+}
+
 std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names) {
   std::map<std::string, int> stacks;
   for (const auto& name : tensor_names)
@@ -166,6 +174,25 @@ struct MergeInputs {
     return out;
   }
 };
+
+MergeContext make_context(const MergeInputs& in, const fs::path& staging) {
+  MergeContext c{in.config, {}, {}, std::nullopt, staging, in.seed, in.options.max_memory, in.options.quiet, {}};
+  if (c.max_memory == 0) c.max_memory = default_max_memory();
+  for (size_t i = 0; i < in.candidates.readers.size(); ++i) {
+    c.candidates.push_back(in.candidates.readers[i]->path());
+    c.entries.push_back(&in.config.models[in.candidates.config_index[i]]);
+  }
+  if (in.base) c.base = in.base->path();
+  c.param = [&in](const std::string& name, std::optional<size_t> candidate, const std::string& tensor) {
+    for (const auto& p : in.method->spec().params)
+      if (p.name == name)
+        return resolve_one(in.config, p,
+                           candidate ? std::optional<size_t>(in.candidates.config_index.at(*candidate)) : std::nullopt,
+                           tensor, layer_position(tensor, in.stacks));
+    throw std::logic_error("parameter '" + name + "' is not in the method's spec");
+  };
+  return c;
+}
 
 // Checks the merged values and converts them to the output dtype in one parallel pass.
 Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, const std::string& what) {
@@ -246,6 +273,12 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   MergeInputs in{config, options, std::move(method), nullptr, {}, nullptr, {}, 0};
   const MethodSpec& spec = in.method->spec();
   check_parameter_names(config, spec);
+  if (!spec.data_aware)
+    for (size_t i = 0; i < config.models.size(); ++i)
+      if (!config.models[i].data.empty() || config.models[i].stats)
+        throw InputError(config.source, "models[" + std::to_string(i) + "]." +
+                                            (config.models[i].stats ? "stats" : "data") + ": " + spec.name +
+                                            " is data-free and does not read calibration data or statistics");
   if (spec.needs_base && !config.base_path)
     throw InputError(config.source, "base_model: " + spec.name + " needs a base model");
   if (config.base_path) in.base = std::make_unique<CheckpointReader>(*config.base_path);
@@ -285,13 +318,20 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   MergeConfig resolved = config;
   resolved.seed = in.seed;
   std::error_code ec;
-  for (auto& m : resolved.models) m.model = fs::absolute(m.path, ec).lexically_normal().string();
+  for (auto& m : resolved.models) {
+    m.model = fs::absolute(m.path, ec).lexically_normal().string();
+    for (auto& d : m.data) d = fs::absolute(d, ec).lexically_normal();
+    if (m.stats) m.stats = fs::absolute(*m.stats, ec).lexically_normal();
+  }
   if (resolved.base_path) resolved.base_model = fs::absolute(*resolved.base_path, ec).lexically_normal().string();
   write_text_file(output.staging() / "amalgam_config.yaml", merge_config_to_yaml(resolved));
   std::vector<fs::path> carried;
   for (const auto& f : ref.auxiliary_files())
     if (f.filename() != "amalgam_config.yaml" && f.filename() != "merge_report.json") carried.push_back(f);
   copy_files_into(carried, output.staging());
+
+  const MergeContext context = make_context(in, output.staging());
+  in.method->prepare(context);
 
   // While tensor i is merged on all cores, the kernel reads tensor i+1 ahead and a second
   // thread writes tensor i-1.
@@ -319,6 +359,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     progress.advance(1, ref.info(name).nbytes());
   }
   if (written.valid()) written.get();
+  in.method->finish(context);
   writer.finish();
   summary.shards = writer.shard_count();
   output.commit();

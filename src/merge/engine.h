@@ -21,7 +21,13 @@ struct MergeOptions {
   bool check_finite = true;    // NaN or Inf in an input is an error
   bool quiet = false;
   std::optional<uint64_t> seed;  // overrides the config's seed
+  // What a method may hold in memory (RegMean++'s hidden states spill to disk beyond half
+  // of it); 0 means half of the machine's physical memory.
+  uint64_t max_memory = 0;
 };
+
+// Half of the machine's physical memory: the default --max-memory.
+uint64_t default_max_memory();
 
 struct MergeSummary {
   size_t tensors_merged = 0;

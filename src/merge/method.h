@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
@@ -42,6 +43,8 @@ struct MethodSpec {
   bool needs_base = true;
   size_t min_models = 1;
   size_t max_models = std::numeric_limits<size_t>::max();
+  // Reads the models' `data` or `stats` (RegMean and RegMean++); other methods refuse them.
+  bool data_aware = false;
 };
 
 // One tensor to merge. Built by the engine; read-only for methods and safe to read from
@@ -97,12 +100,37 @@ class TensorJob {
 // chunk of every input plus the accumulators still fits in L2 while the models stream by.
 inline constexpr size_t kStreamChunk = 32768;
 
+struct ModelEntry;
+struct MergeConfig;
+
+// What a method sees of the whole merge, before and after the tensor-by-tensor stream:
+// data-aware methods measure or read statistics in prepare() and write extra outputs
+// (the merged model's statistics) in finish().
+struct MergeContext {
+  const MergeConfig& config;
+  // The candidates in TensorJob order: checkpoint paths and their config entries.
+  std::vector<std::filesystem::path> candidates;
+  std::vector<const ModelEntry*> entries;
+  std::optional<std::filesystem::path> base;
+  std::filesystem::path staging;  // the output directory being written
+  uint64_t seed = 0;
+  uint64_t max_memory = 0;  // bytes a method may hold (--max-memory)
+  bool quiet = false;
+  // A parameter resolved as the engine resolves it for TensorJobs (per-model ones with a
+  // candidate index, global ones with nullopt) for `tensor`.
+  std::function<double(const std::string& param, std::optional<size_t> candidate, const std::string& tensor)> param;
+};
+
 class MergeMethod {
  public:
   virtual ~MergeMethod() = default;
   virtual const MethodSpec& spec() const = 0;
+  // Called once, after the inputs are checked and before the first merge().
+  virtual void prepare(const MergeContext&) {}
   // Returns the merged tensor, F32, of job.shape().
   virtual Tensor merge(const TensorJob& job) const = 0;
+  // Called once after the last merge(), before the output is committed.
+  virtual void finish(const MergeContext&) {}
 };
 
 class MethodRegistry {

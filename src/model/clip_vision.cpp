@@ -140,23 +140,52 @@ void size_linear(LinearParams& l, int64_t out, int64_t in) {
   l.bias.resize(static_cast<size_t>(out));
 }
 
+void add_layer_norm(std::vector<ClipParameter>& t, const std::string& name, LayerNormParams& ln, int64_t d) {
+  size_layer_norm(ln, d);
+  t.push_back({name + ".weight", {d}, ln.weight.data(), ClipParameter::Kind::LayerNormWeight, 0.05f});
+  t.push_back({name + ".bias", {d}, ln.bias.data(), ClipParameter::Kind::Vector, 0.05f});
+}
+
+void add_linear(std::vector<ClipParameter>& t, const std::string& name, LinearParams& l, int64_t out, int64_t in,
+                float scale) {
+  size_linear(l, out, in);
+  t.push_back({name + ".weight", {out, in}, l.weight.data.data(), ClipParameter::Kind::Matrix, scale});
+  t.push_back({name + ".bias", {out}, l.bias.data(), ClipParameter::Kind::Vector, 0.02f});
+}
+
+// Residual branches are scaled down with depth so that a random model's stream stays O(1).
+float residual_init_scale(const ClipVisionConfig& c) {
+  return static_cast<float>(std::pow(static_cast<double>(c.hidden_size), -0.5) /
+                            std::sqrt(2.0 * static_cast<double>(c.num_hidden_layers)));
+}
+
+void add_block(std::vector<ClipParameter>& t, const ClipVisionConfig& c, ClipBlockWeights& b, int64_t layer) {
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
+  const float attn_scale = residual_init_scale(c);
+  const std::string pre = clip_layer_prefix(layer);
+  add_layer_norm(t, pre + "layer_norm1", b.layer_norm1, d);
+  add_linear(t, pre + "self_attn.q_proj", b.q_proj, d, d, attn_scale);
+  add_linear(t, pre + "self_attn.k_proj", b.k_proj, d, d, attn_scale);
+  add_linear(t, pre + "self_attn.v_proj", b.v_proj, d, d, attn_scale);
+  add_linear(t, pre + "self_attn.out_proj", b.out_proj, d, d,
+             static_cast<float>(std::pow(static_cast<double>(d), -0.5)));
+  add_layer_norm(t, pre + "layer_norm2", b.layer_norm2, d);
+  add_linear(t, pre + "mlp.fc1", b.fc1, f, d, static_cast<float>(std::pow(2.0 * static_cast<double>(d), -0.5)));
+  add_linear(t, pre + "mlp.fc2", b.fc2, d, f, attn_scale);
+}
+
 }  // namespace
 
-std::vector<ClipParameter> clip_parameters(const ClipVisionConfig& c, ClipVisionWeights& w, bool with_projection) {
-  const int64_t d = c.hidden_size, f = c.intermediate_size, p = c.patch_size, ch = c.num_channels;
-  const float attn_scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5) /
-                                              std::sqrt(2.0 * static_cast<double>(c.num_hidden_layers)));
+std::vector<ClipParameter> clip_block_parameters(const ClipVisionConfig& c, ClipBlockWeights& block, int64_t layer) {
   std::vector<ClipParameter> t;
-  auto add_ln = [&](const std::string& name, LayerNormParams& ln) {
-    size_layer_norm(ln, d);
-    t.push_back({name + ".weight", {d}, ln.weight.data(), ClipParameter::Kind::LayerNormWeight, 0.05f});
-    t.push_back({name + ".bias", {d}, ln.bias.data(), ClipParameter::Kind::Vector, 0.05f});
-  };
-  auto add_linear = [&](const std::string& name, LinearParams& l, int64_t out, int64_t in, float scale) {
-    size_linear(l, out, in);
-    t.push_back({name + ".weight", {out, in}, l.weight.data.data(), ClipParameter::Kind::Matrix, scale});
-    t.push_back({name + ".bias", {out}, l.bias.data(), ClipParameter::Kind::Vector, 0.02f});
-  };
+  add_block(t, c, block, layer);
+  return t;
+}
+
+std::vector<ClipParameter> clip_parameters(const ClipVisionConfig& c, ClipVisionWeights& w, bool with_projection) {
+  const int64_t d = c.hidden_size, p = c.patch_size, ch = c.num_channels;
+  std::vector<ClipParameter> t;
+  auto add_ln = [&](const std::string& name, LayerNormParams& ln) { add_layer_norm(t, name, ln, d); };
 
   if (w.patch_embedding.rows != d || w.patch_embedding.cols != ch * p * p) w.patch_embedding = Matrix(d, ch * p * p);
   t.push_back({"vision_model.embeddings.patch_embedding.weight",
@@ -179,19 +208,7 @@ std::vector<ClipParameter> clip_parameters(const ClipVisionConfig& c, ClipVision
                0.02f});
   add_ln("vision_model.pre_layrnorm", w.pre_layrnorm);
   w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    auto& b = w.layers[static_cast<size_t>(l)];
-    const std::string pre = clip_layer_prefix(l);
-    add_ln(pre + "layer_norm1", b.layer_norm1);
-    add_linear(pre + "self_attn.q_proj", b.q_proj, d, d, attn_scale);
-    add_linear(pre + "self_attn.k_proj", b.k_proj, d, d, attn_scale);
-    add_linear(pre + "self_attn.v_proj", b.v_proj, d, d, attn_scale);
-    add_linear(pre + "self_attn.out_proj", b.out_proj, d, d,
-               static_cast<float>(std::pow(static_cast<double>(d), -0.5)));
-    add_ln(pre + "layer_norm2", b.layer_norm2);
-    add_linear(pre + "mlp.fc1", b.fc1, f, d, static_cast<float>(std::pow(2.0 * static_cast<double>(d), -0.5)));
-    add_linear(pre + "mlp.fc2", b.fc2, d, f, attn_scale);
-  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) add_block(t, c, w.layers[static_cast<size_t>(l)], l);
   add_ln("vision_model.post_layernorm", w.post_layernorm);
   if (with_projection) {
     if (!w.visual_projection || w.visual_projection->rows != c.projection_dim || w.visual_projection->cols != d)
@@ -282,6 +299,13 @@ void load_parameter(const CheckpointReader& ckpt, const ClipParameter& p) {
 ClipVisionModel::ClipVisionModel(ClipVisionConfig config, ClipVisionWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
   check_shapes(config_, weights_);
+}
+
+ClipBlockWeights load_clip_block(const CheckpointReader& checkpoint, const ClipVisionConfig& config, int64_t layer) {
+  ClipBlockWeights block;
+  const auto table = clip_block_parameters(config, block, layer);
+  parallel_for(table.size(), [&](size_t i) { load_parameter(checkpoint, table[i]); });
+  return block;
 }
 
 ClipVisionModel ClipVisionModel::load(const std::filesystem::path& checkpoint) {

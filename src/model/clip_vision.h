@@ -22,6 +22,7 @@
 
 #include "core/dtype.h"
 #include "core/tensor.h"
+#include "io/checkpoint.h"
 #include "linalg/linalg.h"
 
 namespace amalgam {
@@ -98,6 +99,10 @@ struct ClipParameter {
 std::vector<ClipParameter> clip_parameters(const ClipVisionConfig& config, ClipVisionWeights& weights,
                                            bool with_projection);
 
+// The same for one encoder block.
+std::vector<ClipParameter> clip_block_parameters(const ClipVisionConfig& config, ClipBlockWeights& block,
+                                                 int64_t layer);
+
 // Hugging Face tensor names. The vision tower's tensors are prefixed "vision_model." in
 // every CLIP checkpoint class; the projection is "visual_projection.weight".
 std::string clip_layer_prefix(int64_t layer);  // "vision_model.encoder.layers.{i}."
@@ -163,6 +168,10 @@ class ClipVisionModel {
   ClipVisionConfig config_;
   ClipVisionWeights weights_;
 };
+
+// Reads one encoder block of a checkpoint (converted to F32), without the rest of the
+// model: RegMean++ walks the candidates block by block.
+ClipBlockWeights load_clip_block(const CheckpointReader& checkpoint, const ClipVisionConfig& config, int64_t layer);
 
 // One encoder block with the given weights on `h`, in place: RegMean++ runs a candidate's
 // block on the merged model's stream. `layer` is what the tap reports.

@@ -1,0 +1,41 @@
+// What RegMean and RegMean++ share: the closed-form merge of one linear layer, the mean of
+// every other parameter, and their parameters. (methods.md, "RegMean")
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "linalg/linalg.h"
+#include "merge/method.h"
+
+namespace amalgam {
+
+// One candidate's linear layer: its weight [out, in], the Gram of its input [in, in], and
+// its weight in the merge (w_t, multiplying the Gram).
+struct RegMeanCandidate {
+  std::span<const float> weight;
+  std::span<const float> gram;
+  double factor = 1.0;
+};
+
+struct RegMeanLinear {
+  std::vector<float> weight;  // merged [out, in]
+  SymmetricSolve solve;
+};
+
+// W^T = (sum_t w_t G~_t)^{-1} sum_t w_t G~_t W_t^T with G~ = alpha G + (1 - alpha) diag(G).
+// The right-hand side is built with SGEMM, the system is solved in double (Cholesky, or the
+// eigendecomposition fallback, which is reported with warn() naming `name`).
+RegMeanLinear regmean_linear(std::span<const RegMeanCandidate> candidates, int64_t out, int64_t in, double alpha,
+                             const std::string& name);
+
+// sum_t w_t X_t / sum_t w_t over a job's candidates: every parameter that is not a linear
+// weight with statistics.
+Tensor weighted_mean(const TensorJob& job);
+
+// alpha (global), weight (per model), examples and batch_size (global, calibration).
+std::vector<ParamSpec> regmean_params();
+
+}  // namespace amalgam

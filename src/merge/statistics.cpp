@@ -1,0 +1,278 @@
+#include "merge/statistics.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/interrupt.h"
+#include "core/progress.h"
+#include "data/task.h"
+#include "io/atomic_output.h"
+#include "linalg/linalg.h"
+
+namespace amalgam {
+
+namespace fs = std::filesystem;
+
+GramAccumulator::GramAccumulator(int64_t dim) : dim_(dim), sum_(static_cast<size_t>(dim * dim), 0.0) {}
+
+void GramAccumulator::add(const float* rows, int64_t count, int64_t ld) {
+  if (count == 0) return;
+  // One batch in float through SYRK (its error is that of a count-term float sum), then
+  // added into the double total.
+  thread_local std::vector<float> batch;
+  batch.resize(static_cast<size_t>(dim_ * dim_));
+  syrk_upper(count, dim_, 1.0f, rows, ld, 0.0f, batch.data(), dim_);
+  for (int64_t i = 0; i < dim_; ++i) {
+    double* s = sum_.data() + i * dim_;
+    const float* b = batch.data() + i * dim_;
+    for (int64_t j = i; j < dim_; ++j) s[j] += b[j];
+  }
+  rows_ += count;
+}
+
+Tensor GramAccumulator::mean() const {
+  Tensor out = Tensor::uninitialized(DType::F32, {dim_, dim_});
+  float* g = out.mutable_data<float>().data();
+  const double scale = rows_ > 0 ? 1.0 / static_cast<double>(rows_) : 0.0;
+  for (int64_t i = 0; i < dim_; ++i)
+    for (int64_t j = i; j < dim_; ++j)
+      g[i * dim_ + j] = g[j * dim_ + i] = static_cast<float>(sum_[static_cast<size_t>(i * dim_ + j)] * scale);
+  return out;
+}
+
+std::string clip_gram_name(int64_t layer, LinearSite site) {
+  const std::string p = layer >= 0 ? clip_layer_prefix(layer) : "";
+  switch (site) {
+    case LinearSite::Qkv:
+      return p + "self_attn.qkv.gram";
+    case LinearSite::OutProj:
+      return p + "self_attn.out_proj.gram";
+    case LinearSite::Fc1:
+      return p + "mlp.fc1.gram";
+    case LinearSite::Fc2:
+      return p + "mlp.fc2.gram";
+    case LinearSite::Projection:
+      return "visual_projection.gram";
+  }
+  return {};
+}
+
+CalibrationImages load_calibration_images(const std::vector<fs::path>& task_dirs,
+                                          const ImageProcessorConfig& preprocess, const ClipVisionConfig& config,
+                                          const CalibrationOptions& options) {
+  if (task_dirs.empty()) throw InputError("calibration needs at least one task directory");
+  if (options.examples < 1) throw InputError("calibration needs at least one example");
+  preprocess.check_channels(config.num_channels);
+  CalibrationImages out;
+  const int64_t tasks = static_cast<int64_t>(task_dirs.size());
+  for (int64_t t = 0; t < tasks; ++t) {
+    const fs::path& dir = task_dirs[static_cast<size_t>(t)];
+    const TaskInfo info = read_task_info(dir);
+    const ImageShape shape = preprocessed_shape(preprocess, info.image, config.num_channels);
+    if (shape.height != config.image_size || shape.width != config.image_size)
+      throw InputError(dir, "preprocessing gives " + std::to_string(shape.height) + "x" + std::to_string(shape.width) +
+                                " images, the model takes " + std::to_string(config.image_size) + "x" +
+                                std::to_string(config.image_size));
+    const TaskSplit split = load_split(dir, info, "train");
+    const int64_t share = options.examples / tasks + (t < options.examples % tasks ? 1 : 0);
+    if (share > split.size())
+      throw InputError(dir, "calibration wants " + std::to_string(share) + " training examples, the task has " +
+                                std::to_string(split.size()));
+    const std::vector<int64_t> indices = sample_indices(split.size(), share, options.seed);
+    const std::vector<float> pixels = preprocess_batch(split.images, indices, preprocess, config.num_channels);
+    out.pixels.insert(out.pixels.end(), pixels.begin(), pixels.end());
+    out.count += share;
+    out.tasks.push_back(info.name);
+  }
+  return out;
+}
+
+ClipGramCollector::ClipGramCollector(const ClipVisionModel& model) {
+  const auto& c = model.config();
+  auto add = [&](int64_t layer, LinearSite site, int64_t dim) {
+    const auto key = std::make_pair(layer, static_cast<int>(site));
+    sites_[key] = {clip_gram_name(layer, site), linear_site_weights(layer, site),
+                   std::make_unique<GramAccumulator>(dim)};
+    order_.push_back(key);
+  };
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    add(l, LinearSite::Qkv, c.hidden_size);
+    add(l, LinearSite::OutProj, c.hidden_size);
+    add(l, LinearSite::Fc1, c.hidden_size);
+    add(l, LinearSite::Fc2, c.intermediate_size);
+  }
+  if (model.weights().visual_projection) add(-1, LinearSite::Projection, c.hidden_size);
+}
+
+LinearTap ClipGramCollector::tap() {
+  return [this](const LinearInput& in) {
+    const auto it = sites_.find({in.layer, static_cast<int>(in.site)});
+    if (it == sites_.end()) throw std::logic_error("ClipGramCollector: a tap from an unknown site");
+    it->second.accumulator->add(in.data, in.rows, in.width);
+  };
+}
+
+GramStatistics ClipGramCollector::finish(int64_t examples, std::vector<std::string> tasks, std::string model) const {
+  GramStatistics s;
+  for (const auto& key : order_) {
+    const Site& site = sites_.at(key);
+    s.grams.emplace_back(site.gram, site.accumulator->mean());
+    for (const auto& w : site.weights) s.weight_grams[w] = site.gram;
+  }
+  // Every token row of every image; the projection alone sees only the CLS rows.
+  s.rows = order_.empty() ? 0 : sites_.at(order_.front()).accumulator->rows();
+  s.examples = examples;
+  s.tasks = std::move(tasks);
+  s.model = std::move(model);
+  return s;
+}
+
+GramStatistics measure_statistics(const ClipVisionModel& model, const CalibrationImages& images,
+                                  const CalibrationOptions& options, const std::string& model_name) {
+  ClipGramCollector collector(model);
+  const LinearTap tap = collector.tap();
+  const auto& c = model.config();
+  const int64_t image_floats = c.num_channels * c.image_size * c.image_size;
+  const int64_t bs = std::max<int64_t>(1, options.batch_size);
+  Progress progress("stats", static_cast<uint64_t>(images.count), 0, options.quiet);
+  for (int64_t begin = 0; begin < images.count; begin += bs) {
+    check_interrupt();
+    const int64_t n = std::min(bs, images.count - begin);
+    model.features({images.pixels.data() + begin * image_floats, static_cast<size_t>(n * image_floats)}, n, tap);
+    progress.advance(static_cast<uint64_t>(n), 0);
+  }
+  return collector.finish(images.count, images.tasks, model_name);
+}
+
+namespace {
+
+Metadata statistics_metadata(const GramStatistics& s) {
+  nlohmann::json weights = nlohmann::json::object();
+  for (const auto& [w, g] : s.weight_grams) weights[w] = g;
+  return {{"format", "amalgam-stats"},
+          {"rows", std::to_string(s.rows)},
+          {"examples", std::to_string(s.examples)},
+          {"tasks", nlohmann::json(s.tasks).dump()},
+          {"weights", weights.dump()},
+          {"model", s.model}};
+}
+
+int64_t parse_count(const Metadata& meta, const std::string& key, const fs::path& file) {
+  const auto it = meta.find(key);
+  if (it == meta.end()) throw InputError(file, "statistics metadata lacks '" + key + "'");
+  try {
+    size_t pos = 0;
+    const long long v = std::stoll(it->second, &pos);
+    if (pos != it->second.size() || v < 0) throw std::invalid_argument(key);
+    return v;
+  } catch (const std::exception&) {
+    throw InputError(file, "statistics metadata '" + key + "' is not a count: '" + it->second + "'");
+  }
+}
+
+}  // namespace
+
+void save_statistics(const fs::path& path, const GramStatistics& stats, bool force) {
+  AtomicOutput output(path, force, AtomicOutput::Kind::File);
+  save_safetensors(output.staging(), stats.grams, statistics_metadata(stats));
+  output.commit();
+}
+
+StatisticsFile::StatisticsFile(const fs::path& path) : reader_(path) {
+  const Metadata& meta = reader_.metadata();
+  const auto format = meta.find("format");
+  if (format == meta.end() || format->second != "amalgam-stats")
+    throw InputError(path,
+                     "not an amalgam statistics file (metadata format is not 'amalgam-stats'; make one with "
+                     "`amalgam stats`)");
+  rows_ = parse_count(meta, "rows", path);
+  examples_ = parse_count(meta, "examples", path);
+  try {
+    const auto tasks = meta.find("tasks");
+    if (tasks != meta.end()) tasks_ = nlohmann::json::parse(tasks->second).get<std::vector<std::string>>();
+    const auto weights = meta.find("weights");
+    if (weights == meta.end()) throw InputError(path, "statistics metadata lacks 'weights'");
+    weight_grams_ = nlohmann::json::parse(weights->second).get<std::map<std::string, std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(path, std::string("statistics metadata is not valid: ") + e.what());
+  }
+  for (const auto& t : reader_.tensors()) {
+    if (t.dtype != DType::F32 || t.shape.size() != 2 || t.shape[0] != t.shape[1])
+      throw InputError(path, t.name,
+                       "a Gram must be a square F32 matrix, got " + std::string(dtype_name(t.dtype)) + " " +
+                           shape_to_string(t.shape));
+    gram_names_.push_back(t.name);
+  }
+  for (const auto& [w, g] : weight_grams_)
+    if (!reader_.contains(g)) throw InputError(path, g, "named for weight '" + w + "' but not in the file");
+}
+
+std::optional<Tensor> StatisticsFile::gram_for_weight(const std::string& weight_name) const {
+  const auto it = weight_grams_.find(weight_name);
+  if (it == weight_grams_.end()) return std::nullopt;
+  return reader_.tensor(it->second);
+}
+
+Tensor StatisticsFile::gram(const std::string& gram_name) const {
+  if (!reader_.contains(gram_name)) throw InputError(path(), gram_name, "no such Gram");
+  return reader_.tensor(gram_name);
+}
+
+void write_combined_statistics(const fs::path& file, const std::vector<const StatisticsFile*>& inputs,
+                               const std::function<double(size_t, const std::string&)>& factor) {
+  if (inputs.empty()) throw InputError("combining statistics needs at least one file");
+  const StatisticsFile& first = *inputs.front();
+  GramStatistics header;  // everything but the Grams
+  header.weight_grams = first.weight_grams();
+  header.model = "combined";
+  for (const StatisticsFile* s : inputs) {
+    if (s->gram_names() != first.gram_names() || s->weight_grams() != first.weight_grams())
+      throw InputError(s->path(), "covers different Grams than " + first.path().string());
+    header.rows += s->rows();
+    header.examples += s->examples();
+    for (const auto& t : s->tasks())
+      if (std::find(header.tasks.begin(), header.tasks.end(), t) == header.tasks.end()) header.tasks.push_back(t);
+  }
+  std::vector<TensorSpec> plan;
+  for (const auto& name : first.gram_names()) plan.push_back({name, DType::F32, first.gram(name).shape()});
+  SafetensorsWriter writer(file, plan, statistics_metadata(header));
+  for (const auto& spec : plan) {
+    const size_t n = static_cast<size_t>(shape_numel(spec.shape));
+    std::vector<double> sum(n, 0.0);
+    std::vector<float> values(n);
+    double total = 0;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const Tensor g = inputs[i]->gram(spec.name);
+      if (g.shape() != spec.shape)
+        throw InputError(inputs[i]->path(), spec.name,
+                         "shape " + shape_to_string(g.shape()) + " differs from " + shape_to_string(spec.shape) +
+                             " in " + first.path().string());
+      const double a = factor(i, spec.name);
+      total += a;
+      g.read_bytes(0, std::as_writable_bytes(std::span(values)));
+      for (size_t k = 0; k < n; ++k) sum[k] += a * values[k];
+    }
+    if (!(total > 0)) throw InputError(first.path(), spec.name, "the combined statistics have zero total weight");
+    Tensor out = Tensor::uninitialized(DType::F32, spec.shape);
+    std::transform(sum.begin(), sum.end(), out.mutable_data<float>().begin(),
+                   [total](double v) { return static_cast<float>(v / total); });
+    writer.write(spec.name, out);
+  }
+  writer.finish();
+}
+
+void pool_statistics(const std::vector<fs::path>& files, const fs::path& output, bool force) {
+  std::vector<std::unique_ptr<StatisticsFile>> in;
+  std::vector<const StatisticsFile*> views;
+  for (const auto& f : files) {
+    in.push_back(std::make_unique<StatisticsFile>(f));
+    views.push_back(in.back().get());
+  }
+  AtomicOutput out(output, force, AtomicOutput::Kind::File);
+  write_combined_statistics(out.staging(), views,
+                            [&](size_t i, const std::string&) { return static_cast<double>(views[i]->rows()); });
+  out.commit();
+}
+
+}  // namespace amalgam

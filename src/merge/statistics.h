@@ -1,0 +1,142 @@
+// RegMean's measurement step: Gram matrices of every linear layer's input.
+//
+// For a linear layer that sees input rows x (every token of every calibration image is a
+// row), the statistic is G = (1/n) sum x^T x, [d_in, d_in]: the mean over rows, so tasks
+// weigh the same whatever their token count. q, k and v read the same input and share one
+// Gram. A statistics file is safetensors: one F32 Gram per input site, and metadata with
+// the row count (so runs over parts of the data pool back into one), the tasks measured
+// and which weight reads which Gram:
+//
+//   vision_model.encoder.layers.3.self_attn.qkv.gram   F32 [768, 768]
+//   __metadata__: {"format": "amalgam-stats", "rows": "12800", "examples": "256",
+//                  "tasks": "[\"mnist\"]", "weights": "{\"...q_proj.weight\": \"...qkv.gram\", ...}"}
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "data/preprocess.h"
+#include "io/safetensors.h"
+#include "model/clip_vision.h"
+
+namespace amalgam {
+
+// Accumulates sum x^T x over batches of rows: each batch through ssyrk in float, the
+// running sum in double, so a long run loses no precision.
+class GramAccumulator {
+ public:
+  explicit GramAccumulator(int64_t dim);
+  // rows: [count, dim] with leading dimension `ld`.
+  void add(const float* rows, int64_t count, int64_t ld);
+  int64_t dim() const { return dim_; }
+  int64_t rows() const { return rows_; }
+  // The mean (1/rows) sum x^T x as a full symmetric F32 [dim, dim] tensor.
+  Tensor mean() const;
+
+ private:
+  int64_t dim_;
+  int64_t rows_ = 0;
+  std::vector<double> sum_;  // upper triangle valid
+};
+
+// The Grams of one model, in memory, in the order they are written.
+struct GramStatistics {
+  std::vector<std::pair<std::string, Tensor>> grams;  // gram name -> F32 [d, d]
+  std::map<std::string, std::string> weight_grams;    // linear weight name -> gram name
+  int64_t rows = 0;
+  int64_t examples = 0;
+  std::vector<std::string> tasks;
+  std::string model;  // what was measured, for the record
+};
+
+// The Gram of each linear input site of a CLIP vision model: "<layer prefix>self_attn.qkv.gram",
+// "...self_attn.out_proj.gram", "...mlp.fc1.gram", "...mlp.fc2.gram", "visual_projection.gram".
+std::string clip_gram_name(int64_t layer, LinearSite site);
+
+// Calibration images for a model: `examples` seeded training examples drawn from the tasks
+// (split equally between them, the first ones taking the remainder), preprocessed for the
+// model, [count, C, H, W]. The same (task, count, seed) always draws the same examples, so
+// RegMean and RegMean++ calibrate on the same images.
+struct CalibrationOptions {
+  int64_t examples = 256;
+  int64_t batch_size = 32;
+  uint64_t seed = 0;
+  bool quiet = false;
+};
+struct CalibrationImages {
+  std::vector<float> pixels;
+  int64_t count = 0;
+  std::vector<std::string> tasks;
+};
+CalibrationImages load_calibration_images(const std::vector<std::filesystem::path>& task_dirs,
+                                          const ImageProcessorConfig& preprocess, const ClipVisionConfig& config,
+                                          const CalibrationOptions& options);
+
+// Collects the Grams of every linear input site while the model runs (a LinearTap).
+class ClipGramCollector {
+ public:
+  explicit ClipGramCollector(const ClipVisionModel& model);
+  LinearTap tap();
+  // Finishes into statistics (means over rows).
+  GramStatistics finish(int64_t examples, std::vector<std::string> tasks, std::string model) const;
+
+ private:
+  struct Site {
+    std::string gram;
+    std::vector<std::string> weights;
+    std::unique_ptr<GramAccumulator> accumulator;
+  };
+  std::map<std::pair<int64_t, int>, Site> sites_;
+  std::vector<std::pair<int64_t, int>> order_;
+};
+
+// Runs the model over the calibration images in batches and returns its Grams.
+GramStatistics measure_statistics(const ClipVisionModel& model, const CalibrationImages& images,
+                                  const CalibrationOptions& options, const std::string& model_name);
+
+// Writes statistics atomically (refusing an existing file unless `force`).
+void save_statistics(const std::filesystem::path& path, const GramStatistics& stats, bool force);
+
+// A statistics file, mapped: Grams are read on demand.
+class StatisticsFile {
+ public:
+  // Validates the format, the metadata and every Gram's shape; errors name the file.
+  explicit StatisticsFile(const std::filesystem::path& path);
+  const std::filesystem::path& path() const { return reader_.path(); }
+  int64_t rows() const { return rows_; }
+  int64_t examples() const { return examples_; }
+  const std::vector<std::string>& tasks() const { return tasks_; }
+  const std::map<std::string, std::string>& weight_grams() const { return weight_grams_; }
+  const std::vector<std::string>& gram_names() const { return gram_names_; }
+  // The Gram read by linear weight `weight_name`, or nullopt when it is not a linear weight
+  // these statistics cover.
+  std::optional<Tensor> gram_for_weight(const std::string& weight_name) const;
+  Tensor gram(const std::string& gram_name) const;
+
+ private:
+  SafetensorsReader reader_;
+  int64_t rows_ = 0;
+  int64_t examples_ = 0;
+  std::vector<std::string> tasks_;
+  std::map<std::string, std::string> weight_grams_;
+  std::vector<std::string> gram_names_;
+};
+
+// Writes sum_i a_i G_i / sum_i a_i for every Gram of `inputs` (which must cover the same
+// Grams) into `file`, one Gram at a time, with a_i = factor(i, gram name). Rows and
+// examples add up; the tasks are the union.
+void write_combined_statistics(const std::filesystem::path& file, const std::vector<const StatisticsFile*>& inputs,
+                               const std::function<double(size_t, const std::string&)>& factor);
+
+// Pools runs over parts of the data: a_i = n_i, the row counts, which is exactly what one
+// run over all their rows gives (`amalgam stats --sum`). Written atomically.
+void pool_statistics(const std::vector<std::filesystem::path>& files, const std::filesystem::path& output, bool force);
+
+}  // namespace amalgam
