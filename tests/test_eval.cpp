@@ -6,6 +6,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "clip_fixtures.h"
 #include "core/error.h"
 #include "data/preprocess.h"
 #include "data/task.h"
@@ -20,39 +21,16 @@ namespace {
 
 using testing::TempDir;
 
-ClipVisionConfig tiny_config() {
-  ClipVisionConfig c;
-  c.hidden_size = 12;
-  c.intermediate_size = 20;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 3;
-  c.image_size = 8;
-  c.patch_size = 4;
-  c.num_channels = 1;
-  c.projection_dim = 5;
-  return c;
-}
-
-// An image preprocessor that feeds 8x8 task images to the model unchanged but normalized.
-ImageProcessorConfig identity_preprocess() {
-  ImageProcessorConfig p;
-  p.do_resize = false;
-  p.do_center_crop = false;
-  p.image_mean = {0.5};
-  p.image_std = {0.25};
-  return p;
-}
-
 struct Fixture {
   TempDir tmp;
   std::filesystem::path model_dir = tmp / "model", task_dir = tmp / "task", head_path = tmp / "head.safetensors";
-  ClipVisionConfig config = tiny_config();
+  ClipVisionConfig config = testing::tiny_clip_config();
   ClassifierHead head;
   TaskInfo info;
 
   Fixture() {
     save_clip_vision(model_dir, config, random_clip_vision_weights(config, 3, true), DType::F32, false,
-                     identity_preprocess().to_json());
+                     testing::identity_preprocess().to_json());
     info.name = "toy";
     info.classes = {"a", "b", "c", "d"};
     info.image = {8, 8, 1};
@@ -184,10 +162,10 @@ TEST(EvaluateTest, IncompatiblePartsAreInputErrors) {
   const ClipVisionModel model = ClipVisionModel::load(f.model_dir);
   ClassifierHead wrong_classes = f.head;
   wrong_classes.weight = Matrix(3, 5);
-  EXPECT_THROW(evaluate(model, identity_preprocess(), info, split, wrong_classes, {}), InputError);
+  EXPECT_THROW(evaluate(model, testing::identity_preprocess(), info, split, wrong_classes, {}), InputError);
   ClassifierHead wrong_dim = f.head;
   wrong_dim.weight = Matrix(4, 12);
-  EXPECT_THROW(evaluate(model, identity_preprocess(), info, split, wrong_dim, {}), InputError);
+  EXPECT_THROW(evaluate(model, testing::identity_preprocess(), info, split, wrong_dim, {}), InputError);
   ImageProcessorConfig clip_defaults;  // 224x224 crops for an 8x8 model, 3-channel mean
   EXPECT_THROW(evaluate(model, clip_defaults, info, split, f.head, {}), InputError);
 }

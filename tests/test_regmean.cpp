@@ -13,6 +13,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "clip_fixtures.h"
 #include "clip_reference.h"
 #include "core/error.h"
 #include "data/preprocess.h"
@@ -263,21 +264,8 @@ TEST(GramAccumulator, MatchesANaiveLoopOverBatches) {
 // ---------------------------------------------------------------------------------------
 // Models, tasks and merges
 
-ClipVisionConfig tiny_config() {
-  ClipVisionConfig c;
-  c.hidden_size = 12;
-  c.intermediate_size = 20;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 3;
-  c.image_size = 8;
-  c.patch_size = 4;
-  c.num_channels = 1;
-  c.projection_dim = 5;
-  return c;
-}
-
 testing::RefConfig reference_config() {
-  const ClipVisionConfig c = tiny_config();
+  const ClipVisionConfig c = testing::tiny_clip_config();
   testing::RefConfig r;
   r.hidden_size = c.hidden_size;
   r.intermediate_size = c.intermediate_size;
@@ -289,15 +277,6 @@ testing::RefConfig reference_config() {
   return r;
 }
 
-ImageProcessorConfig identity_preprocess() {
-  ImageProcessorConfig p;
-  p.do_resize = false;
-  p.do_center_crop = false;
-  p.image_mean = {0.5};
-  p.image_std = {0.25};
-  return p;
-}
-
 constexpr int64_t kExamples = 16;
 constexpr int64_t kBatch = 5;
 
@@ -305,7 +284,7 @@ constexpr int64_t kBatch = 5;
 // every candidate embeds an image alike) and three tasks of random images.
 struct Zoo {
   TempDir tmp;
-  ClipVisionConfig config = tiny_config();
+  ClipVisionConfig config = testing::tiny_clip_config();
   std::vector<fs::path> models, tasks;
 
   explicit Zoo(bool shared_embeddings = true) {
@@ -319,7 +298,7 @@ struct Zoo {
         w.pre_layrnorm = base.pre_layrnorm;
       }
       models.push_back(tmp / ("model" + std::to_string(t)));
-      save_clip_vision(models.back(), config, w, DType::F32, false, identity_preprocess().to_json());
+      save_clip_vision(models.back(), config, w, DType::F32, false, testing::identity_preprocess().to_json());
       tasks.push_back(tmp / ("task" + std::to_string(t)));
       write_random_task(tasks.back(), "task" + std::to_string(t), 24, 100 + t);
     }
@@ -345,7 +324,7 @@ struct Zoo {
   CalibrationImages images(size_t t, int64_t examples = kExamples) const {
     CalibrationOptions o;
     o.examples = examples;
-    return load_calibration_images({tasks[t]}, identity_preprocess(), config, o);
+    return load_calibration_images({tasks[t]}, testing::identity_preprocess(), config, o);
   }
 
   std::string yaml(const std::string& method, const std::string& source_key, const std::vector<fs::path>& sources,
@@ -375,7 +354,7 @@ struct Zoo {
 std::map<std::string, Doubles> reference_grams(const fs::path& model, const CalibrationImages& images) {
   const testing::ClipReference ref(model, reference_config());
   const testing::RefTrace tr = ref.forward(images.pixels, images.count);
-  const ClipVisionConfig c = tiny_config();
+  const ClipVisionConfig c = testing::tiny_clip_config();
   std::map<std::string, Doubles> g;
   for (size_t l = 0; l < tr.layers.size(); ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
@@ -388,23 +367,13 @@ std::map<std::string, Doubles> reference_grams(const fs::path& model, const Cali
   return g;
 }
 
-Doubles tensor_values(const fs::path& checkpoint, const std::string& name) {
-  const Tensor t = CheckpointReader(checkpoint).tensor(name).to(DType::F64);
-  return {t.data<double>().begin(), t.data<double>().end()};
-}
-
-std::vector<float> tensor_floats(const fs::path& checkpoint, const std::string& name) {
-  const Tensor t = CheckpointReader(checkpoint).tensor(name).to(DType::F32);
-  return {t.data<float>().begin(), t.data<float>().end()};
-}
-
 // Which Gram of reference_grams() a linear weight reads, and its shape.
 struct LinearOfBlock {
   std::string weight, gram;
   int64_t out, in;
 };
 std::vector<LinearOfBlock> linears_of_block(int64_t l) {
-  const ClipVisionConfig c = tiny_config();
+  const ClipVisionConfig c = testing::tiny_clip_config();
   const std::string p = clip_layer_prefix(l), g = "layers." + std::to_string(l) + ".";
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   return {{p + "self_attn.q_proj.weight", g + "qkv", d, d}, {p + "self_attn.k_proj.weight", g + "qkv", d, d},
@@ -468,20 +437,20 @@ TEST(RegMeanMerge, EachLinearWeightIsTheClosedFormOfTheReferenceGrams) {
     for (const auto& lin : linears_of_block(l)) {
       std::vector<Doubles> w, g;
       for (size_t t = 0; t < 3; ++t) {
-        w.push_back(tensor_values(zoo.models[t], lin.weight));
+        w.push_back(testing::tensor_values(zoo.models[t], lin.weight));
         g.push_back(grams[t].at(lin.gram));
       }
       const Doubles expected = regmean_reference(w, g, {1, 1, 1}, lin.out, lin.in, 0.95);
-      EXPECT_LT(relative_error(tensor_floats(out, lin.weight), expected), 1e-3) << lin.weight;
+      EXPECT_LT(relative_error(testing::tensor_floats(out, lin.weight), expected), 1e-3) << lin.weight;
     }
   // Biases, LayerNorms and embeddings: the mean.
   for (const std::string name : {"vision_model.encoder.layers.1.mlp.fc1.bias", "vision_model.post_layernorm.weight"}) {
-    Doubles mean(tensor_values(zoo.models[0], name).size(), 0.0);
+    Doubles mean(testing::tensor_values(zoo.models[0], name).size(), 0.0);
     for (size_t t = 0; t < 3; ++t) {
-      const Doubles v = tensor_values(zoo.models[t], name);
+      const Doubles v = testing::tensor_values(zoo.models[t], name);
       for (size_t i = 0; i < v.size(); ++i) mean[i] += v[i] / 3;
     }
-    EXPECT_LT(relative_error(tensor_floats(out, name), mean), 1e-6) << name;
+    EXPECT_LT(relative_error(testing::tensor_floats(out, name), mean), 1e-6) << name;
   }
   // The output carries the mean of the candidates' statistics.
   const StatisticsFile merged_stats(out / "stats.safetensors");
@@ -530,8 +499,8 @@ TEST(RegMeanMerge, SequentialMergingWithSummedStatsEqualsOneMerge) {
   const fs::path abc = zoo.merge(second, "abc");
   const CheckpointReader reference(all);
   for (const auto& name : reference.names()) {
-    const Doubles expected = tensor_values(all, name);
-    EXPECT_LT(relative_error(tensor_floats(abc, name), expected), 1e-4) << name;
+    const Doubles expected = testing::tensor_values(all, name);
+    EXPECT_LT(relative_error(testing::tensor_floats(abc, name), expected), 1e-4) << name;
   }
 }
 
@@ -568,8 +537,9 @@ TEST(RegMeanPlusPlusMerge, BlockZeroIsRegMeansAndBlockOneSolvesOnTheMergedStream
   const fs::path plain = zoo.merge(zoo.yaml("regmean", "data", zoo.tasks), "plain");
   // The candidates embed alike, so block 0's inputs are the same for both methods.
   for (const auto& lin : linears_of_block(0)) {
-    const std::vector<float> p = tensor_floats(plain, lin.weight);
-    EXPECT_LT(relative_error(tensor_floats(plus, lin.weight), Doubles(p.begin(), p.end())), 1e-4) << lin.weight;
+    const std::vector<float> p = testing::tensor_floats(plain, lin.weight);
+    EXPECT_LT(relative_error(testing::tensor_floats(plus, lin.weight), Doubles(p.begin(), p.end())), 1e-4)
+        << lin.weight;
   }
   // Block 1: candidate t's block 1 behind the merged embeddings and block 0, measured by the
   // reference on a hybrid checkpoint, then solved by Gaussian elimination.
@@ -585,22 +555,23 @@ TEST(RegMeanPlusPlusMerge, BlockZeroIsRegMeansAndBlockOneSolvesOnTheMergedStream
   for (const auto& lin : linears_of_block(1)) {
     std::vector<Doubles> w, g;
     for (size_t t = 0; t < 3; ++t) {
-      w.push_back(tensor_values(zoo.models[t], lin.weight));
+      w.push_back(testing::tensor_values(zoo.models[t], lin.weight));
       g.push_back(grams[t].at(lin.gram));
     }
     const Doubles expected = regmean_reference(w, g, {1, 1, 1}, lin.out, lin.in, 0.95);
-    EXPECT_LT(relative_error(tensor_floats(plus, lin.weight), expected), 1e-3) << lin.weight;
+    EXPECT_LT(relative_error(testing::tensor_floats(plus, lin.weight), expected), 1e-3) << lin.weight;
     // And it is not RegMean's answer: the stream changed.
-    const std::vector<float> p = tensor_floats(plain, lin.weight);
-    EXPECT_GT(relative_error(tensor_floats(plus, lin.weight), Doubles(p.begin(), p.end())), 1e-3) << lin.weight;
+    const std::vector<float> p = testing::tensor_floats(plain, lin.weight);
+    EXPECT_GT(relative_error(testing::tensor_floats(plus, lin.weight), Doubles(p.begin(), p.end())), 1e-3)
+        << lin.weight;
   }
   // post_layernorm is averaged, not left at one model's value.
   Doubles mean(12, 0.0);
   for (size_t t = 0; t < 3; ++t) {
-    const Doubles v = tensor_values(zoo.models[t], "vision_model.post_layernorm.bias");
+    const Doubles v = testing::tensor_values(zoo.models[t], "vision_model.post_layernorm.bias");
     for (size_t i = 0; i < 12; ++i) mean[i] += v[i] / 3;
   }
-  EXPECT_LT(relative_error(tensor_floats(plus, "vision_model.post_layernorm.bias"), mean), 1e-6);
+  EXPECT_LT(relative_error(testing::tensor_floats(plus, "vision_model.post_layernorm.bias"), mean), 1e-6);
   EXPECT_TRUE(fs::exists(plus / "stats.safetensors"));
 }
 

@@ -112,17 +112,6 @@ std::optional<double> as_number(const YAML::Node& n) {
   return std::nullopt;
 }
 
-// The path is resolved where the user most likely meant it: the working directory first (as
-// mergekit does), then beside the config file, so configs can ship next to their models.
-fs::path resolve_path(const std::string& given, const fs::path& source) {
-  const fs::path p(given);
-  std::error_code ec;
-  if (p.is_absolute() || fs::exists(p, ec)) return p;
-  const fs::path dir = source.parent_path();
-  if (!dir.empty() && fs::exists(dir / p, ec)) return dir / p;
-  return p;
-}
-
 class ConfigParser {
  public:
   explicit ConfigParser(const fs::path& source) : source_(source) {}
@@ -354,10 +343,20 @@ uint64_t ConfigParser::parse_seed(const YAML::Node& n) const {
 
 }  // namespace
 
-MergeConfig parse_merge_config(std::string_view yaml_text, const fs::path& source) {
-  YAML::Node root;
+// The path is resolved where the user most likely meant it: the working directory first (as
+// mergekit does), then beside the config file, so configs can ship next to their models.
+fs::path resolve_path(const std::string& given, const fs::path& source) {
+  const fs::path p(given);
+  std::error_code ec;
+  if (p.is_absolute() || fs::exists(p, ec)) return p;
+  const fs::path dir = source.parent_path();
+  if (!dir.empty() && fs::exists(dir / p, ec)) return dir / p;
+  return p;
+}
+
+YAML::Node parse_yaml_text(std::string_view text, const fs::path& source) {
   try {
-    root = YAML::Load(std::string(yaml_text));
+    return YAML::Load(std::string(text));
   } catch (const YAML::Exception& e) {
     // yaml-cpp's marks are 0-based; editors count from 1.
     const std::string where = e.mark.is_null() ? std::string()
@@ -365,7 +364,10 @@ MergeConfig parse_merge_config(std::string_view yaml_text, const fs::path& sourc
                                                      std::to_string(e.mark.column + 1);
     throw InputError(source, "YAML syntax error" + where + ": " + e.msg);
   }
-  return ConfigParser(source).parse(root);
+}
+
+MergeConfig parse_merge_config(std::string_view yaml_text, const fs::path& source) {
+  return ConfigParser(source).parse(parse_yaml_text(yaml_text, source));
 }
 
 MergeConfig load_merge_config(const fs::path& path) {

@@ -112,6 +112,12 @@ std::string merge_config_to_yaml(const MergeConfig& config);
 std::optional<double> resolve_param(const MergeConfig& config, const std::string& name,
                                     std::optional<size_t> model_index, std::string_view tensor_name, double t);
 
+// Shared with the other YAML configs (MASS): the text parsed, a syntax error an InputError
+// naming `source`, the line and the column; and a path written in a config, resolved
+// against the working directory first, then against the config file's directory.
+YAML::Node parse_yaml_text(std::string_view text, const std::filesystem::path& source);
+std::filesystem::path resolve_path(const std::string& given, const std::filesystem::path& source);
+
 // "float32", "float16", "bfloat16", "float64" (torch names, with or without "torch."),
 // and amalgam's own names ("F32", "BF16", ...); nullopt otherwise.
 std::optional<DType> parse_dtype_name(std::string_view name);

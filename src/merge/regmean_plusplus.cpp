@@ -84,6 +84,7 @@ void for_each_batch(TaskStream& stream, int64_t batch_size, bool write_back,
                     const std::function<void(HiddenStates&)>& fn) {
   HiddenStates batch;
   for (int64_t b = 0; b < stream.images(); b += batch_size) {
+    check_interrupt();
     stream.read(b, std::min(batch_size, stream.images() - b), batch);
     fn(batch);
     if (write_back) stream.write(b, batch);

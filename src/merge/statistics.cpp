@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/interrupt.h"
+#include "core/parallel.h"
 #include "core/progress.h"
 #include "data/task.h"
 #include "io/atomic_output.h"
@@ -23,11 +24,14 @@ void GramAccumulator::add(const float* rows, int64_t count, int64_t ld) {
   thread_local std::vector<float> batch;
   batch.resize(static_cast<size_t>(dim_ * dim_));
   syrk_upper(count, dim_, 1.0f, rows, ld, 0.0f, batch.data(), dim_);
-  for (int64_t i = 0; i < dim_; ++i) {
-    double* s = sum_.data() + i * dim_;
-    const float* b = batch.data() + i * dim_;
-    for (int64_t j = i; j < dim_; ++j) s[j] += b[j];
-  }
+  const float* values = batch.data();
+  parallel_chunks(static_cast<size_t>(dim_), 16, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      double* s = sum_.data() + i * static_cast<size_t>(dim_);
+      const float* b = values + i * static_cast<size_t>(dim_);
+      for (size_t j = i; j < static_cast<size_t>(dim_); ++j) s[j] += b[j];
+    }
+  });
   rows_ += count;
 }
 
@@ -251,7 +255,9 @@ void write_combined_statistics(const fs::path& file, const std::vector<const Sta
       const double a = factor(i, spec.name);
       total += a;
       g.read_bytes(0, std::as_writable_bytes(std::span(values)));
-      for (size_t k = 0; k < n; ++k) sum[k] += a * values[k];
+      parallel_chunks(n, 1 << 16, [&](size_t b, size_t e) {
+        for (size_t k = b; k < e; ++k) sum[k] += a * values[k];
+      });
     }
     if (!(total > 0)) throw InputError(first.path(), spec.name, "the combined statistics have zero total weight");
     Tensor out = Tensor::uninitialized(DType::F32, spec.shape);

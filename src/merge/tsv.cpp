@@ -2,15 +2,15 @@
 // For every 2-D matrix: SVD each task vector D_t = U_t S_t V_t^T and keep rank k (a
 // 1/T share of min(d_out, d_in) by default); concatenate the factors of all tasks,
 // replace U and V by their nearest orthonormal matrices (polar factor), which removes the
-// interference between tasks' subspaces, and add alpha * U S V^T to the base. Other
-// tensors: the base plus the mean task vector.
+// interference between tasks' subspaces, and add alpha * U S V^T to the base (the math is
+// in tsv_math.h, shared with MASS). Other tensors: the base plus the mean task vector.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "core/parallel.h"
-#include "linalg/linalg.h"
 #include "merge/method.h"
+#include "merge/tsv_math.h"
 
 namespace amalgam {
 namespace {
@@ -52,38 +52,21 @@ class Tsv final : public MergeMethod {
   }
 
   static Tensor merge_matrix(const TensorJob& job) {
-    const int64_t m = job.shape()[0], n = job.shape()[1], r = std::min(m, n);
-    const int64_t tasks = static_cast<int64_t>(job.model_count());
-    const double fraction = job.param("rank_fraction");
-    int64_t k = fraction > 0 ? static_cast<int64_t>(fraction * static_cast<double>(r)) : r / tasks;
-    k = std::clamp<int64_t>(k, 1, std::max<int64_t>(r, 1));
+    const int64_t m = job.shape()[0], n = job.shape()[1];
+    const int64_t k = factor_rank(m, n, static_cast<int64_t>(job.model_count()), job.param("rank_fraction"));
     Tensor out = job.base_f32();
-    if (r == 0) return out;
-    float* res = out.mutable_data<float>().data();
-
-    Matrix u_all(m, tasks * k), vt_all(tasks * k, n);
-    std::vector<float> s_all(static_cast<size_t>(tasks * k));
+    if (k == 0) return out;
+    const std::span<float> res = out.mutable_data<float>();
+    std::vector<LowRankFactors> factors;
     Matrix delta(m, n);
-    for (int64_t t = 0; t < tasks; ++t) {
-      job.read_model(static_cast<size_t>(t), 0, job.numel(), delta.data.data());
+    for (size_t t = 0; t < job.model_count(); ++t) {
+      job.read_model(t, 0, job.numel(), delta.data.data());
       for (size_t i = 0; i < job.numel(); ++i) delta.data[i] -= res[i];
-      const Svd d = svd(delta);
-      for (int64_t i = 0; i < m; ++i)
-        std::memcpy(u_all.row(i) + t * k, d.u.row(i), static_cast<size_t>(k) * sizeof(float));
-      for (int64_t j = 0; j < k; ++j) {
-        s_all[static_cast<size_t>(t * k + j)] = d.s[static_cast<size_t>(j)];
-        std::memcpy(vt_all.row(t * k + j), d.vt.row(j), static_cast<size_t>(n) * sizeof(float));
-      }
+      factors.push_back(truncated_svd(delta, k));
     }
-    Matrix u_orth = polar_factor(u_all);
-    const Matrix vt_orth = polar_factor(vt_all);  // polar(V^T) = polar(V)^T
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < tasks * k; ++j) u_orth(i, j) *= s_all[static_cast<size_t>(j)];
-    const float alpha = static_cast<float>(job.param("alpha"));
-    Matrix merged(m, n);
-    std::memcpy(merged.data.data(), res, job.numel() * sizeof(float));
-    gemm(false, false, alpha, u_orth, vt_orth, 1.0f, merged);  // W0 + alpha * U S V^T
-    std::memcpy(res, merged.data.data(), job.numel() * sizeof(float));
+    std::vector<FactorView> views;
+    for (const auto& f : factors) views.push_back(factor_view(f));
+    add_tsv_merge(views, static_cast<float>(job.param("alpha")), m, n, res);  // W0 + alpha * U S V^T
     return out;
   }
 };

@@ -1,0 +1,371 @@
+#include "mass/bundle.h"
+
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <set>
+#include <variant>
+
+#include "core/error.h"
+#include "core/interrupt.h"
+#include "core/parallel.h"
+#include "core/progress.h"
+#include "io/atomic_output.h"
+#include "io/checkpoint.h"
+#include "io/json_file.h"
+#include "mass/factors.h"
+#include "model/classifier_head.h"
+#include "model/clip_vision.h"
+
+namespace amalgam::mass {
+
+namespace fs = std::filesystem;
+
+nlohmann::ordered_json BundleSizes::to_json() const {
+  return {{"base", base},   {"factors", factors}, {"first_pass", first_pass},
+          {"heads", heads}, {"bundle", bundle()}, {"all_finetunes", all_finetunes}};
+}
+
+fs::path BundleInfo::factors_path(size_t task) const {
+  return dir / "factors" / (tasks.at(task) + ".safetensors");
+}
+
+fs::path BundleInfo::head_path(size_t task) const {
+  return dir / "heads" / (tasks.at(task) + ".safetensors");
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading bundle.json
+
+namespace {
+
+uint64_t size_field(const nlohmann::json& sizes, const char* key, const fs::path& file) {
+  if (!sizes.contains(key) || !sizes[key].is_number_unsigned())
+    throw InputError(file, std::string("sizes.") + key + ": expected a non-negative integer");
+  return sizes[key].get<uint64_t>();
+}
+
+BundleSizes read_sizes(const nlohmann::json& j, const fs::path& file) {
+  if (!j.contains("sizes") || !j["sizes"].is_object()) throw InputError(file, "sizes: missing");
+  const auto& s = j["sizes"];
+  return {size_field(s, "base", file), size_field(s, "factors", file), size_field(s, "first_pass", file),
+          size_field(s, "heads", file), size_field(s, "all_finetunes", file)};
+}
+
+}  // namespace
+
+BundleInfo BundleInfo::read(const fs::path& dir) {
+  const fs::path file = dir / kBundleFile;
+  if (!fs::exists(file))
+    throw InputError(dir, "not a MASS bundle (no bundle.json; build one with `amalgam mass build`)");
+  const nlohmann::json j = read_json_file(file);
+  if (!j.is_object() || j.value("format", "") != kBundleFormat)
+    throw InputError(file, "format: not an amalgam-mass bundle");
+  if (j.value("version", 0) != kBundleVersion)
+    throw InputError(file, "version: expected " + std::to_string(kBundleVersion));
+  BundleInfo info;
+  info.dir = dir;
+  if (!j.contains("base") || !j["base"].is_string())
+    throw InputError(file, "base: expected the base checkpoint's path");
+  info.base = j["base"].get<std::string>();
+  if (!j.contains("tasks") || !j["tasks"].is_array() || j["tasks"].empty())
+    throw InputError(file, "tasks: expected a non-empty list");
+  for (const auto& t : j["tasks"]) {
+    if (!t.is_object() || !t.contains("name") || !t["name"].is_string())
+      throw InputError(file, "tasks: every entry needs a name");
+    info.tasks.push_back(t["name"].get<std::string>());
+  }
+  info.rank_fraction = j.value("rank_fraction", 0.0);
+  if (j.contains("ranks") && j["ranks"].is_object())
+    for (const auto& [name, k] : j["ranks"].items()) info.ranks[name] = k.get<int64_t>();
+  info.sizes = read_sizes(j, file);
+  info.router = RouterConfig::from_json(read_json_file(dir / kRouterFile), dir / kRouterFile);
+  if (info.router.tasks != info.tasks) throw InputError(dir / kRouterFile, "tasks: differ from bundle.json's");
+  return info;
+}
+
+// ---------------------------------------------------------------------------------------
+// Building
+
+namespace {
+
+// Task names become file names inside the bundle.
+bool is_safe_name(const std::string& name) {
+  if (name.empty() || name.front() == '.' || name.size() > 200) return false;
+  for (unsigned char c : name)
+    if (!std::isalnum(c) && c != '-' && c != '_' && c != '.') return false;
+  return true;
+}
+
+std::string task_name(const MassModelEntry& m, const ClassifierHead& head) {
+  if (m.name) return *m.name;
+  if (!head.task.empty()) return head.task;
+  return fs::absolute(m.path).lexically_normal().filename().string();
+}
+
+// Everything the build reads, opened and checked before anything is written.
+struct Inputs {
+  std::unique_ptr<CheckpointReader> base;
+  std::vector<std::unique_ptr<CheckpointReader>> models;
+  std::vector<std::string> names;
+  ClipVisionConfig clip;
+  int64_t routing_layer = 0;
+};
+
+void check_heads(const MassConfig& config, const CheckpointReader& base, const ClipVisionConfig& clip,
+                 std::vector<std::string>& names) {
+  const int64_t feature_dim =
+      base.contains("visual_projection.weight") ? base.info("visual_projection.weight").shape.at(0) : clip.hidden_size;
+  std::set<std::string> seen;
+  for (size_t t = 0; t < config.models.size(); ++t) {
+    const std::string where = "models[" + std::to_string(t) + "]";
+    const ClassifierHead head = ClassifierHead::load(config.models[t].head);
+    if (head.dim() != feature_dim)
+      throw InputError(config.models[t].head, "weight",
+                       "takes features of width " + std::to_string(head.dim()) + ", the base model gives " +
+                           std::to_string(feature_dim));
+    const std::string name = task_name(config.models[t], head);
+    if (!is_safe_name(name))
+      throw InputError(config.source, where + ".name: '" + name +
+                                          "' is not a usable task name (letters, digits, '-', '_', '.'; give name:)");
+    if (!seen.insert(name).second)
+      throw InputError(config.source, where + ".name: task '" + name + "' appears twice (give each model a name:)");
+    names.push_back(name);
+  }
+}
+
+// Every candidate has every base tensor, with its shape, and floating where the base is.
+void check_candidate(const CheckpointReader& base, const CheckpointReader& model) {
+  for (const std::string& name : base.names()) {
+    const TensorInfo& b = base.info(name);
+    if (!model.contains(name)) throw InputError(model.path(), name, "missing (the base has it)");
+    const TensorInfo& m = model.info(name);
+    if (m.shape != b.shape)
+      throw InputError(model.path(), name,
+                       "has shape " + shape_to_string(m.shape) + ", the base has " + shape_to_string(b.shape));
+    if (is_floating(m.dtype) != is_floating(b.dtype))
+      throw InputError(model.path(), name,
+                       "dtype " + std::string(dtype_name(m.dtype)) + " does not match the base's " +
+                           std::string(dtype_name(b.dtype)));
+  }
+}
+
+Inputs open_inputs(const MassConfig& config) {
+  Inputs in;
+  in.base = std::make_unique<CheckpointReader>(config.base_path);
+  if (!in.base->config()) throw InputError(in.base->path(), "no config.json (MASS needs a CLIP vision model's config)");
+  in.clip = ClipVisionConfig::from_json(*in.base->config(), (in.base->dir() / "config.json").string());
+  const int64_t layers = in.clip.num_hidden_layers;
+  const int64_t asked = config.parameters.routing_layer;
+  if (asked >= layers)
+    throw InputError(config.source, "parameters.routing_layer: " + std::to_string(asked) +
+                                        " is not a block (the model has " + std::to_string(layers) + ")");
+  in.routing_layer = asked >= 0 ? asked : default_routing_layer(layers);
+  const std::string routed = linear_site_weights(in.routing_layer, LinearSite::Fc1).front();
+  if (!in.base->contains(routed) || in.base->info(routed).shape.size() != 2)
+    throw InputError(in.base->path(), routed, "missing: the router reads this fc1 weight's subspaces");
+  check_heads(config, *in.base, in.clip, in.names);
+  for (const auto& m : config.models) {
+    in.models.push_back(std::make_unique<CheckpointReader>(m.path));
+    check_candidate(*in.base, *in.models.back());
+  }
+  return in;
+}
+
+// What one task keeps of one tensor.
+using TaskPart = std::variant<LowRankFactors, std::vector<float>>;
+
+struct Plans {
+  std::vector<TensorSpec> factors;     // the same for every task
+  std::vector<TensorSpec> first_pass;  // the base's tensors, in the base's dtypes
+  std::map<std::string, int64_t> ranks;
+};
+
+Plans make_plans(const CheckpointReader& base, int64_t tasks, double rank_fraction) {
+  Plans p;
+  for (const std::string& name : base.names()) {
+    const TensorInfo& info = base.info(name);
+    p.first_pass.push_back({name, info.dtype, info.shape});
+    if (!is_floating(info.dtype)) continue;
+    if (info.shape.size() == 2) {
+      const int64_t k = factor_rank(info.shape[0], info.shape[1], tasks, rank_fraction);
+      p.ranks[name] = k;
+      p.factors.push_back({name + kFactorU, DType::F32, {info.shape[0], k}});
+      p.factors.push_back({name + kFactorS, DType::F32, {k}});
+      p.factors.push_back({name + kFactorVt, DType::F32, {k, info.shape[1]}});
+    } else {
+      p.factors.push_back({name + kFactorDelta, DType::F32, info.shape});
+    }
+  }
+  return p;
+}
+
+bool all_finite(std::span<const float> v) {
+  for (float x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+// One task's part of one tensor: the delta against the base, decomposed when 2-D.
+TaskPart decompose(const CheckpointReader& model, const std::string& name, std::span<const float> base,
+                   const Shape& shape, int64_t rank) {
+  const Tensor tuned = model.tensor(name).to(DType::F32);
+  const auto w = tuned.data<float>();
+  std::vector<float> delta(base.size());
+  for (size_t i = 0; i < delta.size(); ++i) delta[i] = w[i] - base[i];
+  model.release(name);
+  if (!all_finite(delta)) throw InputError(model.path(), name, "contains NaN or Inf");
+  if (shape.size() != 2) return delta;
+  Matrix m(shape[0], shape[1]);
+  m.data = std::move(delta);
+  return truncated_svd(m, rank);
+}
+
+void write_part(SafetensorsWriter& out, const std::string& name, const Shape& shape, const TaskPart& part) {
+  if (const auto* delta = std::get_if<std::vector<float>>(&part)) {
+    out.write(name + kFactorDelta, Tensor::from_f32(shape, *delta));
+    return;
+  }
+  const auto& f = std::get<LowRankFactors>(part);
+  out.write(name + kFactorU, Tensor::from_f32({f.u.rows, f.u.cols}, f.u.data));
+  out.write(name + kFactorS, Tensor::from_f32({f.rank()}, f.s));
+  out.write(name + kFactorVt, Tensor::from_f32({f.vt.rows, f.vt.cols}, f.vt.data));
+}
+
+// TSV-M of every task (alpha 1), from the parts just computed: what the `tsv` merge method
+// computes from the same task vectors.
+Tensor first_pass_tensor(const std::string& name, const TensorInfo& info, std::vector<float> merged,
+                         const std::vector<TaskPart>& parts) {
+  if (info.shape.size() == 2) {
+    std::vector<FactorView> views;
+    for (const auto& p : parts) views.push_back(factor_view(std::get<LowRankFactors>(p)));
+    add_tsv_merge(views, 1.0f, info.shape[0], info.shape[1], merged);
+  } else {
+    std::vector<std::span<const float>> deltas;
+    for (const auto& p : parts) deltas.emplace_back(std::get<std::vector<float>>(p));
+    add_mean_delta(deltas, merged);
+  }
+  const Tensor out = Tensor::from_f32(info.shape, merged).to(info.dtype);
+  if (!all_finite(out.to(DType::F32).data<float>()))
+    throw InputError("first-pass model: tensor '" + name + "': not finite in " + std::string(dtype_name(info.dtype)));
+  return out;
+}
+
+struct Writers {
+  std::vector<std::unique_ptr<SafetensorsWriter>> factors;
+  std::unique_ptr<CheckpointWriter> first_pass;
+};
+
+Writers open_writers(const fs::path& stage, const Inputs& in, const Plans& plans) {
+  Writers w;
+  fs::create_directories(stage / "factors");
+  fs::create_directories(stage / "heads");
+  fs::create_directories(stage / "first_pass");
+  for (const std::string& name : in.names)
+    w.factors.push_back(
+        std::make_unique<SafetensorsWriter>(stage / "factors" / (name + ".safetensors"), plans.factors,
+                                            Metadata{{"format", "pt"}, {"amalgam", "mass-factors"}, {"task", name}}));
+  w.first_pass = std::make_unique<CheckpointWriter>(stage / "first_pass", plans.first_pass);
+  return w;
+}
+
+void write_tensor(const Inputs& in, Writers& w, const Plans& plans, const std::string& name, BuildSummary& summary) {
+  const TensorInfo& info = in.base->info(name);
+  if (!is_floating(info.dtype)) {
+    w.first_pass->write(name, in.base->tensor(name));
+    ++summary.tensors_copied;
+    return;
+  }
+  const Tensor base_values = in.base->tensor(name).to(DType::F32);
+  const auto base = base_values.data<float>();
+  if (!all_finite(base)) throw InputError(in.base->path(), name, "contains NaN or Inf");
+  const int64_t rank = info.shape.size() == 2 ? plans.ranks.at(name) : 0;
+  std::vector<TaskPart> parts(in.models.size());
+  // One task per thread: LAPACK runs single-threaded inside, so the bits do not depend on
+  // the machine's thread count.
+  parallel_for(parts.size(), [&](size_t t) {
+    parts[t] = decompose(*in.models[t], name, base, info.shape, rank);
+    write_part(*w.factors[t], name, info.shape, parts[t]);
+  });
+  w.first_pass->write(name, first_pass_tensor(name, info, {base.begin(), base.end()}, parts));
+  in.base->release(name);
+  ++(info.shape.size() == 2 ? summary.tensors_factored : summary.tensors_whole);
+}
+
+uint64_t tensor_file_bytes(const fs::path& dir) {
+  uint64_t total = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") total += e.file_size();
+  return total;
+}
+
+nlohmann::ordered_json bundle_json(const MassConfig& config, const BundleInfo& info) {
+  nlohmann::ordered_json tasks = nlohmann::ordered_json::array();
+  for (size_t t = 0; t < info.tasks.size(); ++t)
+    tasks.push_back({{"name", info.tasks[t]},
+                     {"model", fs::absolute(config.models[t].path).lexically_normal().string()},
+                     {"factors", "factors/" + info.tasks[t] + ".safetensors"},
+                     {"head", "heads/" + info.tasks[t] + ".safetensors"}});
+  return {{"format", kBundleFormat},
+          {"version", kBundleVersion},
+          {"base", info.base.string()},
+          {"tasks", tasks},
+          {"rank_fraction", info.rank_fraction},
+          {"ranks", info.ranks},
+          {"sizes", info.sizes.to_json()}};
+}
+
+RouterConfig router_config(const MassParameters& p, int64_t layer, const std::vector<std::string>& tasks) {
+  RouterConfig r;
+  r.layer = layer;
+  r.token = p.token;
+  r.mode = p.mode;
+  r.threshold = p.threshold;
+  r.temperature = p.temperature;
+  r.max_tasks = p.max_tasks;
+  r.tasks = tasks;
+  return r;
+}
+
+}  // namespace
+
+BuildSummary build_bundle(const MassConfig& config, const BuildOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const Inputs in = open_inputs(config);
+  const Plans plans = make_plans(*in.base, static_cast<int64_t>(in.models.size()), config.parameters.rank_fraction);
+  AtomicOutput output(options.output, options.force);
+  const fs::path stage = output.staging();
+  Writers writers = open_writers(stage, in, plans);
+
+  BuildSummary summary;
+  Progress progress("mass build", in.base->names().size(), in.base->total_tensor_bytes(), options.quiet);
+  for (const std::string& name : in.base->names()) {
+    check_interrupt();
+    write_tensor(in, writers, plans, name, summary);
+    progress.advance(1, in.base->info(name).nbytes());
+  }
+  for (auto& w : writers.factors) w->finish();
+  writers.first_pass->finish();
+  copy_files_into(in.base->auxiliary_files(), stage / "first_pass");
+  for (size_t t = 0; t < in.names.size(); ++t)
+    fs::copy_file(config.models[t].head, stage / "heads" / (in.names[t] + ".safetensors"));
+
+  BundleInfo& info = summary.info;
+  info.dir = options.output;
+  info.base = fs::absolute(in.base->path()).lexically_normal();
+  info.tasks = in.names;
+  info.rank_fraction = config.parameters.rank_fraction;
+  info.ranks = plans.ranks;
+  info.router = router_config(config.parameters, in.routing_layer, in.names);
+  info.sizes = {in.base->total_tensor_bytes(), tensor_file_bytes(stage / "factors"),
+                tensor_file_bytes(stage / "first_pass"), tensor_file_bytes(stage / "heads"),
+                in.base->total_tensor_bytes() * in.names.size()};
+  write_text_file(stage / kRouterFile, info.router.to_json().dump(2) + "\n");
+  write_text_file(stage / kBundleFile, bundle_json(config, info).dump(2) + "\n");
+  output.commit();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return summary;
+}
+
+}  // namespace amalgam::mass

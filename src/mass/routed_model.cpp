@@ -1,0 +1,137 @@
+#include "mass/routed_model.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "mass/factors.h"
+
+namespace amalgam::mass {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+ClipVisionModel load_base(const BundleInfo& info) {
+  std::error_code ec;
+  if (!fs::exists(info.base, ec))
+    throw InputError(info.dir / kBundleFile,
+                     "base: '" + info.base.string() + "' not found (the bundle refers to its base checkpoint)");
+  return ClipVisionModel::load(info.base);
+}
+
+// Checks one task's stored part of one base parameter: factors for a 2-D tensor, a delta
+// of the same shape otherwise, all F32.
+void check_part(const SafetensorsReader& factors, const ClipParameter& p) {
+  auto expect = [&](const std::string& name, const Shape& shape) {
+    const TensorInfo* info = factors.find(name);
+    if (!info) throw InputError(factors.path(), name, "missing (the base has '" + p.name + "')");
+    if (info->dtype != DType::F32 || info->shape != shape)
+      throw InputError(factors.path(), name,
+                       "expected F32 " + shape_to_string(shape) + ", got " + std::string(dtype_name(info->dtype)) +
+                           " " + shape_to_string(info->shape));
+  };
+  if (factors.contains(p.name + kFactorU) && p.shape.size() == 2) {
+    const TensorInfo* s = factors.find(p.name + kFactorS);
+    const int64_t k = s && s->shape.size() == 1 ? s->shape[0] : -1;
+    expect(p.name + kFactorU, {p.shape[0], k});
+    expect(p.name + kFactorS, {k});
+    expect(p.name + kFactorVt, {k, p.shape[1]});
+  } else {
+    expect(p.name + kFactorDelta, p.shape);
+  }
+}
+
+Matrix matrix_of(const Tensor& t) {
+  Matrix m(t.dim(0), t.dim(1));
+  const Tensor f = t.to(DType::F32);
+  std::copy(f.data<float>().begin(), f.data<float>().end(), m.data.begin());
+  return m;
+}
+
+}  // namespace
+
+MassRuntime::MassRuntime(const fs::path& bundle, size_t cache_capacity)
+    : info_(BundleInfo::read(bundle)),
+      base_(load_base(info_)),
+      first_pass_(ClipVisionModel::load(info_.first_pass_dir())),
+      preprocess_(load_image_processor_config(info_.first_pass_dir())),
+      cache_(cache_capacity) {
+  if (info_.router.layer >= base_.config().num_hidden_layers)
+    throw InputError(info_.dir / kRouterFile, "layer: " + std::to_string(info_.router.layer) +
+                                                  " is not a block of the base (it has " +
+                                                  std::to_string(base_.config().num_hidden_layers) + ")");
+  ClipVisionWeights shapes = base_.weights();
+  const auto table = clip_parameters(base_.config(), shapes, shapes.visual_projection.has_value());
+  const std::string routed = linear_site_weights(info_.router.layer, LinearSite::Fc1).front();
+  for (size_t t = 0; t < info_.tasks.size(); ++t) {
+    factors_.push_back(std::make_unique<SafetensorsReader>(info_.factors_path(t)));
+    for (const ClipParameter& p : table) check_part(*factors_.back(), p);
+    if (!factors_.back()->contains(routed + kFactorVt))
+      throw InputError(factors_.back()->path(), routed + kFactorVt, "missing: the router needs it");
+    routing_vt_.push_back(matrix_of(factors_.back()->tensor(routed + kFactorVt)));
+    heads_.push_back(ClassifierHead::load(info_.head_path(t)));
+    if (heads_.back().dim() != base_.feature_dim())
+      throw InputError(info_.head_path(t), "weight",
+                       "takes features of width " + std::to_string(heads_.back().dim()) + ", the model gives " +
+                           std::to_string(base_.feature_dim()));
+  }
+}
+
+std::optional<int64_t> MassRuntime::task_index(std::string_view name) const {
+  const auto it = std::find(info_.tasks.begin(), info_.tasks.end(), name);
+  if (it == info_.tasks.end()) return std::nullopt;
+  return static_cast<int64_t>(it - info_.tasks.begin());
+}
+
+Matrix MassRuntime::routing_tokens(std::span<const float> pixels, int64_t batch) const {
+  HiddenStates h = first_pass_.embed(pixels, batch);
+  const int64_t layer = info_.router.layer;
+  for (int64_t l = 0; l < layer; ++l) first_pass_.run_block(l, h);
+  // The routing block runs whole (its fc1 input is in the middle of it); nothing after it runs.
+  Matrix tokens;
+  first_pass_.run_block(layer, h, [&](const LinearInput& in) {
+    if (in.site == LinearSite::Fc1) tokens = mass::routing_tokens(in, batch, info_.router.token);
+  });
+  return tokens;
+}
+
+std::vector<double> MassRuntime::residuals(const Matrix& tokens) const {
+  return subspace_residuals(tokens, routing_vt_);
+}
+
+ClipVisionModel MassRuntime::build_model(const TaskSet& tasks) const {
+  const TaskSet set = make_task_set(tasks);
+  for (int64_t t : set)
+    if (t < 0 || t >= task_count()) throw std::out_of_range("MassRuntime: task index " + std::to_string(t));
+  ClipVisionWeights w = base_.weights();
+  const auto table = clip_parameters(base_.config(), w, w.visual_projection.has_value());
+  parallel_for(table.size(), [&](size_t i) {
+    const ClipParameter& p = table[i];
+    const std::span<float> weight(p.data, static_cast<size_t>(shape_numel(p.shape)));
+    std::vector<Tensor> held;  // keeps the F32 views alive while the spans point into them
+    auto values = [&](size_t t, const std::string& suffix) {
+      held.push_back(factors_[t]->tensor(p.name + suffix).to(DType::F32));
+      return held.back().data<float>();
+    };
+    if (factors_.front()->contains(p.name + kFactorU) && p.shape.size() == 2) {
+      std::vector<FactorView> views;
+      for (int64_t t : set) {
+        const auto ti = static_cast<size_t>(t);
+        views.push_back({values(ti, kFactorU), values(ti, kFactorS), values(ti, kFactorVt)});
+      }
+      add_tsv_merge(views, 1.0f, p.shape[0], p.shape[1], weight);
+    } else {
+      std::vector<std::span<const float>> deltas;
+      for (int64_t t : set) deltas.push_back(values(static_cast<size_t>(t), kFactorDelta));
+      add_mean_delta(deltas, weight);
+    }
+  });
+  return ClipVisionModel(base_.config(), std::move(w));
+}
+
+std::shared_ptr<const ClipVisionModel> MassRuntime::model_for(const TaskSet& tasks) {
+  return cache_.get(tasks, [&] { return build_model(tasks); });
+}
+
+}  // namespace amalgam::mass

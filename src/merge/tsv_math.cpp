@@ -1,0 +1,62 @@
+#include "merge/tsv_math.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace amalgam {
+
+int64_t factor_rank(int64_t d_out, int64_t d_in, int64_t tasks, double rank_fraction) {
+  const int64_t full = std::min(d_out, d_in);
+  if (full <= 0) return 0;
+  const int64_t k = rank_fraction > 0 ? static_cast<int64_t>(rank_fraction * static_cast<double>(full))
+                                      : full / std::max<int64_t>(tasks, 1);
+  return std::clamp<int64_t>(k, 1, full);
+}
+
+LowRankFactors truncated_svd(const Matrix& delta, int64_t k) {
+  const Svd full = svd(delta);
+  k = std::min<int64_t>(k, static_cast<int64_t>(full.s.size()));
+  LowRankFactors f{Matrix(delta.rows, k), std::vector<float>(full.s.begin(), full.s.begin() + k),
+                   Matrix(k, delta.cols)};
+  for (int64_t i = 0; i < delta.rows; ++i) std::copy(full.u.row(i), full.u.row(i) + k, f.u.row(i));
+  std::copy(full.vt.data.begin(), full.vt.data.begin() + k * delta.cols, f.vt.data.begin());
+  return f;
+}
+
+FactorView factor_view(const LowRankFactors& f) {
+  return {f.u.data, f.s, f.vt.data};
+}
+
+void add_tsv_merge(std::span<const FactorView> tasks, float alpha, int64_t d_out, int64_t d_in,
+                   std::span<float> weight) {
+  if (static_cast<int64_t>(weight.size()) != d_out * d_in) throw std::invalid_argument("add_tsv_merge: weight size");
+  int64_t total = 0;
+  for (const FactorView& f : tasks) {
+    if (static_cast<int64_t>(f.u.size()) != d_out * f.rank() || static_cast<int64_t>(f.vt.size()) != f.rank() * d_in)
+      throw std::invalid_argument("add_tsv_merge: factor shapes do not fit the weight");
+    total += f.rank();
+  }
+  if (total == 0) return;
+  Matrix u_all(d_out, total), vt_all(total, d_in);
+  std::vector<float> s_all;
+  int64_t offset = 0;
+  for (const FactorView& f : tasks) {
+    const int64_t k = f.rank();
+    for (int64_t i = 0; i < d_out; ++i)
+      std::memcpy(u_all.row(i) + offset, f.u.data() + i * k, static_cast<size_t>(k) * sizeof(float));
+    std::memcpy(vt_all.row(offset), f.vt.data(), static_cast<size_t>(k * d_in) * sizeof(float));
+    s_all.insert(s_all.end(), f.s.begin(), f.s.end());
+    offset += k;
+  }
+  if (tasks.size() > 1) {  // one task's U and V^T are orthonormal already: their own polar factors
+    u_all = polar_factor(u_all);
+    vt_all = polar_factor(vt_all);  // polar(V^T) = polar(V)^T
+  }
+  for (int64_t i = 0; i < d_out; ++i)
+    for (int64_t j = 0; j < total; ++j) u_all(i, j) *= s_all[static_cast<size_t>(j)];
+  sgemm(false, false, d_out, d_in, total, alpha, u_all.data.data(), total, vt_all.data.data(), d_in, 1.0f,
+        weight.data(), d_in);
+}
+
+}  // namespace amalgam
