@@ -19,36 +19,15 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/parallel.h"
 #include "linalg/linalg.h"
 #include "model/clip_vision.h"
 
 using namespace amalgam;
-using Clock = std::chrono::steady_clock;
+using namespace amalgam::bench;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-// Best GFLOP/s of SGEMM at the model's largest shape (tokens of a batch x fc1).
-double sgemm_peak_gflops(int64_t m, int64_t n, int64_t k) {
-  std::vector<float> a(static_cast<size_t>(m * k), 0.5f), b(static_cast<size_t>(n * k), 0.25f),
-      c(static_cast<size_t>(m * n));
-  double best = 0;
-  for (int i = 0; i < 7; ++i) {
-    const auto t0 = Clock::now();
-    sgemm(false, true, m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f, c.data(), n);
-    best = std::max(best, 2.0 * static_cast<double>(m * n * k) / seconds_since(t0) / 1e9);
-  }
-  return best;
-}
 
 double forward_flops(const ClipVisionConfig& c, int64_t batch, bool projection) {
   const double d = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/random.h"
 #include "data/preprocess.h"
 #include "data/task.h"
@@ -27,18 +28,9 @@
 #include "model/clip_vision.h"
 
 using namespace amalgam;
-using Clock = std::chrono::steady_clock;
+using namespace amalgam::bench;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 template <typename Fn>
 double median_seconds(int runs, Fn&& fn) {
@@ -49,18 +41,6 @@ double median_seconds(int runs, Fn&& fn) {
     t.push_back(seconds_since(t0));
   }
   return median(t);
-}
-
-double sgemm_peak_gflops(int64_t m, int64_t n, int64_t k) {
-  std::vector<float> a(static_cast<size_t>(m * k), 0.5f), b(static_cast<size_t>(n * k), 0.25f),
-      c(static_cast<size_t>(m * n));
-  double best = 0;
-  for (int i = 0; i < 5; ++i) {
-    const auto t0 = Clock::now();
-    sgemm(false, true, m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f, c.data(), n);
-    best = std::max(best, 2.0 * static_cast<double>(m * n * k) / seconds_since(t0) / 1e9);
-  }
-  return best;
 }
 
 std::vector<float> random_pixels(int64_t images, const ClipVisionConfig& c, uint64_t seed) {
