@@ -4,7 +4,6 @@
 
 #include <cmath>
 #include <functional>
-#include <set>
 
 #include "core/error.h"
 #include "io/json_file.h"
@@ -16,16 +15,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string describe(const YAML::Node& n) {
-  if (n.IsScalar()) return "'" + n.Scalar() + "'";
-  if (n.IsSequence()) return "a list";
-  if (n.IsMap()) return "a map";
-  return "nothing";
-}
-
-class Parser {
+class Parser : YamlConfigReader {
  public:
-  explicit Parser(const fs::path& source) : source_(source) {}
+  using YamlConfigReader::YamlConfigReader;
 
   MassConfig parse(const YAML::Node& root) const {
     if (!root.IsMap()) fail("", "expected a map with base_model and models, got " + describe(root));
@@ -49,21 +41,6 @@ class Parser {
   }
 
  private:
-  [[noreturn]] void fail(const std::string& path, const std::string& message) const {
-    throw InputError(source_, path.empty() ? message : path + ": " + message);
-  }
-
-  void for_each_entry(const YAML::Node& map, const std::string& path,
-                      const std::function<void(const std::string&, const YAML::Node&)>& fn) const {
-    std::set<std::string> seen;
-    for (const auto& kv : map) {
-      if (!kv.first.IsScalar()) fail(path, "keys must be plain strings, got " + describe(kv.first));
-      const std::string& key = kv.first.Scalar();
-      if (!seen.insert(key).second) fail(path, "duplicate key '" + key + "'");
-      fn(key, kv.second);
-    }
-  }
-
   std::string nonempty_string(const YAML::Node& n, const std::string& path) const {
     if (!n.IsScalar() || n.Scalar().empty()) fail(path, "expected a non-empty string, got " + describe(n));
     return n.Scalar();
@@ -147,8 +124,6 @@ class Parser {
     });
     return p;
   }
-
-  const fs::path& source_;
 };
 
 }  // namespace

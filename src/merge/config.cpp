@@ -93,14 +93,6 @@ std::string index_path(const std::string& parent, size_t i) {
   return parent + "[" + std::to_string(i) + "]";
 }
 
-// A scalar as written, for messages; anything else is described by its kind.
-std::string describe(const YAML::Node& n) {
-  if (n.IsScalar()) return "'" + n.Scalar() + "'";
-  if (n.IsSequence()) return "a list";
-  if (n.IsMap()) return "a map";
-  return "nothing";
-}
-
 // Only plain scalars are numbers: a quoted "0.5" is a string in YAML, and amalgam takes YAML's
 // word for it rather than guessing. Bools count because mergekit (Python) treats them as 0/1.
 std::optional<double> as_number(const YAML::Node& n) {
@@ -112,19 +104,13 @@ std::optional<double> as_number(const YAML::Node& n) {
   return std::nullopt;
 }
 
-class ConfigParser {
+class ConfigParser : YamlConfigReader {
  public:
-  explicit ConfigParser(const fs::path& source) : source_(source) {}
+  using YamlConfigReader::YamlConfigReader;
 
   MergeConfig parse(const YAML::Node& root) const;
 
  private:
-  [[noreturn]] void fail(const std::string& path, std::string_view message) const {
-    throw InputError(source_, path.empty() ? std::string(message) : path + ": " + std::string(message));
-  }
-
-  void for_each_entry(const YAML::Node& map, const std::string& path,
-                      const std::function<void(const std::string&, const YAML::Node&)>& fn) const;
   void parse_top_key(MergeConfig& c, const std::string& key, const YAML::Node& v) const;
   std::string parse_string(const YAML::Node& n, const std::string& path) const;
   std::string parse_model_name(const YAML::Node& n, const std::string& path) const;
@@ -138,23 +124,10 @@ class ConfigParser {
   double parse_number(const YAML::Node& n, const std::string& path, std::string_view shape) const;
   DType parse_dtype_value(const YAML::Node& n, const std::string& path) const;
   uint64_t parse_seed(const YAML::Node& n) const;
-
-  const fs::path& source_;
 };
 
 // yaml-cpp keeps duplicate keys and lookups return the first, so a repeated key would be
 // silently ignored: it is an error here.
-void ConfigParser::for_each_entry(const YAML::Node& map, const std::string& path,
-                                  const std::function<void(const std::string&, const YAML::Node&)>& fn) const {
-  std::set<std::string> seen;
-  for (const auto& kv : map) {
-    if (!kv.first.IsScalar()) fail(path, "keys must be plain strings, got " + describe(kv.first));
-    const std::string& key = kv.first.Scalar();
-    if (!seen.insert(key).second) fail(path, "duplicate key '" + key + "'");
-    fn(key, kv.second);
-  }
-}
-
 MergeConfig ConfigParser::parse(const YAML::Node& root) const {
   if (!root.IsMap()) fail("", "expected a map with merge_method and models, got " + describe(root));
   MergeConfig c;
@@ -352,6 +325,28 @@ fs::path resolve_path(const std::string& given, const fs::path& source) {
   const fs::path dir = source.parent_path();
   if (!dir.empty() && fs::exists(dir / p, ec)) return dir / p;
   return p;
+}
+
+void YamlConfigReader::fail(const std::string& path, std::string_view message) const {
+  throw InputError(source_, path.empty() ? std::string(message) : path + ": " + std::string(message));
+}
+
+void YamlConfigReader::for_each_entry(const YAML::Node& map, const std::string& path,
+                                      const std::function<void(const std::string&, const YAML::Node&)>& fn) const {
+  std::set<std::string> seen;
+  for (const auto& kv : map) {
+    if (!kv.first.IsScalar()) fail(path, "keys must be plain strings, got " + describe(kv.first));
+    const std::string& key = kv.first.Scalar();
+    if (!seen.insert(key).second) fail(path, "duplicate key '" + key + "'");
+    fn(key, kv.second);
+  }
+}
+
+std::string YamlConfigReader::describe(const YAML::Node& n) {
+  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsSequence()) return "a list";
+  if (n.IsMap()) return "a map";
+  return "nothing";
 }
 
 YAML::Node parse_yaml_text(std::string_view text, const fs::path& source) {

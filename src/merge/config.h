@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -116,6 +117,23 @@ std::optional<double> resolve_param(const MergeConfig& config, const std::string
 // naming `source`, the line and the column; and a path written in a config, resolved
 // against the working directory first, then against the config file's directory.
 YAML::Node parse_yaml_text(std::string_view text, const std::filesystem::path& source);
+
+// What every YAML config parser shares (merge configs, MASS configs): errors naming the file
+// and the key path ("merge.yaml: models[1].parameters.weight: ..."), maps walked with
+// non-string and duplicate keys refused, and values described for messages.
+class YamlConfigReader {
+ public:
+  explicit YamlConfigReader(const std::filesystem::path& source) : source_(source) {}
+
+ protected:
+  [[noreturn]] void fail(const std::string& path, std::string_view message) const;
+  void for_each_entry(const YAML::Node& map, const std::string& path,
+                      const std::function<void(const std::string&, const YAML::Node&)>& fn) const;
+  // A scalar as written ('abc'), anything else by its kind (a list, a map, nothing).
+  static std::string describe(const YAML::Node& n);
+
+  const std::filesystem::path& source_;
+};
 std::filesystem::path resolve_path(const std::string& given, const std::filesystem::path& source);
 
 // "float32", "float16", "bfloat16", "float64" (torch names, with or without "torch."),

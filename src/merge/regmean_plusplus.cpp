@@ -175,13 +175,8 @@ class RegMeanPlusPlus final : public MergeMethod {
       for (int64_t l = 0; l < c.num_hidden_layers; ++l)
         for (LinearSite site : kBlockSites) add(l, site, site == LinearSite::Fc2 ? c.intermediate_size : c.hidden_size);
       if (projection) add(-1, LinearSite::Projection, c.hidden_size);
-      writer_ = std::make_unique<SafetensorsWriter>(ctx.staging / "stats.safetensors", plan,
-                                                    Metadata{{"format", "amalgam-stats"},
-                                                             {"rows", std::to_string(header.rows)},
-                                                             {"examples", std::to_string(header.examples)},
-                                                             {"tasks", nlohmann::json(header.tasks).dump()},
-                                                             {"weights", nlohmann::json(header.weight_grams).dump()},
-                                                             {"model", header.model}});
+      writer_ =
+          std::make_unique<SafetensorsWriter>(ctx.staging / "stats.safetensors", plan, statistics_metadata(header));
     }
     void write(const std::string& gram, const std::vector<Tensor>& per_task, const std::vector<double>& factors) {
       std::vector<std::span<const float>> inputs;

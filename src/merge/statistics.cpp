@@ -149,8 +149,6 @@ GramStatistics measure_statistics(const ClipVisionModel& model, const Calibratio
   return collector.finish(images.count, images.tasks, model_name);
 }
 
-namespace {
-
 Metadata statistics_metadata(const GramStatistics& s) {
   nlohmann::json weights = nlohmann::json::object();
   for (const auto& [w, g] : s.weight_grams) weights[w] = g;
@@ -161,6 +159,8 @@ Metadata statistics_metadata(const GramStatistics& s) {
           {"weights", weights.dump()},
           {"model", s.model}};
 }
+
+namespace {
 
 int64_t parse_count(const Metadata& meta, const std::string& key, const fs::path& file) {
   const auto it = meta.find(key);

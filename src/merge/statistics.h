@@ -101,6 +101,10 @@ class ClipGramCollector {
 GramStatistics measure_statistics(const ClipVisionModel& model, const CalibrationImages& images,
                                   const CalibrationOptions& options, const std::string& model_name);
 
+// The metadata of a statistics file (everything in `stats` but its Grams), for writers that
+// stream the Grams themselves.
+Metadata statistics_metadata(const GramStatistics& stats);
+
 // Writes statistics atomically (refusing an existing file unless `force`).
 void save_statistics(const std::filesystem::path& path, const GramStatistics& stats, bool force);
 
