@@ -47,7 +47,7 @@ write_config() {  # method count
   } >"$DATA/$method-$count.yaml"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+source bench/bench_util.sh
 bytes_of() { cat "$@" | wc -c; }
 
 models=$(for i in $(seq 1 $MODELS); do echo "$fam/model_$i"/*.safetensors; done)

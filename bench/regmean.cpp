@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
                         {"fc1", &block.fc1, LinearSite::Fc1, 1},
                         {"fc2", &block.fc2, LinearSite::Fc2, 1}};
   nlohmann::ordered_json solve_json = nlohmann::ordered_json::object();
-  double merge_total = 0, solve_total = 0;
+  double merge_total = 0, solve_total = 0, audited_total = 0;
   for (const Kind& k : kinds) {
     const std::vector<float> gram = gram_of(clip_gram_name(0, k.site));
     const std::vector<float> w(k.weight->weight.data.begin(), k.weight->weight.data.end());
@@ -161,6 +161,9 @@ int main(int argc, char** argv) {
     const int64_t out = k.weight->weight.rows, in = k.weight->weight.cols;
     const double closed_form =
         median_seconds(runs, [&] { (void)regmean_linear(cands, out, in, 0.95, std::string(k.name)); });
+    // With the merge audit's residuals (one more GEMM per candidate).
+    const double audited =
+        median_seconds(runs, [&] { (void)regmean_linear(cands, out, in, 0.95, std::string(k.name), true); });
     // The system the closed form solves: sum_t G~_t (alpha = 0.95), positive definite.
     std::vector<double> system(gram.size());
     for (int64_t i = 0; i < in; ++i)
@@ -174,7 +177,9 @@ int main(int argc, char** argv) {
     const double layers = static_cast<double>(c.num_hidden_layers * k.count);
     merge_total += closed_form * layers;
     solve_total += solve * layers;
-    solve_json[k.name] = {{"closed_form_seconds", closed_form}, {"solve_seconds", solve}};
+    audited_total += audited * layers;
+    solve_json[k.name] = {
+        {"closed_form_seconds", closed_form}, {"solve_seconds", solve}, {"closed_form_audited_seconds", audited}};
   }
 
   nlohmann::ordered_json out = {
@@ -193,6 +198,8 @@ int main(int argc, char** argv) {
       {"closed_form_per_layer_kind", solve_json},
       {"merge_linears_seconds", merge_total},
       {"solve_share_of_merge", solve_total / merge_total},
+      {"merge_linears_audited_seconds", audited_total},
+      {"audit_overhead_of_linears", audited_total / merge_total - 1},
   };
   std::cout << out.dump(2) << std::endl;
   return 0;

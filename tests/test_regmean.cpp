@@ -21,6 +21,7 @@
 #include "eval/evaluate.h"
 #include "eval/zoo_build.h"
 #include "io/checkpoint.h"
+#include "io/json_file.h"
 #include "linalg/linalg.h"
 #include "merge/config.h"
 #include "merge/engine.h"
@@ -428,9 +429,37 @@ TEST(StatsCli, GramsMatchTheReferenceForwardAndHalvesPoolIntoTheWhole) {
   }
 }
 
+// The merge report's residuals of one layer against tr((W - W_t) G_t (W - W_t)^T) /
+// tr(W_t G_t W_t^T) from the reference Grams.
+void expect_audited_residuals(const nlohmann::json& report, const LinearOfBlock& lin, const std::vector<float>& merged,
+                              const std::vector<Doubles>& weights, const std::vector<Doubles>& grams) {
+  const nlohmann::json* entry = nullptr;
+  for (const auto& t : report["tensors"])
+    if (t["name"] == lin.weight) entry = &t;
+  ASSERT_TRUE(entry && entry->contains("relative_residuals")) << lin.weight;
+  EXPECT_FALSE((*entry)["fallback"].get<bool>());
+  auto quadratic = [&](const Doubles& a, const Doubles& g) {  // tr(A G A^T)
+    double s = 0;
+    for (int64_t o = 0; o < lin.out; ++o)
+      for (int64_t i = 0; i < lin.in; ++i)
+        for (int64_t j = 0; j < lin.in; ++j)
+          s += a[static_cast<size_t>(o * lin.in + i)] * g[static_cast<size_t>(i * lin.in + j)] *
+               a[static_cast<size_t>(o * lin.in + j)];
+    return s;
+  };
+  for (size_t t = 0; t < weights.size(); ++t) {
+    Doubles delta(merged.size());
+    for (size_t k = 0; k < merged.size(); ++k) delta[k] = merged[k] - weights[t][k];
+    const double expected = quadratic(delta, grams[t]) / quadratic(weights[t], grams[t]);
+    EXPECT_NEAR((*entry)["relative_residuals"][t].get<double>(), expected, 0.02 * expected + 1e-7)
+        << lin.weight << " task " << t;
+  }
+}
+
 TEST(RegMeanMerge, EachLinearWeightIsTheClosedFormOfTheReferenceGrams) {
   const Zoo zoo;
   const fs::path out = zoo.merge(zoo.yaml("regmean", "data", zoo.tasks), "merged");
+  const nlohmann::json report = read_json_file(out / "merge_report.json");
   std::vector<std::map<std::string, Doubles>> grams;
   for (size_t t = 0; t < 3; ++t) grams.push_back(reference_grams(zoo.models[t], zoo.images(t)));
   for (int64_t l = 0; l < 2; ++l)
@@ -441,7 +470,9 @@ TEST(RegMeanMerge, EachLinearWeightIsTheClosedFormOfTheReferenceGrams) {
         g.push_back(grams[t].at(lin.gram));
       }
       const Doubles expected = regmean_reference(w, g, {1, 1, 1}, lin.out, lin.in, 0.95);
-      EXPECT_LT(relative_error(testing::tensor_floats(out, lin.weight), expected), 1e-3) << lin.weight;
+      const std::vector<float> merged = testing::tensor_floats(out, lin.weight);
+      EXPECT_LT(relative_error(merged, expected), 1e-3) << lin.weight;
+      expect_audited_residuals(report, lin, merged, w, g);
     }
   // Biases, LayerNorms and embeddings: the mean.
   for (const std::string name : {"vision_model.encoder.layers.1.mlp.fc1.bias", "vision_model.post_layernorm.weight"}) {
@@ -564,6 +595,34 @@ TEST(RegMeanPlusPlusMerge, BlockZeroIsRegMeansAndBlockOneSolvesOnTheMergedStream
     const std::vector<float> p = testing::tensor_floats(plain, lin.weight);
     EXPECT_GT(relative_error(testing::tensor_floats(plus, lin.weight), Doubles(p.begin(), p.end())), 1e-3)
         << lin.weight;
+  }
+  // With each candidate's own-stream statistics beside its data, the audit reports how far
+  // the merged stream moved each layer's input Gram: ||G_merged - G_own||_F / ||G_own||_F.
+  std::string yaml = zoo.yaml("regmean_plusplus", "data", zoo.tasks);
+  for (size_t t = 0; t < 3; ++t) {
+    const fs::path own = zoo.tmp / ("own" + std::to_string(t) + ".st");
+    const auto r = testing::run_amalgam("stats " + zoo.models[t].string() + " --data " + zoo.tasks[t].string() +
+                                        " --examples " + std::to_string(kExamples) + " -q -o " + own.string());
+    ASSERT_EQ(r.code, 0) << r.err;
+    const std::string line = "data: " + zoo.tasks[t].string() + "\n";
+    yaml.replace(yaml.find(line), line.size(), line + "    stats: " + own.string() + "\n");
+  }
+  const nlohmann::json report = read_json_file(zoo.merge(yaml, "plus-audited") / "merge_report.json");
+  for (const auto& lin : linears_of_block(1)) {
+    const nlohmann::json* entry = nullptr;
+    for (const auto& e : report["tensors"])
+      if (e["name"] == lin.weight) entry = &e;
+    ASSERT_TRUE(entry && entry->contains("input_shift")) << lin.weight;
+    for (size_t t = 0; t < 3; ++t) {
+      const Doubles own = reference_grams(zoo.models[t], zoo.images(t)).at(lin.gram);
+      const Doubles& moved = grams[t].at(lin.gram);
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < own.size(); ++i)
+        diff += (moved[i] - own[i]) * (moved[i] - own[i]), norm += own[i] * own[i];
+      const double expected = std::sqrt(diff / norm);
+      EXPECT_NEAR((*entry)["input_shift"][t].get<double>(), expected, 0.02 * expected + 1e-5) << lin.weight;
+      EXPECT_GT(expected, 1e-3);
+    }
   }
   // post_layernorm is averaged, not left at one model's value.
   Doubles mean(12, 0.0);

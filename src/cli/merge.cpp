@@ -36,6 +36,7 @@ void add_merge_command(CLI::App& app) {
     MergeOptions options;
     uint64_t seed = 0;
     bool no_check_finite = false;
+    bool no_audit = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("config", a->config, "merge config (YAML)")->required();
@@ -48,12 +49,14 @@ void add_merge_command(CLI::App& app) {
   cmd->add_flag("--allow-missing", a->options.allow_missing,
                 "take the base's tensor where a model lacks one, instead of failing");
   cmd->add_flag("--no-check-finite", a->no_check_finite, "merge NaN or Inf in the inputs instead of failing");
+  cmd->add_flag("--no-audit", a->no_audit, "do not write merge_report.json (see amalgam audit)");
   auto* seed = cmd->add_option("--seed", a->seed, "seed of the random methods (DARE); overrides the config's");
   cmd->add_flag("-q,--quiet", a->options.quiet, "no progress or summary");
   cmd->callback([a, seed] {
     a->options.output = a->output;
     a->options.max_shard_bytes = parse_byte_size(a->shard_size);
     a->options.check_finite = !a->no_check_finite;
+    a->options.audit = !a->no_audit;
     if (!a->max_memory.empty()) a->options.max_memory = parse_byte_size(a->max_memory);
     if (seed->count() > 0) a->options.seed = a->seed;
     const MergeConfig config = load_merge_config(a->config);
@@ -65,6 +68,7 @@ void add_merge_command(CLI::App& app) {
                    config.merge_method.c_str(), s.tensors_merged, s.tensors_copied, s.seconds,
                    human_bytes(static_cast<double>(s.bytes_read)).c_str(),
                    human_bytes(static_cast<double>(s.bytes_written)).c_str(), s.shards, a->output.c_str());
+      for (const auto& line : s.audit_summary) std::fprintf(stderr, "amalgam: %s\n", line.c_str());
     }
   });
 

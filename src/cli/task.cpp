@@ -1,4 +1,5 @@
-// `amalgam task`: build task directories from IDX files or image folders, and describe them.
+// `amalgam task`: build task directories from IDX files or image folders, describe them, and
+// make corrupted copies of their splits.
 #include <algorithm>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -7,14 +8,26 @@
 #include "core/error.h"
 #include "data/importers.h"
 #include "data/task.h"
+#include "data/zoo_corruptions.h"
+#include "io/atomic_output.h"
+#include "io/json_file.h"
 
 namespace amalgam::cli {
 
 namespace {
 
+namespace fs = std::filesystem;
+
 struct IdxArgs {
   std::string images, labels, test_images, test_labels, name, output;
   std::vector<std::string> classes;
+  bool force = false;
+};
+
+struct CorruptArgs {
+  std::string dir, corruption, split = "test", output;
+  int severity = 3;
+  uint64_t seed = 0;
   bool force = false;
 };
 
@@ -133,6 +146,47 @@ void print_summary(const nlohmann::ordered_json& j) {
   }
 }
 
+constexpr const char* kCorruptionFile = "corruption.json";
+
+// Writes `split` under `corruption` as a task directory `dir` (which must not exist or be
+// empty), with corruption.json recording how it was made; `shown` is where it will end up.
+// The task keeps its name and classes: the corrupted split is still that task, for that
+// task's heads.
+void write_corrupted_task(const fs::path& dir, const fs::path& shown, const TaskInfo& info, const TaskSplit& split,
+                          const CorruptArgs& a, Corruption corruption) {
+  const TaskSplit corrupted = corrupt_split(split, corruption, a.severity, a.seed);
+  write_task(dir, info, std::span(&corrupted, 1), false);
+  nlohmann::ordered_json j;
+  j["source"] = a.dir;
+  j["split"] = a.split;
+  j["corruption"] = corruption_name(corruption);
+  j["severity"] = a.severity;
+  j["parameter"] = corruption_parameter(corruption, a.severity);
+  j["seed"] = a.seed;
+  write_text_file(dir / kCorruptionFile, j.dump(2) + "\n");
+  std::cerr << "amalgam: wrote " << corruption_name(corruption) << " (severity " << a.severity << ", "
+            << corruption_parameter(corruption, a.severity) << ") of '" << info.name << "' " << split.name << " ("
+            << split.size() << " images) to " << shown.string() << "\n";
+}
+
+// One corruption into OUT, or with `all` every corruption into OUT/<name>; either way the
+// whole output appears at once or not at all.
+void corrupt_task(const CorruptArgs& a) {
+  const bool all = a.corruption == "all";
+  const std::vector<Corruption> corruptions =
+      all ? std::vector<Corruption>(kAllCorruptions.begin(), kAllCorruptions.end())
+          : std::vector<Corruption>{parse_corruption(a.corruption)};
+  const TaskInfo info = read_task_info(a.dir);
+  const TaskSplit split = load_split(a.dir, info, a.split);
+  AtomicOutput out(a.output, a.force);
+  for (const Corruption c : corruptions) {
+    // (path / "" would add a trailing separator, which changes what the path's parent is.)
+    const auto place = [&](const fs::path& root) { return all ? root / std::string(corruption_name(c)) : root; };
+    write_corrupted_task(place(out.staging()), place(a.output), info, split, a, c);
+  }
+  out.commit();
+}
+
 void add_import_idx(CLI::App& task) {
   auto* cmd = task.add_subcommand("import-idx", "Make a task from IDX (MNIST-format) image and label files");
   auto a = std::make_shared<IdxArgs>();
@@ -161,6 +215,22 @@ void add_import_folder(CLI::App& task) {
   cmd->callback([a] { import_folder(*a); });
 }
 
+void add_corrupt(CLI::App& task) {
+  auto* cmd = task.add_subcommand("corrupt", "Corrupt a task's split (ImageNet-C-style corruptions) into a new task");
+  auto a = std::make_shared<CorruptArgs>();
+  std::string names = "all";
+  for (const Corruption c : kAllCorruptions) names += ", " + std::string(corruption_name(c));
+  cmd->add_option("dir", a->dir, "task directory")->required();
+  cmd->add_option("--corruption", a->corruption, names + " (all: one task directory per corruption under OUTPUT)")
+      ->required();
+  cmd->add_option("--severity", a->severity, "1 (mild) to 5 (severe), default 3")->check(CLI::Range(1, 5));
+  cmd->add_option("--split", a->split, "split to corrupt (default test); the output holds only it");
+  cmd->add_option("--seed", a->seed, "seed of the random corruptions (default 0)");
+  cmd->add_option("-o,--output", a->output, "task directory to create")->required();
+  cmd->add_flag("--force", a->force, "replace an existing output");
+  cmd->callback([a] { corrupt_task(*a); });
+}
+
 void add_info(CLI::App& task) {
   auto* cmd = task.add_subcommand("info", "Describe a task: classes, image shape, split sizes, examples per class");
   auto dir = std::make_shared<std::string>();
@@ -179,11 +249,13 @@ void add_info(CLI::App& task) {
 }  // namespace
 
 void add_task_command(CLI::App& app) {
-  auto* task = app.add_subcommand("task", "Task data: import IDX files or image folders, describe a task");
+  auto* task =
+      app.add_subcommand("task", "Task data: import IDX files or image folders, describe a task, corrupt a split");
   task->require_subcommand(1);
   add_import_idx(*task);
   add_import_folder(*task);
   add_info(*task);
+  add_corrupt(*task);
 }
 
 }  // namespace amalgam::cli

@@ -45,6 +45,13 @@ void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t ld
               static_cast<blasint>(lda), beta, c, static_cast<blasint>(ldc));
 }
 
+void syrk_rows_upper(int64_t n, int64_t k, float alpha, const float* a, int64_t lda, float beta, float* c,
+                     int64_t ldc) {
+  if (n == 0) return;
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
+              static_cast<blasint>(lda), beta, c, static_cast<blasint>(ldc));
+}
+
 namespace {
 
 // B [n, m] row-major <-> column-major, which LAPACK's right-hand sides are.

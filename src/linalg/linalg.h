@@ -38,6 +38,9 @@ void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double a
 // lda, C: [n, n]. Only C's upper triangle (j >= i) is written: a Gram matrix in half the
 // work of a GEMM.
 void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t lda, float beta, float* c, int64_t ldc);
+// C = alpha * A A^T + beta * C (ssyrk) for A: [n, k] row-major: the Gram of A's rows (a few
+// long vectors' inner products in one call). Upper triangle only, as above.
+void syrk_rows_upper(int64_t n, int64_t k, float alpha, const float* a, int64_t lda, float beta, float* c, int64_t ldc);
 
 // Solves A X = B for a symmetric positive semi-definite A ([n, n], row-major, double) and
 // B ([n, m], row-major), overwriting B with X. Cholesky (dpotrf/dpotrs) when A is positive

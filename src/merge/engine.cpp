@@ -15,6 +15,7 @@
 #include "core/progress.h"
 #include "io/atomic_output.h"
 #include "io/json_file.h"
+#include "merge/audit.h"
 #include "merge/method.h"
 
 namespace amalgam {
@@ -176,7 +177,8 @@ struct MergeInputs {
 };
 
 MergeContext make_context(const MergeInputs& in, const fs::path& staging) {
-  MergeContext c{in.config, {}, {}, std::nullopt, staging, in.seed, in.options.max_memory, in.options.quiet, {}};
+  MergeContext c{in.config,        {}, {}, std::nullopt, staging, in.seed, in.options.max_memory, in.options.quiet,
+                 in.options.audit, {}};
   if (c.max_memory == 0) c.max_memory = default_max_memory();
   for (size_t i = 0; i < in.candidates.readers.size(); ++i) {
     c.candidates.push_back(in.candidates.readers[i]->path());
@@ -218,7 +220,7 @@ Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, c
 }
 
 // Merges one floating-point tensor and returns it in its output dtype.
-Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary) {
+Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary, MergeReport* report) {
   const std::string& name = out_spec.name;
   const MethodSpec& spec = in.method->spec();
   const double t = layer_position(name, in.stacks);
@@ -244,7 +246,8 @@ Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumm
     summary.bytes_read += base_tensor->nbytes();
   }
 
-  const TensorJob job(name, std::move(inputs), base_tensor, std::move(model_params), std::move(globals), in.seed);
+  TensorJob job(name, std::move(inputs), base_tensor, std::move(model_params), std::move(globals), in.seed);
+  if (report) job.attach_audit(std::make_shared<TensorAudit>(job.model_count(), job.numel()));
   const Tensor merged = in.method->merge(job);
   job.rethrow_read_error();
   if (in.options.check_finite) {
@@ -257,7 +260,13 @@ Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumm
   }
   if (merged.shape() != out_spec.shape || merged.dtype() != DType::F32)
     throw std::logic_error(spec.name + " returned a tensor of the wrong shape for '" + name + "'");
-  return finish_tensor(merged, out_spec.dtype, in.options.check_finite, name + ": " + spec.name);
+  Tensor out = finish_tensor(merged, out_spec.dtype, in.options.check_finite, name + ": " + spec.name);
+  if (report) {
+    if (!job.audit()->has_deltas()) audit_by_reading(job, merged, *job.audit());
+    job.rethrow_read_error();
+    report->add(name, out_spec.shape, *job.audit());
+  }
+  return out;
 }
 
 }  // namespace
@@ -332,6 +341,8 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
 
   const MergeContext context = make_context(in, output.staging());
   in.method->prepare(context);
+  std::optional<MergeReport> report;
+  if (options.audit) report.emplace(spec.name, context.candidates, context.base);
 
   // While tensor i is merged on all cores, the kernel reads tensor i+1 ahead and a second
   // thread writes tensor i-1.
@@ -346,7 +357,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
       for (const auto* r : in.readers_of(plan[i + 1].name)) r->prefetch(plan[i + 1].name);
     Tensor out;
     if (is_floating(ref.info(name).dtype)) {
-      out = merge_tensor(in, out_spec, summary);
+      out = merge_tensor(in, out_spec, summary, report ? &*report : nullptr);
       ++summary.tensors_merged;
     } else {
       out = ref.tensor(name);  // integer buffers are the base's
@@ -360,6 +371,11 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   }
   if (written.valid()) written.get();
   in.method->finish(context);
+  if (report) {
+    const nlohmann::json json = report->to_json();
+    write_text_file(output.staging() / kMergeReportFile, json.dump(1) + "\n");
+    summary.audit_summary = audit_summary(json);
+  }
   writer.finish();
   summary.shards = writer.shard_count();
   output.commit();

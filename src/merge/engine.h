@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "io/checkpoint.h"
 #include "merge/config.h"
@@ -24,6 +25,8 @@ struct MergeOptions {
   // What a method may hold in memory (RegMean++'s hidden states spill to disk beyond half
   // of it); 0 means half of the machine's physical memory.
   uint64_t max_memory = 0;
+  // Write merge_report.json (merge/audit.h) into the output.
+  bool audit = true;
 };
 
 // Half of the machine's physical memory: the default --max-memory.
@@ -36,6 +39,7 @@ struct MergeSummary {
   uint64_t bytes_written = 0;
   size_t shards = 0;
   double seconds = 0;
+  std::vector<std::string> audit_summary;  // a few lines from merge_report.json
 };
 
 MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options);

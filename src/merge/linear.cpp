@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "merge/audit.h"
 #include "merge/method.h"
 
 namespace amalgam {
@@ -33,6 +34,10 @@ class Linear final : public MergeMethod {
     }
     Tensor out = Tensor::uninitialized(DType::F32, job.shape());
     float* acc = out.mutable_data<float>().data();
+    if (TensorAudit* audit = job.audit()) {
+      parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) { merge_and_audit(job, w, b, e, acc, *audit); });
+      return out;
+    }
     // Chunks small enough that the accumulator stays in cache while every model streams by.
     parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
       thread_local std::vector<float> buffer(kStreamChunk);
@@ -46,6 +51,34 @@ class Linear final : public MergeMethod {
       }
     });
     return out;
+  }
+
+ private:
+  // The same sum over one chunk, keeping every model's chunk for the audit: the rows are the
+  // models' deltas from the base (the weights themselves without one) and the merged delta.
+  static void merge_and_audit(const TensorJob& job, const std::vector<float>& w, size_t b, size_t e, float* acc,
+                              TensorAudit& audit) {
+    const size_t models = job.model_count(), len = e - b;
+    thread_local std::vector<float> scratch;
+    scratch.resize((models + 2) * kStreamChunk);
+    float* rows = scratch.data();
+    float* base = rows + (models + 1) * kStreamChunk;
+    float* a = acc + b;
+    for (size_t t = 0; t < models; ++t) {
+      float* row = rows + t * kStreamChunk;
+      job.read_model(t, b, e, row);
+      for (size_t i = 0; i < len; ++i) a[i] = t == 0 ? w[0] * row[i] : a[i] + w[t] * row[i];
+    }
+    if (job.has_base())
+      job.read_base(b, e, base);
+    else
+      std::fill(base, base + len, 0.0f);
+    for (size_t t = 0; t <= models; ++t) {
+      float* row = rows + t * kStreamChunk;
+      const float* source = t < models ? row : a;
+      for (size_t i = 0; i < len; ++i) row[i] = source[i] - base[i];
+    }
+    audit.add_deltas(b, rows, kStreamChunk, len);
   }
 };
 

@@ -21,6 +21,8 @@
 
 namespace amalgam {
 
+class TensorAudit;
+
 struct ParamSpec {
   enum class Scope {
     Model,   // may differ per model (mergekit's tensor_parameters): weight, density, ...
@@ -79,6 +81,12 @@ class TensorJob {
   // (a file truncated under us) is recorded and rethrown here, after the method returns.
   void rethrow_read_error() const;
 
+  // The tensor's entry of the merge report (merge/audit.h), or null with --no-audit.
+  // Streaming methods record the task vectors as they pass (TensorAudit::add_deltas);
+  // otherwise the engine reads them again after merge().
+  TensorAudit* audit() const { return audit_.get(); }
+  void attach_audit(std::shared_ptr<TensorAudit> audit) { audit_ = std::move(audit); }
+
  private:
   void read_input(const Tensor& input, size_t index, size_t begin, size_t end, float* out) const;
   void note_nonfinite(size_t input, const float* values, size_t n) const;
@@ -94,6 +102,7 @@ class TensorJob {
   // Shared so that TensorJob stays copyable; written under a critical section.
   std::shared_ptr<std::optional<size_t>> nonfinite_;
   std::shared_ptr<std::exception_ptr> read_error_;
+  std::shared_ptr<TensorAudit> audit_;
 };
 
 // Elements per streamed chunk: 64 KB of BF16 per input per read (few system calls), and a
@@ -116,6 +125,7 @@ struct MergeContext {
   uint64_t seed = 0;
   uint64_t max_memory = 0;  // bytes a method may hold (--max-memory)
   bool quiet = false;
+  bool audit = false;  // the merge writes merge_report.json: methods record their fields
   // A parameter resolved as the engine resolves it for TensorJobs (per-model ones with a
   // candidate index, global ones with nullopt) for `tensor`.
   std::function<double(const std::string& param, std::optional<size_t> candidate, const std::string& tensor)> param;

@@ -68,7 +68,8 @@ class RegMean final : public MergeMethod {
     }
     for (size_t t = 0; t < grams.size(); ++t)
       candidates.push_back({weights[t], gram_values[t], job.param("weight", t)});
-    const RegMeanLinear merged = regmean_linear(candidates, out, in, job.param("alpha"), job.name());
+    const RegMeanLinear merged = regmean_linear(candidates, out, in, job.param("alpha"), job.name(), job.audit());
+    if (job.audit()) record_regmean_audit(*job.audit(), merged);
     return Tensor::from_f32(job.shape(), merged.weight);
   }
 

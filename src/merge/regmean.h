@@ -23,13 +23,22 @@ struct RegMeanCandidate {
 struct RegMeanLinear {
   std::vector<float> weight;  // merged [out, in]
   SymmetricSolve solve;
+  // With `audit`, per candidate: tr((W - W_t) G_t (W - W_t)^T) / tr(W_t G_t W_t^T), the
+  // merged layer's regression residual on the candidate's own inputs relative to its
+  // outputs' energy; and w_t tr(G_t) / sum_s w_s tr(G_s), its share of the summed Gram.
+  std::vector<double> relative_residuals;
+  std::vector<double> gram_trace_share;
 };
 
 // W^T = (sum_t w_t G~_t)^{-1} sum_t w_t G~_t W_t^T with G~ = alpha G + (1 - alpha) diag(G).
 // The right-hand side is built with SGEMM, the system is solved in double (Cholesky, or the
-// eigendecomposition fallback, which is reported with warn() naming `name`).
+// eigendecomposition fallback, which is reported with warn() naming `name`). The audit
+// costs one more GEMM per candidate, of the right-hand side's size.
 RegMeanLinear regmean_linear(std::span<const RegMeanCandidate> candidates, int64_t out, int64_t in, double alpha,
-                             const std::string& name);
+                             const std::string& name, bool audit = false);
+
+// The fields of a solved layer in the merge report (merge/audit.h).
+void record_regmean_audit(TensorAudit& audit, const RegMeanLinear& solved);
 
 // sum_t w_t X_t / sum_t w_t over a job's candidates: every parameter that is not a linear
 // weight with statistics.

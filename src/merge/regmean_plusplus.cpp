@@ -22,6 +22,7 @@
 #include "data/preprocess.h"
 #include "io/checkpoint.h"
 #include "io/scratch_file.h"
+#include "merge/audit.h"
 #include "merge/config.h"
 #include "merge/regmean.h"
 #include "merge/statistics.h"
@@ -137,11 +138,14 @@ class RegMeanPlusPlus final : public MergeMethod {
          clip_parameters(config_, merged_->mutable_weights(), merged_->weights().visual_projection.has_value()))
       results_.emplace(p.name, p);
     readers_.clear();
+    own_stats_.clear();
   }
 
   Tensor merge(const TensorJob& job) const override {
     const auto it = results_.find(job.name());
     if (it == results_.end()) return weighted_mean(job);  // outside the vision tower
+    if (const auto audit = audits_.find(job.name()); audit != audits_.end() && job.audit())
+      for (const auto& [key, value] : audit->second.items()) job.audit()->set(key, value);
     const ClipParameter& p = it->second;
     return Tensor::from_f32(p.shape, {p.data, static_cast<size_t>(shape_numel(p.shape))});
   }
@@ -198,6 +202,10 @@ class RegMeanPlusPlus final : public MergeMethod {
                                                 " needs `data: TASK_DIR` (it measures its statistics on the merged "
                                                 "model, so precomputed `stats` cannot stand in)");
       readers_.push_back(std::make_unique<CheckpointReader>(ctx.candidates[t]));
+      if (ctx.audit && ctx.entries[t]->stats) {
+        own_stats_.resize(ctx.candidates.size());
+        own_stats_[t] = std::make_unique<StatisticsFile>(*ctx.entries[t]->stats);
+      }
     }
     const CheckpointReader& first = *readers_.front();
     if (!first.config())
@@ -311,9 +319,10 @@ class RegMeanPlusPlus final : public MergeMethod {
       for (size_t t = 0; t < tasks; ++t)
         candidates.push_back(
             {{candidate_tables[t][i].data, numel}, grams[t][static_cast<size_t>(*site)].data<float>(), factors[t]});
-      const RegMeanLinear solved =
-          regmean_linear(candidates, p.shape[0], p.shape[1], ctx.param("alpha", std::nullopt, p.name), p.name);
+      const RegMeanLinear solved = regmean_linear(candidates, p.shape[0], p.shape[1],
+                                                  ctx.param("alpha", std::nullopt, p.name), p.name, ctx.audit);
       std::copy(solved.weight.begin(), solved.weight.end(), p.data);
+      if (ctx.audit) record_audit(p.name, solved, grams, static_cast<size_t>(*site));
     }
     for (LinearSite site : kBlockSites) {
       std::vector<Tensor> per_task;
@@ -359,12 +368,49 @@ class RegMeanPlusPlus final : public MergeMethod {
     for (size_t t = 0; t < readers_.size(); ++t)
       candidates.push_back({projections[t].data<float>(), grams[t].data<float>(), factors[t]});
     const RegMeanLinear solved = regmean_linear(candidates, config_.projection_dim, config_.hidden_size,
-                                                ctx.param("alpha", std::nullopt, name), name);
+                                                ctx.param("alpha", std::nullopt, name), name, ctx.audit);
     std::copy(solved.weight.begin(), solved.weight.end(), w.visual_projection->data.begin());
+    if (ctx.audit) {
+      std::vector<std::vector<Tensor>> per_task;
+      for (auto& g : grams) per_task.push_back({g});
+      record_audit(name, solved, per_task, 0);
+    }
     stats.write(clip_gram_name(-1, LinearSite::Projection), grams, factors);
   }
 
+  // A solved layer's audit fields, handed to the engine's report in merge(). With candidates'
+  // own-stream statistics (`stats:` from amalgam stats beside `data:`), also how far the
+  // merged stream moved each layer's input: ||G_merged - G_own||_F / ||G_own||_F per task.
+  void record_audit(const std::string& name, const RegMeanLinear& solved, const std::vector<std::vector<Tensor>>& grams,
+                    size_t site) {
+    TensorAudit fields(solved.relative_residuals.size(), 0);
+    record_regmean_audit(fields, solved);
+    nlohmann::json json = fields.fields();
+    if (!own_stats_.empty()) {
+      std::vector<double> shift;
+      for (size_t t = 0; t < own_stats_.size(); ++t) {
+        const auto own = own_stats_[t] ? own_stats_[t]->gram_for_weight(name) : std::nullopt;
+        shift.push_back(own ? relative_distance(grams[t][site], own->to(DType::F32)) : -1.0);
+      }
+      json["input_shift"] = shift;
+    }
+    audits_[name] = std::move(json);
+  }
+
+  static double relative_distance(const Tensor& a, const Tensor& b) {
+    const auto x = a.data<float>(), y = b.data<float>();
+    if (x.size() != y.size()) return -1.0;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      diff += (static_cast<double>(x[i]) - y[i]) * (static_cast<double>(x[i]) - y[i]);
+      norm += static_cast<double>(y[i]) * y[i];
+    }
+    return norm > 0 ? std::sqrt(diff / norm) : 0.0;
+  }
+
   std::vector<std::unique_ptr<CheckpointReader>> readers_;
+  std::vector<std::unique_ptr<StatisticsFile>> own_stats_;  // optional, for the audit's input shift
+  std::map<std::string, nlohmann::json> audits_;
   ClipVisionConfig config_;
   std::unique_ptr<ClipVisionModel> merged_;
   int64_t batch_size_ = 32;

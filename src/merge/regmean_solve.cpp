@@ -1,34 +1,76 @@
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "merge/audit.h"
 #include "merge/regmean.h"
 
 namespace amalgam {
 
+namespace {
+
+// sum of a[i] * b[i] in double.
+double dot(std::span<const float> a, std::span<const float> b) {
+  double sum = 0;
+  for (size_t i = 0; i < a.size(); ++i) sum += static_cast<double>(a[i]) * b[i];
+  return sum;
+}
+
+// tr((W - W_t) G_t (W - W_t)^T) for every candidate: one GEMM each.
+std::vector<double> residual_energies(std::span<const RegMeanCandidate> candidates, std::span<const float> merged,
+                                      int64_t out, int64_t in) {
+  std::vector<float> delta(merged.size()), product(merged.size());
+  std::vector<double> energies;
+  for (const RegMeanCandidate& c : candidates) {
+    for (size_t k = 0; k < merged.size(); ++k) delta[k] = merged[k] - c.weight[k];
+    sgemm(false, false, out, in, in, 1.0f, delta.data(), in, c.gram.data(), in, 0.0f, product.data(), in);
+    energies.push_back(std::max(0.0, dot(delta, product)));
+  }
+  return energies;
+}
+
+}  // namespace
+
 RegMeanLinear regmean_linear(std::span<const RegMeanCandidate> candidates, int64_t out, int64_t in, double alpha,
-                             const std::string& name) {
-  const size_t nin = static_cast<size_t>(in);
-  std::vector<float> shrunk(nin * nin), rhs(nin * static_cast<size_t>(out), 0.0f);
-  std::vector<double> system(nin * nin, 0.0);
+                             const std::string& name, bool audit) {
+  const size_t nin = static_cast<size_t>(in), nout = static_cast<size_t>(out);
+  std::vector<float> product(nin * nout), rhs(nin * nout, 0.0f);
+  std::vector<double> system(nin * nin, 0.0), output_energy, gram_trace;
   double total = 0;
   for (const RegMeanCandidate& c : candidates) {
-    if (c.weight.size() != static_cast<size_t>(out) * nin || c.gram.size() != nin * nin)
+    if (c.weight.size() != nout * nin || c.gram.size() != nin * nin)
       throw std::logic_error("regmean_linear: sizes do not match for '" + name + "'");
     total += c.factor;
     // G~ = alpha G + (1 - alpha) diag(G): the off-diagonal shrunk toward zero.
     parallel_chunks(nin, 64, [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i)
-        for (size_t j = 0; j < nin; ++j) {
-          const float g = c.gram[i * nin + j] * (i == j ? 1.0f : static_cast<float>(alpha));
-          shrunk[i * nin + j] = g;
-          system[i * nin + j] += c.factor * g;
-        }
+        for (size_t j = 0; j < nin; ++j) system[i * nin + j] += c.factor * c.gram[i * nin + j] * (i == j ? 1.0 : alpha);
     });
-    // rhs [in, out] += w G~ W^T
-    sgemm(false, true, in, out, in, static_cast<float>(c.factor), shrunk.data(), in, c.weight.data(), in, 1.0f,
-          rhs.data(), out);
+    // G W^T [in, out], then rhs += w G~ W^T = w (alpha G W^T + (1 - alpha) diag(G) W^T): the
+    // unshrunk product also gives the audit tr(W G W^T) for free.
+    sgemm(false, true, in, out, in, 1.0f, c.gram.data(), in, c.weight.data(), in, 0.0f, product.data(), out);
+    const float w = static_cast<float>(c.factor), a = static_cast<float>(alpha);
+    std::vector<double> row_energy(nin, 0.0);  // per row, summed in order below: same bits on any thread count
+    parallel_chunks(nin, 16, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) {
+        const float diagonal = (1.0f - a) * c.gram[i * nin + i];
+        double energy = 0;
+        for (size_t o = 0; o < nout; ++o) {
+          const float p = product[i * nout + o], weight = c.weight[o * nin + i];
+          rhs[i * nout + o] += w * (a * p + diagonal * weight);
+          energy += static_cast<double>(p) * weight;
+        }
+        row_energy[i] = energy;
+      }
+    });
+    if (audit) {
+      double energy = 0, trace = 0;
+      for (size_t i = 0; i < nin; ++i) energy += row_energy[i], trace += c.gram[i * nin + i];
+      output_energy.push_back(energy);
+      gram_trace.push_back(c.factor * trace);
+    }
   }
   if (!(total > 0)) throw InputError(name + ": RegMean needs a positive total weight");
   std::vector<double> x(rhs.begin(), rhs.end());
@@ -56,7 +98,25 @@ RegMeanLinear regmean_linear(std::span<const RegMeanCandidate> candidates, int64
   for (size_t i = 0; i < nin; ++i)
     for (size_t j = 0; j < static_cast<size_t>(out); ++j)
       result.weight[j * nin + i] = static_cast<float>(x[i * static_cast<size_t>(out) + j]);
+  if (audit) {
+    const std::vector<double> residual = residual_energies(candidates, result.weight, out, in);
+    double trace_sum = 0;
+    for (double t : gram_trace) trace_sum += t;
+    for (size_t t = 0; t < candidates.size(); ++t) {
+      result.relative_residuals.push_back(output_energy[t] > 0 ? residual[t] / output_energy[t] : 0.0);
+      result.gram_trace_share.push_back(trace_sum > 0 ? gram_trace[t] / trace_sum : 0.0);
+    }
+  }
   return result;
+}
+
+void record_regmean_audit(TensorAudit& audit, const RegMeanLinear& solved) {
+  audit.set("relative_residuals", solved.relative_residuals);
+  audit.set("gram_trace_share", solved.gram_trace_share);
+  audit.set("condition", std::isfinite(solved.solve.condition) ? nlohmann::json(solved.solve.condition)
+                                                               : nlohmann::json(std::numeric_limits<double>::max()));
+  audit.set("fallback", solved.solve.fallback);
+  audit.set("solve_rank", solved.solve.rank);
 }
 
 Tensor weighted_mean(const TensorJob& job) {

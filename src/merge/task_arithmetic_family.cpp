@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "merge/audit.h"
 
 namespace amalgam {
 
@@ -45,6 +46,29 @@ std::pair<uint32_t, uint64_t> descend(const std::vector<uint64_t>& hist, uint64_
     if (d == 0) break;
   }
   throw std::logic_error("rank outside the histogram");
+}
+
+// The audit's counts over one chunk of sparsified deltas ([models, kStreamChunk]): nonzero
+// entries per model, and entries where the nonzero deltas have both signs.
+void count_kept(const float* deltas, size_t models, size_t len, std::vector<uint64_t>& kept, uint64_t& conflicts) {
+  thread_local std::vector<uint8_t> positive, negative;
+  positive.assign(len, 0);
+  negative.assign(len, 0);
+  for (size_t t = 0; t < models; ++t) {
+    const float* d = deltas + t * kStreamChunk;
+    uint64_t nonzero = 0;
+    for (size_t i = 0; i < len; ++i) {
+      positive[i] |= d[i] > 0;
+      negative[i] |= d[i] < 0;
+      nonzero += d[i] != 0;
+    }
+#pragma omp atomic
+    kept[t] += nonzero;
+  }
+  uint64_t both = 0;
+  for (size_t i = 0; i < len; ++i) both += positive[i] & negative[i];
+#pragma omp atomic
+  conflicts += both;
 }
 
 }  // namespace
@@ -137,21 +161,31 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
   float weight_sum = 0;
   for (float w : weight) weight_sum += w;
   const float plain_divisor = normalize && std::fabs(weight_sum) >= 1e-8f ? weight_sum : 1.0f;
+  // The audit's counts: entries kept by sparsification and by the sign election per model,
+  // and entries whose kept deltas disagree in sign.
+  TensorAudit* audit = job.audit();
+  std::vector<uint64_t> kept(models, 0), elected(models, 0);
+  uint64_t conflicts = 0;
   // Every loop below runs over the elements of a chunk with the model fixed, so that it
   // vectorises; sums over models still add in model order, whatever the chunking.
   parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
     const size_t len = e - b;
     thread_local std::vector<float> scratch;
-    scratch.resize((models + 3) * kStreamChunk);
+    scratch.resize((models + 4 + (audit ? models + 1 : 0)) * kStreamChunk);
     // Disjoint slices of one buffer; __restrict lets the compiler vectorise across them.
     float* __restrict mixed = scratch.data();
     float* __restrict divisor = mixed + kStreamChunk;
     float* __restrict vote = divisor + kStreamChunk;
-    float* __restrict deltas = vote + kStreamChunk;  // weighted, sparsified task vectors of this chunk
+    float* __restrict deltas = vote + kStreamChunk;     // weighted, sparsified task vectors of this chunk
+    float* increment = deltas + models * kStreamChunk;  // the merged delta
+    // With the audit: the raw task vectors, then the merged delta (rows for add_deltas).
+    float* __restrict raw = audit ? increment + kStreamChunk : nullptr;
     const float* __restrict base = result + b;
     for (size_t t = 0; t < models; ++t) {
       float* __restrict d = deltas + t * kStreamChunk;
       job.read_model(t, b, e, d);
+      if (raw)
+        for (size_t i = 0; i < len; ++i) raw[t * kStreamChunk + i] = d[i] - base[i];
       const float w = weight[t] * scale[t];
       if (sparsify == Sparsification::None) {
         for (size_t i = 0; i < len; ++i) d[i] = w * (d[i] - base[i]);
@@ -166,34 +200,54 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
         }
       }
     }
+    if (audit && sparsify != Sparsification::None) count_kept(deltas, models, len, kept, conflicts);
     std::fill(mixed, mixed + len, 0.0f);
+    float* __restrict merged_delta = raw ? raw + models * kStreamChunk : increment;
     if (!variant_.sign_consensus) {
       for (size_t t = 0; t < models; ++t)
         for (size_t i = 0; i < len; ++i) mixed[i] += deltas[t * kStreamChunk + i];
-      for (size_t i = 0; i < len; ++i) result[b + i] = base[i] + lambda * (mixed[i] / plain_divisor);
-      return;
-    }
-    // TIES: elect the sign of the summed weighted deltas (0 counts as +), then keep, per
-    // entry, the deltas of that sign and the weights of the models they came from.
-    std::fill(vote, vote + len, 0.0f);
-    std::fill(divisor, divisor + len, 0.0f);
-    for (size_t t = 0; t < models; ++t)
-      for (size_t i = 0; i < len; ++i) vote[i] += deltas[t * kStreamChunk + i];
-    for (size_t t = 0; t < models; ++t) {
-      const float* __restrict d = deltas + t * kStreamChunk;
-      const float w = weight[t];
+      for (size_t i = 0; i < len; ++i) merged_delta[i] = lambda * (mixed[i] / plain_divisor);
+    } else {
+      // TIES: elect the sign of the summed weighted deltas (0 counts as +), then keep, per
+      // entry, the deltas of that sign and the weights of the models they came from.
+      std::fill(vote, vote + len, 0.0f);
+      std::fill(divisor, divisor + len, 0.0f);
+      for (size_t t = 0; t < models; ++t)
+        for (size_t i = 0; i < len; ++i) vote[i] += deltas[t * kStreamChunk + i];
+      for (size_t t = 0; t < models; ++t) {
+        const float* __restrict d = deltas + t * kStreamChunk;
+        const float w = weight[t];
+        uint64_t agreeing = 0;
+        for (size_t i = 0; i < len; ++i) {
+          const float elected_sign = vote[i] >= 0 ? 1.0f : -1.0f;
+          const float agree = d[i] * elected_sign > 0 ? 1.0f : 0.0f;  // zero deltas never agree
+          mixed[i] += agree * d[i];
+          divisor[i] += agree * w;
+          agreeing += agree != 0;
+        }
+        if (audit) {
+#pragma omp atomic
+          elected[t] += agreeing;
+        }
+      }
       for (size_t i = 0; i < len; ++i) {
-        const float elected = vote[i] >= 0 ? 1.0f : -1.0f;
-        const float agree = d[i] * elected > 0 ? 1.0f : 0.0f;  // zero deltas never agree
-        mixed[i] += agree * d[i];
-        divisor[i] += agree * w;
+        const float div = normalize && divisor[i] != 0 ? divisor[i] : 1.0f;
+        merged_delta[i] = lambda * (mixed[i] / div);
       }
     }
-    for (size_t i = 0; i < len; ++i) {
-      const float div = normalize && divisor[i] != 0 ? divisor[i] : 1.0f;
-      result[b + i] = base[i] + lambda * (mixed[i] / div);
-    }
+    for (size_t i = 0; i < len; ++i) result[b + i] = base[i] + merged_delta[i];
+    if (raw) audit->add_deltas(b, raw, kStreamChunk, len);
   });
+  if (audit && sparsify != Sparsification::None) {
+    std::vector<double> kept_fraction, elected_fraction;
+    for (size_t t = 0; t < models; ++t) {
+      kept_fraction.push_back(static_cast<double>(kept[t]) / static_cast<double>(std::max<size_t>(n, 1)));
+      elected_fraction.push_back(static_cast<double>(elected[t]) / static_cast<double>(std::max<size_t>(n, 1)));
+    }
+    audit->set("kept_fraction", kept_fraction);
+    if (variant_.sign_consensus) audit->set("elected_fraction", elected_fraction);
+    audit->set("sign_conflict_share", static_cast<double>(conflicts) / static_cast<double>(std::max<size_t>(n, 1)));
+  }
   return out;
 }
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/parallel.h"
+#include "merge/audit.h"
 #include "merge/method.h"
 #include "merge/tsv_math.h"
 
@@ -58,12 +59,15 @@ class Tsv final : public MergeMethod {
     if (k == 0) return out;
     const std::span<float> res = out.mutable_data<float>();
     std::vector<LowRankFactors> factors;
+    std::vector<double> energy_kept;
     Matrix delta(m, n);
     for (size_t t = 0; t < job.model_count(); ++t) {
       job.read_model(t, 0, job.numel(), delta.data.data());
       for (size_t i = 0; i < job.numel(); ++i) delta.data[i] -= res[i];
       factors.push_back(truncated_svd(delta, k));
+      if (job.audit()) energy_kept.push_back(kept_energy(delta.data, factors.back()));
     }
+    if (TensorAudit* audit = job.audit()) record_tsv_audit(*audit, k, energy_kept, factors);
     std::vector<FactorView> views;
     for (const auto& f : factors) views.push_back(factor_view(f));
     add_tsv_merge(views, static_cast<float>(job.param("alpha")), m, n, res);  // W0 + alpha * U S V^T

@@ -1,8 +1,11 @@
 #include "merge/tsv_math.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
+
+#include "merge/audit.h"
 
 namespace amalgam {
 
@@ -57,6 +60,33 @@ void add_tsv_merge(std::span<const FactorView> tasks, float alpha, int64_t d_out
     for (int64_t j = 0; j < total; ++j) u_all(i, j) *= s_all[static_cast<size_t>(j)];
   sgemm(false, false, d_out, d_in, total, alpha, u_all.data.data(), total, vt_all.data.data(), d_in, 1.0f,
         weight.data(), d_in);
+}
+
+double kept_energy(std::span<const float> delta, const LowRankFactors& kept) {
+  double total = 0, inside = 0;
+  for (float x : delta) total += static_cast<double>(x) * x;
+  for (float s : kept.s) inside += static_cast<double>(s) * s;
+  return total > 0 ? std::min(1.0, inside / total) : 1.0;
+}
+
+std::vector<std::vector<double>> subspace_interference(std::span<const LowRankFactors> tasks) {
+  const size_t n = tasks.size();
+  std::vector<std::vector<double>> out(n, std::vector<double>(n, 0.0));
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = i; j < n; ++j) {
+      const Matrix cross = matmul(tasks[i].u, tasks[j].u, /*trans_a=*/true);
+      double sum = 0;
+      for (float x : cross.data) sum += static_cast<double>(x) * x;
+      out[i][j] = out[j][i] = std::sqrt(sum);
+    }
+  return out;
+}
+
+void record_tsv_audit(TensorAudit& audit, int64_t rank, const std::vector<double>& energy_kept,
+                      std::span<const LowRankFactors> tasks) {
+  audit.set("rank", rank);
+  audit.set("energy_kept", energy_kept);
+  audit.set("subspace_interference", subspace_interference(tasks));
 }
 
 }  // namespace amalgam

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# What the merge audit (merge_report.json) costs: each merge timed with the audit (the
+# default) and with --no-audit, alternating, median of RUNS runs (default 5) each.
+#   - data-free methods on 8 generated BF16 fine-tunes of a small decoder (about 270 MB each);
+#   - RegMean and RegMean++ on a built zoo (256 calibration examples per task), if ZOO is given.
+#
+#   bench/audit_cost.sh [DATA_DIR] [ZOO]     (DATA_DIR default bench-data/, about 2.5 GB of disk)
+#   METHODS="linear ties" bench/audit_cost.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-bench-data}
+ZOO=${2:-}
+RUNS=${RUNS:-5}
+METHODS=${METHODS:-linear task_arithmetic ties tsv}
+amalgam=${AMALGAM:-$PWD/build/amalgam}
+source bench/bench_util.sh
+
+fam=$DATA/audit-family
+if [ ! -d "$fam" ]; then
+  echo "== generating 8 fine-tunes and a base (once)" >&2
+  $amalgam generate -o "$fam" --models 8 --layers 8 --hidden 1024 --intermediate 2816 --vocab 32000
+fi
+
+data_free_config() {  # method
+  echo "merge_method: $1"
+  [ "$1" != linear ] && echo "base_model: $fam/base"
+  echo "models:"
+  for i in $(seq 1 8); do
+    echo "  - model: $fam/model_$i"
+    case $1 in
+      ties) echo "    parameters: {weight: 1.0, density: 0.2}" ;;
+      tsv) ;;
+      *) echo "    parameters: {weight: 1.0}" ;;
+    esac
+  done
+  case $1 in
+    task_arithmetic | ties) echo "parameters: {lambda: 0.3}" ;;
+  esac
+  echo "dtype: bfloat16"
+}
+
+zoo_config() {  # method
+  echo "merge_method: $1"
+  echo "base_model: $ZOO/base"
+  echo "parameters: {alpha: 0.95, examples: 256}"
+  echo "models:"
+  for t in mnist fashion letters digits8 shapes gratings count textures; do
+    echo "  - model: $ZOO/finetuned/$t"
+    echo "    data: $ZOO/data/$t"
+  done
+}
+
+# Prints "with without" median seconds, the two variants alternating so that drift in the
+# machine's speed falls on both.
+measure() {  # config
+  local with=() without=()
+  for _ in $(seq "$RUNS"); do
+    with+=("$(seconds_of $amalgam merge "$1" -o "$DATA/audit-out" --force -q)")
+    without+=("$(seconds_of $amalgam merge "$1" -o "$DATA/audit-out" --force -q --no-audit)")
+  done
+  echo "$(printf '%s\n' "${with[@]}" | median) $(printf '%s\n' "${without[@]}" | median)"
+}
+
+printf "%-18s %12s %14s %10s\n" method audit_s no_audit_s overhead
+row() {  # method config
+  read -r w n < <(measure "$2")
+  awk -v m="$1" -v w="$w" -v n="$n" 'BEGIN { printf "%-18s %12.2f %14.2f %9.1f%%\n", m, w, n, 100 * (w - n) / n }'
+}
+for m in $METHODS; do
+  data_free_config "$m" >"$DATA/audit-$m.yaml"
+  row "$m" "$DATA/audit-$m.yaml"
+done
+if [ -n "$ZOO" ]; then
+  for m in regmean regmean_plusplus; do
+    zoo_config "$m" >"$DATA/audit-$m.yaml"
+    row "$m (zoo)" "$DATA/audit-$m.yaml"
+  done
+fi
+rm -rf "$DATA/audit-out"

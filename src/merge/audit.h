@@ -1,0 +1,90 @@
+// The merge audit: what every merge writes to merge_report.json, tensor by tensor, so that
+// a merged model can be explained (which layers the tasks fight over, how much each
+// candidate shaped each layer, whether a solve was ill-conditioned).
+//
+// For every merged tensor the engine records each candidate's task vector norm
+// ||W_t - W0|| (W0 the base; zero for a merge without one), the cosines between the task
+// vectors, the merged delta's norm against the norm of the mean task vector, and each task
+// vector's cosine with the merged delta. Methods add their own fields with
+// TensorAudit::set: kept fractions and sign conflicts (TIES, DARE, breadcrumbs), ranks,
+// energy kept and subspace interference (TSV-M), regression residuals, condition numbers
+// and Gram trace shares (RegMean, RegMean++).
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace amalgam {
+
+class TensorJob;
+
+class TensorAudit {
+ public:
+  TensorAudit(size_t candidates, size_t numel);
+
+  size_t candidates() const { return candidates_; }
+
+  // Rows 0..T-1: the candidates' task vectors over elements [begin, begin + len); row T: the
+  // merged delta over the same elements; rows `stride` floats apart. `begin` must start a
+  // kStreamChunk chunk. Thread-safe across chunks; the chunks' sums are added in chunk
+  // order, so the report has the same bits whatever the thread count.
+  void add_deltas(size_t begin, const float* rows, size_t stride, size_t len);
+  bool has_deltas() const;
+
+  // A method's own field for this tensor (thread-safe).
+  void set(const std::string& key, nlohmann::json value);
+
+  // The method's fields only, and everything (norms, cosines and the method's fields).
+  nlohmann::json fields() const;
+  nlohmann::json to_json() const;
+
+ private:
+  size_t candidates_;
+  size_t chunks_;
+  std::vector<double> partial_;  // [chunks, (T+1)^2]: each chunk's Gram of the rows
+  std::vector<unsigned char> filled_;
+  nlohmann::json fields_ = nlohmann::json::object();
+  mutable std::mutex mutex_;
+};
+
+// Fills `audit` for a method that did not record the deltas while merging: reads every
+// candidate (and the base) again, chunk by chunk, beside the merged tensor.
+void audit_by_reading(const TensorJob& job, const Tensor& merged, TensorAudit& audit);
+// The same from task vectors and the merged delta already in memory (MASS's bundle build).
+void audit_deltas(std::span<const std::span<const float>> deltas, std::span<const float> merged_delta,
+                  TensorAudit& audit);
+
+// The whole report: one entry per merged tensor, in the order they were merged.
+class MergeReport {
+ public:
+  MergeReport(std::string method, std::vector<std::filesystem::path> candidates,
+              std::optional<std::filesystem::path> base);
+  void add(const std::string& tensor, const Shape& shape, const TensorAudit& audit);
+  nlohmann::json to_json() const;
+
+ private:
+  std::string method_;
+  std::vector<std::filesystem::path> candidates_;
+  std::optional<std::filesystem::path> base_;
+  nlohmann::json tensors_ = nlohmann::json::array();
+};
+
+inline constexpr const char* kMergeReportFile = "merge_report.json";
+
+// Reads OUT/merge_report.json (or the file itself); InputError when it is not a report.
+nlohmann::json read_merge_report(const std::filesystem::path& path);
+
+// The report as text: a few summary lines (printed after every merge), and the tables of
+// `amalgam audit` (the `top` worst tensors of each kind first).
+std::vector<std::string> audit_summary(const nlohmann::json& report);
+std::string audit_tables(const nlohmann::json& report, size_t top);
+
+}  // namespace amalgam
