@@ -10,6 +10,9 @@ packages=(
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libstb-dev libfreetype-dev
+  # The fuzzers (scripts/fuzz.sh): clang with its libFuzzer and sanitizer runtimes, and the
+  # OpenMP runtime clang links.
+  clang libclang-rt-dev libomp-dev
   # The zoo's data: Fashion-MNIST and the fonts its letters task renders.
   dataset-fashion-mnist fonts-dejavu-core fonts-liberation fonts-freefont-ttf
   python3-numpy python3-pil

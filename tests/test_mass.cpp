@@ -9,10 +9,13 @@
 //  - config: values, defaults, relative paths, errors naming the key;
 //  - bundle: files, ranks, factors against the checkpoints (Jacobi tail), the first-pass
 //    model against `amalgam merge` with tsv, with T=1 the routed model against
-//    W0 + U_k S_k V_k^T by a naive loop;
+//    W0 + U_k S_k V_k^T by a naive loop; the redundancy filter with two identical candidates
+//    (the first pass is the first one's W0 + U_k S_k V_k^T); factors in the base's dtype;
 //  - CLI: `mass build` + `mass eval` on tiny random CLIP models: with one full-rank task the
 //    accuracy of `amalgam eval` of the fine-tune itself; with three tasks, the routing
-//    accuracy of a routing recomputed here by loops;
+//    accuracy, mean residuals and routing rank of a routing recomputed here by loops, the
+//    first pass's accuracy against `amalgam eval` of its checkpoint; `mass predict` against
+//    the fine-tune's own predictions (one full-rank task) and the route recomputed here;
 //  - end to end on the small zoo: each task's rank-k model keeps the fine-tune's accuracy
 //    and beats TSV-M (routing accuracy is reported: see the comment there).
 #include <gtest/gtest.h>
@@ -21,6 +24,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <sstream>
 
 #include "clip_fixtures.h"
 #include "core/error.h"
@@ -381,7 +385,9 @@ TEST(MassCache, KeyIgnoresOrderAndTheLeastRecentlyUsedIsEvicted) {
   EXPECT_FALSE(cache.contains({1}));
   EXPECT_EQ(cache.size(), 2u);
   EXPECT_EQ(cache.builds(), 3u);
+  EXPECT_EQ(cache.hits(), 2u);
   EXPECT_EQ(get({1}), 4);
+  EXPECT_EQ(cache.hits(), 2u);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -394,7 +400,7 @@ TEST(MassConfigTest, ParsesValuesDefaultsAndRelativePaths) {
   const std::string y =
       "base_model: models/a\nmodels:\n  - {model: models/a, head: h.safetensors, name: first}\n"
       "  - model: models/a\n    head: h.safetensors\nparameters: {token: mean, mode: top1, threshold: 0.3, "
-      "max_tasks: 2, routing_layer: 1}\n";
+      "max_tasks: 2, routing_layer: 1, routing_rank: 3, similarity_threshold: 0.8}\n";
   const MassConfig c = parse_mass_config(y, tmp / "mass.yaml");
   EXPECT_EQ(c.base_path, tmp / "models/a");  // not in the working directory: beside the config
   ASSERT_EQ(c.models.size(), 2u);
@@ -408,6 +414,11 @@ TEST(MassConfigTest, ParsesValuesDefaultsAndRelativePaths) {
   EXPECT_EQ(c.parameters.routing_layer, 1);
   EXPECT_DOUBLE_EQ(c.parameters.temperature, 1.0);
   EXPECT_DOUBLE_EQ(c.parameters.rank_fraction, 0.0);
+  EXPECT_EQ(c.parameters.routing_rank, 3);
+  EXPECT_EQ(c.parameters.similarity_threshold, 0.8);
+  const MassConfig d = parse_mass_config("base_model: b\nmodels: [{model: a, head: h}]\n", tmp / "mass.yaml");
+  EXPECT_EQ(d.parameters.routing_rank, 0);
+  EXPECT_FALSE(d.parameters.similarity_threshold.has_value());  // no filter by default
 }
 
 TEST(MassConfigTest, ErrorsNameTheKey) {
@@ -422,7 +433,11 @@ TEST(MassConfigTest, ErrorsNameTheKey) {
   const std::string models = "base_model: b\nmodels: [{model: a, head: h}]\n";
   EXPECT_EQ(error(models + "parameters: {tokn: cls}"),
             "m.yaml: parameters: unknown key 'tokn' (expected rank_fraction, routing_layer, token, mode, threshold, "
-            "temperature, max_tasks)");
+            "temperature, max_tasks, routing_rank, similarity_threshold)");
+  EXPECT_EQ(error(models + "parameters: {similarity_threshold: 1.5}"),
+            "m.yaml: parameters.similarity_threshold: must be a cosine in [0, 1]");
+  EXPECT_EQ(error(models + "parameters: {routing_rank: -1}"),
+            "m.yaml: parameters.routing_rank: must be >= 0 (0: every stored row of each task's subspace)");
   EXPECT_EQ(error(models + "parameters: {token: last}"),
             "m.yaml: parameters.token: expected 'cls' or 'mean', got 'last'");
   EXPECT_EQ(error(models + "parameters: {threshold: '0.2'}"),
@@ -462,9 +477,9 @@ struct TinyFamily {
   fs::path base = tmp / "base";
   std::vector<fs::path> models, heads, tasks;
 
-  explicit TinyFamily(int tasks_count) {
+  explicit TinyFamily(int tasks_count, DType dtype = DType::F32) {
     const ClipVisionWeights w0 = random_clip_vision_weights(config, 1, true);
-    save_clip_vision(base, config, w0, DType::F32, false, testing::identity_preprocess().to_json());
+    save_clip_vision(base, config, w0, dtype, false, testing::identity_preprocess().to_json());
     for (int t = 0; t < tasks_count; ++t) {
       const std::string name = task_name(t);
       ClipVisionWeights w = w0, noise = random_clip_vision_weights(config, 10 + t, true);
@@ -474,7 +489,7 @@ struct TinyFamily {
           table[p].data[i] +=
               0.3f * (noise_table[p].data[i] - (noise_table[p].kind == ClipParameter::Kind::LayerNormWeight));
       models.push_back(tmp / ("model_" + name));
-      save_clip_vision(models.back(), config, w, DType::F32, false, testing::identity_preprocess().to_json());
+      save_clip_vision(models.back(), config, w, dtype, false, testing::identity_preprocess().to_json());
       heads.push_back(tmp / (name + ".safetensors"));
       write_head(heads.back(), name, 20 + t);
       tasks.push_back(tmp / ("task_" + name));
@@ -703,11 +718,12 @@ TEST(MassCli, OneFullRankTaskGivesTheFineTunesAccuracy) {
   EXPECT_EQ(j["sizes"]["all_finetunes"], j["sizes"]["base"]);
 }
 
-// The most probable route of every test image of every task, recomputed here: the first-pass
-// checkpoint's fc1 input of the routing block (observed by a tap), its CLS row, the residual
-// against each task's Vt by loops, the smallest residual.
-std::vector<int64_t> reference_top_routes(const fs::path& bundle, const fs::path& task_dir, int64_t tasks) {
-  const ClipVisionModel first = ClipVisionModel::load(bundle / "first_pass");
+// Every test image's residual to every task's subspace, recomputed here: the first-pass
+// checkpoint's fc1 input of the routing block (observed by a tap), its CLS row, and
+// ||z - sum_r (v_r . z) v_r|| by loops over the first `rank` rows of each task's Vt (0: all).
+std::vector<Doubles> reference_residuals(const fs::path& bundle, const fs::path& task_dir, int64_t tasks,
+                                         int64_t rank = 0, const fs::path& token_model = {}) {
+  const ClipVisionModel first = ClipVisionModel::load(token_model.empty() ? bundle / "first_pass" : token_model);
   const TaskInfo info = read_task_info(task_dir);
   const TaskSplit split = load_split(task_dir, info, "test");
   std::vector<int64_t> all(static_cast<size_t>(split.size()));
@@ -722,13 +738,11 @@ std::vector<int64_t> reference_top_routes(const fs::path& bundle, const fs::path
       tokens.insert(tokens.end(), in.data + b * per_image * d, in.data + (b * per_image + 1) * d);
   });
   const std::string fc1 = clip_layer_prefix(layer) + "mlp.fc1.weight.Vt";
-  std::vector<int64_t> top;
-  for (int64_t b = 0; b < split.size(); ++b) {
-    int64_t best = 0;
-    double best_residual = 1e300;
-    for (int64_t t = 0; t < tasks; ++t) {
-      const auto vt = testing::tensor_floats(bundle / "factors" / (task_name(t) + ".safetensors"), fc1);
-      const int64_t k = static_cast<int64_t>(vt.size()) / d;
+  std::vector<Doubles> residuals(static_cast<size_t>(split.size()));
+  for (int64_t t = 0; t < tasks; ++t) {
+    const auto vt = testing::tensor_floats(bundle / "factors" / (task_name(t) + ".safetensors"), fc1);
+    const int64_t k = rank > 0 ? rank : static_cast<int64_t>(vt.size()) / d;
+    for (int64_t b = 0; b < split.size(); ++b) {
       Doubles rest(tokens.begin() + b * d, tokens.begin() + (b + 1) * d);
       for (int64_t r = 0; r < k; ++r) {
         double c = 0;
@@ -737,13 +751,17 @@ std::vector<int64_t> reference_top_routes(const fs::path& bundle, const fs::path
       }
       double norm = 0;
       for (double v : rest) norm += v * v;
-      if (norm < best_residual) {
-        best_residual = norm;
-        best = t;
-      }
+      residuals[static_cast<size_t>(b)].push_back(std::sqrt(norm));
     }
-    top.push_back(best);
   }
+  return residuals;
+}
+
+// The most probable route of every test image: the smallest reference residual.
+std::vector<int64_t> reference_top_routes(const fs::path& bundle, const fs::path& task_dir, int64_t tasks) {
+  std::vector<int64_t> top;
+  for (const Doubles& r : reference_residuals(bundle, task_dir, tasks))
+    top.push_back(std::min_element(r.begin(), r.end()) - r.begin());
   return top;
 }
 
@@ -774,13 +792,41 @@ TEST(MassCli, ThreeTasksReportRoutingAsRecomputedAndRefuseToOverwrite) {
         selected += count.get<int64_t>();
       }
       EXPECT_EQ(selected, kTestImages);
+      // The first pass whole, with the task's own head: `amalgam eval` of the first-pass checkpoint.
+      const TaskInfo info = read_task_info(fam.tasks[t]);
+      EvalOptions eo;
+      eo.quiet = true;
+      eo.batch_size = 8;
+      const EvalResult tsv =
+          evaluate(ClipVisionModel::load(bundle / "first_pass"), testing::identity_preprocess(), info,
+                   load_split(fam.tasks[t], info, "test"), ClassifierHead::load(fam.heads[t]), eo);
+      EXPECT_DOUBLE_EQ(r["first_pass_accuracy"].get<double>(), tsv.accuracy) << t;
+      const nlohmann::json& l = r["latency"];
+      EXPECT_EQ(l["images"], kTestImages);
+      EXPECT_EQ(l["cache_hits"].get<int64_t>() + l["cache_misses"].get<int64_t>(), l["forwards"].get<int64_t>());
+      EXPECT_GE(l["forwards"].get<int64_t>(), 3);  // at least one per batch of 8
+      EXPECT_GT(l["merged_seconds"].get<double>(), 0.0);
+      EXPECT_NEAR(l["ratio"].get<double>(),
+                  (l["first_pass_seconds"].get<double>() + l["build_seconds"].get<double>() +
+                   l["second_pass_seconds"].get<double>()) /
+                      l["merged_seconds"].get<double>(),
+                  1e-9);
       if (route != "sample") continue;
       const auto top = reference_top_routes(bundle, fam.tasks[t], 3);
       const auto own = std::count(top.begin(), top.end(), t);
       EXPECT_DOUBLE_EQ(r["routing_accuracy"].get<double>(), static_cast<double>(own) / kTestImages) << t;
       for (int64_t u = 0; u < 3; ++u)
         EXPECT_EQ(r["top_routes"][task_name(u)], std::count(top.begin(), top.end(), u)) << t << " " << u;
+      const auto residuals = reference_residuals(bundle, fam.tasks[t], 3);
+      for (int64_t u = 0; u < 3; ++u) {
+        double mean = 0;
+        for (const Doubles& image : residuals) mean += image[static_cast<size_t>(u)] / kTestImages;
+        EXPECT_NEAR(r["mean_residuals"][task_name(u)].get<double>(), mean, 1e-5 * mean) << t << " " << u;
+      }
     }
+    const nlohmann::json& total = j["latency"];
+    EXPECT_EQ(total["images"], 3 * kTestImages);
+    EXPECT_EQ(total["cache_misses"], j["models_built"]);
   }
   for (const std::string rule : {"max-logit", "router"}) {
     const nlohmann::json j = run_json("mass eval " + bundle.string() + tasks + " --head-rule " + rule + " --json -q");
@@ -794,10 +840,13 @@ TEST(MassCli, ThreeTasksReportRoutingAsRecomputedAndRefuseToOverwrite) {
   EXPECT_EQ(unknown.code, 2);
   EXPECT_NE(unknown.err.find("task 'other' is not one of the bundle's tasks (t0, t1, t2)"), std::string::npos)
       << unknown.err;
-  const testing::CliResult human = testing::run_amalgam("mass eval " + bundle.string() + tasks + " -q");
+  const testing::CliResult human =
+      testing::run_amalgam("mass eval " + bundle.string() + tasks + " -q --residual-table");
   EXPECT_EQ(human.code, 0);
   EXPECT_NE(human.out.find("t2 (test, 21 examples, route sample, head true): accuracy"), std::string::npos)
       << human.out;
+  EXPECT_NE(human.out.find("latency (batch 32): MASS "), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("mean residual r_t to each task's subspace"), std::string::npos) << human.out;
 }
 
 TEST(MassCli, ConfigErrorsExitWithTwoAndNameTheKey) {
@@ -810,16 +859,247 @@ TEST(MassCli, ConfigErrorsExitWithTwoAndNameTheKey) {
   EXPECT_FALSE(fs::exists(tmp / "out"));
 }
 
+TEST(MassCli, RoutingRankRoutesOnTheFirstRowsOfEachSubspace) {
+  const TinyFamily fam(3);
+  const fs::path bundle = fam.build("bundle", "routing_rank: 2");  // of the 4 stored per task
+  EXPECT_EQ(BundleInfo::read(bundle).router.rank, 2);
+  std::string tasks;
+  for (const auto& t : fam.tasks) tasks += " --task " + t.string();
+  const nlohmann::json j = run_json("mass eval " + bundle.string() + tasks + " --json -q");
+  EXPECT_EQ(j["router"]["rank"], 2);
+  for (int64_t t = 0; t < 3; ++t) {
+    std::vector<int64_t> top;
+    for (const Doubles& r : reference_residuals(bundle, fam.tasks[t], 3, 2))
+      top.push_back(std::min_element(r.begin(), r.end()) - r.begin());
+    for (int64_t u = 0; u < 3; ++u)
+      EXPECT_EQ(j["results"][t]["top_routes"][task_name(u)], std::count(top.begin(), top.end(), u)) << t << u;
+  }
+  // Overrides on the command line; a rank beyond the stored one is an error, at build and at eval.
+  const nlohmann::json o =
+      run_json("mass eval " + bundle.string() + tasks + " --routing-layer 0 --token mean --routing-rank 0 --json -q");
+  EXPECT_EQ(o["router"]["layer"], 0);
+  EXPECT_EQ(o["router"]["token"], "mean");
+  EXPECT_EQ(o["router"]["rank"], 0);
+  // Routing on a fine-tune's own tokens (the diagnostic): the residuals of its fc1 inputs.
+  const nlohmann::json own = run_json("mass eval " + bundle.string() + " --task " + fam.tasks[2].string() +
+                                      " --route-with " + fam.models[2].string() + " --json -q");
+  std::vector<int64_t> top;
+  for (const Doubles& r : reference_residuals(bundle, fam.tasks[2], 3, 2, fam.models[2]))
+    top.push_back(std::min_element(r.begin(), r.end()) - r.begin());
+  for (int64_t u = 0; u < 3; ++u)
+    EXPECT_EQ(own["results"][0]["top_routes"][task_name(u)], std::count(top.begin(), top.end(), u)) << u;
+  const testing::CliResult too_many =
+      testing::run_amalgam("mass eval " + bundle.string() + tasks + " --routing-rank 5");
+  EXPECT_EQ(too_many.code, 2);
+  EXPECT_NE(too_many.err.find("command line: rank: 5 exceeds the rank stored per task of "
+                              "'vision_model.encoder.layers.1.mlp.fc1.weight.Vt' (4)"),
+            std::string::npos)
+      << too_many.err;
+  try {
+    fam.build("bad", "routing_rank: 5");
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("parameters.routing_rank: 5 exceeds the rank kept per task of "
+                                         "'vision_model.encoder.layers.1.mlp.fc1.weight' (4)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+std::vector<nlohmann::json> json_lines(const std::string& text) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+int64_t argmax_row(const Matrix& m, int64_t row) {
+  int64_t best = 0;
+  for (int64_t j = 1; j < m.cols; ++j)
+    if (m(row, j) > m(row, best)) best = j;
+  return best;
+}
+
+// One image's preprocessed pixels from a tiny task's test split.
+std::vector<float> tiny_image(const fs::path& task_dir, int64_t index) {
+  const TaskInfo info = read_task_info(task_dir);
+  const TaskSplit split = load_split(task_dir, info, "test");
+  const int64_t one[] = {index};
+  return preprocess_batch(split.images, one, testing::identity_preprocess(), 1);
+}
+
+TEST(MassCli, PredictOfOneFullRankTaskIsTheFineTunesPrediction) {
+  const TinyFamily fam(1);
+  testing::write_bytes(fam.tmp / "m.yaml", fam.yaml());
+  const fs::path bundle = fam.tmp / "bundle";
+  ASSERT_EQ(testing::run_amalgam("mass build " + (fam.tmp / "m.yaml").string() + " -o " + bundle.string() + " -q").code,
+            0);
+  const testing::CliResult r =
+      testing::run_amalgam("mass predict " + bundle.string() + " --task " + fam.tasks[0].string() + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(static_cast<int64_t>(lines.size()), kTestImages);
+  const ClipVisionModel tuned = ClipVisionModel::load(fam.models[0]);
+  const ClassifierHead head = ClassifierHead::load(fam.heads[0]);
+  const TaskSplit split = load_split(fam.tasks[0], read_task_info(fam.tasks[0]), "test");
+  for (int64_t b = 0; b < kTestImages; ++b) {
+    const nlohmann::json& p = lines[static_cast<size_t>(b)];
+    EXPECT_EQ(p["index"], b);
+    EXPECT_EQ(p["tasks"], nlohmann::json::array({"t0"}));
+    EXPECT_EQ(p["head"], "t0");
+    EXPECT_DOUBLE_EQ(p["probabilities"]["t0"].get<double>(), 1.0);
+    const Matrix logits = head.logits(tuned.features(tiny_image(fam.tasks[0], b), 1));
+    EXPECT_EQ(p["class"], argmax_row(logits, 0)) << b;
+    EXPECT_EQ(p["class_name"], std::string(1, static_cast<char>('a' + argmax_row(logits, 0))));
+    EXPECT_EQ(p["label"], split.labels[static_cast<size_t>(b)]);
+  }
+}
+
+TEST(MassCli, PredictWritesTheRouteAndTheHeadRulesPrediction) {
+  const TinyFamily fam(3);
+  const fs::path bundle = fam.build("bundle");
+  const fs::path out = fam.tmp / "predictions.jsonl";
+  const std::string predict = "mass predict " + bundle.string() + " --head-rule router --batch-size 5 -q";
+  const testing::CliResult r =
+      testing::run_amalgam(predict + " --task " + fam.tasks[1].string() + " -o " + out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out.empty());
+  const auto lines = json_lines(testing::read_bytes(out));
+  ASSERT_EQ(static_cast<int64_t>(lines.size()), kTestImages);
+  MassRuntime runtime(bundle);
+  const auto residuals = reference_residuals(bundle, fam.tasks[1], 3);
+  const TaskSplit split = load_split(fam.tasks[1], read_task_info(fam.tasks[1]), "test");
+  for (int64_t b = 0; b < kTestImages; ++b) {
+    const nlohmann::json& p = lines[static_cast<size_t>(b)];
+    const RouteDecision d = route(residuals[static_cast<size_t>(b)], runtime.router());
+    bool near_threshold = false;
+    for (int64_t t = 0; t < 3; ++t) {
+      const double prob = d.probabilities[static_cast<size_t>(t)];
+      EXPECT_NEAR(p["probabilities"][task_name(t)].get<double>(), prob, 1e-4) << b;
+      near_threshold |= std::abs(prob - runtime.router().threshold) < 1e-3;
+    }
+    EXPECT_EQ(p["top"], task_name(d.top)) << b;
+    if (!near_threshold) {
+      nlohmann::json expected = nlohmann::json::array();
+      for (int64_t t : d.tasks) expected.push_back(task_name(t));
+      EXPECT_EQ(p["tasks"], expected) << b;
+    }
+    // The router rule: the top route's head on the selected set's model.
+    EXPECT_EQ(p["head"], p["top"]);
+    TaskSet set;
+    for (const auto& name : p["tasks"]) set.push_back(*runtime.task_index(name.get<std::string>()));
+    const int64_t head = *runtime.task_index(p["head"].get<std::string>());
+    const Matrix logits = runtime.head(head).logits(runtime.build_model(set).features(tiny_image(fam.tasks[1], b), 1));
+    EXPECT_EQ(p["class"], argmax_row(logits, 0)) << b;
+    EXPECT_EQ(p.contains("class_name"), head == 1) << b;  // class names: the task directory's own head only
+    EXPECT_EQ(p["label"], split.labels[static_cast<size_t>(b)]);
+  }
+  // The same images from a safetensors file: the same routes and classes, no class names.
+  const testing::CliResult file =
+      testing::run_amalgam(predict + " --images " + (fam.tasks[1] / "test.safetensors").string());
+  ASSERT_EQ(file.code, 0) << file.err;
+  const auto from_file = json_lines(file.out);
+  ASSERT_EQ(from_file.size(), lines.size());
+  for (size_t b = 0; b < lines.size(); ++b) {
+    EXPECT_EQ(from_file[b]["tasks"], lines[b]["tasks"]);
+    EXPECT_EQ(from_file[b]["class"], lines[b]["class"]);
+    EXPECT_EQ(from_file[b]["label"], lines[b]["label"]);
+    EXPECT_FALSE(from_file[b].contains("class_name"));
+  }
+  // Errors: an existing output, no input, the true rule without a task of the bundle.
+  EXPECT_EQ(testing::run_amalgam(predict + " --task " + fam.tasks[1].string() + " -o " + out.string()).code, 2);
+  const testing::CliResult none = testing::run_amalgam("mass predict " + bundle.string());
+  EXPECT_EQ(none.code, 2);
+  EXPECT_NE(none.err.find("give --task DIR or --images FILE"), std::string::npos) << none.err;
+  const testing::CliResult rule = testing::run_amalgam(
+      "mass predict " + bundle.string() + " --head-rule true --images " + (fam.tasks[1] / "test.safetensors").string());
+  EXPECT_EQ(rule.code, 2);
+  EXPECT_NE(rule.err.find("--head-rule true needs a --task that is one of the bundle's tasks"), std::string::npos)
+      << rule.err;
+}
+
+TEST(MassBundle, RedundancyFilterLeavesAnIdenticalCandidateOutOfTheFirstPass) {
+  const TinyFamily fam(2);
+  const std::string models = "base_model: " + fam.base.string() + "\nmodels:\n  - {model: " + fam.models[0].string() +
+                             ", head: " + fam.heads[0].string() + ", name: a}\n  - {model: " + fam.models[0].string() +
+                             ", head: " + fam.heads[1].string() + ", name: b}\n";
+  testing::write_bytes(fam.tmp / "same.yaml", models + "parameters: {similarity_threshold: 0.99}\n");
+  const fs::path bundle = fam.tmp / "same";
+  build_bundle(load_mass_config(fam.tmp / "same.yaml"), {bundle, false, true});
+  const BundleInfo info = BundleInfo::read(bundle);
+  EXPECT_EQ(info.similarity_threshold, 0.99);
+  const CheckpointReader base(fam.base);
+  ASSERT_EQ(info.filtered.size(), base.names().size());  // every tensor of the tiny model is floating
+  for (const FilteredDelta& f : info.filtered) {
+    EXPECT_EQ(f.task, "b");
+    EXPECT_EQ(f.like, "a");
+    EXPECT_NEAR(f.cosine, 1.0, 1e-9) << f.tensor;
+  }
+  // The first pass is task a's alone: W0 + U_k S_k V_k^T (k = min / 2), and the whole delta elsewhere.
+  const fs::path factors = bundle / "factors/a.safetensors";
+  for (const auto& name : base.names()) {
+    const Shape& shape = base.info(name).shape;
+    const Doubles w0 = testing::tensor_values(fam.base, name);
+    Doubles expected;
+    if (shape.size() == 2) {
+      expected =
+          low_rank_product(testing::tensor_floats(factors, name + ".U"), testing::tensor_floats(factors, name + ".S"),
+                           testing::tensor_floats(factors, name + ".Vt"), shape[0], shape[1]);
+      for (size_t i = 0; i < expected.size(); ++i) expected[i] += w0[i];
+    } else {
+      expected = testing::tensor_values(fam.models[0], name);
+    }
+    EXPECT_LT(relative_error(testing::tensor_floats(bundle / "first_pass", name), expected), 1e-5) << name;
+  }
+  // Unrelated tasks pass the filter: the same bits as without it.
+  const fs::path plain = fam.build("plain"), filtered = fam.build("filtered", "similarity_threshold: 0.99");
+  EXPECT_TRUE(BundleInfo::read(filtered).filtered.empty());
+  EXPECT_FALSE(BundleInfo::read(plain).similarity_threshold.has_value());
+  EXPECT_EQ(testing::read_bytes(plain / "first_pass/model.safetensors"),
+            testing::read_bytes(filtered / "first_pass/model.safetensors"));
+}
+
+TEST(MassBundle, FactorsAreStoredInTheBasesDtype) {
+  const TinyFamily half(2, DType::BF16), full(2);
+  const fs::path bf16 = half.build("bundle"), f32 = full.build("bundle");
+  const SafetensorsReader h(bf16 / "factors/t0.safetensors"), f(f32 / "factors/t0.safetensors");
+  uint64_t half_bytes = 0, full_bytes = 0;
+  for (const TensorInfo& t : h.tensors()) {
+    EXPECT_EQ(t.dtype, DType::BF16) << t.name;
+    half_bytes += t.nbytes();
+  }
+  for (const TensorInfo& t : f.tensors()) full_bytes += t.nbytes();
+  EXPECT_EQ(2 * half_bytes, full_bytes);
+  // The routed model reads them back: W0 + U S V^T from the stored BF16 values.
+  MassRuntime runtime(bf16);
+  const auto model = runtime.model_for({0});
+  ClipVisionWeights w = model->weights();
+  const std::string fc1 = clip_layer_prefix(0) + "mlp.fc1.weight";
+  for (const ClipParameter& p : clip_parameters(model->config(), w, true)) {
+    if (p.name != fc1) continue;
+    const fs::path factors = bf16 / "factors/t0.safetensors";
+    Doubles expected =
+        low_rank_product(testing::tensor_floats(factors, fc1 + ".U"), testing::tensor_floats(factors, fc1 + ".S"),
+                         testing::tensor_floats(factors, fc1 + ".Vt"), p.shape[0], p.shape[1]);
+    const Doubles w0 = testing::tensor_values(half.base, fc1);
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] += w0[i];
+    EXPECT_LT(relative_error(std::span<const float>(p.data, expected.size()), expected), 1e-5);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // End to end on the small zoo (trains a zoo: Release builds only)
 //
 // What holds on the zoo, and is asserted: the second pass (W0 + the task's stored rank-k
 // factors, what MASS runs when the route is right) keeps nearly all of each fine-tune's
-// accuracy and is far above TSV-M. What does not hold, and is only reported: the data-free
-// route. The zoo's TSV-M model is below the base's own accuracy, its fc1 inputs no longer
-// resemble any fine-tune's, and the smallest residual lands on the input's own task about
-// as often as chance (1/8); the same residual rule on each fine-tune's own fc1 inputs
-// routes 80-90% of the full zoo's images right, so the router's arithmetic is not the cause.
+// accuracy and is far above TSV-M; `mass eval`'s first-pass accuracy is TSV-M's; the
+// selected set holds the own task at least as often as the top route is it. What does not
+// hold, and is only reported: the data-free route, at chance on the small zoo for every
+// routing layer, token and rank (README, MASS). The zoo's fine-tunes move far from the base
+// (embeddings by 40-95% of their norm), so the first pass's tokens do not resemble any
+// fine-tune's; the same residual rule on each fine-tune's own tokens routes at about 3x
+// chance (asserted: above 2x), so the router's arithmetic is not the cause (and is tested
+// against loops above).
 
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool kSanitized = true;
@@ -858,7 +1138,7 @@ TEST(MassZoo, TaskModelsKeepTheFineTunesAccuracyAndBeatTsvOnTheSmallZoo) {
   const ClipVisionModel tsv = ClipVisionModel::load(mo.output);
   const ImageProcessorConfig pre = load_image_processor_config(mo.output);
   const auto count = static_cast<double>(names.size());
-  double routed = 0, routed_batch = 0, routing = 0, own_task = 0, tsv_accuracy = 0, finetuned = 0;
+  double routed = 0, routed_batch = 0, routing = 0, own_task = 0, tsv_accuracy = 0, finetuned = 0, first_pass = 0;
   for (size_t t = 0; t < names.size(); ++t) {
     const fs::path dir = zoo / "data" / names[t];
     const TaskInfo info = read_task_info(dir);
@@ -872,6 +1152,8 @@ TEST(MassZoo, TaskModelsKeepTheFineTunesAccuracyAndBeatTsvOnTheSmallZoo) {
     const MassEvalResult r = evaluate_mass(runtime, info, split, sample);
     routed += r.accuracy / count;
     routing += *r.routing_accuracy / count;
+    first_pass += *r.first_pass_accuracy / count;
+    EXPECT_GE(*r.own_task_selected, *r.routing_accuracy) << names[t];
     routed_batch += evaluate_mass(runtime, info, split, batch).accuracy / count;
     EvalOptions eo;
     eo.quiet = true;
@@ -881,7 +1163,19 @@ TEST(MassZoo, TaskModelsKeepTheFineTunesAccuracyAndBeatTsvOnTheSmallZoo) {
     finetuned +=
         evaluate(ClipVisionModel::load(zoo / "finetuned" / names[t]), pre, info, split, head, eo).accuracy / count;
   }
+  // The diagnostic: the same router on each fine-tune's own tokens.
+  double own_tokens = 0;
+  for (size_t t = 0; t < names.size(); ++t) {
+    const fs::path dir = zoo / "data" / names[t];
+    const TaskInfo info = read_task_info(dir);
+    MassEvalOptions sample;
+    sample.quiet = true;
+    sample.batch_size = 100;
+    runtime.set_routing_model(zoo / "finetuned" / names[t]);
+    own_tokens += *evaluate_mass(runtime, info, load_split(dir, info, "test"), sample).routing_accuracy / count;
+  }
   const auto& sizes = built.info.sizes;
+  std::cerr << "small zoo: routing accuracy on the fine-tunes' own tokens " << own_tokens << "\n";
   std::cerr << "small zoo average test accuracy: fine-tuned " << finetuned << ", own task's rank-k model " << own_task
             << ", MASS routed per sample " << routed << " (routing accuracy " << routing << "), per batch "
             << routed_batch << ", TSV-M " << tsv_accuracy << "; factors / base "
@@ -889,6 +1183,10 @@ TEST(MassZoo, TaskModelsKeepTheFineTunesAccuracyAndBeatTsvOnTheSmallZoo) {
             << static_cast<double>(sizes.bundle()) / static_cast<double>(sizes.base) << "\n";
   EXPECT_GT(own_task, 0.9 * finetuned);
   EXPECT_GT(own_task, tsv_accuracy + 0.05);
+  // The first pass is the tsv merge (to float rounding), so its accuracy is TSV-M's.
+  EXPECT_NEAR(first_pass, tsv_accuracy, 0.005);
+  // The stored subspaces do separate the tasks, for tokens of the fine-tunes themselves.
+  EXPECT_GT(own_tokens, 2.0 / count);
   // The routed figures are reported, not asserted: see the comment before this test.
 }
 

@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace amalgam::testing {
 
@@ -35,9 +37,10 @@ class TempDir {
   fs::path path_;
 };
 
-inline void write_bytes(const fs::path& path, const std::string& bytes) {
+inline void write_bytes(const fs::path& path, std::string_view bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error(path.string() + ": cannot write");
 }
 
 inline std::string read_bytes(const fs::path& path) {
@@ -64,6 +67,7 @@ struct CliResult {
   std::string err;
 };
 
+#ifdef AMALGAM_BIN  // defined for the test executables, not for the fuzz targets
 // Runs the amalgam executable with `args` (a shell-quoted string).
 inline CliResult run_amalgam(const std::string& args) {
   TempDir tmp;
@@ -77,5 +81,6 @@ inline CliResult run_amalgam(const std::string& args) {
   r.err = read_bytes(err);
   return r;
 }
+#endif
 
 }  // namespace amalgam::testing

@@ -13,13 +13,18 @@
 
 namespace amalgam {
 
+// `text` with its control characters written as escapes (\n, \t, \x1b): names and paths
+// taken from a hostile file can neither break a message's one line nor drive the terminal.
+std::string printable(std::string_view text);
+
 class InputError : public std::runtime_error {
  public:
-  explicit InputError(const std::string& message) : std::runtime_error(message) {}
+  explicit InputError(const std::string& message) : std::runtime_error(printable(message)) {}
   InputError(const std::filesystem::path& file, std::string_view message)
-      : std::runtime_error(file.string() + ": " + std::string(message)) {}
+      : std::runtime_error(printable(file.string() + ": " + std::string(message))) {}
   InputError(const std::filesystem::path& file, std::string_view tensor, std::string_view message)
-      : std::runtime_error(file.string() + ": tensor '" + std::string(tensor) + "': " + std::string(message)) {}
+      : std::runtime_error(
+            printable(file.string() + ": tensor '" + std::string(tensor) + "': " + std::string(message))) {}
 };
 
 // Thrown when the user interrupts (Ctrl-C): unwinding runs the destructors that remove

@@ -80,7 +80,8 @@ std::shared_ptr<std::byte> aligned_buffer(size_t bytes, bool zero) {
     capacity = rounded;
   }
   if (zero) std::memset(p, 0, rounded);
-  return {static_cast<std::byte*>(p), [capacity](std::byte* q) { BufferCache::instance().give(q, capacity); }};
+  // An init-capture: clang before 16 cannot capture a structured binding by name.
+  return {static_cast<std::byte*>(p), [size = capacity](std::byte* q) { BufferCache::instance().give(q, size); }};
 }
 
 }  // namespace

@@ -13,7 +13,9 @@
 namespace amalgam {
 
 MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO planted where a file belongs would otherwise wait forever for
+  // a writer (it is refused below as not a regular file); regular files ignore the flag.
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   const int fd = fd_;
   if (fd < 0) throw InputError(path, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};

@@ -60,6 +60,23 @@ uint64_t as_u64(const json& v, const std::filesystem::path& path, const std::str
   return v.get<uint64_t>();
 }
 
+bool has_control_character(std::string_view name) {
+  return std::any_of(name.begin(), name.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+// A shape with a zero dimension holds no bytes whatever its other dimensions, but code that
+// views a tensor as rows x columns multiplies or divides those: every dimension counted as
+// at least 1 must still give a byte size that fits in 64 bits.
+void check_extent(const Shape& shape, DType dtype, const std::filesystem::path& path, const std::string& name) {
+  uint64_t extent = dtype_size(dtype);
+  for (const int64_t d : shape)
+    if (__builtin_mul_overflow(extent, static_cast<uint64_t>(std::max<int64_t>(d, 1)), &extent) ||
+        extent > static_cast<uint64_t>(INT64_MAX))
+      throw InputError(path, name,
+                       "shape " + shape_to_string(shape) + ": its nonzero dimensions' byte size overflows 64 bits");
+}
+
 }  // namespace
 
 SafetensorsReader::SafetensorsReader(const std::filesystem::path& path) : file_(std::make_shared<MappedFile>(path)) {
@@ -93,6 +110,8 @@ void SafetensorsReader::parse_header(std::string_view text) {
       continue;
     }
     if (!entry.is_object()) throw InputError(path, name, "entry is not an object");
+    if (has_control_character(name))
+      throw InputError(path, name, "name contains a control character (corrupt or hostile file)");
     for (const char* field : {"dtype", "shape", "data_offsets"})
       if (!entry.contains(field)) throw InputError(path, name, std::string("missing '") + field + "'");
     const auto& dtype_json = entry["dtype"];
@@ -112,6 +131,7 @@ void SafetensorsReader::parse_header(std::string_view text) {
         throw InputError(path, name, "shape " + shape_json.dump() + " has more elements than fit in 64 bits");
       info.shape.push_back(static_cast<int64_t>(dim));
     }
+    check_extent(info.shape, info.dtype, path, name);
     const auto& offsets = entry["data_offsets"];
     if (!offsets.is_array() || offsets.size() != 2) throw InputError(path, name, "data_offsets must be [begin, end]");
     info.begin = as_u64(offsets[0], path, name, "data_offsets");

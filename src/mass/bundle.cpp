@@ -80,6 +80,16 @@ BundleInfo BundleInfo::read(const fs::path& dir) {
   if (j.contains("ranks") && j["ranks"].is_object())
     for (const auto& [name, k] : j["ranks"].items()) info.ranks[name] = k.get<int64_t>();
   info.sizes = read_sizes(j, file);
+  if (j.contains("similarity_threshold") && j["similarity_threshold"].is_number())
+    info.similarity_threshold = j["similarity_threshold"].get<double>();
+  if (j.contains("filtered") && j["filtered"].is_array())
+    for (const auto& f : j["filtered"]) {
+      if (!f.is_object() || !f.contains("tensor") || !f.contains("task") || !f.contains("like") ||
+          !f.contains("cosine") || !f["cosine"].is_number())
+        throw InputError(file, "filtered: every entry needs tensor, task, like and cosine");
+      info.filtered.push_back({f["tensor"].get<std::string>(), f["task"].get<std::string>(),
+                               f["like"].get<std::string>(), f["cosine"].get<double>()});
+    }
   info.router = RouterConfig::from_json(read_json_file(dir / kRouterFile), dir / kRouterFile);
   if (info.router.tasks != info.tasks) throw InputError(dir / kRouterFile, "tasks: differ from bundle.json's");
   return info;
@@ -191,11 +201,13 @@ Plans make_plans(const CheckpointReader& base, int64_t tasks, double rank_fracti
     if (info.shape.size() == 2) {
       const int64_t k = factor_rank(info.shape[0], info.shape[1], tasks, rank_fraction);
       p.ranks[name] = k;
-      p.factors.push_back({name + kFactorU, DType::F32, {info.shape[0], k}});
-      p.factors.push_back({name + kFactorS, DType::F32, {k}});
-      p.factors.push_back({name + kFactorVt, DType::F32, {k, info.shape[1]}});
+      // The base's dtype: a half-precision base gets half-precision factors, so the bundle's
+      // size against the base is what it would be in F32 too.
+      p.factors.push_back({name + kFactorU, info.dtype, {info.shape[0], k}});
+      p.factors.push_back({name + kFactorS, info.dtype, {k}});
+      p.factors.push_back({name + kFactorVt, info.dtype, {k, info.shape[1]}});
     } else {
-      p.factors.push_back({name + kFactorDelta, DType::F32, info.shape});
+      p.factors.push_back({name + kFactorDelta, info.dtype, info.shape});
     }
   }
   return p;
@@ -207,43 +219,80 @@ bool all_finite(std::span<const float> v) {
   return true;
 }
 
-// One task's part of one tensor: the delta against the base, decomposed when 2-D.
-TaskPart decompose(const CheckpointReader& model, const std::string& name, std::span<const float> base,
-                   const Shape& shape, int64_t rank) {
+// One task's delta of one tensor against the base.
+std::vector<float> task_delta(const CheckpointReader& model, const std::string& name, std::span<const float> base) {
   const Tensor tuned = model.tensor(name).to(DType::F32);
   const auto w = tuned.data<float>();
   std::vector<float> delta(base.size());
   for (size_t i = 0; i < delta.size(); ++i) delta[i] = w[i] - base[i];
   model.release(name);
   if (!all_finite(delta)) throw InputError(model.path(), name, "contains NaN or Inf");
+  return delta;
+}
+
+// What a task keeps of a delta: its rank-k truncated SVD when 2-D, else the whole delta.
+TaskPart decompose(std::vector<float> delta, const Shape& shape, int64_t rank) {
   if (shape.size() != 2) return delta;
   Matrix m(shape[0], shape[1]);
   m.data = std::move(delta);
   return truncated_svd(m, rank);
 }
 
-void write_part(SafetensorsWriter& out, const std::string& name, const Shape& shape, const TaskPart& part) {
+void write_part(SafetensorsWriter& out, const std::string& name, const Shape& shape, DType dtype,
+                const TaskPart& part) {
   if (const auto* delta = std::get_if<std::vector<float>>(&part)) {
-    out.write(name + kFactorDelta, Tensor::from_f32(shape, *delta));
+    out.write(name + kFactorDelta, Tensor::from_f32(shape, *delta).to(dtype));
     return;
   }
   const auto& f = std::get<LowRankFactors>(part);
-  out.write(name + kFactorU, Tensor::from_f32({f.u.rows, f.u.cols}, f.u.data));
-  out.write(name + kFactorS, Tensor::from_f32({f.rank()}, f.s));
-  out.write(name + kFactorVt, Tensor::from_f32({f.vt.rows, f.vt.cols}, f.vt.data));
+  out.write(name + kFactorU, Tensor::from_f32({f.u.rows, f.u.cols}, f.u.data).to(dtype));
+  out.write(name + kFactorS, Tensor::from_f32({f.rank()}, f.s).to(dtype));
+  out.write(name + kFactorVt, Tensor::from_f32({f.vt.rows, f.vt.cols}, f.vt.data).to(dtype));
 }
 
-// TSV-M of every task (alpha 1), from the parts just computed: what the `tsv` merge method
-// computes from the same task vectors.
+double cosine(std::span<const float> a, std::span<const float> b) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ab += static_cast<double>(a[i]) * b[i];
+    aa += static_cast<double>(a[i]) * a[i];
+    bb += static_cast<double>(b[i]) * b[i];
+  }
+  return aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : 0.0;
+}
+
+// The redundancy filter: tasks in bundle order, each accepted unless its delta's cosine with
+// an accepted one's exceeds the threshold (then recorded against the most similar one).
+// Without a threshold every task is accepted.
+std::vector<size_t> accepted_tasks(const std::string& name, const std::vector<std::vector<float>>& deltas,
+                                   const std::vector<std::string>& names, std::optional<double> threshold,
+                                   std::vector<FilteredDelta>& filtered) {
+  std::vector<size_t> accepted;
+  for (size_t t = 0; t < deltas.size(); ++t) {
+    std::optional<FilteredDelta> worst;
+    if (threshold)
+      for (size_t a : accepted) {
+        const double c = cosine(deltas[t], deltas[a]);
+        if (c > *threshold && (!worst || c > worst->cosine)) worst = FilteredDelta{name, names[t], names[a], c};
+      }
+    if (worst)
+      filtered.push_back(*worst);
+    else
+      accepted.push_back(t);
+  }
+  return accepted;
+}
+
+// TSV-M (alpha 1) of the accepted tasks, from the parts just computed: what the `tsv` merge
+// method computes from the same task vectors.
 Tensor first_pass_tensor(const std::string& name, const TensorInfo& info, std::vector<float> merged,
-                         const std::vector<TaskPart>& parts) {
+                         const std::vector<TaskPart>& parts, std::span<const size_t> accepted) {
   if (info.shape.size() == 2) {
     std::vector<FactorView> views;
-    for (const auto& p : parts) views.push_back(factor_view(std::get<LowRankFactors>(p)));
+    for (size_t t : accepted) views.push_back(factor_view(std::get<LowRankFactors>(parts[t])));
     add_tsv_merge(views, 1.0f, info.shape[0], info.shape[1], merged);
   } else {
     std::vector<std::span<const float>> deltas;
-    for (const auto& p : parts) deltas.emplace_back(std::get<std::vector<float>>(p));
+    for (size_t t : accepted) deltas.emplace_back(std::get<std::vector<float>>(parts[t]));
     add_mean_delta(deltas, merged);
   }
   const Tensor out = Tensor::from_f32(info.shape, merged).to(info.dtype);
@@ -270,7 +319,8 @@ Writers open_writers(const fs::path& stage, const Inputs& in, const Plans& plans
   return w;
 }
 
-void write_tensor(const Inputs& in, Writers& w, const Plans& plans, const std::string& name, BuildSummary& summary) {
+void write_tensor(const Inputs& in, Writers& w, const Plans& plans, const std::string& name,
+                  std::optional<double> threshold, BuildSummary& summary) {
   const TensorInfo& info = in.base->info(name);
   if (!is_floating(info.dtype)) {
     w.first_pass->write(name, in.base->tensor(name));
@@ -281,14 +331,18 @@ void write_tensor(const Inputs& in, Writers& w, const Plans& plans, const std::s
   const auto base = base_values.data<float>();
   if (!all_finite(base)) throw InputError(in.base->path(), name, "contains NaN or Inf");
   const int64_t rank = info.shape.size() == 2 ? plans.ranks.at(name) : 0;
+  // Every task's delta of this one tensor at once: the redundancy filter compares them.
+  std::vector<std::vector<float>> deltas(in.models.size());
+  parallel_for(deltas.size(), [&](size_t t) { deltas[t] = task_delta(*in.models[t], name, base); });
+  const std::vector<size_t> accepted = accepted_tasks(name, deltas, in.names, threshold, summary.info.filtered);
   std::vector<TaskPart> parts(in.models.size());
   // One task per thread: LAPACK runs single-threaded inside, so the bits do not depend on
   // the machine's thread count.
   parallel_for(parts.size(), [&](size_t t) {
-    parts[t] = decompose(*in.models[t], name, base, info.shape, rank);
-    write_part(*w.factors[t], name, info.shape, parts[t]);
+    parts[t] = decompose(std::move(deltas[t]), info.shape, rank);
+    write_part(*w.factors[t], name, info.shape, info.dtype, parts[t]);
   });
-  w.first_pass->write(name, first_pass_tensor(name, info, {base.begin(), base.end()}, parts));
+  w.first_pass->write(name, first_pass_tensor(name, info, {base.begin(), base.end()}, parts, accepted));
   in.base->release(name);
   ++(info.shape.size() == 2 ? summary.tensors_factored : summary.tensors_whole);
 }
@@ -298,6 +352,13 @@ uint64_t tensor_file_bytes(const fs::path& dir) {
   for (const auto& e : fs::recursive_directory_iterator(dir))
     if (e.is_regular_file() && e.path().extension() == ".safetensors") total += e.file_size();
   return total;
+}
+
+nlohmann::ordered_json filtered_json(const std::vector<FilteredDelta>& filtered) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const FilteredDelta& f : filtered)
+    out.push_back({{"tensor", f.tensor}, {"task", f.task}, {"like", f.like}, {"cosine", f.cosine}});
+  return out;
 }
 
 nlohmann::ordered_json bundle_json(const MassConfig& config, const BundleInfo& info) {
@@ -313,7 +374,10 @@ nlohmann::ordered_json bundle_json(const MassConfig& config, const BundleInfo& i
           {"tasks", tasks},
           {"rank_fraction", info.rank_fraction},
           {"ranks", info.ranks},
-          {"sizes", info.sizes.to_json()}};
+          {"sizes", info.sizes.to_json()},
+          {"similarity_threshold", info.similarity_threshold ? nlohmann::ordered_json(*info.similarity_threshold)
+                                                             : nlohmann::ordered_json(nullptr)},
+          {"filtered", filtered_json(info.filtered)}};
 }
 
 RouterConfig router_config(const MassParameters& p, int64_t layer, const std::vector<std::string>& tasks) {
@@ -324,8 +388,19 @@ RouterConfig router_config(const MassParameters& p, int64_t layer, const std::ve
   r.threshold = p.threshold;
   r.temperature = p.temperature;
   r.max_tasks = p.max_tasks;
+  r.rank = p.routing_rank;
   r.tasks = tasks;
   return r;
+}
+
+// The router's rows come from the stored factors: it cannot route on more than were kept.
+void check_routing_rank(const MassConfig& config, const Plans& plans, int64_t layer) {
+  const std::string routed = linear_site_weights(layer, LinearSite::Fc1).front();
+  const int64_t stored = plans.ranks.at(routed);
+  if (config.parameters.routing_rank > stored)
+    throw InputError(config.source, "parameters.routing_rank: " + std::to_string(config.parameters.routing_rank) +
+                                        " exceeds the rank kept per task of '" + routed + "' (" +
+                                        std::to_string(stored) + ")");
 }
 
 }  // namespace
@@ -334,6 +409,7 @@ BuildSummary build_bundle(const MassConfig& config, const BuildOptions& options)
   const auto t0 = std::chrono::steady_clock::now();
   const Inputs in = open_inputs(config);
   const Plans plans = make_plans(*in.base, static_cast<int64_t>(in.models.size()), config.parameters.rank_fraction);
+  check_routing_rank(config, plans, in.routing_layer);
   AtomicOutput output(options.output, options.force);
   const fs::path stage = output.staging();
   Writers writers = open_writers(stage, in, plans);
@@ -342,7 +418,7 @@ BuildSummary build_bundle(const MassConfig& config, const BuildOptions& options)
   Progress progress("mass build", in.base->names().size(), in.base->total_tensor_bytes(), options.quiet);
   for (const std::string& name : in.base->names()) {
     check_interrupt();
-    write_tensor(in, writers, plans, name, summary);
+    write_tensor(in, writers, plans, name, config.parameters.similarity_threshold, summary);
     progress.advance(1, in.base->info(name).nbytes());
   }
   for (auto& w : writers.factors) w->finish();
@@ -358,6 +434,7 @@ BuildSummary build_bundle(const MassConfig& config, const BuildOptions& options)
   info.rank_fraction = config.parameters.rank_fraction;
   info.ranks = plans.ranks;
   info.router = router_config(config.parameters, in.routing_layer, in.names);
+  info.similarity_threshold = config.parameters.similarity_threshold;
   info.sizes = {in.base->total_tensor_bytes(), tensor_file_bytes(stage / "factors"),
                 tensor_file_bytes(stage / "first_pass"), tensor_file_bytes(stage / "heads"),
                 in.base->total_tensor_bytes() * in.names.size()};

@@ -3,8 +3,8 @@
 //   BUNDLE/bundle.json              format, the base's absolute path, tasks, ranks, sizes
 //   BUNDLE/router.json              routing layer, token, mode, threshold, temperature, ...
 //   BUNDLE/first_pass/              TSV-M of every task (alpha 1): a Hugging Face checkpoint
-//   BUNDLE/factors/<task>.safetensors  F32 "<name>.U" / ".S" / ".Vt" per 2-D tensor,
-//                                      "<name>.delta" per other floating tensor
+//   BUNDLE/factors/<task>.safetensors  "<name>.U" / ".S" / ".Vt" per 2-D tensor, "<name>.delta"
+//                                      per other floating tensor, in the base tensor's dtype
 //   BUNDLE/heads/<task>.safetensors    the task's classifier head, copied
 //
 // The bundle refers to the base instead of copying it: a deployment keeps one base next to
@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,15 @@ struct BundleSizes {
   nlohmann::ordered_json to_json() const;
 };
 
+// A task's delta of one tensor left out of the first pass by the redundancy filter: its
+// cosine with the delta of `like`, accepted before it, exceeded the threshold.
+struct FilteredDelta {
+  std::string tensor;
+  std::string task;
+  std::string like;
+  double cosine = 0;
+};
+
 struct BundleInfo {
   std::filesystem::path dir;
   std::filesystem::path base;  // absolute
@@ -47,6 +57,8 @@ struct BundleInfo {
   std::map<std::string, int64_t> ranks;  // per 2-D tensor: the rank kept per task
   BundleSizes sizes;
   RouterConfig router;
+  std::optional<double> similarity_threshold;  // the first pass's redundancy filter, when on
+  std::vector<FilteredDelta> filtered;
 
   std::filesystem::path first_pass_dir() const { return dir / "first_pass"; }
   std::filesystem::path factors_path(size_t task) const;

@@ -116,10 +116,16 @@ class Parser : YamlConfigReader {
       } else if (key == "max_tasks") {
         p.max_tasks = integer(v, path);
         if (p.max_tasks < 1) fail(path, "must be >= 1");
+      } else if (key == "routing_rank") {
+        p.routing_rank = integer(v, path);
+        if (p.routing_rank < 0) fail(path, "must be >= 0 (0: every stored row of each task's subspace)");
+      } else if (key == "similarity_threshold") {
+        p.similarity_threshold = number(v, path);
+        if (*p.similarity_threshold < 0 || *p.similarity_threshold > 1) fail(path, "must be a cosine in [0, 1]");
       } else {
         fail("parameters", "unknown key '" + key +
                                "' (expected rank_fraction, routing_layer, token, mode, threshold, temperature, "
-                               "max_tasks)");
+                               "max_tasks, routing_rank, similarity_threshold)");
       }
     });
     return p;

@@ -4,11 +4,13 @@
 //   models:
 //     - {model: zoo/finetuned/mnist, head: zoo/heads/mnist.safetensors, name: mnist}
 //   parameters: {rank_fraction: 0, routing_layer: -1, token: cls, mode: topk,
-//                threshold: 0.2, temperature: 1.0, max_tasks: 3}
+//                threshold: 0.2, temperature: 1.0, max_tasks: 3, routing_rank: 0,
+//                similarity_threshold: 0.9}
 //
 // `name` defaults to the head's task metadata, else the model directory's name. Every
 // parameter is optional (the reference's defaults above; rank_fraction 0 means 1/T of the
-// rank, routing_layer -1 the default block). Paths resolve against the working directory
+// rank, routing_layer -1 the default block, routing_rank 0 every stored row, no
+// similarity_threshold no redundancy filter). Paths resolve against the working directory
 // first, else the config's directory, as merge configs do.
 #pragma once
 
@@ -38,6 +40,10 @@ struct MassParameters {
   double threshold = 0.2;
   double temperature = 1.0;
   int64_t max_tasks = 3;
+  int64_t routing_rank = 0;  // 0: route on every stored row of V_t
+  // The first pass leaves out a task's delta of a tensor when its cosine with an already
+  // accepted task's delta of that tensor exceeds this (issue 7's redundancy filter).
+  std::optional<double> similarity_threshold;
 };
 
 struct MassConfig {

@@ -1,6 +1,9 @@
 #include "mass/mass_eval.h"
 
+#include <algorithm>
 #include <chrono>
+#include <set>
+#include <stdexcept>
 
 #include "core/error.h"
 #include "core/interrupt.h"
@@ -25,10 +28,40 @@ std::string to_string(RouteScope scope) {
   return scope == RouteScope::Sample ? "sample" : "batch";
 }
 
+double MassLatency::per_image() const {
+  return images ? routed() / static_cast<double>(images) : 0.0;
+}
+
+double MassLatency::merged_per_image() const {
+  return images ? merged / static_cast<double>(images) : 0.0;
+}
+
+double MassLatency::ratio() const {
+  return merged > 0 ? routed() / merged : 0.0;
+}
+
+nlohmann::ordered_json MassLatency::to_json() const {
+  return {{"images", images},
+          {"first_pass_seconds", first_pass},
+          {"build_seconds", build},
+          {"second_pass_seconds", second_pass},
+          {"merged_seconds", merged},
+          {"seconds_per_image", per_image()},
+          {"merged_seconds_per_image", merged_per_image()},
+          {"ratio", ratio()},
+          {"forwards", forwards},
+          {"cache_hits", cache_hits},
+          {"cache_misses", cache_misses}};
+}
+
 nlohmann::ordered_json MassEvalResult::to_json(const std::vector<std::string>& task_names) const {
-  nlohmann::ordered_json sizes = nlohmann::ordered_json::object(), tops = nlohmann::ordered_json::object();
+  nlohmann::ordered_json sizes = nlohmann::ordered_json::object(), tops = nlohmann::ordered_json::object(),
+                         residuals = nlohmann::ordered_json::object();
   for (const auto& [size, count] : set_sizes) sizes[std::to_string(size)] = count;
   for (size_t t = 0; t < top_routes.size() && t < task_names.size(); ++t) tops[task_names[t]] = top_routes[t];
+  for (size_t t = 0; t < mean_residuals.size() && t < task_names.size(); ++t)
+    residuals[task_names[t]] = mean_residuals[t];
+  auto optional = [](const std::optional<double>& v) { return v ? nlohmann::ordered_json(*v) : nullptr; };
   return {{"task", task},
           {"split", split},
           {"route", to_string(scope)},
@@ -36,18 +69,19 @@ nlohmann::ordered_json MassEvalResult::to_json(const std::vector<std::string>& t
           {"examples", examples},
           {"correct", correct},
           {"accuracy", accuracy},
-          {"routing_accuracy", routing_accuracy ? nlohmann::ordered_json(*routing_accuracy) : nullptr},
+          {"routing_accuracy", optional(routing_accuracy)},
+          {"own_task_selected", optional(own_task_selected)},
+          {"first_pass_accuracy", optional(first_pass_accuracy)},
           {"set_sizes", sizes},
           {"top_routes", tops},
+          {"mean_residuals", residuals},
           {"distinct_sets", distinct_sets},
           {"seconds", seconds},
-          {"first_pass_seconds", first_pass_seconds},
-          {"examples_per_second", examples_per_second}};
+          {"examples_per_second", examples_per_second},
+          {"latency", latency.to_json()}};
 }
 
-namespace {
-
-void check_compatible(const MassRuntime& runtime, const TaskInfo& task, std::optional<int64_t> own, HeadRule rule) {
+void check_images(const MassRuntime& runtime, const TaskInfo& task) {
   const ClipVisionConfig& c = runtime.first_pass().config();
   runtime.preprocess().check_channels(c.num_channels);
   const ImageShape in = preprocessed_shape(runtime.preprocess(), task.image, c.num_channels);
@@ -55,6 +89,18 @@ void check_compatible(const MassRuntime& runtime, const TaskInfo& task, std::opt
     throw InputError("task '" + task.name + "': preprocessing gives " + std::to_string(in.height) + "x" +
                      std::to_string(in.width) + " images, the model takes " + std::to_string(c.image_size) + "x" +
                      std::to_string(c.image_size));
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void check_compatible(const MassRuntime& runtime, const TaskInfo& task, std::optional<int64_t> own, HeadRule rule) {
+  check_images(runtime, task);
   if (!own && rule == HeadRule::True) {
     std::string names;
     for (const auto& t : runtime.info().tasks) names += (names.empty() ? "" : ", ") + t;
@@ -74,74 +120,109 @@ int64_t argmax(const Matrix& m, int64_t row) {
   return best;
 }
 
-// The routing decision of every evaluated image (positions into `indices`).
-struct Routes {
-  std::vector<TaskSet> sets;
-  std::vector<int64_t> top;
-};
-
-Routes route_split(const MassRuntime& runtime, const TaskSplit& split, std::span<const int64_t> indices,
-                   const MassEvalOptions& options, Progress& progress) {
-  Routes r;
-  const int64_t n = static_cast<int64_t>(indices.size()), bs = std::max<int64_t>(1, options.batch_size);
-  const int64_t tasks = runtime.task_count();
-  std::vector<float> pixels;
-  for (int64_t begin = 0; begin < n; begin += bs) {
-    check_interrupt();
-    const auto batch = indices.subspan(static_cast<size_t>(begin), static_cast<size_t>(std::min(bs, n - begin)));
-    const auto count = static_cast<int64_t>(batch.size());
-    pixels = preprocess_batch(split.images, batch, runtime.preprocess(), runtime.first_pass().config().num_channels);
-    const std::vector<double> residuals = runtime.residuals(runtime.routing_tokens(pixels, count));
-    if (options.scope == RouteScope::Batch) {
-      const RouteDecision d = route(mean_residuals(residuals, tasks), runtime.router());
-      r.sets.insert(r.sets.end(), static_cast<size_t>(count), d.tasks);
-      r.top.insert(r.top.end(), static_cast<size_t>(count), d.top);
-    } else {
-      for (int64_t i = 0; i < count; ++i) {
-        const RouteDecision d = route(
-            std::span<const double>(residuals).subspan(static_cast<size_t>(i * tasks), static_cast<size_t>(tasks)),
-            runtime.router());
-        r.sets.push_back(d.tasks);
-        r.top.push_back(d.top);
-      }
-    }
-    progress.advance(batch.size(), 0);
-  }
-  return r;
+// One decision per image from its residuals, or one for the whole batch from their means.
+std::vector<RouteDecision> decide(std::span<const double> residuals, int64_t count, int64_t tasks,
+                                  const RouterConfig& router, RouteScope scope) {
+  if (scope == RouteScope::Batch)
+    return std::vector<RouteDecision>(static_cast<size_t>(count), route(mean_residuals(residuals, tasks), router));
+  std::vector<RouteDecision> d;
+  for (int64_t i = 0; i < count; ++i)
+    d.push_back(route(residuals.subspan(static_cast<size_t>(i * tasks), static_cast<size_t>(tasks)), router));
+  return d;
 }
 
-// Classifies one batch of second-pass features by the head rule; counts the correct ones.
-// A prediction is correct when the head that made it is the image's own task's and its class
-// is the label (heads of other tasks predict in other label spaces).
-int64_t count_correct(const MassRuntime& runtime, const Matrix& features, const TaskSet& set,
-                      std::span<const int64_t> tops, std::span<const int64_t> labels, std::optional<int64_t> own,
-                      HeadRule rule) {
+// The heads a rule lets classify an image: its own task's, the top route's, or every
+// selected task's (the largest maximum logit wins, the first in set order on a tie).
+std::vector<int64_t> candidate_heads(const Prediction& p, HeadRule rule, std::optional<int64_t> own) {
+  if (rule == HeadRule::True) return {*own};
+  if (rule == HeadRule::Router) return {p.route.top};
+  return p.route.tasks;
+}
+
+// Classifies one group's second-pass features (`members`: the group's positions in the batch).
+void classify(const MassRuntime& runtime, const Matrix& features, std::span<const int64_t> members, HeadRule rule,
+              std::optional<int64_t> own, std::vector<Prediction>& predictions) {
   std::map<int64_t, Matrix> logits;
   auto logits_of = [&](int64_t t) -> const Matrix& {
     auto it = logits.find(t);
     if (it == logits.end()) it = logits.emplace(t, runtime.head(t).logits(features)).first;
     return it->second;
   };
-  int64_t correct = 0;
-  for (int64_t i = 0; i < features.rows; ++i) {
-    int64_t chosen = rule == HeadRule::True ? *own : tops[static_cast<size_t>(i)];
-    if (rule == HeadRule::MaxLogit) {
-      float best = 0;
-      for (size_t s = 0; s < set.size(); ++s) {
-        const Matrix& l = logits_of(set[s]);
-        const float top_logit = l(i, argmax(l, i));
-        if (s == 0 || top_logit > best) {
-          best = top_logit;
-          chosen = set[s];
-        }
+  for (size_t i = 0; i < members.size(); ++i) {
+    Prediction& p = predictions[static_cast<size_t>(members[i])];
+    bool first = true;
+    for (int64_t head : candidate_heads(p, rule, own)) {
+      const Matrix& l = logits_of(head);
+      const int64_t label = argmax(l, static_cast<int64_t>(i));
+      if (first || l(static_cast<int64_t>(i), label) > p.logit) {
+        p.head = head;
+        p.label = label;
+        p.logit = l(static_cast<int64_t>(i), label);
+        first = false;
       }
     }
-    if (own && chosen == *own && argmax(logits_of(chosen), i) == labels[static_cast<size_t>(i)]) ++correct;
   }
-  return correct;
+}
+
+// The pixels of a group of the batch's images, in group order.
+std::vector<float> gather_images(std::span<const float> pixels, int64_t count, std::span<const int64_t> members) {
+  const auto per_image = pixels.size() / static_cast<size_t>(count);
+  std::vector<float> out;
+  out.reserve(per_image * members.size());
+  for (int64_t m : members) {
+    const auto first = pixels.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(m) * per_image);
+    out.insert(out.end(), first, first + static_cast<std::ptrdiff_t>(per_image));
+  }
+  return out;
 }
 
 }  // namespace
+
+RoutedBatch run_routed_batch(MassRuntime& runtime, std::span<const float> pixels, int64_t count, RouteScope scope,
+                             HeadRule rule, std::optional<int64_t> own, MassLatency& latency,
+                             Matrix* merged_reference) {
+  if (rule == HeadRule::True && !own)
+    throw std::invalid_argument("run_routed_batch: the true-head rule needs the task");
+  RoutedBatch out;
+  auto t0 = Clock::now();
+  out.residuals = runtime.residuals(runtime.routing_tokens(pixels, count));
+  const std::vector<RouteDecision> decisions =
+      decide(out.residuals, count, runtime.task_count(), runtime.router(), scope);
+  latency.first_pass += since(t0);
+  std::map<TaskSet, std::vector<int64_t>> groups;  // set -> positions in the batch, in order
+  for (int64_t i = 0; i < count; ++i) {
+    out.predictions.push_back({decisions[static_cast<size_t>(i)], 0, 0, 0.0f});
+    groups[decisions[static_cast<size_t>(i)].tasks].push_back(i);
+  }
+  // Sets whose model is cached run first, so that building the others cannot evict them
+  // before their turn.
+  std::vector<const std::pair<const TaskSet, std::vector<int64_t>>*> order;
+  for (const auto& g : groups) order.push_back(&g);
+  std::stable_partition(order.begin(), order.end(), [&](const auto* g) { return runtime.is_cached(g->first); });
+  for (const auto* group : order) {
+    const auto& [set, members] = *group;
+    const size_t built = runtime.models_built();
+    t0 = Clock::now();
+    const auto model = runtime.model_for(set);
+    const bool miss = runtime.models_built() > built;
+    (miss ? latency.build : latency.second_pass) += since(t0);
+    ++(miss ? latency.cache_misses : latency.cache_hits);
+    t0 = Clock::now();
+    const auto size = static_cast<int64_t>(members.size());
+    const Matrix features =
+        size == count ? model->features(pixels, count) : model->features(gather_images(pixels, count, members), size);
+    classify(runtime, features, members, rule, own, out.predictions);
+    latency.second_pass += since(t0);
+    ++latency.forwards;
+  }
+  latency.images += count;
+  if (merged_reference) {
+    t0 = Clock::now();
+    *merged_reference = runtime.head(own.value_or(0)).logits(runtime.first_pass().features(pixels, count));
+    latency.merged += since(t0);
+  }
+  return out;
+}
 
 MassEvalResult evaluate_mass(MassRuntime& runtime, const TaskInfo& task, const TaskSplit& split,
                              const MassEvalOptions& options) {
@@ -150,49 +231,57 @@ MassEvalResult evaluate_mass(MassRuntime& runtime, const TaskInfo& task, const T
   const auto indices = options.max_examples > 0 ? sample_indices(split.size(), options.max_examples, options.seed)
                                                 : sample_indices(split.size(), split.size(), 0);
   const int64_t n = static_cast<int64_t>(indices.size()), bs = std::max<int64_t>(1, options.batch_size);
+  const int64_t tasks = runtime.task_count();
   MassEvalResult r;
   r.task = task.name;
   r.split = split.name;
   r.scope = options.scope;
   r.head_rule = options.head_rule;
   r.examples = n;
-  r.top_routes.assign(static_cast<size_t>(runtime.task_count()), 0);
-  Progress progress("mass eval " + task.name, static_cast<uint64_t>(2 * n), 0, options.quiet);
-  const auto t0 = std::chrono::steady_clock::now();
-  const Routes routes = route_split(runtime, split, indices, options, progress);
-  r.first_pass_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-  std::map<TaskSet, std::vector<int64_t>> groups;  // set -> positions in `indices`, in order
-  for (int64_t i = 0; i < n; ++i) {
-    groups[routes.sets[static_cast<size_t>(i)]].push_back(i);
-    ++r.set_sizes[static_cast<int64_t>(routes.sets[static_cast<size_t>(i)].size())];
-    ++r.top_routes[static_cast<size_t>(routes.top[static_cast<size_t>(i)])];
-  }
-  r.distinct_sets = static_cast<int64_t>(groups.size());
-  if (own && n > 0)
-    r.routing_accuracy = static_cast<double>(r.top_routes[static_cast<size_t>(*own)]) / static_cast<double>(n);
-
+  r.top_routes.assign(static_cast<size_t>(tasks), 0);
+  r.mean_residuals.assign(static_cast<size_t>(tasks), 0.0);
+  Progress progress("mass eval " + task.name, static_cast<uint64_t>(n), 0, options.quiet);
+  const auto t0 = Clock::now();
+  std::set<TaskSet> sets;
+  int64_t own_selected = 0, first_pass_correct = 0;
   std::vector<float> pixels;
-  for (const auto& [set, members] : groups) {
-    const auto model = runtime.model_for(set);
-    for (size_t begin = 0; begin < members.size(); begin += static_cast<size_t>(bs)) {
-      check_interrupt();
-      const size_t end = std::min(members.size(), begin + static_cast<size_t>(bs));
-      std::vector<int64_t> batch, tops, labels;
-      for (size_t m = begin; m < end; ++m) {
-        const auto pos = static_cast<size_t>(members[m]);
-        batch.push_back(indices[pos]);
-        tops.push_back(routes.top[pos]);
-        labels.push_back(split.labels[static_cast<size_t>(indices[pos])]);
-      }
-      pixels = preprocess_batch(split.images, batch, runtime.preprocess(), model->config().num_channels);
-      const Matrix features = model->features(pixels, static_cast<int64_t>(batch.size()));
-      r.correct += count_correct(runtime, features, set, tops, labels, own, options.head_rule);
-      progress.advance(batch.size(), 0);
+  Matrix merged_logits;
+  for (int64_t begin = 0; begin < n; begin += bs) {
+    check_interrupt();
+    const auto batch = std::span<const int64_t>(indices).subspan(static_cast<size_t>(begin),
+                                                                 static_cast<size_t>(std::min(bs, n - begin)));
+    const auto count = static_cast<int64_t>(batch.size());
+    pixels = preprocess_batch(split.images, batch, runtime.preprocess(), runtime.first_pass().config().num_channels);
+    const RoutedBatch b =
+        run_routed_batch(runtime, pixels, count, options.scope, options.head_rule, own, r.latency, &merged_logits);
+    for (int64_t i = 0; i < count; ++i) {
+      const Prediction& p = b.predictions[static_cast<size_t>(i)];
+      const int64_t label = split.labels[static_cast<size_t>(batch[static_cast<size_t>(i)])];
+      // A prediction is correct when the head that made it is the image's own task's and its
+      // class is the label (heads of other tasks predict in other label spaces).
+      if (own && p.head == *own && p.label == label) ++r.correct;
+      if (own && argmax(merged_logits, i) == label) ++first_pass_correct;
+      if (own && std::binary_search(p.route.tasks.begin(), p.route.tasks.end(), *own)) ++own_selected;
+      ++r.set_sizes[static_cast<int64_t>(p.route.tasks.size())];
+      ++r.top_routes[static_cast<size_t>(p.route.top)];
+      sets.insert(p.route.tasks);
+      for (int64_t t = 0; t < tasks; ++t)
+        r.mean_residuals[static_cast<size_t>(t)] += b.residuals[static_cast<size_t>(i * tasks + t)];
+    }
+    progress.advance(batch.size(), 0);
+  }
+  r.seconds = since(t0);
+  r.distinct_sets = static_cast<int64_t>(sets.size());
+  const auto share = [&](int64_t count) { return static_cast<double>(count) / static_cast<double>(n); };
+  if (n > 0) {
+    for (double& m : r.mean_residuals) m /= static_cast<double>(n);
+    r.accuracy = share(r.correct);
+    if (own) {
+      r.routing_accuracy = share(r.top_routes[static_cast<size_t>(*own)]);
+      r.own_task_selected = share(own_selected);
+      r.first_pass_accuracy = share(first_pass_correct);
     }
   }
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  r.accuracy = n ? static_cast<double>(r.correct) / static_cast<double>(n) : 0.0;
   r.examples_per_second = r.seconds > 0 ? static_cast<double>(n) / r.seconds : 0.0;
   return r;
 }

@@ -21,15 +21,15 @@ ClipVisionModel load_base(const BundleInfo& info) {
 }
 
 // Checks one task's stored part of one base parameter: factors for a 2-D tensor, a delta
-// of the same shape otherwise, all F32.
+// of the same shape otherwise, floating point (the base's dtype; read as F32).
 void check_part(const SafetensorsReader& factors, const ClipParameter& p) {
   auto expect = [&](const std::string& name, const Shape& shape) {
     const TensorInfo* info = factors.find(name);
     if (!info) throw InputError(factors.path(), name, "missing (the base has '" + p.name + "')");
-    if (info->dtype != DType::F32 || info->shape != shape)
+    if (!is_floating(info->dtype) || info->shape != shape)
       throw InputError(factors.path(), name,
-                       "expected F32 " + shape_to_string(shape) + ", got " + std::string(dtype_name(info->dtype)) +
-                           " " + shape_to_string(info->shape));
+                       "expected a floating tensor " + shape_to_string(shape) + ", got " +
+                           std::string(dtype_name(info->dtype)) + " " + shape_to_string(info->shape));
   };
   if (factors.contains(p.name + kFactorU) && p.shape.size() == 2) {
     const TensorInfo* s = factors.find(p.name + kFactorS);
@@ -57,25 +57,42 @@ MassRuntime::MassRuntime(const fs::path& bundle, size_t cache_capacity)
       first_pass_(ClipVisionModel::load(info_.first_pass_dir())),
       preprocess_(load_image_processor_config(info_.first_pass_dir())),
       cache_(cache_capacity) {
-  if (info_.router.layer >= base_.config().num_hidden_layers)
-    throw InputError(info_.dir / kRouterFile, "layer: " + std::to_string(info_.router.layer) +
-                                                  " is not a block of the base (it has " +
-                                                  std::to_string(base_.config().num_hidden_layers) + ")");
   ClipVisionWeights shapes = base_.weights();
   const auto table = clip_parameters(base_.config(), shapes, shapes.visual_projection.has_value());
-  const std::string routed = linear_site_weights(info_.router.layer, LinearSite::Fc1).front();
   for (size_t t = 0; t < info_.tasks.size(); ++t) {
     factors_.push_back(std::make_unique<SafetensorsReader>(info_.factors_path(t)));
     for (const ClipParameter& p : table) check_part(*factors_.back(), p);
-    if (!factors_.back()->contains(routed + kFactorVt))
-      throw InputError(factors_.back()->path(), routed + kFactorVt, "missing: the router needs it");
-    routing_vt_.push_back(matrix_of(factors_.back()->tensor(routed + kFactorVt)));
     heads_.push_back(ClassifierHead::load(info_.head_path(t)));
     if (heads_.back().dim() != base_.feature_dim())
       throw InputError(info_.head_path(t), "weight",
                        "takes features of width " + std::to_string(heads_.back().dim()) + ", the model gives " +
                            std::to_string(base_.feature_dim()));
   }
+  set_router(info_.router);
+}
+
+void MassRuntime::set_router(const RouterConfig& router, const fs::path& source) {
+  const fs::path file = source.empty() ? info_.dir / kRouterFile : source;
+  if (router.tasks != info_.tasks) throw InputError(file, "tasks: differ from the bundle's");
+  if (router.layer < 0 || router.layer >= base_.config().num_hidden_layers)
+    throw InputError(file, "layer: " + std::to_string(router.layer) + " is not a block of the base (it has " +
+                               std::to_string(base_.config().num_hidden_layers) + ")");
+  const std::string routed = linear_site_weights(router.layer, LinearSite::Fc1).front() + kFactorVt;
+  std::vector<Matrix> vts;
+  for (const auto& factors : factors_) {
+    if (!factors->contains(routed)) throw InputError(factors->path(), routed, "missing: the router needs it");
+    Matrix vt = matrix_of(factors->tensor(routed));
+    if (router.rank > vt.rows)
+      throw InputError(file, "rank: " + std::to_string(router.rank) + " exceeds the rank stored per task of '" +
+                                 routed + "' (" + std::to_string(vt.rows) + ")");
+    if (router.rank > 0) {  // the first rows: the directions of the largest singular values
+      vt.data.resize(static_cast<size_t>(router.rank * vt.cols));
+      vt.rows = router.rank;
+    }
+    vts.push_back(std::move(vt));
+  }
+  routing_vt_ = std::move(vts);
+  info_.router = router;
 }
 
 std::optional<int64_t> MassRuntime::task_index(std::string_view name) const {
@@ -84,13 +101,23 @@ std::optional<int64_t> MassRuntime::task_index(std::string_view name) const {
   return static_cast<int64_t>(it - info_.tasks.begin());
 }
 
+void MassRuntime::set_routing_model(const fs::path& checkpoint) {
+  ClipVisionModel model = ClipVisionModel::load(checkpoint);
+  const ClipVisionConfig &c = model.config(), &b = base_.config();
+  if (c.hidden_size != b.hidden_size || c.num_hidden_layers != b.num_hidden_layers || c.image_size != b.image_size ||
+      c.patch_size != b.patch_size || c.num_channels != b.num_channels)
+    throw InputError(checkpoint, "config.json: not the architecture of the bundle's base");
+  routing_model_ = std::move(model);
+}
+
 Matrix MassRuntime::routing_tokens(std::span<const float> pixels, int64_t batch) const {
-  HiddenStates h = first_pass_.embed(pixels, batch);
+  const ClipVisionModel& model = routing_model_ ? *routing_model_ : first_pass_;
+  HiddenStates h = model.embed(pixels, batch);
   const int64_t layer = info_.router.layer;
-  for (int64_t l = 0; l < layer; ++l) first_pass_.run_block(l, h);
+  for (int64_t l = 0; l < layer; ++l) model.run_block(l, h);
   // The routing block runs whole (its fc1 input is in the middle of it); nothing after it runs.
   Matrix tokens;
-  first_pass_.run_block(layer, h, [&](const LinearInput& in) {
+  model.run_block(layer, h, [&](const LinearInput& in) {
     if (in.site == LinearSite::Fc1) tokens = mass::routing_tokens(in, batch, info_.router.token);
   });
   return tokens;

@@ -39,6 +39,7 @@ class TaskSetCache {
     for (auto it = entries_.begin(); it != entries_.end(); ++it)
       if (it->first == key) {
         entries_.splice(entries_.begin(), entries_, it);  // now the most recently used
+        ++hits_;
         return entries_.front().second;
       }
     auto value = std::make_shared<const Value>(build());
@@ -55,11 +56,13 @@ class TaskSetCache {
     return false;
   }
   size_t size() const { return entries_.size(); }
-  size_t builds() const { return builds_; }
+  size_t builds() const { return builds_; }  // misses
+  size_t hits() const { return hits_; }
 
  private:
   size_t capacity_;
   size_t builds_ = 0;
+  size_t hits_ = 0;
   std::list<std::pair<TaskSet, std::shared_ptr<const Value>>> entries_;  // most recent first
 };
 
@@ -77,6 +80,16 @@ class MassRuntime {
   const ImageProcessorConfig& preprocess() const { return preprocess_; }
   const ClassifierHead& head(int64_t task) const { return heads_.at(static_cast<size_t>(task)); }
   const RouterConfig& router() const { return info_.router; }
+  // Routes with another layer, token, mode, rank... of the same bundle (the tasks must be the
+  // bundle's): `mass eval` tries router settings without rebuilding. InputError naming
+  // `source` (router.json by default) when the layer is not a block or the rank exceeds the
+  // stored one.
+  void set_router(const RouterConfig& router, const std::filesystem::path& source = {});
+
+  // Diagnostic: route on another checkpoint's tokens (a task's own fine-tune shows whether the
+  // stored subspaces separate the tasks at all) instead of the first pass's. InputError when
+  // its shape differs from the base's.
+  void set_routing_model(const std::filesystem::path& checkpoint);
 
   // The first pass, stopped after the routing block: each image's routing token, [batch, width].
   Matrix routing_tokens(std::span<const float> pixels, int64_t batch) const;
@@ -87,12 +100,14 @@ class MassRuntime {
   std::shared_ptr<const ClipVisionModel> model_for(const TaskSet& tasks);
   // The same, built afresh (not cached).
   ClipVisionModel build_model(const TaskSet& tasks) const;
+  bool is_cached(const TaskSet& tasks) const { return cache_.contains(tasks); }
   size_t models_built() const { return cache_.builds(); }
 
  private:
   BundleInfo info_;
   ClipVisionModel base_;
   ClipVisionModel first_pass_;
+  std::optional<ClipVisionModel> routing_model_;  // set_routing_model(); the first pass otherwise
   ImageProcessorConfig preprocess_;
   std::vector<ClassifierHead> heads_;
   std::vector<std::unique_ptr<SafetensorsReader>> factors_;

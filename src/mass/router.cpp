@@ -1,6 +1,7 @@
 #include "mass/router.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
@@ -22,7 +23,7 @@ std::string to_string(RouteMode mode) {
 nlohmann::ordered_json RouterConfig::to_json() const {
   return {{"layer", layer},          {"site", "fc1"},          {"token", to_string(token)},
           {"mode", to_string(mode)}, {"threshold", threshold}, {"temperature", temperature},
-          {"max_tasks", max_tasks},  {"tasks", tasks}};
+          {"max_tasks", max_tasks},  {"rank", rank},           {"tasks", tasks}};
 }
 
 namespace {
@@ -69,11 +70,20 @@ RouterConfig RouterConfig::from_json(const nlohmann::json& j, const fs::path& fi
   if (!(c.temperature > 0) || !std::isfinite(c.temperature)) throw InputError(file, "temperature: must be > 0");
   c.max_tasks = integer(j, "max_tasks", file);
   if (c.max_tasks < 1) throw InputError(file, "max_tasks: must be >= 1");
+  if (j.contains("rank")) c.rank = integer(j, "rank", file);  // absent in bundles built before it
+  if (c.rank < 0) throw InputError(file, "rank: must be >= 0 (0: every stored row)");
   const auto& tasks = required(j, "tasks", file);
   if (!tasks.is_array() || tasks.empty()) throw InputError(file, "tasks: expected a non-empty list of task names");
   for (const auto& t : tasks) {
     if (!t.is_string()) throw InputError(file, "tasks: expected a non-empty list of task names");
-    c.tasks.push_back(t.get<std::string>());
+    // A bundle's task names become file names (factors/NAME.safetensors): a hostile bundle
+    // must not reach outside it with "../x".
+    const std::string name = t.get<std::string>();
+    if (name.empty() || name.front() == '.' || name.size() > 200 ||
+        !std::all_of(name.begin(), name.end(),
+                     [](unsigned char ch) { return std::isalnum(ch) || ch == '-' || ch == '_' || ch == '.'; }))
+      throw InputError(file, "tasks: '" + name + "' is not a task name (letters, digits, - _ .)");
+    c.tasks.push_back(name);
   }
   return c;
 }

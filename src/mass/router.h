@@ -7,6 +7,9 @@
 // rows). Scores -r_t are standardized across tasks, passed through a softmax with a
 // temperature, and the tasks whose probability exceeds a threshold are selected (at most
 // `max_tasks`, the most probable first); when none passes, the most probable task alone.
+// `rank` (an amalgam option, 0 by default) routes on only the first rows of each stored V_t
+// (the largest singular values): on the zoo, whose first pass is far from the fine-tunes,
+// fewer rows route better (README, MASS).
 #pragma once
 
 #include <cstdint>
@@ -33,6 +36,7 @@ struct RouterConfig {
   double threshold = 0.2;
   double temperature = 1.0;
   int64_t max_tasks = 3;
+  int64_t rank = 0;                // rows of each task's stored Vt routed on; 0: all of them
   std::vector<std::string> tasks;  // bundle order: residual column t is tasks[t]
 
   nlohmann::ordered_json to_json() const;

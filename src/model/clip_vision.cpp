@@ -278,13 +278,37 @@ void check_shapes(const ClipVisionConfig& c, const ClipVisionWeights& w) {
     fail("visual_projection.weight", "wrong shape");
 }
 
+void check_stored_shape(const CheckpointReader& ckpt, const std::string& name, const Shape& shape) {
+  if (!ckpt.contains(name)) throw InputError(ckpt.path(), name, "missing (needed by a CLIP vision model)");
+  const TensorInfo& info = ckpt.info(name);
+  if (info.shape != shape)
+    throw InputError(ckpt.path(), name,
+                     "has shape " + shape_to_string(info.shape) + ", config.json implies " + shape_to_string(shape));
+}
+
+// Buffers are sized from config.json: before any is, the stored tensors that carry each
+// dimension must agree with it, so that a config claiming a huge model over small weights
+// fails on a shape instead of allocating (or overflowing) what it claims. Every matrix
+// shape ([d, d], [f, d], [tokens, d], ...) is then one the files really hold, in every layer.
+void check_config_against_weights(const CheckpointReader& ckpt, const ClipVisionConfig& c, bool with_projection,
+                                  int64_t first_layer, int64_t last_layer) {
+  const int64_t d = c.hidden_size;
+  if (first_layer == 0 && last_layer == c.num_hidden_layers - 1) {
+    check_stored_shape(ckpt, "vision_model.embeddings.patch_embedding.weight",
+                       {d, c.num_channels, c.patch_size, c.patch_size});
+    check_stored_shape(ckpt, "vision_model.embeddings.position_embedding.weight", {c.tokens(), d});
+  }
+  for (int64_t layer = first_layer; layer <= last_layer; ++layer) {
+    check_stored_shape(ckpt, clip_layer_prefix(layer) + "self_attn.q_proj.weight", {d, d});
+    check_stored_shape(ckpt, clip_layer_prefix(layer) + "mlp.fc1.weight", {c.intermediate_size, d});
+  }
+  if (with_projection) check_stored_shape(ckpt, "visual_projection.weight", {c.projection_dim, d});
+}
+
 // Copies a stored tensor, converted to F32, into the table's slot after checking it.
 void load_parameter(const CheckpointReader& ckpt, const ClipParameter& p) {
-  if (!ckpt.contains(p.name)) throw InputError(ckpt.path(), p.name, "missing (needed by a CLIP vision model)");
+  check_stored_shape(ckpt, p.name, p.shape);
   const TensorInfo& info = ckpt.info(p.name);
-  if (info.shape != p.shape)
-    throw InputError(ckpt.path(), p.name,
-                     "has shape " + shape_to_string(info.shape) + ", config.json implies " + shape_to_string(p.shape));
   if (info.dtype != DType::F32 && info.dtype != DType::F16 && info.dtype != DType::BF16 && info.dtype != DType::F64)
     throw InputError(ckpt.path(), p.name,
                      "dtype " + std::string(dtype_name(info.dtype)) + " is not a float dtype (F32, F16, BF16, F64)");
@@ -302,6 +326,9 @@ ClipVisionModel::ClipVisionModel(ClipVisionConfig config, ClipVisionWeights weig
 }
 
 ClipBlockWeights load_clip_block(const CheckpointReader& checkpoint, const ClipVisionConfig& config, int64_t layer) {
+  if (layer < 0 || layer >= config.num_hidden_layers)
+    throw std::out_of_range("load_clip_block: layer " + std::to_string(layer) + " is not a block of the model");
+  check_config_against_weights(checkpoint, config, false, layer, layer);
   ClipBlockWeights block;
   const auto table = clip_block_parameters(config, block, layer);
   parallel_for(table.size(), [&](size_t i) { load_parameter(checkpoint, table[i]); });
@@ -315,6 +342,7 @@ ClipVisionModel ClipVisionModel::load(const std::filesystem::path& checkpoint) {
   const auto config = ClipVisionConfig::from_json(*ckpt.config(), (ckpt.dir() / "config.json").string());
   ClipVisionWeights weights;
   const bool with_projection = ckpt.contains("visual_projection.weight");
+  check_config_against_weights(ckpt, config, with_projection, 0, config.num_hidden_layers - 1);
   const auto table = clip_parameters(config, weights, with_projection);
   parallel_for(table.size(), [&](size_t i) { load_parameter(ckpt, table[i]); });
   return ClipVisionModel(config, std::move(weights));
