@@ -37,7 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::write_bytes(dir / kTaskFile, input.substr(0, cut));
   std::error_code ec;
   fs::remove(dir / "train.safetensors", ec);
-  if (cut != std::string_view::npos) fuzz::write_bytes(dir / "train.safetensors", input.substr(cut + kSeparator.size()));
+  if (cut != std::string_view::npos)
+    fuzz::write_bytes(dir / "train.safetensors", input.substr(cut + kSeparator.size()));
   fuzz::accept_input_errors([&] { load_everything(dir); });
   return 0;
 }

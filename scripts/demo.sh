@@ -2,9 +2,9 @@
 # The main job on the embedded default: merges a small synthetic checkpoint family (a base
 # and three fine-tunes) with every data-free method from the example configs in examples/,
 # then builds the embedded benchmark zoo (cached after the first run) and evaluates a
-# fine-tune and the base on one of its tasks, then merges the zoo's eight fine-tunes with every
-# method (RegMean and RegMean++ on 256 calibration examples per task) and MASS, and prints the
-# per-task accuracy table. The full benchmark report (`amalgam bench`) comes in a later issue.
+# fine-tune and the base on one of its tasks, and ends in the benchmark: `amalgam bench` runs
+# every method on the zoo (hyperparameters chosen on validation; in-domain, unseen tasks,
+# corruptions, sequential merging, number of tasks, cost) into report/report.md with charts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +34,5 @@ echo "== amalgam eval: the mnist fine-tune and the base, through the same probe 
 $amalgam eval zoo/finetuned/mnist --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q
 $amalgam eval zoo/base --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q
 
-echo "== every method on the zoo: data-free merges, RegMean, RegMean++ and MASS (bench/zoo_methods.sh)"
-AMALGAM=$amalgam bash bench/zoo_methods.sh zoo demo-out/zoo-methods
+echo "== amalgam bench: every method on the zoo, the papers' experiments -> report/report.md"
+$amalgam bench zoo -o report --force

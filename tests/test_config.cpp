@@ -420,6 +420,20 @@ TEST(ConfigErrors, DtypeSeedAndSyntax) {
                      "YAML syntax error at line 2, column 9: illegal map value");
 }
 
+TEST(ConfigErrors, TextThatIsNotUtf8) {
+  // Latin-1 "café" on line 2: the stray byte is named with its position.
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [caf\xE9]\n",
+                     "merge.yaml: not UTF-8 text: byte 0xE9 at line 2, column 13");
+  EXPECT_PARSE_ERROR("\xC0\xAF", "byte 0xC0 at line 1, column 1");                                    // overlong '/'
+  EXPECT_PARSE_ERROR("models: [\xED\xA0\x80]", "byte 0xED at line 1, column 10");                     // a surrogate
+  EXPECT_PARSE_ERROR("models: [\xF4\x90\x80\x80]", "byte 0xF4 at line 1, column 10");                 // past U+10FFFF
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a\xE2\x82]", "byte 0xE2 at line 2, column 11");  // cut short
+  // The same name in UTF-8 parses, two-, three- and four-byte characters alike.
+  const MergeConfig c = parse("merge_method: linear\nmodels: [caf\xC3\xA9, \xE2\x82\xAC, \xF0\x9F\x98\x80]\n");
+  ASSERT_EQ(c.models.size(), 3u);
+  EXPECT_EQ(c.models[0].model, "caf\xC3\xA9");
+}
+
 TEST(ConfigLoad, MissingFileAndSource) {
   TempDir dir;
   EXPECT_THROW(load_merge_config(dir / "nope.yaml"), InputError);

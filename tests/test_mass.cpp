@@ -46,6 +46,7 @@
 #include "model/classifier_head.h"
 #include "model/clip_vision.h"
 #include "test_util.h"
+#include "zoo_fixtures.h"
 
 namespace amalgam {
 namespace {
@@ -1101,21 +1102,12 @@ TEST(MassBundle, FactorsAreStoredInTheBasesDtype) {
 // chance (asserted: above 2x), so the router's arithmetic is not the cause (and is tested
 // against loops above).
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
+using testing::kSanitized;
 
 TEST(MassZoo, TaskModelsKeepTheFineTunesAccuracyAndBeatTsvOnTheSmallZoo) {
   if (kSanitized) GTEST_SKIP() << "trains a zoo: Release builds only";
   TempDir tmp;
-  ZooBuildOptions o = ZooBuildOptions::preset(true);
-  o.data.data_dir = fs::path(AMALGAM_SOURCE_DIR) / ".cache/zoo-data";
-  if (const char* env = std::getenv("AMALGAM_DATA_DIR")) o.data.data_dir = env;
-  o.quiet = true;
-  const fs::path zoo = tmp / "zoo";
-  const nlohmann::ordered_json zoo_json = build_zoo(zoo, o, false);
+  const fs::path zoo = testing::shared_small_zoo();
   const auto& names = zoo_task_names();
 
   std::string mass_yaml = "base_model: " + (zoo / "base").string() + "\nmodels:\n";

@@ -30,6 +30,7 @@
 #include "model/classifier_head.h"
 #include "model/clip_vision.h"
 #include "test_util.h"
+#include "zoo_fixtures.h"
 
 namespace amalgam {
 namespace {
@@ -647,11 +648,7 @@ TEST(RegMeanPlusPlusMerge, HiddenStatesSpilledToDiskGiveTheSameBits) {
 // ---------------------------------------------------------------------------------------
 // End to end on the small zoo (about two minutes in a Release build: not under sanitizers)
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
+using testing::kSanitized;
 
 double average_accuracy(const ZooBuildOptions& options, const fs::path& zoo, const fs::path& model) {
   const ClipVisionModel m = ClipVisionModel::load(model);
@@ -674,12 +671,8 @@ double average_accuracy(const ZooBuildOptions& options, const fs::path& zoo, con
 TEST(RegMeanZoo, BothBeatSimpleAveragingOnTheSmallZoo) {
   if (kSanitized) GTEST_SKIP() << "trains a zoo: Release builds only";
   TempDir tmp;
-  ZooBuildOptions o = ZooBuildOptions::preset(true);
-  o.data.data_dir = fs::path(AMALGAM_SOURCE_DIR) / ".cache/zoo-data";
-  if (const char* env = std::getenv("AMALGAM_DATA_DIR")) o.data.data_dir = env;
-  o.quiet = true;
-  const fs::path zoo = tmp / "zoo";
-  build_zoo(zoo, o, false);
+  const ZooBuildOptions o = testing::small_zoo_options();
+  const fs::path zoo = testing::shared_small_zoo();
   std::map<std::string, double> accuracy;
   for (const std::string method : {"linear", "regmean", "regmean_plusplus"}) {
     std::string y = "merge_method: " + method + "\nparameters: {" + (method == "linear" ? "weight: 1" : "alpha: 0.95") +

@@ -23,6 +23,7 @@
 #include "io/checkpoint.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "mass/bundle.h"
 #include "mass/router.h"
 #include "model/clip_vision.h"
 #include "test_util.h"
@@ -246,6 +247,39 @@ TEST(HostileNames, RouterTaskNamesCannotReachOutsideTheBundle) {
   }
 }
 
+TEST(HostileFields, BundleJsonValuesOfTheWrongTypeAreInputErrors) {
+  // These used to escape as nlohmann type errors (exit 1 instead of 2).
+  TempDir tmp;
+  const nlohmann::json good = {
+      {"format", mass::kBundleFormat},
+      {"version", mass::kBundleVersion},
+      {"base", "base"},
+      {"tasks", {{{"name", "a"}}}},
+      {"sizes", {{"base", 1}, {"factors", 1}, {"first_pass", 1}, {"heads", 1}, {"all_finetunes", 1}}}};
+  struct Case {
+    const char* key;
+    nlohmann::json value;
+    const char* message;
+  };
+  for (const Case& c :
+       {Case{"format", 7, "format: not an amalgam-mass bundle"}, Case{"version", "1", "version: expected 1"},
+        Case{"rank_fraction", "half", "rank_fraction: expected a number"},
+        Case{"ranks", {{"w", "3"}}, "ranks.w: expected an integer"},
+        Case{"filtered",
+             {{{"tensor", 1}, {"task", "a"}, {"like", "a"}, {"cosine", 1.0}}},
+             "filtered: every entry needs tensor, task, like and cosine"}}) {
+    nlohmann::json j = good;
+    j[c.key] = c.value;
+    write_bytes(tmp / mass::kBundleFile, j.dump());
+    try {
+      (void)mass::BundleInfo::read(tmp.path());
+      ADD_FAILURE() << c.key << ": accepted";
+    } catch (const InputError& e) {
+      EXPECT_TRUE(contains(e.what(), "bundle.json: " + std::string(c.message))) << c.key << ": " << e.what();
+    }
+  }
+}
+
 // ---- Absurd sizes -------------------------------------------------------------------------
 
 TEST(HostileSizes, ZeroElementShapesWhoseOtherDimensionsOverflowAreRejected) {
@@ -348,7 +382,8 @@ TEST(Faults, FullDiskFailsCleanlyAndKeepsThePreviousOutput) {
 
   const auto fresh = run_amalgam_with_file_limit(merge, 16 * 1024, tmp.path());
   EXPECT_EQ(fresh.code, 1) << fresh.err;
-  EXPECT_TRUE(contains(fresh.err, "File too large")) << fresh.err;
+  EXPECT_TRUE(contains(fresh.err, "amalgam: error: ")) << fresh.err;  // a system failure, not an internal error
+  EXPECT_TRUE(contains(fresh.err, "write failed: File too large (nothing was written)")) << fresh.err;
   EXPECT_TRUE(contains(fresh.err, "model.safetensors")) << fresh.err;
   EXPECT_EQ(lines(fresh.err), 1u) << fresh.err;
   EXPECT_FALSE(fs::exists(out));

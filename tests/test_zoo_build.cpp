@@ -10,6 +10,7 @@
 #include "eval/zoo_build.h"
 #include "io/json_file.h"
 #include "test_util.h"
+#include "zoo_fixtures.h"
 
 namespace amalgam {
 namespace {
@@ -17,20 +18,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::TempDir;
 
-ZooBuildOptions tiny_zoo() {
-  ZooBuildOptions o = ZooBuildOptions::preset(true);
-  o.data.sizes = {120, 60, 60};
-  o.data.data_dir = fs::path(AMALGAM_SOURCE_DIR) / ".cache/zoo-data";
-  if (const char* env = std::getenv("AMALGAM_DATA_DIR")) o.data.data_dir = env;
-  o.pool.per_task = 60;
-  o.pool.extra = 120;
-  o.pretrain.epochs = 1;
-  o.finetune.epochs = 1;
-  o.probe.epochs = 5;
-  o.finetune_examples = 120;
-  o.quiet = true;
-  return o;
-}
+ZooBuildOptions tiny_zoo() { return testing::tiny_zoo_options(); }
 
 TEST(ZooBuild, WritesEverythingAndZooJsonMatchesEval) {
   TempDir tmp;

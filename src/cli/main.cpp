@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <system_error>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   amalgam::cli::add_zoo_command(app);
   amalgam::cli::add_mass_command(app);
   amalgam::cli::add_audit_command(app);
+  amalgam::cli::add_bench_command(app);
 
   // Every shard of every input stays open for pread: a merge of many sharded checkpoints
   // can need more descriptors than the default soft limit of 1024.
@@ -68,6 +70,11 @@ int main(int argc, char** argv) {
   } catch (const amalgam::Interrupted&) {
     std::cerr << "amalgam: interrupted; no output was written\n";
     return 130;
+  } catch (const std::system_error& e) {
+    // The system refused (a full disk, a permission, a vanished file); outputs are staged,
+    // so saying that nothing was written is true.
+    std::cerr << "amalgam: error: " << e.what() << " (nothing was written)\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "amalgam: internal error: " << e.what() << "\n";
     return 1;

@@ -197,15 +197,7 @@ void add_mass_eval_command(CLI::App& mass) {
       const TaskInfo task = read_task_info(dir);
       const TaskSplit split = load_split(dir, task, a->split);
       results.push_back(mass::evaluate_mass(runtime, task, split, a->options));
-      const mass::MassLatency& l = results.back().latency;
-      latency.first_pass += l.first_pass;
-      latency.build += l.build;
-      latency.second_pass += l.second_pass;
-      latency.merged += l.merged;
-      latency.images += l.images;
-      latency.forwards += l.forwards;
-      latency.cache_hits += l.cache_hits;
-      latency.cache_misses += l.cache_misses;
+      latency += results.back().latency;
       if (!a->json) print_result(results.back());
     }
     const mass::BundleSizes& s = runtime.info().sizes;

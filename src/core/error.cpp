@@ -4,6 +4,7 @@
 #include <cstring>
 #include <iostream>
 #include <mutex>
+#include <system_error>
 
 namespace amalgam {
 
@@ -30,7 +31,7 @@ std::string printable(std::string_view text) {
 
 void throw_system_error(const std::filesystem::path& file, std::string_view what) {
   const int err = errno;
-  throw std::runtime_error(file.string() + ": " + std::string(what) + ": " + std::strerror(err));
+  throw std::system_error(err, std::generic_category(), printable(file.string() + ": " + std::string(what)));
 }
 
 void warn(std::string_view message) {

@@ -34,7 +34,8 @@ class Interrupted : public std::runtime_error {
   Interrupted() : std::runtime_error("interrupted") {}
 };
 
-// A system call failed: the message carries errno's text.
+// A system call failed: a std::system_error carrying errno, whose message names the file
+// and ends in errno's text; the CLI reports it as a system failure (exit 1), not a bug.
 [[noreturn]] void throw_system_error(const std::filesystem::path& file, std::string_view what);
 
 // A one-line warning on stderr ("amalgam: warning: ..."): something the user should know

@@ -60,9 +60,9 @@ BundleInfo BundleInfo::read(const fs::path& dir) {
   if (!fs::exists(file))
     throw InputError(dir, "not a MASS bundle (no bundle.json; build one with `amalgam mass build`)");
   const nlohmann::json j = read_json_file(file);
-  if (!j.is_object() || j.value("format", "") != kBundleFormat)
+  if (!j.is_object() || !j.contains("format") || j["format"] != kBundleFormat)
     throw InputError(file, "format: not an amalgam-mass bundle");
-  if (j.value("version", 0) != kBundleVersion)
+  if (!j.contains("version") || j["version"] != kBundleVersion)
     throw InputError(file, "version: expected " + std::to_string(kBundleVersion));
   BundleInfo info;
   info.dir = dir;
@@ -76,16 +76,23 @@ BundleInfo BundleInfo::read(const fs::path& dir) {
       throw InputError(file, "tasks: every entry needs a name");
     info.tasks.push_back(t["name"].get<std::string>());
   }
-  info.rank_fraction = j.value("rank_fraction", 0.0);
+  if (j.contains("rank_fraction")) {
+    if (!j["rank_fraction"].is_number()) throw InputError(file, "rank_fraction: expected a number");
+    info.rank_fraction = j["rank_fraction"].get<double>();
+  }
   if (j.contains("ranks") && j["ranks"].is_object())
-    for (const auto& [name, k] : j["ranks"].items()) info.ranks[name] = k.get<int64_t>();
+    for (const auto& [name, k] : j["ranks"].items()) {
+      if (!k.is_number_integer()) throw InputError(file, "ranks." + name + ": expected an integer");
+      info.ranks[name] = k.get<int64_t>();
+    }
   info.sizes = read_sizes(j, file);
   if (j.contains("similarity_threshold") && j["similarity_threshold"].is_number())
     info.similarity_threshold = j["similarity_threshold"].get<double>();
   if (j.contains("filtered") && j["filtered"].is_array())
     for (const auto& f : j["filtered"]) {
-      if (!f.is_object() || !f.contains("tensor") || !f.contains("task") || !f.contains("like") ||
-          !f.contains("cosine") || !f["cosine"].is_number())
+      const auto is_string = [&](const char* key) { return f.contains(key) && f[key].is_string(); };
+      if (!f.is_object() || !is_string("tensor") || !is_string("task") || !is_string("like") || !f.contains("cosine") ||
+          !f["cosine"].is_number())
         throw InputError(file, "filtered: every entry needs tensor, task, like and cosine");
       info.filtered.push_back({f["tensor"].get<std::string>(), f["task"].get<std::string>(),
                                f["like"].get<std::string>(), f["cosine"].get<double>()});

@@ -28,6 +28,18 @@ std::string to_string(RouteScope scope) {
   return scope == RouteScope::Sample ? "sample" : "batch";
 }
 
+MassLatency& MassLatency::operator+=(const MassLatency& o) {
+  first_pass += o.first_pass;
+  build += o.build;
+  second_pass += o.second_pass;
+  merged += o.merged;
+  images += o.images;
+  forwards += o.forwards;
+  cache_hits += o.cache_hits;
+  cache_misses += o.cache_misses;
+  return *this;
+}
+
 double MassLatency::per_image() const {
   return images ? routed() / static_cast<double>(images) : 0.0;
 }

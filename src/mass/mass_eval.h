@@ -45,6 +45,7 @@ struct MassLatency {
   int64_t cache_misses = 0;  // ... and built
 
   double routed() const { return first_pass + build + second_pass; }
+  MassLatency& operator+=(const MassLatency& other);
   // Per image, in seconds; the ratio routed / merged.
   double per_image() const;
   double merged_per_image() const;

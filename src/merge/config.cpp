@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <set>
 #include <stdexcept>
@@ -12,6 +14,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/utf8.h"
 #include "io/json_file.h"
 
 namespace amalgam {
@@ -350,6 +353,18 @@ std::string YamlConfigReader::describe(const YAML::Node& n) {
 }
 
 YAML::Node parse_yaml_text(std::string_view text, const fs::path& source) {
+  // YAML is UTF-8; yaml-cpp would carry stray bytes into paths and names, where they surface
+  // later as a confusing "file not found" (and come back as U+FFFD when written).
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string_view::npos) {
+    const size_t line =
+        1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<ptrdiff_t>(bad), '\n'));
+    const size_t newline = bad == 0 ? std::string_view::npos : text.rfind('\n', bad - 1);
+    const size_t column = newline == std::string_view::npos ? bad + 1 : bad - newline;
+    char byte[8];
+    std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(text[bad]));
+    throw InputError(source, "not UTF-8 text: byte " + std::string(byte) + " at line " + std::to_string(line) +
+                                 ", column " + std::to_string(column) + " (save the config as UTF-8)");
+  }
   try {
     return YAML::Load(std::string(text));
   } catch (const YAML::Exception& e) {

@@ -1,0 +1,71 @@
+#include "core/child_process.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+
+extern char** environ;
+
+namespace amalgam {
+
+namespace {
+
+// posix_spawn's file actions: stdout and stderr both appended to `log`, stdin from /dev/null.
+class SpawnActions {
+ public:
+  explicit SpawnActions(const std::filesystem::path& log) {
+    posix_spawn_file_actions_init(&actions_);
+    posix_spawn_file_actions_addopen(&actions_, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions_, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions_, STDOUT_FILENO, STDERR_FILENO);
+  }
+  ~SpawnActions() { posix_spawn_file_actions_destroy(&actions_); }
+  SpawnActions(const SpawnActions&) = delete;
+  SpawnActions& operator=(const SpawnActions&) = delete;
+  const posix_spawn_file_actions_t* get() const { return &actions_; }
+
+ private:
+  posix_spawn_file_actions_t actions_;
+};
+
+double seconds_of(const timeval& t) {
+  return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec);
+}
+
+}  // namespace
+
+ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem::path& log) {
+  if (argv.empty()) throw std::runtime_error("run_child: no program");
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const SpawnActions actions(log);
+  const auto start = std::chrono::steady_clock::now();
+  pid_t pid = 0;
+  if (const int rc = ::posix_spawn(&pid, args[0], actions.get(), nullptr, args.data(), environ); rc != 0)
+    throw std::runtime_error(argv[0] + ": cannot start: " + std::strerror(rc));
+  int status = 0;
+  rusage usage{};
+  while (::wait4(pid, &status, 0, &usage) < 0)
+    if (errno != EINTR) throw std::runtime_error(argv[0] + ": wait failed: " + std::strerror(errno));
+  ChildUsage r;
+  r.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.cpu_seconds = seconds_of(usage.ru_utime) + seconds_of(usage.ru_stime);
+  r.peak_rss_bytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+  return r;
+}
+
+// Not the link's target: a rebuild replacing the executable during a long run leaves the
+// target "(deleted)", while /proc/self/exe still opens the running image (the same version
+// as the parent, which is what a benchmark wants).
+std::filesystem::path self_executable() { return "/proc/self/exe"; }
+
+}  // namespace amalgam

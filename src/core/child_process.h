@@ -1,0 +1,26 @@
+// Running another program and measuring what it cost: `amalgam bench` runs each merge as its
+// own process so that its wall time, CPU time and peak memory are that merge's alone.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace amalgam {
+
+struct ChildUsage {
+  int exit_code = -1;  // 128 + signal when a signal ended it
+  double wall_seconds = 0;
+  double cpu_seconds = 0;       // user + system, over all its threads
+  uint64_t peak_rss_bytes = 0;  // the child's maximum resident set
+};
+
+// Runs `argv` (argv[0] is the program's path) with stdout and stderr appended to `log`,
+// waits for it, and reports its usage. Throws std::runtime_error when it cannot start.
+ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem::path& log);
+
+// The running executable (/proc/self/exe), to run amalgam's own commands.
+std::filesystem::path self_executable();
+
+}  // namespace amalgam
