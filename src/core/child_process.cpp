@@ -17,13 +17,15 @@ namespace amalgam {
 
 namespace {
 
-// posix_spawn's file actions: stdout and stderr both appended to `log`, stdin from /dev/null.
+// posix_spawn's file actions: the working directory, stdin from /dev/null, stdout and stderr
+// both into `log`.
 class SpawnActions {
  public:
-  explicit SpawnActions(const std::filesystem::path& log) {
+  SpawnActions(const std::filesystem::path& log, const std::filesystem::path& working_dir) {
     posix_spawn_file_actions_init(&actions_);
+    if (!working_dir.empty()) posix_spawn_file_actions_addchdir_np(&actions_, working_dir.c_str());
     posix_spawn_file_actions_addopen(&actions_, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions_, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_addopen(&actions_, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_adddup2(&actions_, STDOUT_FILENO, STDERR_FILENO);
   }
   ~SpawnActions() { posix_spawn_file_actions_destroy(&actions_); }
@@ -41,16 +43,18 @@ double seconds_of(const timeval& t) {
 
 }  // namespace
 
-ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem::path& log) {
+ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem::path& log,
+                     const std::filesystem::path& working_dir) {
   if (argv.empty()) throw std::runtime_error("run_child: no program");
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
-  const SpawnActions actions(log);
+  // The log's path as the child sees it (after its chdir).
+  const SpawnActions actions(working_dir.empty() ? log : std::filesystem::absolute(log), working_dir);
   const auto start = std::chrono::steady_clock::now();
   pid_t pid = 0;
-  if (const int rc = ::posix_spawn(&pid, args[0], actions.get(), nullptr, args.data(), environ); rc != 0)
-    throw std::runtime_error(argv[0] + ": cannot start: " + std::strerror(rc));
+  if (const int rc = ::posix_spawnp(&pid, args[0], actions.get(), nullptr, args.data(), environ); rc != 0)
+    throw std::runtime_error("cannot run " + argv[0] + ": " + std::strerror(rc));
   int status = 0;
   rusage usage{};
   while (::wait4(pid, &status, 0, &usage) < 0)
@@ -66,6 +70,8 @@ ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem
 // Not the link's target: a rebuild replacing the executable during a long run leaves the
 // target "(deleted)", while /proc/self/exe still opens the running image (the same version
 // as the parent, which is what a benchmark wants).
-std::filesystem::path self_executable() { return "/proc/self/exe"; }
+std::filesystem::path self_executable() {
+  return "/proc/self/exe";
+}
 
 }  // namespace amalgam

@@ -16,9 +16,11 @@ struct ChildUsage {
   uint64_t peak_rss_bytes = 0;  // the child's maximum resident set
 };
 
-// Runs `argv` (argv[0] is the program's path) with stdout and stderr appended to `log`,
-// waits for it, and reports its usage. Throws std::runtime_error when it cannot start.
-ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem::path& log);
+// Runs `argv` (argv[0] is the program: a path, or a name looked up in PATH) in `working_dir`
+// (empty: ours), stdin from /dev/null, stdout and stderr both into `log` (replaced), waits for
+// it, and reports its usage. Throws std::runtime_error when it cannot start.
+ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem::path& log,
+                     const std::filesystem::path& working_dir = {});
 
 // The running executable (/proc/self/exe), to run amalgam's own commands.
 std::filesystem::path self_executable();

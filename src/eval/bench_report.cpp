@@ -1,25 +1,17 @@
 #include "eval/bench_report.h"
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <string_view>
 
+#include "core/child_process.h"
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "io/json_file.h"
-
-extern char** environ;
 
 namespace amalgam {
 
@@ -800,48 +792,23 @@ std::vector<std::optional<Chart>> cost_charts(const Report& r, const Field& sect
 
 // ---- Running gnuplot ------------------------------------------------------------------------
 
-// posix_spawn's file actions for gnuplot: run in `dir` (the .gp reads its .dat by relative
-// name), stdin from /dev/null, stdout and stderr to `log`.
-class GnuplotActions {
- public:
-  GnuplotActions(const fs::path& dir, const fs::path& log) {
-    posix_spawn_file_actions_init(&actions_);
-    posix_spawn_file_actions_addchdir_np(&actions_, dir.c_str());
-    posix_spawn_file_actions_addopen(&actions_, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions_, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions_, STDOUT_FILENO, STDERR_FILENO);
-  }
-  ~GnuplotActions() { posix_spawn_file_actions_destroy(&actions_); }
-  GnuplotActions(const GnuplotActions&) = delete;
-  GnuplotActions& operator=(const GnuplotActions&) = delete;
-  const posix_spawn_file_actions_t* get() const { return &actions_; }
-
- private:
-  posix_spawn_file_actions_t actions_;
-};
-
 void plot(const Chart& chart, const fs::path& dir) {
   check_interrupt();
   write_text_file(dir / (chart.name + ".dat"), chart.dat);
   write_text_file(dir / (chart.name + ".gp"), chart.gp);
   const fs::path log = dir / (chart.name + ".log");
-  std::string program = "gnuplot", script = chart.name + ".gp";
-  char* argv[] = {program.data(), script.data(), nullptr};
-  const GnuplotActions actions(dir, log);
-  pid_t pid = 0;
-  if (const int rc = ::posix_spawnp(&pid, "gnuplot", actions.get(), nullptr, argv, environ); rc != 0) {
+  ChildUsage run;
+  try {
+    // In `dir`: the .gp reads its .dat by relative name.
+    run = run_child({"gnuplot", chart.name + ".gp"}, log, dir);
+  } catch (const std::runtime_error& e) {
     std::error_code ec;
     fs::remove(log, ec);
-    throw InputError("chart '" + chart.name + "': cannot run gnuplot: " + std::strerror(rc) +
-                     " (install gnuplot-nox: scripts/setup-deps.sh)");
+    throw InputError("chart '" + chart.name + "': " + e.what() + " (install gnuplot-nox: scripts/setup-deps.sh)");
   }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) throw_system_error(log, "waiting for gnuplot");
   check_interrupt();  // Ctrl-C reaches gnuplot too: report the interrupt, not its exit status
-  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  if (code != 0)
-    throw InputError("chart '" + chart.name + "': gnuplot exited with status " + std::to_string(code) +
+  if (run.exit_code != 0)
+    throw InputError("chart '" + chart.name + "': gnuplot exited with status " + std::to_string(run.exit_code) +
                      "; its messages are in " + log.string());
   for (const char* ext : {".svg", ".png"})
     if (!fs::exists(dir / (chart.name + ext)))
