@@ -184,9 +184,9 @@ TEST(BenchReportMarkdown, OtherExperiments) {
   EXPECT_LINE(md, "| RegMean | 10.00 | 15.00 | 200.0 | 3.00 | 4.00 | 150.0 |");
   EXPECT_LINE(md, "| bundle size | 2.5 MiB |");
   EXPECT_LINE(md, "| bundle / base | 2.50× |");
-  EXPECT_LINE(md, "| routed latency per image, one at a time | 2.000 ms |");
-  EXPECT_LINE(md, "| latency ratio routed / merged, one at a time | 5.00× |");
-  EXPECT_LINE(md, "| latency ratio routed / merged, batched | 2.00× |");
+  EXPECT_LINE(md, "| routed latency per image, per-sample routing | 2.000 ms |");
+  EXPECT_LINE(md, "| latency ratio routed / merged, per-sample routing | 5.00× |");
+  EXPECT_LINE(md, "| latency ratio routed / merged, batch routing | 2.00× |");
 }
 
 TEST(BenchReportMarkdown, ChartsLinkedUnderTheirSections) {

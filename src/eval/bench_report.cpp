@@ -512,11 +512,11 @@ std::string mass_markdown(const Field& mass) {
   t.add({"bundle size", bundle ? fixed(mib(bundle), 1) + " MiB" : std::string(kDash)});
   t.add({"base model size", base ? fixed(mib(base), 1) + " MiB" : std::string(kDash)});
   t.add({"bundle / base", times(ratio)});
-  t.add({"routed latency per image, one at a time", ms(sample)});
-  t.add({"routed latency per image, batched", ms(batch)});
+  t.add({"routed latency per image, per-sample routing", ms(sample)});
+  t.add({"routed latency per image, batch routing", ms(batch)});
   t.add({"merged model latency per image", ms(merged)});
-  t.add({"latency ratio routed / merged, one at a time", over(sample)});
-  t.add({"latency ratio routed / merged, batched", over(batch)});
+  t.add({"latency ratio routed / merged, per-sample routing", over(sample)});
+  t.add({"latency ratio routed / merged, batch routing", over(batch)});
   return "\n### MASS\n\n" + t.str();
 }
 
