@@ -187,7 +187,10 @@ class Bench {
       rows.push_back(accuracy_row(m.key, to_json(m.grid[best]), test));
     }
     for (const mass::RouteScope scope : {mass::RouteScope::Sample, mass::RouteScope::Batch}) {
-      const Scores test = mass_accuracy(scope, std::nullopt);
+      const Scores test = mass_scores(
+          scope, tasks(), [&](const std::string& t) -> const TaskSplit& { return test_split(t); },
+          settings().test_examples, &mass_latency_[mass_key(scope)]);
+      runner_.say("in-domain: %s: test %.2f%%", mass_key(scope).c_str(), mean_of(test, tasks()));
       rows.push_back(accuracy_row(mass_key(scope), json::object(), test));
     }
     return {{"rows", rows}, {"validation", validation}};
@@ -214,27 +217,29 @@ class Bench {
     return *mass_;
   }
 
-  // MASS's routed accuracy on the test splits (or on corrupted ones), summing its latency.
-  Scores mass_accuracy(mass::RouteScope scope, std::optional<Corruption> corruption) {
+  // MASS's routed accuracy on a seeded sample of `max_examples` of each task's split_of(task);
+  // each task's latency is appended to `latency` when given.
+  Scores mass_scores(mass::RouteScope scope, const std::vector<std::string>& subset,
+                     const std::function<const TaskSplit&(const std::string&)>& split_of, int64_t max_examples,
+                     std::vector<mass::MassLatency>* latency = nullptr) {
     mass::MassRuntime& runtime = mass_runtime();
     mass::MassEvalOptions options;
     options.batch_size = settings().batch_size;
     options.seed = settings().seed;
     options.scope = scope;
     options.quiet = true;
+    options.max_examples = max_examples;
     Scores scores;
-    const std::vector<std::string> subset = corruption ? corruption_tasks() : tasks();
     for (const std::string& t : subset) {
       check_interrupt();
-      const TaskSplit& split = corruption ? corrupted(t, *corruption) : runner_.split(t, "test");
-      options.max_examples = corruption ? options_.corruption_examples : settings().test_examples;
-      const mass::MassEvalResult r = mass::evaluate_mass(runtime, runner_.task_info(t), split, options);
+      const mass::MassEvalResult r = mass::evaluate_mass(runtime, runner_.task_info(t), split_of(t), options);
       scores[t] = 100.0 * r.accuracy;
-      if (!corruption) mass_latency_[mass_key(scope)].push_back(r.latency);
+      if (latency) latency->push_back(r.latency);
     }
-    if (!corruption) runner_.say("in-domain: %s: test %.2f%%", mass_key(scope).c_str(), mean_of(scores, subset));
     return scores;
   }
+
+  const TaskSplit& test_split(const std::string& task) const { return runner_.split(task, "test"); }
 
   // Experiment 2: merge all tasks but a held-out pair; the pair through the merged encoder.
   json unseen() {
@@ -324,26 +329,16 @@ class Bench {
     for (const BenchMethod& m : methods_) encoder_rows(m.key, [&](const std::string&) { return models_.at(m.key); });
     for (const mass::RouteScope scope : {mass::RouteScope::Sample, mass::RouteScope::Batch}) {
       std::map<std::string, Scores> by;
-      by["clean"] = clean_mass_sample(scope, subset);
-      for (Corruption c : kAllCorruptions) by[std::string(corruption_name(c))] = mass_accuracy(scope, c);
+      by["clean"] = mass_scores(
+          scope, subset, [&](const std::string& t) -> const TaskSplit& { return test_split(t); },
+          options_.corruption_examples);
+      for (Corruption c : kAllCorruptions)
+        by[std::string(corruption_name(c))] = mass_scores(
+            scope, subset, [&](const std::string& t) -> const TaskSplit& { return corrupted(t, c); },
+            options_.corruption_examples);
       add_row(mass_key(scope), by);
     }
     return {{"severity", options_.corruption_severity}, {"tasks", subset}, {"corruptions", names}, {"rows", rows}};
-  }
-
-  // MASS on the clean images of the corruption experiment's sample.
-  Scores clean_mass_sample(mass::RouteScope scope, const std::vector<std::string>& subset) {
-    mass::MassEvalOptions options;
-    options.batch_size = settings().batch_size;
-    options.seed = settings().seed;
-    options.scope = scope;
-    options.quiet = true;
-    options.max_examples = options_.corruption_examples;
-    Scores scores;
-    for (const std::string& t : subset)
-      scores[t] =
-          100.0 * mass::evaluate_mass(mass_runtime(), runner_.task_info(t), runner_.split(t, "test"), options).accuracy;
-    return scores;
   }
 
   // Experiment 4: two tasks at a time; the previous merge is one candidate of the next.
