@@ -1091,20 +1091,17 @@ TEST(MassBundle, FactorsAreStoredInTheBasesDtype) {
 // ---------------------------------------------------------------------------------------
 // End to end on the small zoo (trains a zoo: Release builds only)
 //
-// What holds on the zoo, and is asserted: the second pass (W0 + the task's stored rank-k
-// factors, what MASS runs when the route is right) keeps nearly all of each fine-tune's
-// accuracy and is far above TSV-M; `mass eval`'s first-pass accuracy is TSV-M's; the
-// selected set holds the own task at least as often as the top route is it. What does not
-// hold, and is only reported: the data-free route, at chance on the small zoo for every
-// routing layer, token and rank (README, MASS). The zoo's fine-tunes move far from the base
-// (embeddings by 40-95% of their norm), so the first pass's tokens do not resemble any
-// fine-tune's; the same residual rule on each fine-tune's own tokens routes at about 3x
-// chance (asserted: above 2x), so the router's arithmetic is not the cause (and is tested
-// against loops above).
+// What the papers claim, asserted on the small zoo: the data-free route picks the image's own
+// task well above chance, and MASS beats TSV-M, its own first pass. Also: the second pass
+// (W0 + the task's stored rank-k factors, what MASS runs when the route is right) keeps
+// nearly all of each fine-tune's accuracy and is far above TSV-M; `mass eval`'s first-pass
+// accuracy is TSV-M's; the selected set holds the own task at least as often as the top
+// route is it; and the same residual rule on each fine-tune's own tokens routes better than
+// on the first pass's (the gap MASS pays for routing without the fine-tunes).
 
 using testing::kSanitized;
 
-TEST(MassZoo, TaskModelsKeepTheFineTunesAccuracyAndBeatTsvOnTheSmallZoo) {
+TEST(MassZoo, RoutesAboveChanceAndBeatsTsvOnTheSmallZoo) {
   if (kSanitized) GTEST_SKIP() << "trains a zoo: Release builds only";
   TempDir tmp;
   const fs::path zoo = testing::shared_small_zoo();
@@ -1177,9 +1174,12 @@ TEST(MassZoo, TaskModelsKeepTheFineTunesAccuracyAndBeatTsvOnTheSmallZoo) {
   EXPECT_GT(own_task, tsv_accuracy + 0.05);
   // The first pass is the tsv merge (to float rounding), so its accuracy is TSV-M's.
   EXPECT_NEAR(first_pass, tsv_accuracy, 0.005);
-  // The stored subspaces do separate the tasks, for tokens of the fine-tunes themselves.
-  EXPECT_GT(own_tokens, 2.0 / count);
-  // The routed figures are reported, not asserted: see the comment before this test.
+  // The stored subspaces separate the tasks, for the first pass's tokens (at 2.6x chance
+  // when written) and better still for the fine-tunes' own (5.8x).
+  EXPECT_GT(routing, 2.0 / count);
+  EXPECT_GT(own_tokens, routing);
+  EXPECT_GT(routed, tsv_accuracy + 0.02);
+  EXPECT_GT(routed_batch, tsv_accuracy + 0.02);
 }
 
 }  // namespace

@@ -168,6 +168,46 @@ TEST(TrainOpsGradient, L2NormalizeAndCrossEntropy) {
   check_gradient(logits, dlogits, ce, "cross entropy");
 }
 
+TEST(TrainOpsGradient, ContrastiveLoss) {
+  const int64_t pairs = 3, d = 4, rows = 2 * pairs;
+  const double temperature = 0.5;
+  auto z = random_vector(rows * d, 19);
+  auto loss = [&] { return contrastive_loss<double>(z.data(), pairs, d, temperature, nullptr); };
+  std::vector<double> dz(rows * d);
+  int64_t correct = -1;
+  const double value = contrastive_loss<double>(z.data(), pairs, d, temperature, dz.data(), &correct);
+  // The loss written out: per row, -log of its partner's share of exp(similarity / t) over
+  // every other row; and the rows whose most similar other row is the partner.
+  double expect = 0;
+  int64_t expect_correct = 0;
+  auto sim = [&](int64_t i, int64_t j) {
+    double s = 0;
+    for (int64_t c = 0; c < d; ++c) s += z[i * d + c] * z[j * d + c];
+    return s;
+  };
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t partner = i < pairs ? i + pairs : i - pairs;
+    double sum = 0;
+    int64_t best = -1;
+    for (int64_t j = 0; j < rows; ++j) {
+      if (j == i) continue;
+      sum += std::exp(sim(i, j) / temperature);
+      if (best < 0 || sim(i, j) > sim(i, best)) best = j;
+    }
+    expect += std::log(sum) - sim(i, partner) / temperature;
+    expect_correct += best == partner;
+  }
+  EXPECT_NEAR(value, expect / rows, 1e-12);
+  EXPECT_EQ(correct, expect_correct);
+  check_gradient(z, dz, loss, "contrastive loss");
+
+  // Views that equal their partner and differ from every other image score every row.
+  std::vector<double> aligned(rows * d, 0.0);
+  for (int64_t i = 0; i < rows; ++i) aligned[i * d + i % pairs] = 1.0;
+  contrastive_loss<double>(aligned.data(), pairs, d, temperature, nullptr, &correct);
+  EXPECT_EQ(correct, rows);
+}
+
 ClipVisionConfig small_config(Activation act, int64_t channels) {
   ClipVisionConfig c;
   c.hidden_size = 8;
@@ -331,11 +371,15 @@ TEST(Trainer, ProbeOnFrozenFeaturesAndFrozenHeadFineTune) {
   const ClipVisionConfig c = quadrant_model();
   const QuadrantTask train = quadrant_task(512, 3), test = quadrant_task(256, 4);
   const TrainOptions o = quadrant_options();
-  // Rotation pretraining gives the encoder features; a probe reads the task off them; a
+  // Contrastive pretraining gives the encoder features; a probe reads the task off them; a
   // fine-tune through the frozen probe improves on it and leaves the head untouched.
-  ClipVisionWeights w = random_clip_vision_weights(c, 7, false);
-  ClassifierHead rot = new_head(4, c.hidden_size, 8);
-  train_encoder(c, w, rot, true, 512, rotation_batches(train.images, plain_preprocess(), 1, 0), o);
+  ClipVisionWeights w = random_clip_vision_weights(c, 7, true);
+  ViewAugmentation views;
+  views.max_shift = 1;
+  const TrainReport pre =
+      pretrain_contrastive(c, w, 512, contrastive_views(train.images, plain_preprocess(), 1, views), o, 0.2);
+  EXPECT_LT(pre.epoch_loss.back(), pre.epoch_loss.front());
+  w.visual_projection.reset();
   TrainOptions probe_opt = o;
   probe_opt.epochs = 30;
   probe_opt.learning_rate = 1e-2;
@@ -353,24 +397,45 @@ TEST(Trainer, ProbeOnFrozenFeaturesAndFrozenHeadFineTune) {
   EXPECT_LT(report.epoch_loss.back(), report.epoch_loss.front());
 }
 
-TEST(Trainer, RotationLabelsMatchTheRotation) {
-  // One image with a single bright pixel: its position after rotation tells the label.
-  Tensor img = Tensor::zeros(DType::U8, {1, 12, 12, 1});
-  img.mutable_data<uint8_t>()[1 * 12 + 2] = 255;  // row 1, column 2
+TEST(Trainer, ContrastiveViewsPairEveryImage) {
+  // Two images, one bright pixel each: every view keeps its image's pixel near where it was.
+  Tensor img = Tensor::zeros(DType::U8, {2, 12, 12, 1});
+  img.mutable_data<uint8_t>()[3 * 12 + 3] = 255;
+  img.mutable_data<uint8_t>()[144 + 8 * 12 + 8] = 255;
   ImageProcessorConfig p = plain_preprocess();
-  auto source = rotation_batches(img, p, 1, 0);
-  SplitMix64 rng(9);
-  for (int trial = 0; trial < 12; ++trial) {
-    std::vector<float> pixels;
-    std::vector<int64_t> labels;
-    const std::vector<int64_t> idx = {0};
-    source(idx, rng, pixels, labels);
-    int64_t pos = std::max_element(pixels.begin(), pixels.end()) - pixels.begin();
-    const int64_t y = pos / 12, x = pos % 12;
-    // Counterclockwise quarter turns of (row 1, col 2) in a 12x12 image.
-    const int64_t expect[4][2] = {{1, 2}, {9, 1}, {10, 9}, {2, 10}};
-    EXPECT_EQ(y, expect[labels[0]][0]) << "label " << labels[0];
-    EXPECT_EQ(x, expect[labels[0]][1]) << "label " << labels[0];
+  ViewAugmentation none;
+  none.min_scale = none.max_scale = 1;
+  none.max_shift = none.contrast = none.brightness = none.noise = 0;
+  none.cutout = 0;
+  SplitMix64 rng(4);
+  std::vector<float> pixels;
+  std::vector<int64_t> labels = {7};
+  const std::vector<int64_t> idx = {1, 0};
+  contrastive_views(img, p, 1, none)(idx, rng, pixels, labels);
+  ASSERT_EQ(pixels.size(), 4u * 144);
+  EXPECT_TRUE(labels.empty());
+  const auto reference = preprocess_batch(img, std::vector<int64_t>{1, 0, 1, 0}, p, 1);
+  for (size_t i = 0; i < pixels.size(); ++i) ASSERT_NEAR(pixels[i], reference[i], 1e-6) << i;
+
+  ViewAugmentation shifted = none;
+  shifted.max_shift = 2;
+  for (int trial = 0; trial < 10; ++trial) {
+    contrastive_views(img, p, 1, shifted)(idx, rng, pixels, labels);
+    for (int64_t v = 0; v < 4; ++v) {
+      // The bright pixel's centre of mass moves by at most the shift.
+      double mass = 0, cy = 0, cx = 0;
+      for (int64_t y = 0; y < 12; ++y)
+        for (int64_t x = 0; x < 12; ++x) {
+          const double w = std::max(0.0f, pixels[static_cast<size_t>(v * 144 + y * 12 + x)] - pixels[v * 144]);
+          mass += w;
+          cy += w * y;
+          cx += w * x;
+        }
+      ASSERT_GT(mass, 0) << v;
+      const double home = v % 2 == 0 ? 8 : 3;
+      EXPECT_LE(std::abs(cy / mass - home), 2.0 + 1e-9) << v;
+      EXPECT_LE(std::abs(cx / mass - home), 2.0 + 1e-9) << v;
+    }
   }
 }
 

@@ -3,8 +3,9 @@
 //
 //   1. data      the eight tasks, written under zoo/data/<task>/
 //   2. base      a CLIP-style ViT (CLIPVisionModel layout) pretrained without any task label:
-//                rotation prediction on an unlabeled pool of train-split and generated
-//                images; its pretraining head is discarded
+//                contrastive learning (SimCLR: two augmented views of each image, told
+//                apart from the batch's other images) on an unlabeled pool of train-split
+//                and generated images, through a projection that is then discarded
 //   3. heads     one linear probe per task on the base's frozen features (the analogue of a
 //                CLIP zero-shot head), zoo/heads/<task>.safetensors
 //   4. finetuned one fine-tune per task from the base through its frozen head,
@@ -31,6 +32,8 @@ struct ZooBuildOptions {
   ClipVisionConfig model;
   ZooPoolOptions pool;
   train::TrainOptions pretrain, probe, finetune;
+  train::ViewAugmentation views;      // the contrastive pretraining's augmentation
+  double temperature = 0.2;           // of the contrastive loss
   int64_t finetune_examples = 20000;  // train images per task used for fine-tuning and probes
   bool quiet = false;
 

@@ -276,6 +276,45 @@ double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std
   return rows ? loss / static_cast<double>(rows) : 0.0;
 }
 
+template <class T>
+double contrastive_loss(const T* z, int64_t pairs, int64_t d, double temperature, T* dz, int64_t* correct) {
+  const int64_t rows = 2 * pairs;
+  std::vector<T> sim(static_cast<size_t>(rows * rows));
+  gemm<T>(false, true, rows, rows, d, T(1), z, d, z, d, T(0), sim.data(), rows);
+  // sim becomes dL/dsim row by row: (softmax - onehot(partner)) / (rows * temperature).
+  double loss = 0;
+  int64_t right = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    T* s = sim.data() + i * rows;
+    const int64_t partner = (i + pairs) % rows;
+    int64_t best = i == 0 ? 1 : 0;
+    for (int64_t j = 0; j < rows; ++j)
+      if (j != i && s[j] > s[best]) best = j;
+    const double top = static_cast<double>(s[best]) / temperature;
+    double z_sum = 0;
+    for (int64_t j = 0; j < rows; ++j)
+      if (j != i) z_sum += std::exp(static_cast<double>(s[j]) / temperature - top);
+    loss += std::log(z_sum) + top - static_cast<double>(s[partner]) / temperature;
+    right += best == partner;
+    for (int64_t j = 0; j < rows; ++j) {
+      const double p = j == i ? 0.0 : std::exp(static_cast<double>(s[j]) / temperature - top) / z_sum;
+      s[j] = static_cast<T>((p - (j == partner ? 1.0 : 0.0)) / (static_cast<double>(rows) * temperature));
+    }
+  }
+  if (dz) {
+    // sim = z z^T, so dz = (G + G^T) z.
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = i + 1; j < rows; ++j) {
+        const T sum = sim[static_cast<size_t>(i * rows + j)] + sim[static_cast<size_t>(j * rows + i)];
+        sim[static_cast<size_t>(i * rows + j)] = sum;
+        sim[static_cast<size_t>(j * rows + i)] = sum;
+      }
+    gemm<T>(false, false, rows, d, rows, T(1), sim.data(), rows, z, d, T(0), dz, d);
+  }
+  if (correct) *correct = right;
+  return rows ? loss / static_cast<double>(rows) : 0.0;
+}
+
 #define AMALGAM_INSTANTIATE_TRAIN_OPS(T)                                                                            \
   template void linear_forward<T>(const T*, int64_t, int64_t, const T*, const T*, int64_t, T*);                     \
   template void linear_backward<T>(const T*, const T*, int64_t, int64_t, const T*, int64_t, T*, bool, T*, T*);      \
@@ -289,7 +328,8 @@ double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std
   template void l2_normalize_forward<T>(const T*, int64_t, int64_t, T*, T*);                                        \
   template void l2_normalize_backward<T>(const T*, const T*, const T*, int64_t, int64_t, T*);                       \
   template double softmax_cross_entropy<T>(const T*, int64_t, int64_t, std::span<const int64_t>, T*, int64_t*,      \
-                                           int64_t*);
+                                           int64_t*);                                                               \
+  template double contrastive_loss<T>(const T*, int64_t, int64_t, double, T*, int64_t*);
 
 AMALGAM_INSTANTIATE_TRAIN_OPS(float)
 AMALGAM_INSTANTIATE_TRAIN_OPS(double)

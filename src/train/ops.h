@@ -74,4 +74,12 @@ template <class T>
 double softmax_cross_entropy(const T* logits, int64_t rows, int64_t classes, std::span<const int64_t> labels,
                              T* dlogits, int64_t* correct = nullptr, int64_t* predictions = nullptr);
 
+// The contrastive loss of SimCLR (NT-Xent) on unit rows z [2 * pairs, d] where rows i and
+// i + pairs are two views of one image: per row, cross-entropy over the similarities
+// z_i . z_j / temperature to every other row, with its partner as the label; the mean over
+// rows. dz (when not null) gets its gradient; `correct` (when not null) the number of rows
+// whose most similar other row is their partner.
+template <class T>
+double contrastive_loss(const T* z, int64_t pairs, int64_t d, double temperature, T* dz, int64_t* correct = nullptr);
+
 }  // namespace amalgam::train

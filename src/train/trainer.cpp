@@ -97,23 +97,6 @@ void shift_image(float* image, int64_t channels, int64_t side, int64_t dy, int64
       }
 }
 
-// Rotates a [C, side, side] image by k * 90 degrees counterclockwise.
-void rotate_image(float* image, int64_t channels, int64_t side, int64_t k) {
-  if (k % 4 == 0) return;
-  std::vector<float> src(image, image + channels * side * side);
-  for (int64_t c = 0; c < channels; ++c)
-    for (int64_t y = 0; y < side; ++y)
-      for (int64_t x = 0; x < side; ++x) {
-        int64_t sy = y, sx = x;
-        for (int64_t r = 0; r < k % 4; ++r) {  // one counterclockwise quarter turn per step
-          const int64_t ny = sx, nx = side - 1 - sy;
-          sy = ny;
-          sx = nx;
-        }
-        image[(c * side + y) * side + x] = src[static_cast<size_t>((c * side + sy) * side + sx)];
-      }
-}
-
 float black_value(const ImageProcessorConfig& p, int64_t channel) {
   if (!p.do_normalize) return 0.0f;
   const auto c = static_cast<size_t>(channel);
@@ -160,17 +143,66 @@ BatchSource classification_batches(const Tensor& images, std::span<const int64_t
   };
 }
 
-BatchSource rotation_batches(const Tensor& images, const ImageProcessorConfig& preprocess, int64_t channels,
-                             int64_t max_shift) {
-  return [&images, preprocess, channels, max_shift](std::span<const int64_t> indices, SplitMix64& rng,
-                                                    std::vector<float>& pixels, std::vector<int64_t>& out) {
-    const int64_t side = augmented_batch(images, indices, preprocess, channels, max_shift, rng, pixels);
-    out.clear();
-    for (size_t b = 0; b < indices.size(); ++b) {
-      const auto k = static_cast<int64_t>(rng.below(4));
-      rotate_image(pixels.data() + static_cast<int64_t>(b) * channels * side * side, channels, side, k);
-      out.push_back(k);
+namespace {
+
+// One random view of a preprocessed [C, side, side] image, in place: bilinear zoom and shift
+// about the centre, contrast and brightness about the black level, noise, and a cutout.
+void random_view(float* image, int64_t channels, int64_t side, float black, const ViewAugmentation& a,
+                 SplitMix64& rng) {
+  auto uniform = [&rng](double lo, double hi) {
+    return lo + (hi - lo) * static_cast<double>(rng.below(1u << 24)) / static_cast<double>(1u << 24);
+  };
+  const double scale = uniform(a.min_scale, a.max_scale);
+  const double dy = uniform(-a.max_shift, a.max_shift), dx = uniform(-a.max_shift, a.max_shift);
+  const double contrast = uniform(1 - a.contrast, 1 + a.contrast), brightness = uniform(-a.brightness, a.brightness);
+  const double centre = static_cast<double>(side - 1) / 2;
+  const size_t plane = static_cast<size_t>(side * side);
+  std::vector<float> src(image, image + channels * side * side);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* in = src.data() + static_cast<size_t>(c) * plane;
+    float* out = image + static_cast<size_t>(c) * plane;
+    auto at = [&](int64_t y, int64_t x) { return y >= 0 && y < side && x >= 0 && x < side ? in[y * side + x] : black; };
+    for (int64_t y = 0; y < side; ++y)
+      for (int64_t x = 0; x < side; ++x) {
+        const double sy = (static_cast<double>(y) - centre - dy) / scale + centre;
+        const double sx = (static_cast<double>(x) - centre - dx) / scale + centre;
+        const auto y0 = static_cast<int64_t>(std::floor(sy)), x0 = static_cast<int64_t>(std::floor(sx));
+        const double fy = sy - static_cast<double>(y0), fx = sx - static_cast<double>(x0);
+        const double v = (1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x0 + 1)) +
+                         fy * ((1 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1));
+        out[y * side + x] = static_cast<float>(black + contrast * (v - black) + brightness);
+      }
+  }
+  if (a.noise > 0)
+    for (int64_t i = 0; i < channels * side * side; ++i) {
+      // Box-Muller from two uniforms in (0, 1].
+      const double u1 = uniform(1e-7, 1), u2 = uniform(0, 1);
+      image[i] += static_cast<float>(a.noise * std::sqrt(-2 * std::log(u1)) * std::cos(2 * std::numbers::pi * u2));
     }
+  if (a.cutout > 0 && rng.below(2) == 1) {
+    const int64_t size = std::min(a.cutout, side);
+    const auto y0 = static_cast<int64_t>(rng.below(static_cast<uint64_t>(side - size + 1)));
+    const auto x0 = static_cast<int64_t>(rng.below(static_cast<uint64_t>(side - size + 1)));
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t y = y0; y < y0 + size; ++y)
+        for (int64_t x = x0; x < x0 + size; ++x) image[(c * side + y) * side + x] = black;
+  }
+}
+
+}  // namespace
+
+BatchSource contrastive_views(const Tensor& images, const ImageProcessorConfig& preprocess, int64_t channels,
+                              const ViewAugmentation& augmentation) {
+  return [&images, preprocess, channels, augmentation](std::span<const int64_t> indices, SplitMix64& rng,
+                                                       std::vector<float>& pixels, std::vector<int64_t>& out) {
+    std::vector<int64_t> twice(indices.begin(), indices.end());
+    twice.insert(twice.end(), indices.begin(), indices.end());
+    const int64_t side = augmented_batch(images, twice, preprocess, channels, 0, rng, pixels);
+    const int64_t floats = channels * side * side;
+    for (size_t b = 0; b < twice.size(); ++b)
+      random_view(pixels.data() + static_cast<int64_t>(b) * floats, channels, side, black_value(preprocess, 0),
+                  augmentation, rng);
+    out.clear();
   };
 }
 
@@ -190,13 +222,14 @@ ClassifierHead new_head(int64_t classes, int64_t dim, uint64_t seed) {
 
 namespace {
 
-// The head on top of the features: logits, loss, and the gradient back to the features.
-struct HeadStep {
+// What one step's loss reports.
+struct LossStep {
   double loss = 0;
   int64_t correct = 0;
 };
 
-HeadStep head_forward_backward(ClassifierHead& head, std::span<const float> features, int64_t batch,
+// The head on top of the features: logits, loss, and the gradient back to the features.
+LossStep head_forward_backward(ClassifierHead& head, std::span<const float> features, int64_t batch,
                                std::span<const int64_t> labels, std::vector<float>* dfeatures, float* dw, float* db) {
   const int64_t dim = head.dim(), classes = head.classes();
   std::vector<float> normed(features.begin(), features.end()), norms(static_cast<size_t>(batch));
@@ -204,7 +237,7 @@ HeadStep head_forward_backward(ClassifierHead& head, std::span<const float> feat
   std::vector<float> logits(static_cast<size_t>(batch * classes)), dlogits(logits.size());
   linear_forward<float>(normed.data(), batch, dim, head.weight.data.data(),
                         head.bias.empty() ? nullptr : head.bias.data(), classes, logits.data());
-  HeadStep s;
+  LossStep s;
   s.loss = softmax_cross_entropy<float>(logits.data(), batch, classes, labels, dlogits.data(), &s.correct);
   std::vector<float> dnormed(normed.size());
   linear_backward<float>(normed.data(), dlogits.data(), batch, dim, head.weight.data.data(), classes,
@@ -219,63 +252,103 @@ HeadStep head_forward_backward(ClassifierHead& head, std::span<const float> feat
   return s;
 }
 
-}  // namespace
+// The loss of one batch on the encoder's features [images, dim]: returns it and fills
+// dfeatures; parameters it owns (a head) accumulate their own gradients.
+using FeatureLoss = std::function<LossStep(std::span<const float> features, int64_t images,
+                                           std::span<const int64_t> labels, std::vector<float>& dfeatures)>;
 
-TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& weights, ClassifierHead& head,
-                          bool train_head, int64_t examples, const BatchSource& source, const TrainOptions& options) {
+// The training loop shared by every objective: seeded epochs over `examples`, the encoder's
+// forward, the loss, backward, clipping and an AdamW step (`adam` may already hold the
+// loss's own parameters). Accuracy counts `correct` over the batch's images.
+TrainReport run_training(const ClipVisionConfig& config, ClipVisionWeights& weights, AdamW& adam, int64_t examples,
+                         const BatchSource& source, const TrainOptions& options, const FeatureLoss& loss) {
   const bool projection = weights.visual_projection.has_value();
   ClipTrainGraph<float> graph(config, projection);
   std::vector<float> params = flatten_weights(config, weights);
   std::vector<float> grads(params.size());
-  std::vector<float> head_dw(head.weight.data.size()), head_db(head.bias.size());
-
-  AdamW adam(0.9, 0.999, 1e-8, options.weight_decay);
   for (const ParamSlot& s : graph.layout().slots)
     adam.add(std::span(params).subspan(s.offset, s.size), std::span(grads).subspan(s.offset, s.size), s.decay);
-  if (train_head) {
-    adam.add(head.weight.data, head_dw, true, options.head_lr_scale);
-    if (!head.bias.empty()) adam.add(head.bias, head_db, false, options.head_lr_scale);
-  }
 
   const int64_t bs = std::min(options.batch_size, examples);
   const int64_t per_epoch = examples / bs;  // the last partial batch is dropped: constant batch statistics
   const int64_t total = per_epoch * options.epochs;
+  const int64_t image_floats = config.num_channels * config.image_size * config.image_size;
   SplitMix64 rng(options.seed);
   TrainReport report;
   Progress progress("train", static_cast<uint64_t>(total), 0, options.quiet);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<float> pixels, features, dfeatures;
   std::vector<int64_t> labels;
+  int64_t images_seen = 0;
   for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
     const auto order = permutation(examples, rng);
     double loss_sum = 0;
-    int64_t correct = 0;
+    int64_t correct = 0, scored = 0;
     for (int64_t b = 0; b < per_epoch; ++b) {
       check_interrupt();
       source(std::span(order).subspan(static_cast<size_t>(b * bs), static_cast<size_t>(bs)), rng, pixels, labels);
-      graph.forward(params, pixels, bs, features);
-      std::fill(head_dw.begin(), head_dw.end(), 0.0f);
-      std::fill(head_db.begin(), head_db.end(), 0.0f);
-      const HeadStep h =
-          head_forward_backward(head, features, bs, labels, &dfeatures, train_head ? head_dw.data() : nullptr,
-                                train_head ? head_db.data() : nullptr);
+      const auto images = static_cast<int64_t>(pixels.size()) / image_floats;
+      graph.forward(params, pixels, images, features);
+      const LossStep step = loss(features, images, labels, dfeatures);
       std::fill(grads.begin(), grads.end(), 0.0f);
       graph.backward(params, dfeatures, grads);
       adam.clip(options.grad_clip);
       adam.step(learning_rate(options, report.steps, total));
       ++report.steps;
-      loss_sum += h.loss;
-      correct += h.correct;
+      loss_sum += step.loss;
+      correct += step.correct;
+      scored += images;
       progress.advance(1, 0);
     }
+    images_seen += scored;
     report.epoch_loss.push_back(per_epoch ? loss_sum / static_cast<double>(per_epoch) : 0.0);
-    report.epoch_accuracy.push_back(per_epoch ? static_cast<double>(correct) / static_cast<double>(per_epoch * bs)
-                                              : 0.0);
+    report.epoch_accuracy.push_back(scored ? static_cast<double>(correct) / static_cast<double>(scored) : 0.0);
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  report.images_per_second = report.seconds > 0 ? static_cast<double>(report.steps * bs) / report.seconds : 0.0;
+  report.images_per_second = report.seconds > 0 ? static_cast<double>(images_seen) / report.seconds : 0.0;
   weights = unflatten_weights(config, params, projection);
   return report;
+}
+
+}  // namespace
+
+TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& weights, ClassifierHead& head,
+                          bool train_head, int64_t examples, const BatchSource& source, const TrainOptions& options) {
+  std::vector<float> head_dw(head.weight.data.size()), head_db(head.bias.size());
+  AdamW adam(0.9, 0.999, 1e-8, options.weight_decay);
+  if (train_head) {
+    adam.add(head.weight.data, head_dw, true, options.head_lr_scale);
+    if (!head.bias.empty()) adam.add(head.bias, head_db, false, options.head_lr_scale);
+  }
+  return run_training(config, weights, adam, examples, source, options,
+                      [&](std::span<const float> features, int64_t images, std::span<const int64_t> labels,
+                          std::vector<float>& dfeatures) {
+                        std::fill(head_dw.begin(), head_dw.end(), 0.0f);
+                        std::fill(head_db.begin(), head_db.end(), 0.0f);
+                        return head_forward_backward(head, features, images, labels, &dfeatures,
+                                                     train_head ? head_dw.data() : nullptr,
+                                                     train_head ? head_db.data() : nullptr);
+                      });
+}
+
+TrainReport pretrain_contrastive(const ClipVisionConfig& config, ClipVisionWeights& weights, int64_t examples,
+                                 const BatchSource& views, const TrainOptions& options, double temperature) {
+  AdamW adam(0.9, 0.999, 1e-8, options.weight_decay);
+  std::vector<float> z, norms, dz;
+  return run_training(
+      config, weights, adam, examples, views, options,
+      [&](std::span<const float> features, int64_t images, std::span<const int64_t>, std::vector<float>& dfeatures) {
+        const int64_t dim = static_cast<int64_t>(features.size()) / images;
+        z.resize(features.size());
+        norms.resize(static_cast<size_t>(images));
+        dz.resize(features.size());
+        dfeatures.resize(features.size());
+        l2_normalize_forward<float>(features.data(), images, dim, z.data(), norms.data());
+        LossStep s;
+        s.loss = contrastive_loss<float>(z.data(), images / 2, dim, temperature, dz.data(), &s.correct);
+        l2_normalize_backward<float>(z.data(), norms.data(), dz.data(), images, dim, dfeatures.data());
+        return s;
+      });
 }
 
 ClassifierHead fit_probe(const ClipVisionModel& model, const Tensor& images, std::span<const int64_t> labels,

@@ -1,6 +1,6 @@
 // Training the CLIP vision encoder with a classification head: fine-tuning with the head
-// frozen (as the task-vector literature does with CLIP's zero-shot heads), pretraining with a
-// throwaway head on a self-supervised task, and linear probes on frozen features.
+// frozen (as the task-vector literature does with CLIP's zero-shot heads), self-supervised
+// contrastive pretraining (SimCLR), and linear probes on frozen features.
 //
 // AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay,
 // global gradient-norm clipping, seeded shuffling and random-shift augmentation. Same data,
@@ -52,15 +52,33 @@ using BatchSource = std::function<void(std::span<const int64_t> indices, SplitMi
 // at random by up to `max_shift` pixels (0: no augmentation).
 BatchSource classification_batches(const Tensor& images, std::span<const int64_t> labels,
                                    const ImageProcessorConfig& preprocess, int64_t channels, int64_t max_shift);
-// Unlabelled square images, each rotated by a random multiple of 90 degrees; the label is
-// the rotation (0-3). Self-supervised pretraining: no task labels are used.
-BatchSource rotation_batches(const Tensor& images, const ImageProcessorConfig& preprocess, int64_t channels,
-                             int64_t max_shift);
+// How two views of one image differ in contrastive pretraining. Geometry and photometry
+// only, no rotation or flip: orientation is what some tasks are about.
+struct ViewAugmentation {
+  double min_scale = 0.8, max_scale = 1.2;  // zoom about the centre
+  double max_shift = 3;                     // translation in pixels
+  double contrast = 0.4;                    // contrast scaled by 1 +- this
+  double brightness = 0.3;                  // added, in normalized units
+  double noise = 0.2;                       // standard deviation of added Gaussian noise
+  int64_t cutout = 8;                       // side of a square blanked with probability 1/2 (0: none)
+};
+
+// Unlabelled images in pairs of augmented views: for a batch of B indices, B first views
+// then B second views, and no labels. The source of contrastive pretraining.
+BatchSource contrastive_views(const Tensor& images, const ImageProcessorConfig& preprocess, int64_t channels,
+                              const ViewAugmentation& augmentation);
 
 // Trains the encoder `weights` in place on `examples` examples from `source`, through
 // `head` (updated too when `train_head`).
 TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& weights, ClassifierHead& head,
                           bool train_head, int64_t examples, const BatchSource& source, const TrainOptions& options);
+
+// Self-supervised pretraining with the SimCLR loss (contrastive_loss) on the encoder's
+// features: its projection when `weights` has one (SimCLR's projection head, dropped
+// afterwards), else the pooled output. Accuracy is the share of views whose nearest other
+// view is their partner.
+TrainReport pretrain_contrastive(const ClipVisionConfig& config, ClipVisionWeights& weights, int64_t examples,
+                                 const BatchSource& views, const TrainOptions& options, double temperature);
 
 // A linear probe: a head fitted (softmax regression, AdamW) on the frozen encoder's
 // L2-normalized features of the images.
