@@ -128,6 +128,11 @@ TEST(Bench, QuickRunOnATinyZooWritesEveryExperimentWithIndependentlyReproducible
     EXPECT_GT(fs::file_size(out / "charts" / (std::string(chart) + ".png")), 1000u) << chart;
   EXPECT_TRUE(fs::exists(out / "work" / "configs" / "regmean_plusplus.yaml"));
   EXPECT_FALSE(fs::exists(out / "work" / "models"));
+  // The configs name the bench's statistics beside them, not in the staging directory that
+  // became `out`: with --keep-models they rerun as they are.
+  const std::string regmean = testing::read_bytes(out / "work" / "configs" / "regmean.yaml");
+  EXPECT_NE(regmean.find("stats: \"../stats/"), std::string::npos) << regmean;
+  EXPECT_EQ(regmean.find("amalgam-tmp"), std::string::npos) << regmean;
 
   // An existing report is kept unless --force.
   const auto again = run_amalgam("bench " + zoo.string() + " -o " + out.string() + " --quick -q");
@@ -162,6 +167,25 @@ TEST(BenchChild, ReportsExitCodeCpuTimeAndPeakMemoryOfTheChildAlone) {
   const ChildUsage killed = run_child({"/bin/sh", "-c", "kill -9 $$"}, tmp / "log");
   EXPECT_EQ(killed.exit_code, 128 + 9);
   EXPECT_THROW(run_child({"/nonexistent/program"}, tmp / "log"), std::runtime_error);
+}
+
+TEST(BenchChild, AmalgamReportsItsOwnPeakNotTheParents) {
+  // The kernel's figure for a spawned child starts from the parent's peak; with 300 MB
+  // touched here, an amalgam child that reports its own VmHWM stays far below that.
+  std::vector<char> ballast(300u << 20);
+  for (size_t i = 0; i < ballast.size(); i += 4096) ballast[i] = 1;
+  TempDir tmp;
+  const ChildUsage own = run_child({AMALGAM_BIN, "--version"}, tmp / "log");
+  EXPECT_EQ(own.exit_code, 0);
+  EXPECT_TRUE(own.peak_reported);
+  EXPECT_GT(own.peak_rss_bytes, 1u << 20);
+  EXPECT_LT(own.peak_rss_bytes, 100u << 20);
+  EXPECT_FALSE(fs::exists(tmp / "log.peak"));
+  // Another program cannot report: rusage's figure, which holds our ballast.
+  const ChildUsage other = run_child({"/bin/true"}, tmp / "log");
+  EXPECT_FALSE(other.peak_reported);
+  EXPECT_GT(other.peak_rss_bytes, 300u << 20);
+  EXPECT_NE(ballast[4096], 0);
 }
 
 TEST(BenchMethods, GridsHoldThePapersDefaultsAndQuickKeepsTheEnds) {

@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "cli/commands.h"
+#include "core/child_process.h"
 #include "core/error.h"
 #include "core/interrupt.h"
 
@@ -30,6 +31,7 @@ std::string human_bytes(double bytes) {
 }  // namespace amalgam::cli
 
 int main(int argc, char** argv) {
+  amalgam::report_peak_rss_at_exit();  // for a parent measuring us with run_child
   CLI::App app{"amalgam: merge fine-tuned neural-network checkpoints into one model"};
   app.set_version_flag("--version", std::string("amalgam ") + AMALGAM_VERSION);
   app.require_subcommand(1);

@@ -8,7 +8,9 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 
 extern char** environ;
@@ -51,9 +53,17 @@ ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem
   args.push_back(nullptr);
   // The log's path as the child sees it (after its chdir).
   const SpawnActions actions(working_dir.empty() ? log : std::filesystem::absolute(log), working_dir);
+  const std::filesystem::path peak_file = std::filesystem::absolute(log).string() + ".peak";
+  std::filesystem::remove(peak_file);
+  const std::string peak_setting = std::string(kPeakRssEnv) + "=" + peak_file.string();
+  std::vector<char*> env;
+  for (char** e = environ; *e; ++e)
+    if (std::strncmp(*e, kPeakRssEnv, std::strlen(kPeakRssEnv)) != 0) env.push_back(*e);
+  env.push_back(const_cast<char*>(peak_setting.c_str()));
+  env.push_back(nullptr);
   const auto start = std::chrono::steady_clock::now();
   pid_t pid = 0;
-  if (const int rc = ::posix_spawnp(&pid, args[0], actions.get(), nullptr, args.data(), environ); rc != 0)
+  if (const int rc = ::posix_spawnp(&pid, args[0], actions.get(), nullptr, args.data(), env.data()); rc != 0)
     throw std::runtime_error("cannot run " + argv[0] + ": " + std::strerror(rc));
   int status = 0;
   rusage usage{};
@@ -64,7 +74,35 @@ ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   r.cpu_seconds = seconds_of(usage.ru_utime) + seconds_of(usage.ru_stime);
   r.peak_rss_bytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+  if (std::ifstream in(peak_file); in) {
+    uint64_t reported = 0;
+    if (in >> reported && reported > 0) {
+      r.peak_rss_bytes = reported;
+      r.peak_reported = true;
+    }
+  }
+  std::filesystem::remove(peak_file);
   return r;
+}
+
+namespace {
+
+void write_peak_rss() {
+  const char* path = std::getenv(kPeakRssEnv);
+  if (!path || !*path) return;
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) {
+      std::ofstream(path) << std::stoull(line.substr(6)) * 1024 << "\n";  // the line is in kB
+      return;
+    }
+}
+
+}  // namespace
+
+void report_peak_rss_at_exit() {
+  if (std::getenv(kPeakRssEnv)) std::atexit(write_peak_rss);
 }
 
 // Not the link's target: a rebuild replacing the executable during a long run leaves the

@@ -191,8 +191,14 @@ BenchRunner::Merged BenchRunner::merge(const std::string& name, const BenchMetho
                                        const std::vector<BenchCandidate>& candidates) {
   const fs::path config = work_ / "configs" / (name + ".yaml");
   {
+    // Statistics and earlier merges are named relative to the config (paths resolve beside
+    // it), so that work/configs still rerun once the report is renamed into place.
+    std::string yaml = merge_yaml(method, params, base(), candidates, settings_);
+    const std::string work = work_.string() + "/";
+    for (size_t at = yaml.find(work); at != std::string::npos; at = yaml.find(work, at + 3))
+      yaml.replace(at, work.size(), "../");
     std::ofstream out(config, std::ios::trunc);
-    out << merge_yaml(method, params, base(), candidates, settings_);
+    out << yaml;
     if (!out) throw InputError(config.string() + ": cannot write");
   }
   Merged m;
