@@ -118,8 +118,17 @@ std::string quoted(const fs::path& p) {
   return nlohmann::json(p.string()).dump();
 }
 
+// The config of one merge, written into `config_dir`. Paths inside `work` (statistics,
+// earlier merges) are written relative to the config, where they resolve, so that
+// work/configs still rerun once the report is renamed into place.
 std::string merge_yaml(const BenchMethod& method, const BenchParams& params, const fs::path& base,
-                       const std::vector<BenchCandidate>& candidates, const BenchSettings& settings) {
+                       const std::vector<BenchCandidate>& candidates, const BenchSettings& settings,
+                       const fs::path& work, const fs::path& config_dir) {
+  const auto path = [&](const fs::path& p) {
+    const fs::path inside = p.lexically_relative(work);
+    const bool in_work = !inside.empty() && *inside.begin() != "..";
+    return quoted(in_work ? p.lexically_relative(config_dir) : p);
+  };
   std::string y = "merge_method: " + method.key + "\nbase_model: " + quoted(base) + "\n";
   y += "seed: " + std::to_string(settings.seed) + "\n";
   BenchParams all = params;
@@ -129,9 +138,9 @@ std::string merge_yaml(const BenchMethod& method, const BenchParams& params, con
   for (const auto& [name, value] : all) y += "  " + name + ": " + nlohmann::json(value).dump() + "\n";
   y += "models:\n";
   for (const BenchCandidate& c : candidates) {
-    y += "  - model: " + quoted(c.model) + "\n";
+    y += "  - model: " + path(c.model) + "\n";
     if (method.weighted) y += "    parameters: {weight: " + nlohmann::json(c.weight).dump() + "}\n";
-    if (!c.stats.empty()) y += "    stats: " + quoted(c.stats) + "\n";
+    if (!c.stats.empty()) y += "    stats: " + path(c.stats) + "\n";
     if (c.data.size() == 1) y += "    data: " + quoted(c.data.front()) + "\n";
     if (c.data.size() > 1) {
       y += "    data:\n";
@@ -191,14 +200,8 @@ BenchRunner::Merged BenchRunner::merge(const std::string& name, const BenchMetho
                                        const std::vector<BenchCandidate>& candidates) {
   const fs::path config = work_ / "configs" / (name + ".yaml");
   {
-    // Statistics and earlier merges are named relative to the config (paths resolve beside
-    // it), so that work/configs still rerun once the report is renamed into place.
-    std::string yaml = merge_yaml(method, params, base(), candidates, settings_);
-    const std::string work = work_.string() + "/";
-    for (size_t at = yaml.find(work); at != std::string::npos; at = yaml.find(work, at + 3))
-      yaml.replace(at, work.size(), "../");
     std::ofstream out(config, std::ios::trunc);
-    out << yaml;
+    out << merge_yaml(method, params, base(), candidates, settings_, work_, config.parent_path());
     if (!out) throw InputError(config.string() + ": cannot write");
   }
   Merged m;
