@@ -134,6 +134,32 @@ TEST(Bench, QuickRunOnATinyZooWritesEveryExperimentWithIndependentlyReproducible
   EXPECT_NE(regmean.find("stats: \"../stats/"), std::string::npos) << regmean;
   EXPECT_EQ(regmean.find("amalgam-tmp"), std::string::npos) << regmean;
 
+  // The audit's residuals are those of the chosen RegMean++ merge, rerun here from its config
+  // (RegMean's statistics are gone with the work models; RegMean++ reads the task data).
+  ASSERT_EQ(run_amalgam("merge " + (out / "work" / "configs" / "regmean_plusplus.yaml").string() + " -o " +
+                        (tmp / "regmean_plusplus").string() + " -q")
+                .code,
+            0);
+  const json direct = read_json_file(tmp / "regmean_plusplus" / "merge_report.json");
+  std::vector<std::string> layers;
+  std::vector<json> residuals;
+  for (const json& t : direct["tensors"])
+    if (t.contains("relative_residuals")) {
+      layers.push_back(t["name"].get<std::string>());
+      residuals.push_back(t["relative_residuals"]);
+    }
+  EXPECT_EQ(report["audit"]["layers"].get<std::vector<std::string>>(), layers);
+  EXPECT_EQ(report["audit"]["rows"].size(), 2u);  // RegMean and RegMean++
+  const json& audited = row_of(report["audit"]["rows"], "regmean_plusplus")["relative_residuals"];
+  ASSERT_EQ(audited.size(), residuals.size());
+  for (size_t l = 0; l < residuals.size(); ++l)
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      EXPECT_DOUBLE_EQ(audited[l][t].get<double>(), residuals[l][t].get<double>()) << layers[l] << " " << tasks[t];
+      EXPECT_GT(audited[l][t].get<double>(), 0) << layers[l];
+      EXPECT_LT(audited[l][t].get<double>(), 1) << layers[l];
+    }
+  EXPECT_GT(fs::file_size(out / "charts" / "residuals.png"), 1000u);
+
   // An existing report is kept unless --force.
   const auto again = run_amalgam("bench " + zoo.string() + " -o " + out.string() + " --quick -q");
   EXPECT_EQ(again.code, 2);

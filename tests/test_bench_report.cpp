@@ -72,12 +72,18 @@ json sample_report() {
       {"method": "regmean", "stats": {"wall_seconds": 10, "cpu_seconds": 15, "peak_rss_bytes": 209715200},
        "merge": {"wall_seconds": 3, "cpu_seconds": 4, "peak_rss_bytes": 157286400}}],
     "mass": {"bundle_bytes": 2621440, "base_bytes": 1048576, "bundle_to_base": 2.5,
-             "seconds_per_image": {"sample": 0.002, "batch": 0.0008}, "merged_seconds_per_image": 0.0004}}
+             "seconds_per_image": {"sample": 0.002, "batch": 0.0008}, "merged_seconds_per_image": 0.0004}},
+  "audit": {"layers": ["vision_model.encoder.layers.0.self_attn.q_proj.weight", "vision_model.encoder.layers.0.mlp.fc2.weight",
+                       "vision_model.encoder.layers.1.self_attn.q_proj.weight", "vision_model.encoder.layers.1.mlp.fc2.weight"],
+    "rows": [{"method": "regmean", "relative_residuals": [[0.01, 0.02, 0.03], [0.002, 0.05, 0.001],
+                                                          [0.004, 0.006, 0.008], [0.0, 0.01, 0.02]]},
+             {"method": "regmean_plusplus", "relative_residuals": [[0.001, 0.002, 0.003], [0.001, 0.002, 0.004],
+                                                                   [0.001, 0.002, 0.003], [0.001, 0.002, 0.003]]}]}
 })");
 }
 
-const std::vector<std::string> kAllCharts = {"accuracy",    "sequential", "num_tasks",
-                                             "corruptions", "cost_time",  "cost_memory"};
+const std::vector<std::string> kAllCharts = {"accuracy",  "sequential",  "num_tasks", "corruptions",
+                                             "cost_time", "cost_memory", "residuals"};
 
 bool has_line(const std::string& text, const std::string& line) {
   return text.find("\n" + line + "\n") != std::string::npos;
@@ -189,6 +195,24 @@ TEST(BenchReportMarkdown, OtherExperiments) {
   EXPECT_LINE(md, "| latency ratio routed / merged, batch routing | 2.00× |");
 }
 
+// Mean over layers and tasks, the worst cell, and the task with the largest sum, by hand.
+TEST(BenchReportMarkdown, AuditResidualsPerMethod) {
+  const std::string md = render_bench_markdown(sample_report(), {"residuals"});
+  const size_t section = md.find("## Merge audit: regression residuals");
+  ASSERT_NE(section, std::string::npos);
+  EXPECT_LINE(md, "| RegMean | 0.0134 | 0.0500 | fashion | 0.fc2 | fashion |");
+  EXPECT_LINE(md, "| regmean_plusplus | 0.0021 | 0.0040 | count | 0.fc2 | count |");
+  EXPECT_GT(md.find("![Regression residuals per layer and task](charts/residuals.png)"), section);
+  json report = sample_report();
+  report["audit"]["rows"][0]["relative_residuals"][1] = {0.1, 0.2};
+  EXPECT_PRED_FORMAT2(::testing::IsSubstring, "'audit.rows[0].relative_residuals[1]' has 2 tasks, not 3",
+                      markdown_error(report));
+  report = sample_report();
+  report["audit"]["layers"].erase(3);
+  EXPECT_PRED_FORMAT2(::testing::IsSubstring, "'audit.rows[0].relative_residuals' has 4 layers, not 3",
+                      markdown_error(report));
+}
+
 TEST(BenchReportMarkdown, ChartsLinkedUnderTheirSections) {
   const std::string md = render_bench_markdown(sample_report(), {"accuracy", "cost_time"});
   const size_t in_domain = md.find("## In-domain accuracy"),
@@ -203,11 +227,12 @@ TEST(BenchReportMarkdown, ChartsLinkedUnderTheirSections) {
 
 TEST(BenchReportMarkdown, AbsentAndNullSectionsRenderNothing) {
   json report = sample_report();
-  for (const char* key : {"unseen", "sequential", "num_tasks", "cost"}) report.erase(key);
+  for (const char* key : {"unseen", "sequential", "num_tasks", "cost", "audit"}) report.erase(key);
   report["corruptions"] = nullptr;
   const std::string md = render_bench_markdown(report, {});
   EXPECT_NE(md.find("## In-domain accuracy"), std::string::npos);
-  for (const char* title : {"## Unseen", "## Corruptions", "## Sequential", "## Number of tasks", "## Cost"})
+  for (const char* title :
+       {"## Unseen", "## Corruptions", "## Sequential", "## Number of tasks", "## Cost", "## Merge audit"})
     EXPECT_EQ(md.find(title), std::string::npos) << title;
   report.erase("in_domain");
   EXPECT_EQ(render_bench_markdown(report, {}).find("## In-domain"), std::string::npos);
@@ -272,13 +297,22 @@ TEST(BenchReportCharts, EveryChartInBothFormatsAndDeterministic) {
   EXPECT_NE(read_bytes(first / "sequential.dat").find("\n2 89 90 88\n"), std::string::npos);
   EXPECT_NE(read_bytes(first / "cost_time.dat").find("\n\"RegMean\" 10 3\n"), std::string::npos);
   EXPECT_NE(read_bytes(first / "cost_memory.dat").find("\n\"task arithmetic\" NaN 100\n"), std::string::npos);
+  // Residuals: one block per method, a row per layer; a zero has no place on the log scale.
+  const std::string residuals = read_bytes(first / "residuals.dat");
+  EXPECT_NE(residuals.find("\n1 \"0.fc2\" 0.002 0.05 0.001\n"), std::string::npos) << residuals;
+  EXPECT_NE(residuals.find("\n3 \"1.fc2\" NaN 0.01 0.02\n"), std::string::npos) << residuals;
+  EXPECT_NE(residuals.find("\n# \"regmean_plusplus\"\n0 \"0.q_proj\" 0.001 0.002 0.003\n"), std::string::npos)
+      << residuals;
+  const std::string gp = read_bytes(first / "residuals.gp");
+  EXPECT_NE(gp.find("set xtics ('0' 0, '1' 2)"), std::string::npos) << gp;
+  EXPECT_NE(gp.find("set multiplot layout 1,2"), std::string::npos) << gp;
 }
 
 TEST(BenchReportCharts, OnlyPresentSections) {
   if (!gnuplot_installed()) GTEST_SKIP() << "gnuplot is not installed (scripts/setup-deps.sh installs gnuplot-nox)";
   TempDir tmp;
   json report = sample_report();
-  for (const char* key : {"in_domain", "num_tasks", "corruptions", "cost"}) report[key] = nullptr;
+  for (const char* key : {"in_domain", "num_tasks", "corruptions", "cost", "audit"}) report[key] = nullptr;
   EXPECT_EQ(render_bench_charts(report, tmp / "charts"), std::vector<std::string>{"sequential"});
   EXPECT_FALSE(fs::exists(tmp / "charts" / "accuracy.gp"));
   report["sequential"] = nullptr;
@@ -288,7 +322,7 @@ TEST(BenchReportCharts, OnlyPresentSections) {
 TEST(BenchReportCharts, MissingOrFailingGnuplotNamesTheChart) {
   TempDir tmp;
   json report = sample_report();
-  for (const char* key : {"sequential", "num_tasks", "corruptions", "cost"}) report.erase(key);
+  for (const char* key : {"sequential", "num_tasks", "corruptions", "cost", "audit"}) report.erase(key);
   {
     const ScopedPath no_gnuplot((tmp / "empty").string());
     const std::string message = error_of([&] { render_bench_charts(report, tmp / "charts"); });

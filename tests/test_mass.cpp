@@ -41,6 +41,7 @@
 #include "mass/mass_eval.h"
 #include "mass/routed_model.h"
 #include "mass/router.h"
+#include "merge/audit.h"
 #include "merge/config.h"
 #include "merge/engine.h"
 #include "model/classifier_head.h"
@@ -1017,6 +1018,74 @@ TEST(MassCli, PredictWritesTheRouteAndTheHeadRulesPrediction) {
   EXPECT_EQ(rule.code, 2);
   EXPECT_NE(rule.err.find("--head-rule true needs a --task that is one of the bundle's tasks"), std::string::npos)
       << rule.err;
+}
+
+// merge_report.json of a bundle, recomputed with plain loops from the stored factors, the
+// checkpoints and the first pass.
+TEST(MassBundle, AuditReportsRanksEnergyAndInterferenceOfTheStoredFactors) {
+  const TinyFamily fam(3);
+  const fs::path bundle = fam.build("bundle");
+  const BundleInfo info = BundleInfo::read(bundle);
+  const nlohmann::json report = read_merge_report(bundle);
+  EXPECT_EQ(report["method"], "mass");
+  ASSERT_EQ(report["candidates"].size(), 3u);
+  EXPECT_EQ(fs::path(report["candidates"][1].get<std::string>()), fam.models[1]);
+  std::map<std::string, nlohmann::json> entries;
+  for (const auto& t : report["tensors"]) entries[t["name"].get<std::string>()] = t;
+  EXPECT_EQ(entries.size(), CheckpointReader(fam.base).names().size());
+
+  for (const auto& [name, shape] : matrices_of(fam.base)) {
+    const nlohmann::json& e = entries.at(name);
+    const int64_t m = shape[0], k = info.ranks.at(name);
+    EXPECT_EQ(e["rank"].get<int64_t>(), k) << name;
+    const Doubles w0 = testing::tensor_values(fam.base, name);
+    const Doubles first = testing::tensor_values(bundle / "first_pass", name);
+    std::vector<Doubles> deltas, us;
+    for (size_t t = 0; t < 3; ++t) {
+      const Doubles w = testing::tensor_values(fam.models[t], name);
+      Doubles d(w.size());
+      for (size_t i = 0; i < d.size(); ++i) d[i] = static_cast<float>(w[i]) - static_cast<float>(w0[i]);
+      deltas.push_back(d);
+      const fs::path factors = bundle / "factors" / (info.tasks[t] + ".safetensors");
+      const auto u = testing::tensor_floats(factors, name + ".U");
+      us.emplace_back(u.begin(), u.end());
+      double kept = 0, total = 0;
+      for (float s : testing::tensor_floats(factors, name + ".S")) kept += static_cast<double>(s) * s;
+      for (double x : d) total += x * x;
+      EXPECT_NEAR(e["energy_kept"][t].get<double>(), kept / total, 1e-5) << name;
+      EXPECT_NEAR(e["task_vector_norms"][t].get<double>(), std::sqrt(total), 1e-5 * std::sqrt(total)) << name;
+    }
+    for (size_t i = 0; i < 3; ++i)
+      for (size_t j = 0; j < 3; ++j) {
+        double sum = 0;  // ||U_i^T U_j||_F^2
+        for (int64_t a = 0; a < k; ++a)
+          for (int64_t b = 0; b < k; ++b) {
+            double dot = 0;
+            for (int64_t r = 0; r < m; ++r) dot += us[i][r * k + a] * us[j][r * k + b];
+            sum += dot * dot;
+          }
+        EXPECT_NEAR(e["subspace_interference"][i][j].get<double>(), std::sqrt(sum), 1e-4) << name;
+      }
+    EXPECT_NEAR(e["subspace_interference"][0][0].get<double>(), std::sqrt(static_cast<double>(k)), 1e-4);
+    double merged = 0, mean = 0;  // ||first pass - W0|| against ||mean task vector||
+    for (size_t i = 0; i < w0.size(); ++i) {
+      merged += (first[i] - w0[i]) * (first[i] - w0[i]);
+      const double avg = (deltas[0][i] + deltas[1][i] + deltas[2][i]) / 3;
+      mean += avg * avg;
+    }
+    EXPECT_NEAR(e["merged_over_mean"].get<double>(), std::sqrt(merged / mean), 1e-4) << name;
+  }
+  // Other tensors have the norms and cosines, not the factor fields.
+  const nlohmann::json& bias = entries.at("vision_model.pre_layrnorm.bias");
+  EXPECT_FALSE(bias.contains("rank"));
+  EXPECT_EQ(bias["cosines"].size(), 3u);
+
+  // --no-audit writes no report, and the bundle's bits do not change.
+  testing::write_bytes(fam.tmp / "quiet.yaml", fam.yaml());
+  build_bundle(load_mass_config(fam.tmp / "quiet.yaml"), {fam.tmp / "quiet", false, true, false});
+  EXPECT_FALSE(fs::exists(fam.tmp / "quiet" / kMergeReportFile));
+  for (const char* f : {"first_pass/model.safetensors", "factors/t0.safetensors", "factors/t2.safetensors"})
+    EXPECT_EQ(testing::read_bytes(bundle / f), testing::read_bytes(fam.tmp / "quiet" / f)) << f;
 }
 
 TEST(MassBundle, RedundancyFilterLeavesAnIdenticalCandidateOutOfTheFirstPass) {

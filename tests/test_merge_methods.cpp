@@ -252,6 +252,33 @@ TEST(MergeMethods, SymmetricMethodsIgnoreModelOrder) {
   }
 }
 
+// The audit's Gram of a few long rows, against a double loop: rows inside a wider buffer
+// (lda > k), a length that is not a multiple of the blocks or lanes, and added onto C.
+TEST(Linalg, RowGramAddsTheUpperTriangleOfTheRowsInnerProducts) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> g;
+  const int64_t n = 9, k = 3000 + 17, lda = k + 5;
+  std::vector<float> a(static_cast<size_t>(n * lda));
+  for (auto& x : a) x = g(rng);
+  std::vector<double> c(static_cast<size_t>(n * n), 0.5);
+  add_row_gram(n, k, a.data(), lda, c.data());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      if (j < i) {
+        EXPECT_EQ(c[i * n + j], 0.5) << "the lower triangle is left alone";
+        continue;
+      }
+      double expected = 0.5;
+      for (int64_t x = 0; x < k; ++x) expected += static_cast<double>(a[i * lda + x]) * a[j * lda + x];
+      EXPECT_NEAR(c[i * n + j], expected, 1e-3) << i << "," << j;
+    }
+  // One row of ones: its squared norm exactly.
+  std::vector<float> ones(4096, 1.0f);
+  double norm = 0;
+  add_row_gram(1, 4096, ones.data(), 4096, &norm);
+  EXPECT_EQ(norm, 4096.0);
+}
+
 TEST(Linalg, PolarFactorIsOrthonormalAndSymmetrising) {
   std::mt19937 rng(5);
   std::normal_distribution<float> g;

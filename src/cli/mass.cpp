@@ -48,16 +48,17 @@ void add_mass_build_command(CLI::App& mass) {
   auto* cmd = mass.add_subcommand("build", "Build a MASS bundle: low-rank task vectors, first-pass model, router");
   struct Args {
     std::string config, output;
-    bool force = false, quiet = false;
+    bool force = false, quiet = false, no_audit = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("config", a->config, "MASS config (YAML: base_model, models with heads, parameters)")->required();
   cmd->add_option("-o,--output", a->output, "bundle directory to create")->required();
   cmd->add_flag("--force", a->force, "replace an existing output");
+  cmd->add_flag("--no-audit", a->no_audit, "do not write merge_report.json (see amalgam audit)");
   cmd->add_flag("-q,--quiet", a->quiet, "no progress or summary");
   cmd->callback([a] {
     const mass::MassConfig config = mass::load_mass_config(a->config);
-    const mass::BuildSummary s = mass::build_bundle(config, {a->output, a->force, a->quiet});
+    const mass::BuildSummary s = mass::build_bundle(config, {a->output, a->force, a->quiet, !a->no_audit});
     if (a->quiet) return;
     std::fprintf(stderr,
                  "amalgam: mass: %zu tasks, %lld matrices factored, %lld tensors kept whole, routing on block %lld "
@@ -71,6 +72,7 @@ void add_mass_build_command(CLI::App& mass) {
                    "amalgam: mass: redundancy filter (cosine > %g): %zu task deltas left out of the first pass "
                    "(bundle.json: filtered)\n",
                    *s.info.similarity_threshold, s.info.filtered.size());
+    for (const auto& line : s.audit_summary) std::fprintf(stderr, "amalgam: %s\n", line.c_str());
   });
 }
 

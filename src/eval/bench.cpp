@@ -16,6 +16,7 @@
 #include "io/atomic_output.h"
 #include "mass/mass_eval.h"
 #include "mass/routed_model.h"
+#include "merge/audit.h"
 
 namespace amalgam {
 
@@ -83,6 +84,7 @@ class Bench {
     report["sequential"] = wanted("sequential") ? sequential() : json();
     report["num_tasks"] = wanted("num_tasks") ? num_tasks() : json();
     report["cost"] = cost();
+    report["audit"] = audit();
     report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return report;
   }
@@ -211,8 +213,8 @@ class Bench {
             << ", head: " << nlohmann::json(runner_.head_file(t).string()).dump() << "}\n";
     }
     const fs::path bundle = runner_.work() / "models" / "mass";
-    merge_cost_["mass"] =
-        runner_.run_amalgam("mass", {"mass", "build", config.string(), "-o", bundle.string(), "--force", "-q"});
+    merge_cost_["mass"] = runner_.run_amalgam(
+        "mass", {"mass", "build", config.string(), "-o", bundle.string(), "--force", "-q", "--no-audit"});
     mass_.emplace(bundle);
     return *mass_;
   }
@@ -494,6 +496,35 @@ class Bench {
               {"merged_seconds_per_image", merged}};
     }
     return {{"rows", rows}, {"mass", mass}};
+  }
+
+  // The closed-form methods' regression residuals, per linear layer and task, from the
+  // merge_report.json of the chosen merge run once more with the audit on (the measured
+  // merge runs without it).
+  json audit() {
+    json rows = json::array();
+    std::vector<std::string> layers;
+    for (const BenchMethod& m : methods_) {
+      if (m.calibration == Calibration::None) continue;
+      const auto merged = runner_.merge(m.key + "_audit", m, chosen_.at(m.key), candidates(tasks(), m), true);
+      const nlohmann::json report = read_merge_report(merged.model);
+      fs::remove_all(merged.model);
+      json residuals = json::array();
+      std::vector<std::string> names;
+      for (const auto& t : report["tensors"])
+        if (t.contains("relative_residuals")) {
+          names.push_back(t["name"].get<std::string>());
+          residuals.push_back(t["relative_residuals"].get<std::vector<double>>());
+        }
+      if (names.empty()) continue;
+      if (!layers.empty() && names != layers)
+        throw std::logic_error("bench: the closed-form methods solved different layers");
+      layers = names;
+      rows.push_back({{"method", m.key}, {"relative_residuals", residuals}});
+    }
+    if (rows.empty()) return json();
+    runner_.say("audit: residuals of %zu method(s) over %zu linear layers", rows.size(), layers.size());
+    return {{"layers", layers}, {"rows", rows}};
   }
 
   const BenchOptions& options_;

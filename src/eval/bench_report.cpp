@@ -540,6 +540,65 @@ std::string cost_markdown(const Report& r, const Field& section, const std::vect
   return s.str();
 }
 
+// A linear layer's name without the model's prefixes: "3.fc1" for
+// "vision_model.encoder.layers.3.mlp.fc1.weight".
+std::string short_layer(std::string name) {
+  for (const char* prefix : {"vision_model.encoder.layers.", "vision_model."})
+    if (name.starts_with(prefix)) {
+      name.erase(0, std::string_view(prefix).size());
+      break;
+    }
+  for (const char* part : {"self_attn.", "mlp."})
+    if (const size_t at = name.find(part); at != std::string::npos) name.erase(at, std::string_view(part).size());
+  if (name.ends_with(".weight")) name.resize(name.size() - std::string_view(".weight").size());
+  return name;
+}
+
+// One method's residuals: [layer][task], checked against the section's layers and tasks.
+std::vector<std::vector<Value>> residual_matrix(const Report& r, const Field& row, size_t layers) {
+  const std::vector<Field> per_layer = row.at("relative_residuals").items();
+  if (per_layer.size() != layers)
+    row.at("relative_residuals")
+        .fail("has " + std::to_string(per_layer.size()) + " layers, not " + std::to_string(layers));
+  std::vector<std::vector<Value>> out;
+  for (const Field& l : per_layer) {
+    out.push_back(numbers(l));
+    if (out.back().size() != r.tasks().size())
+      l.fail("has " + std::to_string(out.back().size()) + " tasks, not " + std::to_string(r.tasks().size()));
+  }
+  return out;
+}
+
+std::string audit_markdown(const Report& r, const Field& section, const std::vector<std::string>& charts) {
+  const std::vector<std::string> layers = strings(section.at("layers"));
+  Table table({"method", "mean residual", "worst residual", "worst task", "worst layer", "task with the largest mean"},
+              "lrrlll");
+  for (const MethodRow& m : r.ordered(section.at("rows"))) {
+    if (!m.row) continue;
+    const auto matrix = residual_matrix(r, *m.row, layers.size());
+    double sum = 0, worst = -1;
+    size_t count = 0, worst_layer = 0, worst_task = 0;
+    std::vector<double> task_sum(r.tasks().size(), 0.0);
+    for (size_t l = 0; l < matrix.size(); ++l)
+      for (size_t t = 0; t < matrix[l].size(); ++t) {
+        if (!matrix[l][t]) continue;
+        const double v = *matrix[l][t];
+        sum += v, task_sum[t] += v, ++count;
+        if (v > worst) worst = v, worst_layer = l, worst_task = t;
+      }
+    if (count == 0) continue;
+    const size_t hardest = static_cast<size_t>(std::max_element(task_sum.begin(), task_sum.end()) - task_sum.begin());
+    table.add({m.label, fixed(sum / static_cast<double>(count), 4), fixed(worst, 4), r.tasks()[worst_task],
+               short_layer(layers[worst_layer]), r.tasks()[hardest]});
+  }
+  std::ostringstream s;
+  s << "\n## Merge audit: regression residuals\n\nPer linear layer and task, the relative regression residual of the "
+       "merged layer on the task's calibration inputs, tr((W - W_t) G_t (W - W_t)^T) / tr(W_t G_t W_t^T), from the "
+       "merge_report.json of each closed-form method's chosen merge (`amalgam audit` prints it).\n\n"
+    << table.str() << chart_link("residuals", "Regression residuals per layer and task", charts);
+  return s.str();
+}
+
 // ---- Charts ---------------------------------------------------------------------------------
 
 struct Chart {
@@ -605,14 +664,16 @@ std::string gp_preamble(const std::string& name, const std::string& title, const
          "set tics nomirror\n";
 }
 
-// The SVG, then the PNG of the same plot (pngcairo where this gnuplot has it).
-std::string gp_outputs(const std::string& name, int width, int height, const std::string& plot) {
+// The SVG, then the PNG of the same plot (pngcairo where this gnuplot has it). A multiplot
+// cannot be replotted: its commands are written out again for the PNG.
+std::string gp_outputs(const std::string& name, int width, int height, const std::string& plot,
+                       bool multiplot = false) {
   const std::string size = " size " + std::to_string(width) + "," + std::to_string(height);
   const std::string look = " noenhanced font 'Sans,11' background rgb 'white'";
   return "set terminal svg" + size + " dynamic" + look + "\nset output " + gp_quote(name + ".svg") + "\n" + plot +
          "\nif (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo" + size + look +
          " } else { set terminal png" + size + " noenhanced background rgb 'white' }\nset output " +
-         gp_quote(name + ".png") + "\nreplot\nunset output\n";
+         gp_quote(name + ".png") + "\n" + (multiplot ? plot : std::string("replot")) + "\nunset output\n";
 }
 
 struct Series {
@@ -790,6 +851,59 @@ std::vector<std::optional<Chart>> cost_charts(const Report& r, const Field& sect
   return {bars(time), bars(memory)};
 }
 
+// One panel per closed-form method, one line per task: the residual of each linear layer in
+// the model's order, on a log scale; the x tics mark where each encoder block starts.
+std::optional<Chart> residuals_chart(const Report& r, const Field& section) {
+  const std::vector<std::string> layers = strings(section.at("layers"));
+  std::vector<std::pair<std::string, std::vector<std::vector<Value>>>> panels;
+  for (const MethodRow& m : r.ordered(section.at("rows")))
+    if (m.row) panels.emplace_back(m.label, residual_matrix(r, *m.row, layers.size()));
+  if (panels.empty() || layers.empty()) return std::nullopt;
+  const std::string name = "residuals";
+  std::string dat =
+      "# Relative regression residual per linear layer and task\n# one block per method; columns: index "
+      "layer";
+  for (const std::string& t : r.tasks()) dat += " " + dat_quote(t);
+  for (size_t p = 0; p < panels.size(); ++p) {
+    dat += (p ? "\n\n# " : "\n# ") + dat_quote(panels[p].first) + "\n";
+    for (size_t l = 0; l < layers.size(); ++l) {
+      dat += std::to_string(l) + " " + dat_quote(short_layer(layers[l]));
+      for (const Value& v : panels[p].second[l]) dat.append(" ").append(dat_number(v && *v > 0 ? v : Value()));
+      dat += "\n";
+    }
+  }
+  std::string tics;  // "block" tics where the block number before the first '.' changes
+  std::string previous;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const std::string shortname = short_layer(layers[l]);
+    const std::string block = shortname.substr(0, shortname.find('.'));
+    if (block == previous) continue;
+    previous = block;
+    tics += (tics.empty() ? "" : ", ") + gp_quote(block) + " " + std::to_string(l);
+  }
+  std::string gp = gp_preamble(name, "", "linear layer (encoder block: q, k, v, out, fc1, fc2)", "relative residual") +
+                   "set style data linespoints\nset logscale y\nset format y '%g'\nset xtics (" + tics +
+                   ")\nset xrange [-0.5:" + compact(static_cast<double>(layers.size()) - 0.5) +
+                   "]\nset key outside right top vertical\n";
+  std::string plot = "set multiplot layout 1," + std::to_string(panels.size()) + " title " +
+                     gp_quote("Regression residual of the merged layer on each task's calibration inputs") + "\n";
+  for (size_t p = 0; p < panels.size(); ++p) {
+    plot += "set title " + gp_quote(panels[p].first) + "\n";
+    if (p + 1 < panels.size())
+      plot += "unset key\n";
+    else
+      plot += "set key\n";
+    plot += "plot ";
+    for (size_t t = 0; t < r.tasks().size(); ++t)
+      plot += std::string(t ? ", \\\n     ''" : gp_quote(name + ".dat")) + " index " + std::to_string(p) +
+              " using 1:" + std::to_string(t + 3) + " title " + gp_quote(r.tasks()[t]) + " lt " +
+              std::to_string(t + 1) + " ps 0.6";
+    plot += "\n";
+  }
+  plot += "unset multiplot";
+  return Chart{name, dat, gp + gp_outputs(name, 600 * static_cast<int>(panels.size()) + 150, 500, plot, true)};
+}
+
 // ---- Running gnuplot ------------------------------------------------------------------------
 
 void plot(const Chart& chart, const fs::path& dir) {
@@ -827,6 +941,7 @@ std::vector<std::string> render_bench_charts(const json& report, const fs::path&
   if (const auto s = r.section("corruptions")) charts.push_back(corruptions_chart(r, *s));
   if (const auto s = r.section("cost"))
     for (auto& c : cost_charts(r, *s)) charts.push_back(std::move(c));
+  if (const auto s = r.section("audit")) charts.push_back(residuals_chart(r, *s));
   std::vector<std::string> names;
   if (std::none_of(charts.begin(), charts.end(), [](const auto& c) { return c.has_value(); })) return names;
   fs::create_directories(charts_dir);
@@ -848,6 +963,7 @@ std::string render_bench_markdown(const json& report, const std::vector<std::str
   if (const auto s = r.section("sequential")) md += sequential_markdown(r, *s, charts);
   if (const auto s = r.section("num_tasks")) md += num_tasks_markdown(r, *s, charts);
   if (const auto s = r.section("cost")) md += cost_markdown(r, *s, charts);
+  if (const auto s = r.section("audit")) md += audit_markdown(r, *s, charts);
   return md;
 }
 

@@ -3,8 +3,8 @@
 // benchmark.
 //
 // report.json's top-level `format`, `version`, `settings`, `tasks` and `methods` are required;
-// each experiment (`in_domain`, `unseen`, `corruptions`, `sequential`, `num_tasks`, `cost`)
-// may be absent or null, and then nothing is rendered for it. A required field of a present
+// each experiment (`in_domain`, `unseen`, `corruptions`, `sequential`, `num_tasks`, `cost`,
+// `audit`) may be absent or null, and then nothing is rendered for it. A required field of a present
 // section that is missing or of the wrong type is an InputError naming the field
 // ("bench report: 'in_domain.rows[2].method' is missing"); a missing value renders as "–".
 #pragma once
@@ -17,8 +17,8 @@
 namespace amalgam {
 
 // Writes REPORT/charts/<name>.{dat,gp,svg,png} with gnuplot; returns the chart names rendered
-// (of "accuracy", "sequential", "num_tasks", "corruptions", "cost_time", "cost_memory", in that
-// order). Each .gp reads its .dat by relative name, so `cd charts && gnuplot accuracy.gp`
+// (of "accuracy", "sequential", "num_tasks", "corruptions", "cost_time", "cost_memory",
+// "residuals", in that order). Each .gp reads its .dat by relative name, so `cd charts && gnuplot accuracy.gp`
 // re-plots it; the .gp and .dat bytes depend on the JSON only. gnuplot runs in `charts_dir`
 // with its messages in <name>.log (removed when empty); a missing or failing gnuplot is an
 // InputError naming the chart, its exit status and that log.

@@ -197,7 +197,7 @@ ChildUsage BenchRunner::run_amalgam(const std::string& name, std::vector<std::st
 }
 
 BenchRunner::Merged BenchRunner::merge(const std::string& name, const BenchMethod& method, const BenchParams& params,
-                                       const std::vector<BenchCandidate>& candidates) {
+                                       const std::vector<BenchCandidate>& candidates, bool audit) {
   const fs::path config = work_ / "configs" / (name + ".yaml");
   {
     std::ofstream out(config, std::ios::trunc);
@@ -206,8 +206,9 @@ BenchRunner::Merged BenchRunner::merge(const std::string& name, const BenchMetho
   }
   Merged m;
   m.model = work_ / "models" / name;
-  // --no-audit: the cost reported is the method's own (merge_report.json is extra work).
-  m.usage = run_amalgam(name, {"merge", config.string(), "-o", m.model.string(), "--force", "-q", "--no-audit"});
+  std::vector<std::string> args = {"merge", config.string(), "-o", m.model.string(), "--force", "-q"};
+  if (!audit) args.push_back("--no-audit");
+  m.usage = run_amalgam(name, args);
   return m;
 }
 

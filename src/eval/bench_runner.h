@@ -90,14 +90,15 @@ class BenchRunner {
   // The fine-tune of `task` as a candidate, with its calibration for `method`.
   BenchCandidate candidate(const std::string& task, const BenchMethod& method);
 
-  // Writes work/configs/<name>.yaml and runs `amalgam merge` on it into work/models/<name>.
+  // Writes work/configs/<name>.yaml and runs `amalgam merge` on it into work/models/<name>,
+  // with --no-audit unless `audit` (the time and memory measured are the method's own).
   // InputError naming the log when the merge fails.
   struct Merged {
     std::filesystem::path model;
     ChildUsage usage;
   };
   Merged merge(const std::string& name, const BenchMethod& method, const BenchParams& params,
-               const std::vector<BenchCandidate>& candidates);
+               const std::vector<BenchCandidate>& candidates, bool audit = false);
 
   // `amalgam stats` of one fine-tune on its own task (RegMean's measurement step), once per
   // task; the usage of the run that made it.

@@ -15,6 +15,7 @@
 #include "io/checkpoint.h"
 #include "io/json_file.h"
 #include "mass/factors.h"
+#include "merge/audit.h"
 #include "model/classifier_head.h"
 #include "model/clip_vision.h"
 
@@ -326,8 +327,33 @@ Writers open_writers(const fs::path& stage, const Inputs& in, const Plans& plans
   return w;
 }
 
+// The audit of one tensor (merge/audit.h), as the `tsv` method records it: the task vectors'
+// norms and cosines against the first pass's delta, and for a matrix the rank kept, the
+// energy each task keeps and the interference between the tasks' subspaces.
+void audit_tensor(const std::string& name, const Shape& shape, int64_t rank, std::span<const float> base,
+                  const std::vector<std::vector<float>>& deltas, const std::vector<TaskPart>& parts,
+                  const Tensor& first_pass, MergeReport& report) {
+  TensorAudit audit(deltas.size(), base.size());
+  const Tensor merged = first_pass.to(DType::F32);
+  const auto values = merged.data<float>();
+  std::vector<float> merged_delta(base.size());
+  for (size_t i = 0; i < base.size(); ++i) merged_delta[i] = values[i] - base[i];
+  const std::vector<std::span<const float>> task_vectors(deltas.begin(), deltas.end());
+  audit_deltas(task_vectors, merged_delta, audit);
+  if (shape.size() == 2) {
+    std::vector<LowRankFactors> factors;
+    std::vector<double> energy_kept;
+    for (size_t t = 0; t < parts.size(); ++t) {
+      factors.push_back(std::get<LowRankFactors>(parts[t]));
+      energy_kept.push_back(kept_energy(deltas[t], factors.back()));
+    }
+    record_tsv_audit(audit, rank, energy_kept, factors);
+  }
+  report.add(name, shape, audit);
+}
+
 void write_tensor(const Inputs& in, Writers& w, const Plans& plans, const std::string& name,
-                  std::optional<double> threshold, BuildSummary& summary) {
+                  std::optional<double> threshold, BuildSummary& summary, MergeReport* report) {
   const TensorInfo& info = in.base->info(name);
   if (!is_floating(info.dtype)) {
     w.first_pass->write(name, in.base->tensor(name));
@@ -344,12 +370,14 @@ void write_tensor(const Inputs& in, Writers& w, const Plans& plans, const std::s
   const std::vector<size_t> accepted = accepted_tasks(name, deltas, in.names, threshold, summary.info.filtered);
   std::vector<TaskPart> parts(in.models.size());
   // One task per thread: LAPACK runs single-threaded inside, so the bits do not depend on
-  // the machine's thread count.
+  // the machine's thread count. The audit needs the deltas afterwards: it decomposes copies.
   parallel_for(parts.size(), [&](size_t t) {
-    parts[t] = decompose(std::move(deltas[t]), info.shape, rank);
+    parts[t] = decompose(report ? deltas[t] : std::move(deltas[t]), info.shape, rank);
     write_part(*w.factors[t], name, info.shape, info.dtype, parts[t]);
   });
-  w.first_pass->write(name, first_pass_tensor(name, info, {base.begin(), base.end()}, parts, accepted));
+  Tensor first_pass = first_pass_tensor(name, info, {base.begin(), base.end()}, parts, accepted);
+  if (report) audit_tensor(name, info.shape, rank, base, deltas, parts, first_pass, *report);
+  w.first_pass->write(name, first_pass);
   in.base->release(name);
   ++(info.shape.size() == 2 ? summary.tensors_factored : summary.tensors_whole);
 }
@@ -422,11 +450,23 @@ BuildSummary build_bundle(const MassConfig& config, const BuildOptions& options)
   Writers writers = open_writers(stage, in, plans);
 
   BuildSummary summary;
+  std::optional<MergeReport> report;
+  if (options.audit) {
+    std::vector<fs::path> candidates;
+    for (const auto& m : in.models) candidates.push_back(m->path());
+    report.emplace("mass", candidates, in.base->path());
+  }
   Progress progress("mass build", in.base->names().size(), in.base->total_tensor_bytes(), options.quiet);
   for (const std::string& name : in.base->names()) {
     check_interrupt();
-    write_tensor(in, writers, plans, name, config.parameters.similarity_threshold, summary);
+    write_tensor(in, writers, plans, name, config.parameters.similarity_threshold, summary,
+                 report ? &*report : nullptr);
     progress.advance(1, in.base->info(name).nbytes());
+  }
+  if (report) {
+    const nlohmann::json json = report->to_json();
+    write_text_file(stage / kMergeReportFile, json.dump(1) + "\n");
+    summary.audit_summary = audit_summary(json);
   }
   for (auto& w : writers.factors) w->finish();
   writers.first_pass->finish();

@@ -6,6 +6,8 @@
 //   BUNDLE/factors/<task>.safetensors  "<name>.U" / ".S" / ".Vt" per 2-D tensor, "<name>.delta"
 //                                      per other floating tensor, in the base tensor's dtype
 //   BUNDLE/heads/<task>.safetensors    the task's classifier head, copied
+//   BUNDLE/merge_report.json        the audit (merge/audit.h): the task vectors against the
+//                                   first pass, ranks, energy kept, subspace interference
 //
 // The bundle refers to the base instead of copying it: a deployment keeps one base next to
 // several bundles. It is written whole or not at all (AtomicOutput).
@@ -72,13 +74,15 @@ struct BuildOptions {
   std::filesystem::path output;
   bool force = false;
   bool quiet = false;
+  bool audit = true;  // write merge_report.json
 };
 
 struct BuildSummary {
   BundleInfo info;
-  int64_t tensors_factored = 0;  // 2-D: rank-k factors per task
-  int64_t tensors_whole = 0;     // other floating tensors: the whole delta per task
-  int64_t tensors_copied = 0;    // integer tensors: taken from the base
+  int64_t tensors_factored = 0;            // 2-D: rank-k factors per task
+  int64_t tensors_whole = 0;               // other floating tensors: the whole delta per task
+  int64_t tensors_copied = 0;              // integer tensors: taken from the base
+  std::vector<std::string> audit_summary;  // a few lines from merge_report.json
   double seconds = 0;
 };
 

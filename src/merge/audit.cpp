@@ -26,13 +26,8 @@ TensorAudit::TensorAudit(size_t candidates, size_t numel)
 void TensorAudit::add_deltas(size_t begin, const float* rows, size_t stride, size_t len) {
   const size_t chunk = begin / kStreamChunk, n = candidates_ + 1;
   if (begin % kStreamChunk != 0 || chunk >= chunks_) throw std::logic_error("TensorAudit: chunk out of place");
-  thread_local std::vector<float> gram;
-  gram.assign(n * n, 0.0f);
-  syrk_rows_upper(static_cast<int64_t>(n), static_cast<int64_t>(len), 1.0f, rows, static_cast<int64_t>(stride), 0.0f,
-                  gram.data(), static_cast<int64_t>(n));
-  double* out = partial_.data() + chunk * n * n;
-  for (size_t i = 0; i < n; ++i)
-    for (size_t j = i; j < n; ++j) out[i * n + j] += gram[i * n + j];
+  add_row_gram(static_cast<int64_t>(n), static_cast<int64_t>(len), rows, static_cast<int64_t>(stride),
+               partial_.data() + chunk * n * n);
   filled_[chunk] = 1;
 }
 

@@ -1,5 +1,6 @@
 // linear: sum_t w_t W_t / sum_t w_t (the division only with normalize, the default).
 // The models are merged as listed; a base_model not among them only supplies the layout.
+#include <algorithm>
 #include <vector>
 
 #include "core/error.h"
@@ -69,14 +70,16 @@ class Linear final : public MergeMethod {
       job.read_model(t, b, e, row);
       for (size_t i = 0; i < len; ++i) a[i] = t == 0 ? w[0] * row[i] : a[i] + w[t] * row[i];
     }
-    if (job.has_base())
+    float* merged = rows + models * kStreamChunk;
+    if (!job.has_base()) {  // the rows are the weights themselves already
+      std::copy(a, a + len, merged);
+    } else {
       job.read_base(b, e, base);
-    else
-      std::fill(base, base + len, 0.0f);
-    for (size_t t = 0; t <= models; ++t) {
-      float* row = rows + t * kStreamChunk;
-      const float* source = t < models ? row : a;
-      for (size_t i = 0; i < len; ++i) row[i] = source[i] - base[i];
+      for (size_t t = 0; t <= models; ++t) {
+        float* row = rows + t * kStreamChunk;
+        const float* source = t < models ? row : a;
+        for (size_t i = 0; i < len; ++i) row[i] = source[i] - base[i];
+      }
     }
     audit.add_deltas(b, rows, kStreamChunk, len);
   }
