@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "clip_fixtures.h"
@@ -381,6 +382,24 @@ std::vector<LinearOfBlock> linears_of_block(int64_t l) {
   return {{p + "self_attn.q_proj.weight", g + "qkv", d, d}, {p + "self_attn.k_proj.weight", g + "qkv", d, d},
           {p + "self_attn.v_proj.weight", g + "qkv", d, d}, {p + "self_attn.out_proj.weight", g + "out_proj", d, d},
           {p + "mlp.fc1.weight", g + "fc1", f, d},          {p + "mlp.fc2.weight", g + "fc2", d, f}};
+}
+
+// A NaN in block 1's fc1 weight: block 0's Grams and block 1's fc1 input are fine, block 1's
+// fc2 input is the first Gram it reaches; nothing is written.
+TEST(StatsCli, NonFiniteActivationsAreAnErrorNamingTheFirstGramTheyReach) {
+  const Zoo zoo;
+  ClipVisionWeights w = ClipVisionModel::load(zoo.models[0]).weights();
+  w.layers[1].fc1.weight.data[3] = std::numeric_limits<float>::quiet_NaN();
+  const fs::path bad = zoo.tmp / "nan_model";
+  save_clip_vision(bad, zoo.config, w, DType::F32, false, testing::identity_preprocess().to_json());
+  const fs::path out = zoo.tmp / "s.safetensors";
+  const auto r = testing::run_amalgam("stats " + bad.string() + " --data " + zoo.tasks[0].string() +
+                                      " --examples 8 -q -o " + out.string());
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find(bad.string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(clip_gram_name(1, LinearSite::Fc2)), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("not finite"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST(StatsCli, GramsMatchTheReferenceForwardAndHalvesPoolIntoTheWhole) {

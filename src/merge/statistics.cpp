@@ -146,7 +146,16 @@ GramStatistics measure_statistics(const ClipVisionModel& model, const Calibratio
     model.features({images.pixels.data() + begin * image_floats, static_cast<size_t>(n * image_floats)}, n, tap);
     progress.advance(static_cast<uint64_t>(n), 0);
   }
-  return collector.finish(images.count, images.tasks, model_name);
+  GramStatistics stats = collector.finish(images.count, images.tasks, model_name);
+  // A NaN weight or an overflowing activation would reach every later Gram and then every
+  // merged weight; the first Gram in model order names where it starts.
+  for (const auto& [name, gram] : stats.grams) {
+    const auto values = gram.data<float>();
+    if (!all_finite(values.data(), values.size()))
+      throw InputError(model_name, name,
+                       "not finite: the model's weights or its activations on the calibration images hold NaN or Inf");
+  }
+  return stats;
 }
 
 Metadata statistics_metadata(const GramStatistics& s) {
