@@ -3,7 +3,8 @@
 # base) merged with linear, task_arithmetic and ties, against
 #   - the page-cache read bound: `cat` of the same input bytes to /dev/null, and
 #   - the same merges written in NumPy (bench/numpy_merge.py), a Python user's reference.
-# Each timing is the median of RUNS runs (default 3); peak RSS from GNU time. Also peak RSS of
+# amalgam is timed as a user runs it (with the merge audit, merge_report.json) and with
+# --no-audit. Each timing is the median of RUNS runs (default 3); peak RSS from GNU time. Also peak RSS of
 # linear with 2, 4 and 8 models: it must not grow with the number of models.
 # A second table attributes the gap to the read bound: the time to write and fsync an output
 # of the same size (dd), and amalgam writing its output to tmpfs (/dev/shm) instead of disk.
@@ -68,13 +69,15 @@ cat_models=$(read_bound $models)
 cat_all=$(read_bound $all)
 
 echo
-printf "%-16s %10s %10s %10s %8s %10s %10s %10s %9s\n" method input_GB cat_s amalgam_s of_bound numpy_s speedup rss_MB numpy_rss
+printf "%-16s %10s %10s %10s %8s %10s %8s %10s %10s %10s %9s\n" method input_GB cat_s amalgam_s of_bound no_audit_s of_bound numpy_s speedup rss_MB numpy_rss
 for method in linear task_arithmetic ties; do
   write_config $method $MODELS
   if [ $method = linear ]; then bytes=$model_bytes; bound=$cat_models; else bytes=$all_bytes; bound=$cat_all; fi
-  a_runs=(); n_runs=()
+  a_runs=(); q_runs=(); n_runs=()
   for _ in $(seq "$RUNS"); do
     a_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --force --quiet)")
+    q_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --force --quiet \
+      --no-audit)")
     if [ -z "${SKIP_NUMPY:-}" ]; then
       n_runs+=("$(time_cmd /usr/bin/python3 bench/numpy_merge.py $method "$DATA/out-numpy-$method.safetensors" \
         "$fam/base" $(for i in $(seq 1 $MODELS); do echo "$fam/model_$i"; done))")
@@ -83,12 +86,13 @@ for method in linear task_arithmetic ties; do
     fi
   done
   a_s=$(printf "%s\n" "${a_runs[@]}" | awk '{print $1}' | median)
+  q_s=$(printf "%s\n" "${q_runs[@]}" | awk '{print $1}' | median)
   a_rss=$(printf "%s\n" "${a_runs[@]}" | awk '{print $2}' | sort -g | tail -1)
   n_s=$(printf "%s\n" "${n_runs[@]}" | awk '{print $1}' | median)
   n_rss=$(printf "%s\n" "${n_runs[@]}" | awk '{print $2}' | sort -g | tail -1)
-  awk -v m=$method -v b="$bytes" -v c="$bound" -v a="$a_s" -v n="$n_s" -v r="$a_rss" -v nr="$n_rss" 'BEGIN {
-    if (n == 0) printf "%-16s %10.2f %10.2f %10.2f %8.2f %10s %10s %10.0f %9s\n", m, b/1e9, c, a, c/a, "-", "-", r/1024, "-"
-    else printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %9.1fx %10.0f %9.0f\n", m, b/1e9, c, a, c/a, n, n/a, r/1024, nr/1024 }'
+  awk -v m=$method -v b="$bytes" -v c="$bound" -v a="$a_s" -v q="$q_s" -v n="$n_s" -v r="$a_rss" -v nr="$n_rss" 'BEGIN {
+    if (n == 0) printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %8.2f %10s %10s %10.0f %9s\n", m, b/1e9, c, a, c/a, q, c/q, "-", "-", r/1024, "-"
+    else printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %8.2f %10.2f %9.1fx %10.0f %9.0f\n", m, b/1e9, c, a, c/a, q, c/q, n, n/a, r/1024, nr/1024 }'
 done
 
 echo

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
 
 namespace amalgam {
 namespace {
@@ -847,6 +848,23 @@ TEST(DTypeNames, ParseRoundTrips) {
   EXPECT_EQ(parse_dtype("F31"), std::nullopt);
   EXPECT_EQ(parse_dtype(""), std::nullopt);
   EXPECT_EQ(parse_dtype("F3"), std::nullopt);
+}
+
+// Buffers of 4 MB and more start on a 2 MB boundary (so the kernel can back them with huge
+// pages), also when they come back from the buffer cache; zeros() still zeroes a reused one.
+TEST(TensorBuffers, LargeBuffersStartOnHugePageBoundaries) {
+  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
+  for (int round = 0; round < 2; ++round) {
+    Tensor big = Tensor::uninitialized(DType::F32, {5 << 20});  // 20 MB
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data<float>().data()) % kHugePage, 0u) << round;
+    std::fill(big.mutable_data<float>().begin(), big.mutable_data<float>().end(), 7.0f);
+  }
+  const Tensor zeros = Tensor::zeros(DType::F32, {5 << 20});
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(zeros.data<float>().data()) % kHugePage, 0u);
+  const auto values = zeros.data<float>();
+  EXPECT_TRUE(std::all_of(values.begin(), values.end(), [](float v) { return v == 0.0f; }));
+  const Tensor small = Tensor::uninitialized(DType::F32, {1000});
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small.data<float>().data()) % 64, 0u);
 }
 
 }  // namespace
