@@ -42,9 +42,9 @@ void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t ld
 // row-major in double, upper triangle (j >= i) only: the inner products of a handful of
 // task vectors (the merge audit). Not ssyrk: for n around 10 BLAS packs both operands and
 // fills micro-tiles made for many rows, which made the audit cost 40-80% of a data-free
-// merge (bench/audit_cost.sh). Here each block of 4096 columns stays in L2 while every pair
-// of rows passes over it, in float lanes summed into C in double; the bits do not depend on
-// the thread count.
+// merge (bench/audit_cost.sh). Here rows are taken three by three against three, over
+// blocks of 1024 columns that stay in L1, in float lanes summed into C in double; the bits
+// do not depend on the thread count.
 void add_row_gram(int64_t n, int64_t k, const float* a, int64_t lda, double* c);
 
 // Solves A X = B for a symmetric positive semi-definite A ([n, n], row-major, double) and
