@@ -290,10 +290,10 @@ std::vector<size_t> accepted_tasks(const std::string& name, const std::vector<st
   return accepted;
 }
 
-// TSV-M (alpha 1) of the accepted tasks, from the parts just computed: what the `tsv` merge
-// method computes from the same task vectors.
-Tensor first_pass_tensor(const std::string& name, const TensorInfo& info, std::vector<float> merged,
-                         const std::vector<TaskPart>& parts, std::span<const size_t> accepted) {
+// W0 + TSV-M (alpha 1) of the accepted tasks, in F32, from the parts just computed: what the
+// `tsv` merge method computes from the same task vectors.
+std::vector<float> first_pass_values(const TensorInfo& info, std::vector<float> merged,
+                                     const std::vector<TaskPart>& parts, std::span<const size_t> accepted) {
   if (info.shape.size() == 2) {
     std::vector<FactorView> views;
     for (size_t t : accepted) views.push_back(factor_view(std::get<LowRankFactors>(parts[t])));
@@ -303,6 +303,11 @@ Tensor first_pass_tensor(const std::string& name, const TensorInfo& info, std::v
     for (size_t t : accepted) deltas.emplace_back(std::get<std::vector<float>>(parts[t]));
     add_mean_delta(deltas, merged);
   }
+  return merged;
+}
+
+// The first pass's tensor in the base's dtype, checked: a finite F32 value can overflow F16.
+Tensor first_pass_tensor(const std::string& name, const TensorInfo& info, std::span<const float> merged) {
   const Tensor out = Tensor::from_f32(info.shape, merged).to(info.dtype);
   if (!all_finite(out.to(DType::F32).data<float>()))
     throw InputError("first-pass model: tensor '" + name + "': not finite in " + std::string(dtype_name(info.dtype)));
@@ -332,19 +337,17 @@ Writers open_writers(const fs::path& stage, const Inputs& in, const Plans& plans
 // energy each task keeps and the interference between the tasks' subspaces.
 void audit_tensor(const std::string& name, const Shape& shape, int64_t rank, std::span<const float> base,
                   const std::vector<std::vector<float>>& deltas, const std::vector<TaskPart>& parts,
-                  const Tensor& first_pass, MergeReport& report) {
+                  std::span<const float> first_pass, MergeReport& report) {
   TensorAudit audit(deltas.size(), base.size());
-  const Tensor merged = first_pass.to(DType::F32);
-  const auto values = merged.data<float>();
-  std::vector<float> merged_delta(base.size());
-  for (size_t i = 0; i < base.size(); ++i) merged_delta[i] = values[i] - base[i];
+  std::vector<float> merged_delta(base.size());  // in F32, as the engine audits a merge
+  for (size_t i = 0; i < base.size(); ++i) merged_delta[i] = first_pass[i] - base[i];
   const std::vector<std::span<const float>> task_vectors(deltas.begin(), deltas.end());
   audit_deltas(task_vectors, merged_delta, audit);
   if (shape.size() == 2) {
-    std::vector<LowRankFactors> factors;
+    std::vector<FactorView> factors;
     std::vector<double> energy_kept;
     for (size_t t = 0; t < parts.size(); ++t) {
-      factors.push_back(std::get<LowRankFactors>(parts[t]));
+      factors.push_back(factor_view(std::get<LowRankFactors>(parts[t])));
       energy_kept.push_back(kept_energy(deltas[t], factors.back()));
     }
     record_tsv_audit(audit, rank, energy_kept, factors);
@@ -375,9 +378,9 @@ void write_tensor(const Inputs& in, Writers& w, const Plans& plans, const std::s
     parts[t] = decompose(report ? deltas[t] : std::move(deltas[t]), info.shape, rank);
     write_part(*w.factors[t], name, info.shape, info.dtype, parts[t]);
   });
-  Tensor first_pass = first_pass_tensor(name, info, {base.begin(), base.end()}, parts, accepted);
+  const std::vector<float> first_pass = first_pass_values(info, {base.begin(), base.end()}, parts, accepted);
   if (report) audit_tensor(name, info.shape, rank, base, deltas, parts, first_pass, *report);
-  w.first_pass->write(name, first_pass);
+  w.first_pass->write(name, first_pass_tensor(name, info, first_pass));
   in.base->release(name);
   ++(info.shape.size() == 2 ? summary.tensors_factored : summary.tensors_whole);
 }

@@ -65,11 +65,11 @@ class Tsv final : public MergeMethod {
       job.read_model(t, 0, job.numel(), delta.data.data());
       for (size_t i = 0; i < job.numel(); ++i) delta.data[i] -= res[i];
       factors.push_back(truncated_svd(delta, k));
-      if (job.audit()) energy_kept.push_back(kept_energy(delta.data, factors.back()));
+      if (job.audit()) energy_kept.push_back(kept_energy(delta.data, factor_view(factors.back())));
     }
-    if (TensorAudit* audit = job.audit()) record_tsv_audit(*audit, k, energy_kept, factors);
     std::vector<FactorView> views;
     for (const auto& f : factors) views.push_back(factor_view(f));
+    if (TensorAudit* audit = job.audit()) record_tsv_audit(*audit, k, energy_kept, views);
     add_tsv_merge(views, static_cast<float>(job.param("alpha")), m, n, res);  // W0 + alpha * U S V^T
     return out;
   }

@@ -62,28 +62,33 @@ void add_tsv_merge(std::span<const FactorView> tasks, float alpha, int64_t d_out
         weight.data(), d_in);
 }
 
-double kept_energy(std::span<const float> delta, const LowRankFactors& kept) {
+double kept_energy(std::span<const float> delta, const FactorView& kept) {
   double total = 0, inside = 0;
   for (float x : delta) total += static_cast<double>(x) * x;
   for (float s : kept.s) inside += static_cast<double>(s) * s;
   return total > 0 ? std::min(1.0, inside / total) : 1.0;
 }
 
-std::vector<std::vector<double>> subspace_interference(std::span<const LowRankFactors> tasks) {
+std::vector<std::vector<double>> subspace_interference(std::span<const FactorView> tasks) {
   const size_t n = tasks.size();
   std::vector<std::vector<double>> out(n, std::vector<double>(n, 0.0));
+  std::vector<float> cross;
   for (size_t i = 0; i < n; ++i)
     for (size_t j = i; j < n; ++j) {
-      const Matrix cross = matmul(tasks[i].u, tasks[j].u, /*trans_a=*/true);
+      const int64_t ki = tasks[i].rank(), kj = tasks[j].rank();
+      if (ki == 0 || kj == 0) continue;
+      const int64_t d_out = static_cast<int64_t>(tasks[i].u.size()) / ki;
+      cross.assign(static_cast<size_t>(ki * kj), 0.0f);  // U_i^T U_j
+      sgemm(true, false, ki, kj, d_out, 1.0f, tasks[i].u.data(), ki, tasks[j].u.data(), kj, 0.0f, cross.data(), kj);
       double sum = 0;
-      for (float x : cross.data) sum += static_cast<double>(x) * x;
+      for (float x : cross) sum += static_cast<double>(x) * x;
       out[i][j] = out[j][i] = std::sqrt(sum);
     }
   return out;
 }
 
 void record_tsv_audit(TensorAudit& audit, int64_t rank, const std::vector<double>& energy_kept,
-                      std::span<const LowRankFactors> tasks) {
+                      std::span<const FactorView> tasks) {
   audit.set("rank", rank);
   audit.set("energy_kept", energy_kept);
   audit.set("subspace_interference", subspace_interference(tasks));

@@ -48,13 +48,13 @@ void add_tsv_merge(std::span<const FactorView> tasks, float alpha, int64_t d_out
 
 // The audit's view of the factors (merge/audit.h). The share of ||delta||_F^2 (the sum of
 // all squared singular values) that the kept ones hold.
-double kept_energy(std::span<const float> delta, const LowRankFactors& kept);
+double kept_energy(std::span<const float> delta, const FactorView& kept);
 // ||U_i^T U_j||_F for every pair of tasks: 0 for orthogonal subspaces, sqrt(k) for the same.
-std::vector<std::vector<double>> subspace_interference(std::span<const LowRankFactors> tasks);
+std::vector<std::vector<double>> subspace_interference(std::span<const FactorView> tasks);
 
 class TensorAudit;
 // rank, energy_kept (per task) and subspace_interference: TSV-M's and MASS's report fields.
 void record_tsv_audit(TensorAudit& audit, int64_t rank, const std::vector<double>& energy_kept,
-                      std::span<const LowRankFactors> tasks);
+                      std::span<const FactorView> tasks);
 
 }  // namespace amalgam
