@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the merge audit (merge_report.json) costs: each merge timed with the audit (the
-# default) and with --no-audit, alternating, median of RUNS runs (default 5) each.
+# default) and with --no-audit, alternating, median of RUNS runs (default 5) each: wall
+# time, and the CPU time the audit adds against the merge's whole CPU time.
 #   - data-free methods on 8 generated BF16 fine-tunes of a small decoder (about 270 MB each);
 #   - RegMean and RegMean++ on a built zoo (256 calibration examples per task), if ZOO is given.
 #
@@ -50,21 +51,40 @@ zoo_config() {  # method
   done
 }
 
-# Prints "with without" median seconds, the two variants alternating so that drift in the
-# machine's speed falls on both.
+# Prints the medians "wall_with wall_without user_with user_without cpu_without" in
+# seconds (cpu: user + system), the two variants alternating (each first in every other
+# pair) so that drift in the machine's speed falls on both, after a sync so that the
+# previous run's output is not written back during the next.
 measure() {  # config
-  local with=() without=()
-  for _ in $(seq "$RUNS"); do
-    with+=("$(seconds_of $amalgam merge "$1" -o "$DATA/audit-out" --force -q)")
-    without+=("$(seconds_of $amalgam merge "$1" -o "$DATA/audit-out" --force -q --no-audit)")
+  local with=() without=() user_with=() user_without=() cpu_without=() w u s
+  for run in $(seq "$RUNS"); do
+    for variant in $([ $((run % 2)) = 1 ] && echo "with without" || echo "without with"); do
+      sync
+      if [ "$variant" = with ]; then
+        read -r w u s < <(wall_and_cpu_of $amalgam merge "$1" -o "$DATA/audit-out" --force -q)
+        with+=("$w") user_with+=("$u")
+      else
+        read -r w u s < <(wall_and_cpu_of $amalgam merge "$1" -o "$DATA/audit-out" --force -q --no-audit)
+        without+=("$w") user_without+=("$u") cpu_without+=("$(awk -v u="$u" -v s="$s" 'BEGIN { print u + s }')")
+      fi
+    done
   done
-  echo "$(printf '%s\n' "${with[@]}" | median) $(printf '%s\n' "${without[@]}" | median)"
+  for list in with without user_with user_without cpu_without; do
+    local -n values=$list
+    printf '%s ' "$(printf '%s\n' "${values[@]}" | median)"
+  done
+  echo
 }
 
-printf "%-18s %12s %14s %10s\n" method audit_s no_audit_s overhead
+# Wall time, and the CPU time the audit adds: it adds only user-space work (the same bytes
+# are read and written), so its share is the added user time over the whole CPU time of the
+# merge without it. On a shared VM the kernel's time for the reads and writes varies from
+# run to run by more than the audit costs, which the wall times show.
+printf "%-22s %9s %12s %9s %11s %9s\n" method audit_s no_audit_s overhead added_cpu_s of_cpu
 row() {  # method config
-  read -r w n < <(measure "$2")
-  awk -v m="$1" -v w="$w" -v n="$n" 'BEGIN { printf "%-18s %12.2f %14.2f %9.1f%%\n", m, w, n, 100 * (w - n) / n }'
+  read -r w n uw un cn < <(measure "$2")
+  awk -v m="$1" -v w="$w" -v n="$n" -v uw="$uw" -v un="$un" -v cn="$cn" 'BEGIN {
+    printf "%-22s %9.2f %12.2f %8.1f%% %11.2f %8.1f%%\n", m, w, n, 100 * (w - n) / n, uw - un, 100 * (uw - un) / cn }'
 }
 for m in $METHODS; do
   data_free_config "$m" >"$DATA/audit-$m.yaml"

@@ -11,3 +11,11 @@ seconds_of() {
   end=$(date +%s.%N)
   awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f\n", e - s }'
 }
+
+# Runs a command (its output discarded) and prints "wall user system": its wall time and
+# the CPU time of it and its children in user space and in the kernel, in seconds.
+wall_and_cpu_of() {
+  local TIMEFORMAT='%R %U %S' t
+  t=$({ time "$@" >/dev/null 2>&1; } 2>&1) || { echo "failed: $*" >&2; return 1; }
+  echo "$t"
+}

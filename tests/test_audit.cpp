@@ -175,6 +175,27 @@ TEST(MergeAudit, LinearWithoutABaseMeasuresTheWeightsThemselves) {
   f.expect_report(report, "out", false);
 }
 
+// Methods whose merged delta is a combination of the task vectors (linear with weights that
+// sum to one, task arithmetic) pass the audit only the weighted task vectors; the merged
+// delta's fields still match the merged output, with unequal weights. Linear with a base
+// and weights that need not sum to one passes the merged delta itself.
+TEST(MergeAudit, WeightedLinearAndTaskArithmeticMatchANaiveLoop) {
+  const Family f(3);
+  std::string models = "models:\n";
+  const char* weights[] = {"2.0", "0.5", "1.0"};
+  for (size_t t = 0; t < 3; ++t)
+    models += "  - model: " + f.paths[t].string() + "\n    parameters: {weight: " + weights[t] + "}\n";
+  const std::string base = "base_model: " + f.base_path.string() + "\n";
+  const json ta = merge_and_report(
+      f.tmp, "merge_method: task_arithmetic\n" + base + "parameters: {lambda: 0.7, normalize: 1}\n" + models, "ta");
+  f.expect_report(ta, "ta", true);
+  const json normalized = merge_and_report(f.tmp, "merge_method: linear\n" + base + models, "normalized");
+  f.expect_report(normalized, "normalized", true);
+  const json summed =
+      merge_and_report(f.tmp, "merge_method: linear\n" + base + "parameters: {normalize: 0}\n" + models, "summed");
+  f.expect_report(summed, "summed", true);
+}
+
 TEST(MergeAudit, WholeTensorMethodsAreAuditedByReadingAgain) {
   const Family f(2);
   const json report = merge_and_report(

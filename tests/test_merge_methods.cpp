@@ -1,16 +1,24 @@
 // Each merge method on one tensor, against values worked out by hand or by a naive loop.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
 #include <numeric>
 #include <random>
 
+#include "core/error.h"
+#include "io/safetensors.h"
 #include "linalg/linalg.h"
 #include "merge/method.h"
 #include "merge/task_arithmetic_family.h"
+#include "test_util.h"
 
 namespace amalgam {
 namespace {
+
+namespace fs = std::filesystem;
 
 using Params = std::map<std::string, double>;
 
@@ -42,6 +50,46 @@ std::vector<float> run(const std::string& method, std::vector<Tensor> models, st
 void expect_near(const std::vector<float>& got, const std::vector<float>& want, float tol = 1e-6f) {
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << "entry " << i;
+}
+
+// StoredChunk, which the streaming methods read through: each input's bytes as stored,
+// converted piece by piece to the same values as a whole-tensor conversion; a NaN is noted
+// for its input once its piece is converted; a read that fails (a file shrunk after it was
+// opened) is recorded and rethrown after the loop, as reads inside parallel loops must be.
+TEST(TensorJobs, StoredChunksConvertPiecesAndNoteNonFiniteInputsAndReadErrors) {
+  const size_t n = 40000;
+  std::vector<float> a(n), b(n), base(n);
+  for (size_t i = 0; i < n; ++i) {
+    a[i] = std::sin(0.001f * static_cast<float>(i));
+    b[i] = 3.0f - 0.0001f * static_cast<float>(i);
+    base[i] = 0.5f * static_cast<float>(i % 7);
+  }
+  b[35000] = std::nanf("");
+  const std::vector<Tensor> models = {vec(a).to(DType::BF16), vec(b).to(DType::F16)};
+  const TensorJob job("w", models, vec(base), {{}, {}}, {}, 0);
+  StoredChunk chunk;
+  chunk.load(job, 32768, n, /*with_base=*/true);
+  std::vector<float> piece(500);
+  for (size_t t = 0; t < 3; ++t) {
+    chunk.to_f32(t, 1000, piece.size(), piece.data());
+    const std::vector<float> whole = values(t < 2 ? models[t].to(DType::F32) : vec(base));
+    for (size_t i = 0; i < piece.size(); ++i) ASSERT_EQ(piece[i], whole[32768 + 1000 + i]) << t << " " << i;
+  }
+  EXPECT_FALSE(job.first_nonfinite_input()) << "the NaN's piece is not converted yet";
+  chunk.to_f32(1, 35000 - 32768 - 10, 20, piece.data());
+  EXPECT_EQ(job.first_nonfinite_input(), std::optional<size_t>(1));
+  EXPECT_NO_THROW(job.rethrow_read_error());
+
+  testing::TempDir tmp;
+  const fs::path file = tmp / "m.safetensors";
+  save_safetensors(file, {{"w", vec(a)}});
+  const SafetensorsReader reader(file);
+  const TensorJob shrunk("w", {reader.tensor("w")}, std::nullopt, {{}}, {}, 0);
+  ASSERT_EQ(::truncate(file.c_str(), static_cast<off_t>(fs::file_size(file) - 4 * 1000)), 0);
+  chunk.load(shrunk, 32768, n, false);
+  chunk.to_f32(0, n - 32768 - 10, 10, piece.data());
+  EXPECT_EQ(piece[0], 0.0f) << "a failed read reads as zeros";
+  EXPECT_THROW(shrunk.rethrow_read_error(), InputError);
 }
 
 TEST(MergeMethods, AllNineAreRegistered) {
@@ -252,30 +300,34 @@ TEST(MergeMethods, SymmetricMethodsIgnoreModelOrder) {
   }
 }
 
-// The audit's Gram of a few long rows, against a double loop: rows inside a wider buffer
-// (lda > k), a length that is not a multiple of the blocks or lanes, and added onto C.
+// The audit's Gram of a few long rows, against a double loop: every row count up to 13
+// (the kernel's blocks of four and five rows), rows inside a wider buffer (lda > k), C
+// inside a wider matrix (ldc > n), a length that is not a multiple of the blocks or lanes,
+// and added onto C.
 TEST(Linalg, RowGramAddsTheUpperTriangleOfTheRowsInnerProducts) {
   std::mt19937 rng(4);
   std::normal_distribution<float> g;
-  const int64_t n = 9, k = 3000 + 17, lda = k + 5;
-  std::vector<float> a(static_cast<size_t>(n * lda));
-  for (auto& x : a) x = g(rng);
-  std::vector<double> c(static_cast<size_t>(n * n), 0.5);
-  add_row_gram(n, k, a.data(), lda, c.data());
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      if (j < i) {
-        EXPECT_EQ(c[i * n + j], 0.5) << "the lower triangle is left alone";
-        continue;
+  for (int64_t n = 1; n <= 13; ++n) {
+    const int64_t k = 3000 + 17, lda = k + 5, ldc = n + 2;
+    std::vector<float> a(static_cast<size_t>(n * lda));
+    for (auto& x : a) x = g(rng);
+    std::vector<double> c(static_cast<size_t>(n * ldc), 0.5);
+    add_row_gram(n, k, a.data(), lda, c.data(), ldc);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < ldc; ++j) {
+        if (j < i || j >= n) {
+          EXPECT_EQ(c[i * ldc + j], 0.5) << "outside the upper triangle: left alone";
+          continue;
+        }
+        double expected = 0.5;
+        for (int64_t x = 0; x < k; ++x) expected += static_cast<double>(a[i * lda + x]) * a[j * lda + x];
+        EXPECT_NEAR(c[i * ldc + j], expected, 1e-3) << n << " rows: " << i << "," << j;
       }
-      double expected = 0.5;
-      for (int64_t x = 0; x < k; ++x) expected += static_cast<double>(a[i * lda + x]) * a[j * lda + x];
-      EXPECT_NEAR(c[i * n + j], expected, 1e-3) << i << "," << j;
-    }
+  }
   // One row of ones: its squared norm exactly.
   std::vector<float> ones(4096, 1.0f);
   double norm = 0;
-  add_row_gram(1, 4096, ones.data(), 4096, &norm);
+  add_row_gram(1, 4096, ones.data(), 4096, &norm, 1);
   EXPECT_EQ(norm, 4096.0);
 }
 

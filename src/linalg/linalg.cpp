@@ -50,9 +50,11 @@ void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t ld
 
 namespace {
 
-// The inner products of three rows with three rows over len floats, added to out: nine
-// 8-float accumulators (GCC/Clang vector extensions, so they stay in registers and hide the
-// FMA latency) fed by six loads per step, summed into doubles at the end.
+// The inner products of A rows with B rows over len floats, added to c (row-major, ldc):
+// A*B 8-float accumulators (GCC/Clang vector extensions, kept in registers; with AVX-512's
+// 32 vector registers a 4x4 block's 16 accumulators and 8 row vectors all fit), each row
+// vector loaded once per step, summed into doubles at the end. With kSame the rows are one
+// block against itself and only the upper triangle (q >= r) is computed.
 using Float8 = float __attribute__((vector_size(32)));
 
 Float8 load8(const float* p) {
@@ -61,49 +63,94 @@ Float8 load8(const float* p) {
   return v;
 }
 
-void add_dot_tile(const std::array<const float*, 3>& a, const std::array<const float*, 3>& b, int64_t len,
-                  double out[3][3]) {
-  Float8 s[3][3] = {};
+// Pins a value in a register: without it GCC folds a load into every FMA that uses the
+// vector, and the loop becomes bound by loads (two per cycle) instead of by FMAs.
+Float8 in_register(Float8 v) {
+#if defined(__x86_64__)
+  __asm__("" : "+v"(v));
+#endif
+  return v;
+}
+
+template <int A, int B, bool kSame>
+void add_block_dots(const float* const* a, const float* const* b, int64_t len, double* c, int64_t ldc) {
+  Float8 s[A][B] = {};
   int64_t x = 0;
   for (; x + 8 <= len; x += 8) {
-    const Float8 a0 = load8(a[0] + x), a1 = load8(a[1] + x), a2 = load8(a[2] + x);
-    const Float8 b0 = load8(b[0] + x), b1 = load8(b[1] + x), b2 = load8(b[2] + x);
-    s[0][0] += a0 * b0, s[0][1] += a0 * b1, s[0][2] += a0 * b2;
-    s[1][0] += a1 * b0, s[1][1] += a1 * b1, s[1][2] += a1 * b2;
-    s[2][0] += a2 * b0, s[2][1] += a2 * b1, s[2][2] += a2 * b2;
+    Float8 va[A], vb[B];
+    for (int r = 0; r < A; ++r) va[r] = in_register(load8(a[r] + x));
+    for (int q = 0; q < B; ++q) vb[q] = kSame ? va[q] : in_register(load8(b[q] + x));
+    for (int r = 0; r < A; ++r)
+      for (int q = kSame ? r : 0; q < B; ++q) s[r][q] += va[r] * vb[q];
   }
-  for (int r = 0; r < 3; ++r)
-    for (int c = 0; c < 3; ++c) {
+  for (int r = 0; r < A; ++r)
+    for (int q = kSame ? r : 0; q < B; ++q) {
       double sum = 0;
-      for (int64_t i = x; i < len; ++i) sum += static_cast<double>(a[r][i]) * b[c][i];
-      for (int l = 0; l < 8; ++l) sum += s[r][c][l];
-      out[r][c] += sum;
+      for (int64_t i = x; i < len; ++i) sum += static_cast<double>(a[r][i]) * b[q][i];
+      for (int l = 0; l < 8; ++l) sum += s[r][q][l];
+      c[r * ldc + q] += sum;
     }
+}
+
+// add_block_dots for block sizes known only at run time: 1 to 4 rows against 1 to 5, or a
+// block of up to 5 rows against itself.
+template <int A>
+void add_block_dots_b(int b_rows, bool same, const float* const* a, const float* const* b, int64_t len, double* c,
+                      int64_t ldc) {
+  if (same) return add_block_dots<A, A, true>(a, b, len, c, ldc);
+  if constexpr (A <= 4) {
+    switch (b_rows) {
+      case 1:
+        return add_block_dots<A, 1, false>(a, b, len, c, ldc);
+      case 2:
+        return add_block_dots<A, 2, false>(a, b, len, c, ldc);
+      case 3:
+        return add_block_dots<A, 3, false>(a, b, len, c, ldc);
+      case 4:
+        return add_block_dots<A, 4, false>(a, b, len, c, ldc);
+      case 5:
+        return add_block_dots<A, 5, false>(a, b, len, c, ldc);
+    }
+  }
+  throw std::logic_error("add_row_gram: block out of range");
+}
+
+void add_block_dots(int a_rows, int b_rows, bool same, const float* const* a, const float* const* b, int64_t len,
+                    double* c, int64_t ldc) {
+  switch (a_rows) {
+    case 1:
+      return add_block_dots_b<1>(b_rows, same, a, b, len, c, ldc);
+    case 2:
+      return add_block_dots_b<2>(b_rows, same, a, b, len, c, ldc);
+    case 3:
+      return add_block_dots_b<3>(b_rows, same, a, b, len, c, ldc);
+    case 4:
+      return add_block_dots_b<4>(b_rows, same, a, b, len, c, ldc);
+    case 5:
+      return add_block_dots_b<5>(b_rows, same, a, b, len, c, ldc);
+  }
+  throw std::logic_error("add_row_gram: block out of range");
 }
 
 }  // namespace
 
-void add_row_gram(int64_t n, int64_t k, const float* a, int64_t lda, double* c) {
-  // Blocks of columns that stay in L1 across the tiles; rows past n read zeros.
+void add_row_gram(int64_t n, int64_t k, const float* a, int64_t lda, double* c, int64_t ldc) {
+  // Blocks of four rows (the last one five rather than leave a single row, which would be
+  // bound by loads) against each other, over blocks of columns that stay in L1. A 4x5
+  // block's 20 accumulators and 9 row vectors still fit AVX-512's 32 registers.
   constexpr int64_t kBlock = 1024;
-  static const std::vector<float> zeros(kBlock, 0.0f);
-  const int64_t tiles = (n + 2) / 3;
+  const int64_t blocks = n > 4 && n % 4 == 1 ? n / 4 : (n + 3) / 4;
+  auto start = [&](int64_t b) { return b == blocks ? n : 4 * b; };
   for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
     const int64_t len = std::min(kBlock, k - k0);
-    auto rows_of = [&](int64_t tile) {
-      std::array<const float*, 3> rows{};
-      for (int64_t r = 0; r < 3; ++r) rows[r] = 3 * tile + r < n ? a + (3 * tile + r) * lda + k0 : zeros.data();
-      return rows;
-    };
-    for (int64_t ti = 0; ti < tiles; ++ti)
-      for (int64_t tj = ti; tj < tiles; ++tj) {
-        double tile[3][3] = {};
-        add_dot_tile(rows_of(ti), rows_of(tj), len, tile);
-        for (int64_t r = 0; r < 3; ++r)
-          for (int64_t q = 0; q < 3; ++q) {
-            const int64_t i = 3 * ti + r, j = 3 * tj + q;
-            if (i < n && j < n && j >= i) c[i * n + j] += tile[r][q];
-          }
+    for (int64_t bi = 0; bi < blocks; ++bi)
+      for (int64_t bj = bi; bj < blocks; ++bj) {
+        const int64_t i = start(bi), j = start(bj), ni = start(bi + 1) - i, nj = start(bj + 1) - j;
+        std::array<const float*, 5> rows_i{}, rows_j{};
+        for (int64_t r = 0; r < ni; ++r) rows_i[r] = a + (i + r) * lda + k0;
+        for (int64_t r = 0; r < nj; ++r) rows_j[r] = a + (j + r) * lda + k0;
+        add_block_dots(static_cast<int>(ni), static_cast<int>(nj), bi == bj, rows_i.data(), rows_j.data(), len,
+                       c + i * ldc + j, ldc);
       }
   }
 }

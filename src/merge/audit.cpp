@@ -25,10 +25,20 @@ TensorAudit::TensorAudit(size_t candidates, size_t numel)
 
 void TensorAudit::add_deltas(size_t begin, const float* rows, size_t stride, size_t len) {
   const size_t chunk = begin / kStreamChunk, n = candidates_ + 1;
-  if (begin % kStreamChunk != 0 || chunk >= chunks_) throw std::logic_error("TensorAudit: chunk out of place");
-  add_row_gram(static_cast<int64_t>(n), static_cast<int64_t>(len), rows, static_cast<int64_t>(stride),
-               partial_.data() + chunk * n * n);
+  if (chunk >= chunks_ || (begin + len - 1) / kStreamChunk != chunk)
+    throw std::logic_error("TensorAudit: rows across chunks");
+  const size_t given = coefficient_.empty() ? n : candidates_;  // the merged delta's row, or not
+  add_row_gram(static_cast<int64_t>(given), static_cast<int64_t>(len), rows, static_cast<int64_t>(stride),
+               partial_.data() + chunk * n * n, static_cast<int64_t>(n));
   filled_[chunk] = 1;
+}
+
+void TensorAudit::set_merged_combination(std::vector<double> row_scale, std::vector<double> coefficient) {
+  if (row_scale.size() != candidates_ || coefficient.size() != candidates_ || has_deltas() ||
+      std::any_of(row_scale.begin(), row_scale.end(), [](double s) { return s == 0; }))
+    throw std::logic_error("TensorAudit::set_merged_combination: bad combination");
+  row_scale_ = std::move(row_scale);
+  coefficient_ = std::move(coefficient);
 }
 
 bool TensorAudit::has_deltas() const {
@@ -59,6 +69,21 @@ json TensorAudit::to_json() const {
   for (size_t c = 0; c < chunks_; ++c)  // chunk order: the same sums for any thread count
     for (size_t k = 0; k < n * n; ++k) gram[k] += partial_[c * n * n + k];
   auto g = [&](size_t i, size_t j) { return i <= j ? gram[i * n + j] : gram[j * n + i]; };
+  if (!coefficient_.empty()) {
+    // The rows were scale_t * D_t: their Gram scaled back, then the merged delta
+    // M = sum_t a_t D_t with a_t = coefficient_t * scale_t: <M, D_j> = sum_t a_t <D_t, D_j>,
+    // <M, M> = sum_t a_t <M, D_t>.
+    for (size_t i = 0; i < t_count; ++i)
+      for (size_t j = i; j < t_count; ++j) gram[i * n + j] /= row_scale_[i] * row_scale_[j];
+    double merged_sq = 0;
+    for (size_t j = 0; j < t_count; ++j) {
+      double dot = 0;
+      for (size_t t = 0; t < t_count; ++t) dot += coefficient_[t] * row_scale_[t] * g(t, j);
+      gram[j * n + t_count] = dot;
+      merged_sq += coefficient_[j] * row_scale_[j] * dot;
+    }
+    gram[t_count * n + t_count] = merged_sq;
+  }
 
   json out = json::object();
   std::vector<double> norms(n);
@@ -89,24 +114,28 @@ json TensorAudit::to_json() const {
 void audit_by_reading(const TensorJob& job, const Tensor& merged, TensorAudit& audit) {
   const size_t models = job.model_count();
   const float* result = merged.data<float>().data();
-  parallel_chunks(job.numel(), kStreamChunk, [&](size_t b, size_t e) {
-    const size_t len = e - b;
+  parallel_chunks(job.numel(), kStreamChunk, [&](size_t chunk_begin, size_t chunk_end) {
+    thread_local StoredChunk chunk;
     thread_local std::vector<float> scratch;
-    scratch.resize((models + 2) * kStreamChunk);
+    chunk.load(job, chunk_begin, chunk_end, job.has_base());
+    scratch.resize((models + 2) * kStreamPiece);
     float* rows = scratch.data();
-    float* base = rows + (models + 1) * kStreamChunk;
-    if (job.has_base())
-      job.read_base(b, e, base);
-    else
-      std::fill(base, base + len, 0.0f);
-    for (size_t t = 0; t < models; ++t) {
-      float* row = rows + t * kStreamChunk;
-      job.read_model(t, b, e, row);
-      for (size_t i = 0; i < len; ++i) row[i] -= base[i];
+    float* base = rows + (models + 1) * kStreamPiece;
+    for (size_t b = chunk_begin; b < chunk_end; b += kStreamPiece) {
+      const size_t len = std::min(kStreamPiece, chunk_end - b);
+      if (job.has_base())
+        chunk.to_f32(models, b - chunk_begin, len, base);
+      else
+        std::fill(base, base + len, 0.0f);
+      for (size_t t = 0; t < models; ++t) {
+        float* row = rows + t * kStreamPiece;
+        chunk.to_f32(t, b - chunk_begin, len, row);
+        for (size_t i = 0; i < len; ++i) row[i] -= base[i];
+      }
+      float* merged_row = rows + models * kStreamPiece;
+      for (size_t i = 0; i < len; ++i) merged_row[i] = result[b + i] - base[i];
+      audit.add_deltas(b, rows, kStreamPiece, len);
     }
-    float* merged_row = rows + models * kStreamChunk;
-    for (size_t i = 0; i < len; ++i) merged_row[i] = result[b + i] - base[i];
-    audit.add_deltas(b, rows, kStreamChunk, len);
   });
 }
 

@@ -33,11 +33,19 @@ class TensorAudit {
   size_t candidates() const { return candidates_; }
 
   // Rows 0..T-1: the candidates' task vectors over elements [begin, begin + len); row T: the
-  // merged delta over the same elements; rows `stride` floats apart. `begin` must start a
-  // kStreamChunk chunk. Thread-safe across chunks; the chunks' sums are added in chunk
-  // order, so the report has the same bits whatever the thread count.
+  // merged delta over the same elements; rows `stride` floats apart. The elements lie in one
+  // kStreamChunk chunk, whole or in pieces added in order by one thread. Thread-safe across
+  // chunks; the chunks' sums are added in chunk order, so the report has the same bits
+  // whatever the thread count.
   void add_deltas(size_t begin, const float* rows, size_t stride, size_t len);
   bool has_deltas() const;
+
+  // For a method whose merged delta is a fixed combination of the task vectors (linear,
+  // task arithmetic), set before the first add_deltas: the rows passed are then only T,
+  // row t being row_scale[t] * D_t (row_scale nonzero), and the merged delta is
+  // sum_t coefficient[t] * row t. Its inner products follow from the rows' in the report,
+  // which saves the method writing the rows twice and the kernel one row of nine.
+  void set_merged_combination(std::vector<double> row_scale, std::vector<double> coefficient);
 
   // A method's own field for this tensor (thread-safe).
   void set(const std::string& key, nlohmann::json value);
@@ -51,6 +59,7 @@ class TensorAudit {
   size_t chunks_;
   std::vector<double> partial_;  // [chunks, (T+1)^2]: each chunk's Gram of the rows
   std::vector<unsigned char> filled_;
+  std::vector<double> row_scale_, coefficient_;  // empty unless set_merged_combination
   nlohmann::json fields_ = nlohmann::json::object();
   mutable std::mutex mutex_;
 };

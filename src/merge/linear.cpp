@@ -35,53 +35,52 @@ class Linear final : public MergeMethod {
     }
     Tensor out = Tensor::uninitialized(DType::F32, job.shape());
     float* acc = out.mutable_data<float>().data();
-    if (TensorAudit* audit = job.audit()) {
-      parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) { merge_and_audit(job, w, b, e, acc, *audit); });
-      return out;
-    }
-    // Chunks small enough that the accumulator stays in cache while every model streams by.
-    parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
-      thread_local std::vector<float> buffer(kStreamChunk);
-      float* buf = buffer.data();
-      float* a = acc + b;
-      job.read_model(0, b, e, buf);
-      for (size_t i = 0; i < e - b; ++i) a[i] = w[0] * buf[i];
-      for (size_t t = 1; t < models; ++t) {
-        job.read_model(t, b, e, buf);
-        for (size_t i = 0; i < e - b; ++i) a[i] += w[t] * buf[i];
-      }
-    });
+    TensorAudit* audit = job.audit();
+    // The audit's merged delta is sum_t w_t D_t, D_t = W_t - W0, when the weights sum to one
+    // (W0 = 0 without a base: any weights); otherwise it gets its own row.
+    const bool combination = !job.has_base() || job.param("normalize") != 0;
+    if (audit && combination) audit->set_merged_combination(std::vector<double>(models, 1.0), {w.begin(), w.end()});
+    parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) { merge_chunk(job, w, audit, combination, b, e, acc); });
     return out;
   }
 
  private:
-  // The same sum over one chunk, keeping every model's chunk for the audit: the rows are the
-  // models' deltas from the base (the weights themselves without one) and the merged delta.
-  static void merge_and_audit(const TensorJob& job, const std::vector<float>& w, size_t b, size_t e, float* acc,
-                              TensorAudit& audit) {
-    const size_t models = job.model_count(), len = e - b;
+  // The sum over one chunk: read as stored, then converted and added piece by piece, so that
+  // the accumulator and the rows stay in L1. With the audit every model's row of a piece is
+  // kept (its delta from the base, the weight itself without one), and the merged delta too
+  // unless it is their combination.
+  static void merge_chunk(const TensorJob& job, const std::vector<float>& w, TensorAudit* audit, bool combination,
+                          size_t b, size_t e, float* acc) {
+    const size_t models = job.model_count();
+    const bool with_base = audit && job.has_base();
+    thread_local StoredChunk chunk;
     thread_local std::vector<float> scratch;
-    scratch.resize((models + 2) * kStreamChunk);
+    chunk.load(job, b, e, with_base);
+    scratch.resize((models + 2) * kStreamPiece);
     float* rows = scratch.data();
-    float* base = rows + (models + 1) * kStreamChunk;
-    float* a = acc + b;
-    for (size_t t = 0; t < models; ++t) {
-      float* row = rows + t * kStreamChunk;
-      job.read_model(t, b, e, row);
-      for (size_t i = 0; i < len; ++i) a[i] = t == 0 ? w[0] * row[i] : a[i] + w[t] * row[i];
-    }
-    float* merged = rows + models * kStreamChunk;
-    if (!job.has_base()) {  // the rows are the weights themselves already
-      std::copy(a, a + len, merged);
-    } else {
-      job.read_base(b, e, base);
-      for (size_t t = 0; t <= models; ++t) {
-        float* row = rows + t * kStreamChunk;
-        const float* source = t < models ? row : a;
-        for (size_t i = 0; i < len; ++i) row[i] = source[i] - base[i];
+    float* merged = rows + models * kStreamPiece;
+    float* base = merged + kStreamPiece;
+    for (size_t p = b; p < e; p += kStreamPiece) {
+      const size_t len = std::min(kStreamPiece, e - p);
+      float* a = acc + p;
+      for (size_t t = 0; t < models; ++t) {
+        float* row = rows + (audit ? t : 0) * kStreamPiece;
+        chunk.to_f32(t, p - b, len, row);
+        if (t == 0)
+          for (size_t i = 0; i < len; ++i) a[i] = w[0] * row[i];
+        else
+          for (size_t i = 0; i < len; ++i) a[i] += w[t] * row[i];
       }
+      if (!audit) continue;
+      if (with_base) {
+        chunk.to_f32(models, p - b, len, base);
+        for (size_t t = 0; t < models; ++t)
+          for (size_t i = 0; i < len; ++i) rows[t * kStreamPiece + i] -= base[i];
+      }
+      if (!combination)  // a base, and weights that need not sum to one
+        for (size_t i = 0; i < len; ++i) merged[i] = a[i] - base[i];
+      audit->add_deltas(p, rows, kStreamPiece, len);
     }
-    audit.add_deltas(b, rows, kStreamChunk, len);
   }
 };
 

@@ -35,6 +35,11 @@ void TensorJob::note_nonfinite(size_t input, const float* values, size_t n) cons
   if (!nonfinite_->has_value() || input < **nonfinite_) *nonfinite_ = input;
 }
 
+void TensorJob::note_read_error() const {
+#pragma omp critical(amalgam_read_error)
+  if (!*read_error_) *read_error_ = std::current_exception();
+}
+
 void TensorJob::read_input(const Tensor& input, size_t index, size_t begin, size_t end, float* out) const {
   const size_t n = end - begin, size = dtype_size(input.dtype());
   try {
@@ -47,12 +52,42 @@ void TensorJob::read_input(const Tensor& input, size_t index, size_t begin, size
       convert_to_f32(input.dtype(), staging.data(), out, n);
     }
   } catch (...) {
-#pragma omp critical(amalgam_read_error)
-    if (!*read_error_) *read_error_ = std::current_exception();
+    note_read_error();
     std::fill(out, out + n, 0.0f);
     return;
   }
   note_nonfinite(index, out, n);
+}
+
+void TensorJob::read_stored(size_t t, size_t begin, size_t end, std::byte* out) const {
+  const Tensor& in = input(t);
+  const size_t size = dtype_size(in.dtype());
+  try {
+    in.read_bytes(begin * size, {out, (end - begin) * size});
+  } catch (...) {
+    note_read_error();
+    std::fill(out, out + (end - begin) * size, std::byte{0});  // zeros in every dtype
+  }
+}
+
+void TensorJob::stored_to_f32(size_t t, const std::byte* stored, size_t n, float* out) const {
+  convert_to_f32(input(t).dtype(), stored, out, n);
+  note_nonfinite(t, out, n);
+}
+
+void StoredChunk::load(const TensorJob& job, size_t begin, size_t end, bool with_base) {
+  job_ = &job;
+  const size_t inputs = job.model_count() + (with_base ? 1 : 0);
+  offsets_.resize(inputs);
+  sizes_.resize(inputs);
+  size_t total = 0;
+  for (size_t t = 0; t < inputs; ++t) {
+    sizes_[t] = dtype_size(job.input_dtype(t));
+    offsets_[t] = total;
+    total += (end - begin) * sizes_[t];
+  }
+  bytes_.resize(total);
+  for (size_t t = 0; t < inputs; ++t) job.read_stored(t, begin, end, bytes_.data() + offsets_[t]);
 }
 
 void TensorJob::read_model(size_t t, size_t begin, size_t end, float* out) const {

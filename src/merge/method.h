@@ -66,6 +66,12 @@ class TensorJob {
   // Elements [begin, end) of candidate t (or the base) converted to F32 into `out`.
   void read_model(size_t t, size_t begin, size_t end, float* out) const;
   void read_base(size_t begin, size_t end, float* out) const;
+  // The same in two steps, for methods that read a chunk of every input first and convert
+  // it in L1-sized pieces (see StoredChunk): the input's bytes as stored, then a range of
+  // them in F32. Input t is candidate t, or the base for t == model_count().
+  DType input_dtype(size_t t) const { return input(t).dtype(); }
+  void read_stored(size_t t, size_t begin, size_t end, std::byte* out) const;
+  void stored_to_f32(size_t t, const std::byte* stored, size_t n, float* out) const;
   // Whole tensors in F32 (allocates unless the input already is aligned F32).
   Tensor model_f32(size_t t) const;
   Tensor base_f32() const;
@@ -88,7 +94,9 @@ class TensorJob {
   void attach_audit(std::shared_ptr<TensorAudit> audit) { audit_ = std::move(audit); }
 
  private:
+  const Tensor& input(size_t t) const { return t < models_.size() ? models_[t] : base_.value(); }
   void read_input(const Tensor& input, size_t index, size_t begin, size_t end, float* out) const;
+  void note_read_error() const;
   void note_nonfinite(size_t input, const float* values, size_t n) const;
 
   std::string name_;
@@ -108,6 +116,28 @@ class TensorJob {
 // Elements per streamed chunk: 64 KB of BF16 per input per read (few system calls), and a
 // chunk of every input plus the accumulators still fits in L2 while the models stream by.
 inline constexpr size_t kStreamChunk = 32768;
+
+// One chunk of every candidate (and the base) as stored: one read per input per chunk,
+// then converted to F32 piece by piece, so that a method's F32 rows of a piece stay in L1
+// while it works on them (all the candidates' F32 chunks together would not fit in L2).
+class StoredChunk {
+ public:
+  // Reads elements [begin, end) of every candidate, and of the base when `with_base`.
+  void load(const TensorJob& job, size_t begin, size_t end, bool with_base);
+  // Elements [begin + offset, begin + offset + n) of input t (candidate, or the base for
+  // t == model_count()) in F32.
+  void to_f32(size_t t, size_t offset, size_t n, float* out) const {
+    job_->stored_to_f32(t, bytes_.data() + offsets_[t] + offset * sizes_[t], n, out);
+  }
+
+ private:
+  const TensorJob* job_ = nullptr;
+  std::vector<std::byte> bytes_;
+  std::vector<size_t> offsets_, sizes_;
+};
+
+// Elements per piece of a StoredChunk: a method's rows of a piece fit in L1.
+inline constexpr size_t kStreamPiece = 1024;
 
 struct ModelEntry;
 struct MergeConfig;

@@ -48,27 +48,21 @@ std::pair<uint32_t, uint64_t> descend(const std::vector<uint64_t>& hist, uint64_
   throw std::logic_error("rank outside the histogram");
 }
 
-// The audit's counts over one chunk of sparsified deltas ([models, kStreamChunk]): nonzero
+// The audit's counts over one piece of sparsified deltas ([models, kStreamPiece]): nonzero
 // entries per model, and entries where the nonzero deltas have both signs.
-void count_kept(const float* deltas, size_t models, size_t len, std::vector<uint64_t>& kept, uint64_t& conflicts) {
-  thread_local std::vector<uint8_t> positive, negative;
-  positive.assign(len, 0);
-  negative.assign(len, 0);
+void count_kept(const float* deltas, size_t models, size_t len, std::span<uint64_t> kept, uint64_t& conflicts) {
+  uint8_t positive[kStreamPiece] = {}, negative[kStreamPiece] = {};
   for (size_t t = 0; t < models; ++t) {
-    const float* d = deltas + t * kStreamChunk;
+    const float* d = deltas + t * kStreamPiece;
     uint64_t nonzero = 0;
     for (size_t i = 0; i < len; ++i) {
       positive[i] |= d[i] > 0;
       negative[i] |= d[i] < 0;
       nonzero += d[i] != 0;
     }
-#pragma omp atomic
     kept[t] += nonzero;
   }
-  uint64_t both = 0;
-  for (size_t i = 0; i < len; ++i) both += positive[i] & negative[i];
-#pragma omp atomic
-  conflicts += both;
+  for (size_t i = 0; i < len; ++i) conflicts += positive[i] & negative[i];
 }
 
 }  // namespace
@@ -166,77 +160,107 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
   TensorAudit* audit = job.audit();
   std::vector<uint64_t> kept(models, 0), elected(models, 0);
   uint64_t conflicts = 0;
-  // Every loop below runs over the elements of a chunk with the model fixed, so that it
-  // vectorises; sums over models still add in model order, whatever the chunking.
-  parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
-    const size_t len = e - b;
+  // Plain task arithmetic's merged delta is a combination of the weighted task vectors it
+  // sums anyway: the audit takes those rows (scaled by w_t) instead of a copy of the raw ones.
+  const bool combination = audit && sparsify == Sparsification::None && !variant_.sign_consensus &&
+                           std::none_of(scale.begin(), scale.end(), [](float s) { return s == 0; }) &&
+                           std::none_of(weight.begin(), weight.end(), [](float w) { return w == 0; });
+  if (combination) {
+    std::vector<double> row_scale(models);
+    for (size_t t = 0; t < models; ++t) row_scale[t] = static_cast<double>(weight[t]) * scale[t];
+    audit->set_merged_combination(row_scale, std::vector<double>(models, static_cast<double>(lambda) / plain_divisor));
+  }
+  // Each chunk is read as stored, then merged piece by piece so that the pieces' rows stay
+  // in L1. Every loop below runs over the elements of a piece with the model fixed, so that
+  // it vectorises; sums over models still add in model order, whatever the chunking.
+  parallel_chunks(n, kStreamChunk, [&](size_t chunk_begin, size_t chunk_end) {
+    thread_local StoredChunk chunk;
     thread_local std::vector<float> scratch;
-    scratch.resize((models + 4 + (audit ? models + 1 : 0)) * kStreamChunk);
+    thread_local std::vector<uint64_t> counts;                     // the chunk's kept, then elected, then conflicts
+    chunk.load(job, chunk_begin, chunk_end, /*with_base=*/false);  // the base is in `result`
+    const bool raw_rows = audit && !combination;
+    scratch.resize((models + 4 + (raw_rows ? models + 1 : 0)) * kStreamPiece);
+    counts.assign(2 * models + 1, 0);
+    const std::span<uint64_t> chunk_kept(counts.data(), models), chunk_elected(counts.data() + models, models);
+    uint64_t& chunk_conflicts = counts[2 * models];
     // Disjoint slices of one buffer; __restrict lets the compiler vectorise across them.
     float* __restrict mixed = scratch.data();
-    float* __restrict divisor = mixed + kStreamChunk;
-    float* __restrict vote = divisor + kStreamChunk;
-    float* __restrict deltas = vote + kStreamChunk;     // weighted, sparsified task vectors of this chunk
-    float* increment = deltas + models * kStreamChunk;  // the merged delta
+    float* __restrict divisor = mixed + kStreamPiece;
+    float* __restrict vote = divisor + kStreamPiece;
+    float* __restrict deltas = vote + kStreamPiece;     // weighted, sparsified task vectors of this piece
+    float* increment = deltas + models * kStreamPiece;  // the merged delta
     // With the audit: the raw task vectors, then the merged delta (rows for add_deltas).
-    float* __restrict raw = audit ? increment + kStreamChunk : nullptr;
-    const float* __restrict base = result + b;
-    for (size_t t = 0; t < models; ++t) {
-      float* __restrict d = deltas + t * kStreamChunk;
-      job.read_model(t, b, e, d);
-      if (raw)
-        for (size_t i = 0; i < len; ++i) raw[t * kStreamChunk + i] = d[i] - base[i];
-      const float w = weight[t] * scale[t];
-      if (sparsify == Sparsification::None) {
-        for (size_t i = 0; i < len; ++i) d[i] = w * (d[i] - base[i]);
-      } else if (sparsify == Sparsification::Random) {
-        const uint64_t seed = job.seed_for(t);
-        for (size_t i = 0; i < len; ++i) d[i] = uniform01(seed, b + i) < density[t] ? w * (d[i] - base[i]) : 0.0f;
-      } else {
-        const MagnitudeBand& band = bands[t];
-        for (size_t i = 0; i < len; ++i) {
-          const float delta = d[i] - base[i];
-          d[i] = band.contains(std::fabs(delta), b + i) ? w * delta : 0.0f;
-        }
-      }
-    }
-    if (audit && sparsify != Sparsification::None) count_kept(deltas, models, len, kept, conflicts);
-    std::fill(mixed, mixed + len, 0.0f);
-    float* __restrict merged_delta = raw ? raw + models * kStreamChunk : increment;
-    if (!variant_.sign_consensus) {
-      for (size_t t = 0; t < models; ++t)
-        for (size_t i = 0; i < len; ++i) mixed[i] += deltas[t * kStreamChunk + i];
-      for (size_t i = 0; i < len; ++i) merged_delta[i] = lambda * (mixed[i] / plain_divisor);
-    } else {
-      // TIES: elect the sign of the summed weighted deltas (0 counts as +), then keep, per
-      // entry, the deltas of that sign and the weights of the models they came from.
-      std::fill(vote, vote + len, 0.0f);
-      std::fill(divisor, divisor + len, 0.0f);
-      for (size_t t = 0; t < models; ++t)
-        for (size_t i = 0; i < len; ++i) vote[i] += deltas[t * kStreamChunk + i];
+    float* __restrict raw = raw_rows ? increment + kStreamPiece : nullptr;
+    for (size_t b = chunk_begin; b < chunk_end; b += kStreamPiece) {
+      const size_t len = std::min(kStreamPiece, chunk_end - b);
+      const float* __restrict base = result + b;
       for (size_t t = 0; t < models; ++t) {
-        const float* __restrict d = deltas + t * kStreamChunk;
-        const float w = weight[t];
-        uint64_t agreeing = 0;
+        float* __restrict d = deltas + t * kStreamPiece;
+        chunk.to_f32(t, b - chunk_begin, len, d);
+        if (raw)
+          for (size_t i = 0; i < len; ++i) raw[t * kStreamPiece + i] = d[i] - base[i];
+        const float w = weight[t] * scale[t];
+        if (sparsify == Sparsification::None) {
+          for (size_t i = 0; i < len; ++i) d[i] = w * (d[i] - base[i]);
+        } else if (sparsify == Sparsification::Random) {
+          const uint64_t seed = job.seed_for(t);
+          for (size_t i = 0; i < len; ++i) d[i] = uniform01(seed, b + i) < density[t] ? w * (d[i] - base[i]) : 0.0f;
+        } else {
+          const MagnitudeBand& band = bands[t];
+          for (size_t i = 0; i < len; ++i) {
+            const float delta = d[i] - base[i];
+            d[i] = band.contains(std::fabs(delta), b + i) ? w * delta : 0.0f;
+          }
+        }
+      }
+      if (audit && sparsify != Sparsification::None) count_kept(deltas, models, len, chunk_kept, chunk_conflicts);
+      std::fill(mixed, mixed + len, 0.0f);
+      float* __restrict merged_delta = raw ? raw + models * kStreamPiece : increment;
+      if (!variant_.sign_consensus) {
+        for (size_t t = 0; t < models; ++t)
+          for (size_t i = 0; i < len; ++i) mixed[i] += deltas[t * kStreamPiece + i];
+        for (size_t i = 0; i < len; ++i) merged_delta[i] = lambda * (mixed[i] / plain_divisor);
+      } else {
+        // TIES: elect the sign of the summed weighted deltas (0 counts as +), then keep, per
+        // entry, the deltas of that sign and the weights of the models they came from.
+        std::fill(vote, vote + len, 0.0f);
+        std::fill(divisor, divisor + len, 0.0f);
+        for (size_t t = 0; t < models; ++t)
+          for (size_t i = 0; i < len; ++i) vote[i] += deltas[t * kStreamPiece + i];
+        for (size_t t = 0; t < models; ++t) {
+          const float* __restrict d = deltas + t * kStreamPiece;
+          const float w = weight[t];
+          uint64_t agreeing = 0;
+          for (size_t i = 0; i < len; ++i) {
+            const float elected_sign = vote[i] >= 0 ? 1.0f : -1.0f;
+            const float agree = d[i] * elected_sign > 0 ? 1.0f : 0.0f;  // zero deltas never agree
+            mixed[i] += agree * d[i];
+            divisor[i] += agree * w;
+            agreeing += agree != 0;
+          }
+          chunk_elected[t] += agreeing;
+        }
         for (size_t i = 0; i < len; ++i) {
-          const float elected_sign = vote[i] >= 0 ? 1.0f : -1.0f;
-          const float agree = d[i] * elected_sign > 0 ? 1.0f : 0.0f;  // zero deltas never agree
-          mixed[i] += agree * d[i];
-          divisor[i] += agree * w;
-          agreeing += agree != 0;
-        }
-        if (audit) {
-#pragma omp atomic
-          elected[t] += agreeing;
+          const float div = normalize && divisor[i] != 0 ? divisor[i] : 1.0f;
+          merged_delta[i] = lambda * (mixed[i] / div);
         }
       }
-      for (size_t i = 0; i < len; ++i) {
-        const float div = normalize && divisor[i] != 0 ? divisor[i] : 1.0f;
-        merged_delta[i] = lambda * (mixed[i] / div);
-      }
+      for (size_t i = 0; i < len; ++i) result[b + i] = base[i] + merged_delta[i];
+      if (raw)
+        audit->add_deltas(b, raw, kStreamPiece, len);
+      else if (combination)
+        audit->add_deltas(b, deltas, kStreamPiece, len);
     }
-    for (size_t i = 0; i < len; ++i) result[b + i] = base[i] + merged_delta[i];
-    if (raw) audit->add_deltas(b, raw, kStreamChunk, len);
+    if (audit) {
+      for (size_t t = 0; t < models; ++t) {
+#pragma omp atomic
+        kept[t] += chunk_kept[t];
+#pragma omp atomic
+        elected[t] += chunk_elected[t];
+      }
+#pragma omp atomic
+      conflicts += chunk_conflicts;
+    }
   });
   if (audit && sparsify != Sparsification::None) {
     std::vector<double> kept_fraction, elected_fraction;
