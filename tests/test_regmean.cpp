@@ -555,6 +555,41 @@ TEST(RegMeanMerge, SequentialMergingWithSummedStatsEqualsOneMerge) {
   }
 }
 
+// A statistics file with a NaN in one Gram (a file damaged or written by another tool): the
+// merge names the file and the Gram, and writes nothing.
+TEST(RegMeanMerge, NonFiniteStatisticsAreAnErrorNamingTheFileAndTheGram) {
+  const Zoo zoo;
+  std::vector<fs::path> stats;
+  for (size_t t = 0; t < zoo.models.size(); ++t) {
+    stats.push_back(zoo.tmp / ("s" + std::to_string(t) + ".st"));
+    ASSERT_EQ(testing::run_amalgam("stats " + zoo.models[t].string() + " --data " + zoo.tasks[t].string() +
+                                   " --examples 8 -q -o " + stats.back().string())
+                  .code,
+              0);
+  }
+  const std::string bad_gram = clip_gram_name(1, LinearSite::Fc1);
+  {
+    const StatisticsFile good(stats.back());
+    GramStatistics copy{{}, good.weight_grams(), good.rows(), good.examples(), good.tasks(), "damaged"};
+    for (const auto& name : good.gram_names()) {
+      Tensor g = good.gram(name).clone();
+      if (name == bad_gram) g.mutable_data<float>()[5] = std::numeric_limits<float>::quiet_NaN();
+      copy.grams.emplace_back(name, std::move(g));
+    }
+    save_statistics(zoo.tmp / "bad.st", copy, false);
+  }
+  const fs::path cfg = zoo.tmp / "nan.yaml";
+  stats.back() = zoo.tmp / "bad.st";
+  testing::write_bytes(cfg, zoo.yaml("regmean", "stats", stats));
+  const fs::path out = zoo.tmp / "nan-out";
+  const auto r = testing::run_amalgam("merge " + cfg.string() + " -q -o " + out.string());
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(r.err.rfind("amalgam: error: " + (zoo.tmp / "bad.st").string() + ": tensor '" + bad_gram + "': ", 0), 0u)
+      << r.err;
+  EXPECT_NE(r.err.find("NaN or Inf"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST(RegMeanMerge, ConfigErrorsNameTheModel) {
   const Zoo zoo;
   const fs::path cfg = zoo.tmp / "bad.yaml";

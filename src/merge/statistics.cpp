@@ -224,12 +224,18 @@ StatisticsFile::StatisticsFile(const fs::path& path) : reader_(path) {
 std::optional<Tensor> StatisticsFile::gram_for_weight(const std::string& weight_name) const {
   const auto it = weight_grams_.find(weight_name);
   if (it == weight_grams_.end()) return std::nullopt;
-  return reader_.tensor(it->second);
+  return gram(it->second);
 }
 
+// Checked on every read: a NaN in a Gram would otherwise surface as a solve that "produced
+// NaN or Inf from finite inputs", naming the merged layer instead of this file.
 Tensor StatisticsFile::gram(const std::string& gram_name) const {
   if (!reader_.contains(gram_name)) throw InputError(path(), gram_name, "no such Gram");
-  return reader_.tensor(gram_name);
+  Tensor g = reader_.tensor(gram_name);
+  const Tensor values = g.to(DType::F32);  // a view when the mapped bytes are aligned
+  if (!all_finite(values.data<float>().data(), static_cast<size_t>(values.numel())))
+    throw InputError(path(), gram_name, "the Gram contains NaN or Inf");
+  return g;
 }
 
 void write_combined_statistics(const fs::path& file, const std::vector<const StatisticsFile*>& inputs,
