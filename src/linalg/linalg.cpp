@@ -66,7 +66,7 @@ Float8 load8(const float* p) {
 // Pins a value in a register: without it GCC folds a load into every FMA that uses the
 // vector, and the loop becomes bound by loads (two per cycle) instead of by FMAs.
 Float8 in_register(Float8 v) {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__AVX__)  // a 32-byte vector fits one register
   __asm__("" : "+v"(v));
 #endif
   return v;

@@ -39,13 +39,14 @@ void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double a
 // work of a GEMM.
 void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t lda, float beta, float* c, int64_t ldc);
 // C += A A^T for a few long rows, A: [n, k] row-major with leading dimension lda, C: [n, n]
-// row-major in double with leading dimension ldc, upper triangle (j >= i) only: the inner products of a handful of
-// task vectors (the merge audit). Not ssyrk: for n around 10 BLAS packs both operands and
-// fills micro-tiles made for many rows, which made the audit cost 40-80% of a data-free
-// merge (bench/audit_cost.sh). Here rows are taken four by four against four (each row
-// vector loaded once per step, every accumulator in a register), over blocks of 1024
-// columns that stay in L1, in float lanes summed into C in double; the bits do not depend
-// on the thread count.
+// row-major in double with leading dimension ldc, upper triangle (j >= i) only: the inner
+// products of a handful of task vectors (the merge audit). Not ssyrk: for n around 10 BLAS
+// packs both operands and fills micro-tiles made for many rows, which made the audit cost
+// 40-80% of a data-free merge (bench/audit_cost.sh). Here rows are taken in blocks of four
+// (the last of five rather than leave one row alone) against each other, each row vector
+// loaded once per step and every accumulator in a register, which runs at the FMA bound;
+// over blocks of 1024 columns that stay in L1, in float lanes summed into C in double. The
+// bits do not depend on the thread count.
 void add_row_gram(int64_t n, int64_t k, const float* a, int64_t lda, double* c, int64_t ldc);
 
 // Solves A X = B for a symmetric positive semi-definite A ([n, n], row-major, double) and
