@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
@@ -40,23 +41,18 @@ void TensorJob::note_read_error() const {
   if (!*read_error_) *read_error_ = std::current_exception();
 }
 
-void TensorJob::read_input(const Tensor& input, size_t index, size_t begin, size_t end, float* out) const {
-  const size_t n = end - begin, size = dtype_size(input.dtype());
-  try {
-    if (input.dtype() == DType::F32) {
-      input.read_bytes(begin * size, {reinterpret_cast<std::byte*>(out), n * size});
-    } else {
-      thread_local std::vector<std::byte> staging;
-      staging.resize(n * size);
-      input.read_bytes(begin * size, staging);
-      convert_to_f32(input.dtype(), staging.data(), out, n);
-    }
-  } catch (...) {
-    note_read_error();
-    std::fill(out, out + n, 0.0f);
+// F32 inputs are read straight into `out`; others through a staging buffer.
+void TensorJob::read_input(size_t t, size_t begin, size_t end, float* out) const {
+  const size_t n = end - begin;
+  if (input_dtype(t) == DType::F32) {
+    read_stored(t, begin, end, reinterpret_cast<std::byte*>(out));
+    note_nonfinite(t, out, n);
     return;
   }
-  note_nonfinite(index, out, n);
+  thread_local std::vector<std::byte> staging;
+  staging.resize(n * dtype_size(input_dtype(t)));
+  read_stored(t, begin, end, staging.data());
+  stored_to_f32(t, staging.data(), n, out);
 }
 
 void TensorJob::read_stored(size_t t, size_t begin, size_t end, std::byte* out) const {
@@ -91,12 +87,13 @@ void StoredChunk::load(const TensorJob& job, size_t begin, size_t end, bool with
 }
 
 void TensorJob::read_model(size_t t, size_t begin, size_t end, float* out) const {
-  read_input(models_.at(t), t, begin, end, out);
+  if (t >= models_.size()) throw std::out_of_range("TensorJob::read_model: no candidate " + std::to_string(t));
+  read_input(t, begin, end, out);
 }
 
 void TensorJob::read_base(size_t begin, size_t end, float* out) const {
   if (!base_) throw std::logic_error("TensorJob::read_base without a base model");
-  read_input(*base_, models_.size(), begin, end, out);
+  read_input(models_.size(), begin, end, out);
 }
 
 void TensorJob::rethrow_read_error() const {

@@ -95,7 +95,7 @@ class TensorJob {
 
  private:
   const Tensor& input(size_t t) const { return t < models_.size() ? models_[t] : base_.value(); }
-  void read_input(const Tensor& input, size_t index, size_t begin, size_t end, float* out) const;
+  void read_input(size_t t, size_t begin, size_t end, float* out) const;
   void note_read_error() const;
   void note_nonfinite(size_t input, const float* values, size_t n) const;
 
