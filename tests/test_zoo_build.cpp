@@ -1,7 +1,7 @@
 // `zoo build` on a reduced configuration: every artifact is written, the accuracies in
 // zoo.json are what an independent `amalgam eval` of the saved files reports, a second build
-// with the same options is a cache hit, other options need --force, and the build is
-// deterministic.
+// with the same options is a cache hit, other options need --force, the build is
+// deterministic, and small tasks get the epochs that make up the fine-tunes' image floor.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -69,6 +69,26 @@ TEST(ZooBuild, CachedDeterministicAndRefusesOtherOptions) {
   ZooBuildOptions other = o;
   other.finetune.seed += 1;
   EXPECT_THROW(build_zoo(tmp / "a", other, false), InputError);
+}
+
+// A fine-tune sees at least finetune_min_images images: a task with fewer train images gets
+// ceil(floor / n) epochs where that is more than the configured one.
+TEST(ZooBuild, SmallTasksGetMoreEpochsUpToTheImageFloor) {
+  TempDir tmp;
+  ZooBuildOptions o = tiny_zoo();
+  o.finetune.epochs = 1;
+  o.finetune_min_images = 300;
+  const auto zoo = build_zoo(tmp / "zoo", o, false);
+  bool some_task_got_more = false;
+  for (const auto& entry : zoo["tasks"]) {
+    const int64_t n = entry["train_examples_used"].get<int64_t>();
+    int64_t expected = 1;
+    while (expected * n < 300) ++expected;
+    EXPECT_EQ(entry["finetune_epochs"].get<int64_t>(), expected) << entry["task"];
+    some_task_got_more = some_task_got_more || expected > 1;
+  }
+  EXPECT_TRUE(some_task_got_more);
+  EXPECT_EQ(zoo["options"]["finetune_min_images"].get<int64_t>(), 300);
 }
 
 }  // namespace

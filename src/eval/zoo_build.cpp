@@ -1,5 +1,6 @@
 #include "eval/zoo_build.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -101,6 +102,9 @@ ZooBuildOptions ZooBuildOptions::preset(bool small) {
   o.finetune.batch_size = small ? 32 : 128;
   o.finetune.seed = 3;
   o.finetune_examples = small ? 600 : 20000;
+  // Four epochs left MNIST (7,000 images, 220 steps) at 93% where twelve reach 96.7%; with
+  // 60,000 images the 6,000-image tasks get ten epochs, Fashion-MNIST keeps its four.
+  o.finetune_min_images = small ? 0 : 60000;
   return o;
 }
 
@@ -122,7 +126,8 @@ nlohmann::ordered_json ZooBuildOptions::to_json() const {
           {"temperature", temperature},
           {"probe", train_options_json(probe)},
           {"finetune", train_options_json(finetune)},
-          {"finetune_examples", finetune_examples}};
+          {"finetune_examples", finetune_examples},
+          {"finetune_min_images", finetune_min_images}};
 }
 
 nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& options, bool force) {
@@ -191,6 +196,7 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     ClassifierHead frozen = head;
     train::TrainOptions ft = options.finetune;
     ft.seed += i;
+    ft.epochs = std::max(ft.epochs, (options.finetune_min_images + n - 1) / std::max<int64_t>(n, 1));
     ft.quiet = options.quiet;
     train::train_encoder(
         options.model, tuned, frozen, false, n,
@@ -202,6 +208,7 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     nlohmann::ordered_json entry = {{"task", name},
                                     {"classes", task.info.num_classes()},
                                     {"train_examples_used", n},
+                                    {"finetune_epochs", ft.epochs},
                                     {"val", task.val.size()},
                                     {"test", task.test.size()},
                                     {"base_probe_val", accuracy(base_model, task, task.val, head)},

@@ -227,6 +227,12 @@ std::optional<Tensor> StatisticsFile::gram_for_weight(const std::string& weight_
   return gram(it->second);
 }
 
+Shape StatisticsFile::gram_shape(const std::string& gram_name) const {
+  const TensorInfo* info = reader_.find(gram_name);
+  if (!info) throw InputError(path(), gram_name, "no such Gram");
+  return info->shape;
+}
+
 // Checked on every read: a NaN in a Gram would otherwise surface as a solve that "produced
 // NaN or Inf from finite inputs", naming the merged layer instead of this file.
 Tensor StatisticsFile::gram(const std::string& gram_name) const {
@@ -254,7 +260,7 @@ void write_combined_statistics(const fs::path& file, const std::vector<const Sta
       if (std::find(header.tasks.begin(), header.tasks.end(), t) == header.tasks.end()) header.tasks.push_back(t);
   }
   std::vector<TensorSpec> plan;
-  for (const auto& name : first.gram_names()) plan.push_back({name, DType::F32, first.gram(name).shape()});
+  for (const auto& name : first.gram_names()) plan.push_back({name, DType::F32, first.gram_shape(name)});
   SafetensorsWriter writer(file, plan, statistics_metadata(header));
   for (const auto& spec : plan) {
     const size_t n = static_cast<size_t>(shape_numel(spec.shape));

@@ -122,7 +122,9 @@ class StatisticsFile {
   // The Gram read by linear weight `weight_name`, or nullopt when it is not a linear weight
   // these statistics cover.
   std::optional<Tensor> gram_for_weight(const std::string& weight_name) const;
+  // The Gram's values (checked finite) or only its shape (from the header, nothing read).
   Tensor gram(const std::string& gram_name) const;
+  Shape gram_shape(const std::string& gram_name) const;
 
  private:
   SafetensorsReader reader_;
