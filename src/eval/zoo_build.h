@@ -34,7 +34,7 @@ struct ZooBuildOptions {
   train::TrainOptions pretrain, probe, finetune;
   train::ViewAugmentation views;      // the contrastive pretraining's augmentation
   double temperature = 0.2;           // of the contrastive loss
-  int64_t finetune_examples = 20000;  // train images per task used for fine-tuning and probes
+  int64_t finetune_examples = 60000;  // train images per task used for fine-tuning and probes
   // Each fine-tune sees at least this many images: a small task gets more epochs, as the
   // task-vector papers fine-tune every data set for about the same number of steps.
   int64_t finetune_min_images = 0;

@@ -261,7 +261,71 @@ void ClipTrainGraph<T>::block_backward(std::span<const T> params, std::span<T> g
                          gw + o.ln1_w, gw + o.ln1_b);
 }
 
+template <class T>
+ShardedClipGraph<T>::ShardedClipGraph(const ClipVisionConfig& config, bool with_projection, int64_t shard_images)
+    : shard_images_(shard_images) {
+  if (shard_images < 1) throw std::invalid_argument("ShardedClipGraph: shard size must be positive");
+  shards_.emplace_back(config, with_projection);
+}
+
+template <class T>
+void ShardedClipGraph<T>::forward(std::span<const T> params, std::span<const T> pixels, int64_t batch,
+                                  std::vector<T>& features) {
+  const int64_t shards = shard_count(batch);
+  if (shards <= 1) {
+    batch_ = batch;
+    shards_.front().forward(params, pixels, batch, features);
+    return;
+  }
+  const ClipVisionConfig& c = shards_.front().config();
+  const int64_t image_floats = c.num_channels * c.image_size * c.image_size;
+  if (pixels.size() != static_cast<size_t>(batch * image_floats))
+    throw std::invalid_argument("ClipTrainGraph: wrong pixel count");
+  while (static_cast<int64_t>(shards_.size()) < shards) shards_.push_back(shards_.front());
+  shard_features_.resize(static_cast<size_t>(shards));
+  batch_ = batch;
+  parallel_for(static_cast<size_t>(shards), [&](size_t s) {
+    const auto first = static_cast<size_t>(static_cast<int64_t>(s) * shard_images_ * image_floats);
+    const int64_t n = shard_size(static_cast<int64_t>(s));
+    shards_[s].forward(params, pixels.subspan(first, static_cast<size_t>(n * image_floats)), n, shard_features_[s]);
+  });
+  features.clear();
+  for (int64_t s = 0; s < shards; ++s)
+    features.insert(features.end(), shard_features_[s].begin(), shard_features_[s].end());
+}
+
+template <class T>
+void ShardedClipGraph<T>::backward(std::span<const T> params, std::span<const T> dfeatures, std::span<T> grads) {
+  const int64_t shards = shard_count(batch_);
+  if (shards <= 1) {
+    shards_.front().backward(params, dfeatures, grads);
+    return;
+  }
+  const int64_t dim = shards_.front().feature_dim();
+  if (dfeatures.size() != static_cast<size_t>(batch_ * dim))
+    throw std::invalid_argument("ClipTrainGraph: wrong feature-gradient size");
+  // The first shard accumulates into `grads` itself, the others into zeroed buffers.
+  shard_grads_.resize(static_cast<size_t>(shards - 1));
+  parallel_for(static_cast<size_t>(shards), [&](size_t s) {
+    std::span<T> g = grads;
+    if (s > 0) {
+      shard_grads_[s - 1].assign(grads.size(), T(0));
+      g = shard_grads_[s - 1];
+    }
+    const auto first = static_cast<size_t>(static_cast<int64_t>(s) * shard_images_ * dim);
+    const auto n = static_cast<size_t>(shard_size(static_cast<int64_t>(s)) * dim);
+    shards_[s].backward(params, dfeatures.subspan(first, n), g);
+  });
+  // Element by element, shards in order: the same sum whichever thread ran which shard.
+  parallel_chunks(grads.size(), 1 << 15, [&](size_t begin, size_t end) {
+    for (const std::vector<T>& g : shard_grads_)
+      for (size_t i = begin; i < end; ++i) grads[i] += g[i];
+  });
+}
+
 template class ClipTrainGraph<float>;
 template class ClipTrainGraph<double>;
+template class ShardedClipGraph<float>;
+template class ShardedClipGraph<double>;
 
 }  // namespace amalgam::train

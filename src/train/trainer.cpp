@@ -263,7 +263,7 @@ using FeatureLoss = std::function<LossStep(std::span<const float> features, int6
 TrainReport run_training(const ClipVisionConfig& config, ClipVisionWeights& weights, AdamW& adam, int64_t examples,
                          const BatchSource& source, const TrainOptions& options, const FeatureLoss& loss) {
   const bool projection = weights.visual_projection.has_value();
-  ClipTrainGraph<float> graph(config, projection);
+  ShardedClipGraph<float> graph(config, projection);
   std::vector<float> params = flatten_weights(config, weights);
   std::vector<float> grads(params.size());
   for (const ParamSlot& s : graph.layout().slots)
