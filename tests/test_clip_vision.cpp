@@ -727,6 +727,29 @@ TEST(ClipVisionDeterminism, ForwardSameBits) {
   EXPECT_TRUE(same_bits(x.data, reloaded.features(pixels, 3).data));
 }
 
+// A batch larger than a shard runs split across threads (with a partial last shard); a tap
+// forces the whole-batch path. Both compute what the reference computes, and the split is
+// the same bits on every run.
+TEST(ClipVisionDeterminism, LargeBatchSplitAcrossThreads) {
+  const Case c = layout_case();
+  const ClipVisionModel model(config_of(c), make_weights(c, 6));
+  const int64_t batch = 70;
+  const std::vector<float> pixels = random_pixels(static_cast<size_t>(batch * c.channels * c.image * c.image), 7);
+  const Matrix split = model.features(pixels, batch);
+  int64_t tapped_rows = 0;
+  const Matrix whole = model.features(pixels, batch, [&](const LinearInput& in) {
+    if (in.layer == 0 && in.site == LinearSite::Qkv) tapped_rows += in.rows;
+  });
+  EXPECT_EQ(tapped_rows, batch * config_of(c).tokens());  // one call: the whole batch
+  TempDir tmp;
+  save_clip_vision(tmp / "m", config_of(c), make_weights(c, 6), DType::F32, false);
+  const RefTrace want = ClipReference(tmp / "m", ref_config_of(c)).forward(pixels, batch);
+  ASSERT_EQ(split.data.size(), want.features.size());
+  EXPECT_LT(rel_diff(split.data.data(), want.features), kTol);
+  EXPECT_LT(rel_diff(whole.data.data(), want.features), kTol);
+  EXPECT_TRUE(same_bits(split.data, model.features(pixels, batch).data));
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Config.
 

@@ -73,6 +73,19 @@ TEST(TrainOpsGradient, Linear) {
   check_gradient(x, dx, loss, "dx");
   check_gradient(w, dw, loss, "dW");
   check_gradient(b, db, loss, "db");
+
+  // The residual form against a direct loop, into a separate output and in place.
+  const auto residual = random_vector(rows * out, 5);
+  std::vector<double> y(rows * out), y_in_place = residual;
+  linear_forward<double>(x.data(), rows, in, w.data(), b.data(), out, y.data(), residual.data());
+  linear_forward<double>(x.data(), rows, in, w.data(), b.data(), out, y_in_place.data(), y_in_place.data());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t o = 0; o < out; ++o) {
+      double expect = b[o] + residual[i * out + o];
+      for (int64_t k = 0; k < in; ++k) expect += x[i * in + k] * w[o * in + k];
+      EXPECT_NEAR(y[i * out + o], expect, 1e-12);
+      EXPECT_NEAR(y_in_place[i * out + o], expect, 1e-12);
+    }
 }
 
 TEST(TrainOpsGradient, LayerNorm) {
@@ -124,19 +137,41 @@ TEST(TrainOpsGradient, FloatActivationsMatchInferenceEngine) {
 TEST(TrainOpsGradient, Attention) {
   const int64_t batch = 2, tokens = 5, width = 6, heads = 2;
   const size_t n = batch * tokens * width;
-  auto q = random_vector(n, 12), k = random_vector(n, 13), v = random_vector(n, 14), r = random_vector(n, 15);
+  auto qkv = random_vector(3 * n, 12), r = random_vector(n, 15);
   std::vector<double> probs(batch * heads * tokens * tokens), ctx(n);
+  const double scale = 0.7;
   auto loss = [&] {
-    attention_forward<double>(q.data(), k.data(), v.data(), batch, tokens, width, heads, probs.data(), ctx.data());
+    attention_forward<double>(qkv.data(), batch, tokens, width, heads, scale, probs.data(), ctx.data());
     return dot(ctx, r);
   };
   loss();
-  std::vector<double> dq(n), dk(n), dv(n);
-  attention_backward<double>(q.data(), k.data(), v.data(), probs.data(), r.data(), batch, tokens, width, heads,
-                             dq.data(), dk.data(), dv.data());
-  check_gradient(q, dq, loss, "dq");
-  check_gradient(k, dk, loss, "dk");
-  check_gradient(v, dv, loss, "dv");
+  std::vector<double> dqkv(3 * n);
+  attention_backward<double>(qkv.data(), probs.data(), r.data(), batch, tokens, width, heads, scale, dqkv.data());
+  check_gradient(qkv, dqkv, loss, "dqkv");
+
+  // The forward against a direct loop: row t of image b, head h attends over the image's tokens.
+  loss();  // check_gradient's last call left a perturbed forward behind
+  const int64_t hd = width / heads;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t t = 0; t < tokens; ++t) {
+        auto at = [&](int64_t token, int64_t part, int64_t i) {
+          return qkv[static_cast<size_t>((b * tokens + token) * 3 * width + part * width + h * hd + i)];
+        };
+        std::vector<double> weights(static_cast<size_t>(tokens));
+        double total = 0;
+        for (int64_t u = 0; u < tokens; ++u) {
+          double s = 0;
+          for (int64_t i = 0; i < hd; ++i) s += at(t, 0, i) * at(u, 1, i);
+          weights[static_cast<size_t>(u)] = std::exp(scale * s);
+          total += weights[static_cast<size_t>(u)];
+        }
+        for (int64_t i = 0; i < hd; ++i) {
+          double expect = 0;
+          for (int64_t u = 0; u < tokens; ++u) expect += weights[static_cast<size_t>(u)] / total * at(u, 2, i);
+          EXPECT_NEAR(ctx[static_cast<size_t>((b * tokens + t) * width + h * hd + i)], expect, 1e-12);
+        }
+      }
 }
 
 TEST(TrainOpsGradient, L2NormalizeAndCrossEntropy) {

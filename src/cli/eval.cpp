@@ -35,7 +35,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--task", a->tasks, "task directory (repeat with --head for several)")->required();
   cmd->add_option("--head", a->heads, "head file for the --task at the same position")->required();
   cmd->add_option("--split", a->split, "split to evaluate (default test)");
-  cmd->add_option("--batch-size", a->options.batch_size, "images per forward (default 32)")
+  cmd->add_option("--batch-size", a->options.batch_size, "images per forward (default 256)")
       ->check(CLI::Range(1, 65536));
   cmd->add_option("--max-examples", a->options.max_examples, "evaluate a seeded sample of this many (default all)")
       ->check(CLI::Range(0, 1 << 30));

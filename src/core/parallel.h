@@ -12,6 +12,8 @@
 namespace amalgam {
 
 int num_threads();
+// The calling thread's number in the innermost parallel region: [0, num_threads()), 0 outside one.
+int thread_index();
 
 // Calls fn(begin, end) on consecutive ranges of at most `chunk` elements covering [0, n).
 // fn must not throw: an exception cannot leave an OpenMP region.

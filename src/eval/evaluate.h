@@ -14,7 +14,7 @@
 namespace amalgam {
 
 struct EvalOptions {
-  int64_t batch_size = 32;
+  int64_t batch_size = 256;  // the forward splits it across threads (ClipVisionModel::features)
   int64_t max_examples = 0;  // 0: the whole split; otherwise a seeded sample of this many
   uint64_t seed = 0;
   bool quiet = false;

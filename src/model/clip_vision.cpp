@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/lane_sum.h"
 #include "core/parallel.h"
 #include "core/random.h"
 #include "core/tensor.h"
@@ -369,13 +370,9 @@ void layer_norm(const float* x, float* y, int64_t rows, int64_t width, const Lay
     for (size_t r = begin; r < end; ++r) {
       const float* xr = x + r * static_cast<size_t>(width);
       float* yr = y + r * static_cast<size_t>(width);
-      double sum = 0;
-      for (int64_t i = 0; i < width; ++i) sum += xr[i];
-      const double mean = sum / static_cast<double>(width);
-      double sq = 0;
-      for (int64_t i = 0; i < width; ++i) sq += (xr[i] - mean) * (xr[i] - mean);
-      const float inv = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(width) + eps));
-      const float m = static_cast<float>(mean);
+      const float m = lane_sum<float>(width, [xr](int64_t i) { return xr[i]; }) / static_cast<float>(width);
+      const float sq = lane_sum<float>(width, [xr, m](int64_t i) { return (xr[i] - m) * (xr[i] - m); });
+      const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(sq) / static_cast<double>(width) + eps));
       for (int64_t i = 0; i < width; ++i) yr[i] = (xr[i] - m) * inv * g[i] + b[i];
     }
   });
@@ -483,6 +480,12 @@ void call_tap(const LinearTap& tap, int64_t layer, LinearSite site, const float*
 }  // namespace
 
 HiddenStates ClipVisionModel::embed(std::span<const float> pixels, int64_t batch) const {
+  HiddenStates h;
+  embed(pixels, batch, h);
+  return h;
+}
+
+void ClipVisionModel::embed(std::span<const float> pixels, int64_t batch, HiddenStates& h) const {
   const auto& c = config_;
   const int64_t g = c.patches_per_side(), p = c.patch_size, ch = c.num_channels, side = c.image_size;
   const int64_t d = c.hidden_size, tokens = c.tokens(), kernel = ch * p * p;
@@ -490,12 +493,11 @@ HiddenStates ClipVisionModel::embed(std::span<const float> pixels, int64_t batch
     throw std::invalid_argument("ClipVisionModel::embed: " + std::to_string(pixels.size()) + " pixel values for " +
                                 std::to_string(batch) + " images of " + std::to_string(ch) + "x" +
                                 std::to_string(side) + "x" + std::to_string(side));
-  HiddenStates h;
   h.batch = batch;
   h.tokens = tokens;
   h.width = d;
-  h.data.resize(static_cast<size_t>(batch * tokens * d));
-  if (batch == 0) return h;
+  resize(h.data, static_cast<size_t>(batch * tokens * d));
+  if (batch == 0) return;
 
   // The stride-P convolution is one GEMM over every patch of the batch (im2col), with the
   // patch flattened in the kernel's (channel, y, x) order.
@@ -518,7 +520,6 @@ HiddenStates ClipVisionModel::embed(std::span<const float> pixels, int64_t batch
     }
   });
   layer_norm(h.data.data(), h.data.data(), batch * tokens, d, weights_.pre_layrnorm, c.layer_norm_eps);
-  return h;
 }
 
 void run_clip_block(const ClipVisionConfig& c, const ClipBlockWeights& w, int64_t layer, HiddenStates& h,
@@ -562,6 +563,31 @@ Matrix ClipVisionModel::pool(const HiddenStates& h, const LinearTap& tap) const 
 }
 
 Matrix ClipVisionModel::features(std::span<const float> pixels, int64_t batch, const LinearTap& tap) const {
+  // Without a tap (which sees whole-batch activations in order), a large batch runs as
+  // shards of kShardImages images, one per thread with single-threaded BLAS inside, each
+  // thread reusing one set of buffers: threaded GEMMs of a zoo-sized model spent more time
+  // at their barriers than multiplying, and fresh buffers per shard more in page faults.
+  // Every operation works row by row or image by image, so the features are the same.
+  constexpr int64_t kShardImages = 32;
+  const int threads = num_threads();
+  if (!tap && batch > kShardImages && threads > 1) {
+    const size_t image_floats = static_cast<size_t>(config_.num_channels * config_.image_size * config_.image_size);
+    if (pixels.size() != static_cast<size_t>(batch) * image_floats)
+      throw std::invalid_argument("ClipVisionModel::features: " + std::to_string(pixels.size()) + " pixel values for " +
+                                  std::to_string(batch) + " images");
+    Matrix out(batch, feature_dim());
+    std::vector<HiddenStates> states(static_cast<size_t>(threads));
+    const int64_t shards = (batch + kShardImages - 1) / kShardImages;
+    parallel_for(static_cast<size_t>(shards), [&](size_t s) {
+      const int64_t first = static_cast<int64_t>(s) * kShardImages, n = std::min(kShardImages, batch - first);
+      HiddenStates& h = states[static_cast<size_t>(thread_index())];
+      embed(pixels.subspan(static_cast<size_t>(first) * image_floats, static_cast<size_t>(n) * image_floats), n, h);
+      for (int64_t l = 0; l < config_.num_hidden_layers; ++l) run_block(l, h);
+      const Matrix f = pool(h);
+      std::copy(f.data.begin(), f.data.end(), out.row(first));
+    });
+    return out;
+  }
   HiddenStates h = embed(pixels, batch);
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) run_block(l, h, tap);
   return pool(h, tap);

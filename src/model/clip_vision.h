@@ -158,6 +158,8 @@ class ClipVisionModel {
 
   // pixels: [batch, C, H, W], already normalized (Hugging Face's pixel_values).
   HiddenStates embed(std::span<const float> pixels, int64_t batch) const;
+  // The same into `h`, reusing its buffers (fresh pages cost more than a small model's math).
+  void embed(std::span<const float> pixels, int64_t batch, HiddenStates& h) const;
   void run_block(int64_t layer, HiddenStates& h, const LinearTap& tap = {}) const;
   // post_layernorm of the CLS tokens, then the projection when there is one: [batch, feature_dim].
   Matrix pool(const HiddenStates& h, const LinearTap& tap = {}) const;

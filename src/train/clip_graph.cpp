@@ -10,10 +10,44 @@
 
 namespace amalgam::train {
 
+namespace {
+
+bool is_qkv(const std::string& name) {
+  for (const char* proj : {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."})
+    if (name.find(proj) != std::string::npos) return true;
+  return false;
+}
+
+// The parameters in checkpoint order, except that each layer's q, k and v projections sit
+// side by side, weights then biases: one [3 * width, width] matrix and one bias, so that the
+// three projections are one GEMM.
+std::vector<ClipParameter> layout_order(const ClipVisionConfig& config, ClipVisionWeights& weights,
+                                        bool with_projection) {
+  const std::vector<ClipParameter> params = clip_parameters(config, weights, with_projection);
+  auto find = [&](const std::string& name) {
+    return *std::find_if(params.begin(), params.end(), [&](const ClipParameter& p) { return p.name == name; });
+  };
+  std::vector<ClipParameter> order;
+  for (const ClipParameter& p : params) {
+    if (!is_qkv(p.name)) {
+      order.push_back(p);
+      continue;
+    }
+    const std::string suffix = "q_proj.weight";
+    if (!p.name.ends_with(suffix)) continue;  // placed with its layer's q_proj.weight
+    const std::string prefix = p.name.substr(0, p.name.size() - suffix.size());
+    for (const char* part : {"weight", "bias"})
+      for (const char* proj : {"q_proj.", "k_proj.", "v_proj."}) order.push_back(find(prefix + proj + part));
+  }
+  return order;
+}
+
+}  // namespace
+
 ParamLayout ParamLayout::for_clip(const ClipVisionConfig& config, bool with_projection) {
   ClipVisionWeights scratch;
   ParamLayout layout;
-  for (const ClipParameter& p : clip_parameters(config, scratch, with_projection)) {
+  for (const ClipParameter& p : layout_order(config, scratch, with_projection)) {
     ParamSlot s;
     s.name = p.name;
     s.shape = p.shape;
@@ -35,7 +69,7 @@ const ParamSlot& ParamLayout::at(const std::string& name) const {
 std::vector<float> flatten_weights(const ClipVisionConfig& config, const ClipVisionWeights& weights) {
   ClipVisionWeights copy = weights;  // clip_parameters() takes mutable weights; shapes match
   std::vector<float> flat;
-  for (const ClipParameter& p : clip_parameters(config, copy, weights.visual_projection.has_value()))
+  for (const ClipParameter& p : layout_order(config, copy, weights.visual_projection.has_value()))
     flat.insert(flat.end(), p.data, p.data + shape_numel(p.shape));
   return flat;
 }
@@ -43,7 +77,7 @@ std::vector<float> flatten_weights(const ClipVisionConfig& config, const ClipVis
 ClipVisionWeights unflatten_weights(const ClipVisionConfig& config, std::span<const float> flat, bool with_projection) {
   ClipVisionWeights w;
   size_t offset = 0;
-  for (const ClipParameter& p : clip_parameters(config, w, with_projection)) {
+  for (const ClipParameter& p : layout_order(config, w, with_projection)) {
     const auto n = static_cast<size_t>(shape_numel(p.shape));
     if (offset + n > flat.size()) throw std::invalid_argument("unflatten_weights: parameter vector too short");
     std::copy(flat.begin() + static_cast<long>(offset), flat.begin() + static_cast<long>(offset + n), p.data);
@@ -67,12 +101,15 @@ ClipTrainGraph<T>::ClipTrainGraph(const ClipVisionConfig& config, bool with_proj
   if (with_projection) proj_w_ = off("visual_projection.weight");
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     const std::string p = clip_layer_prefix(l);
-    blocks_.push_back(
-        {off(p + "layer_norm1.weight"), off(p + "layer_norm1.bias"), off(p + "self_attn.q_proj.weight"),
-         off(p + "self_attn.q_proj.bias"), off(p + "self_attn.k_proj.weight"), off(p + "self_attn.k_proj.bias"),
-         off(p + "self_attn.v_proj.weight"), off(p + "self_attn.v_proj.bias"), off(p + "self_attn.out_proj.weight"),
-         off(p + "self_attn.out_proj.bias"), off(p + "layer_norm2.weight"), off(p + "layer_norm2.bias"),
-         off(p + "mlp.fc1.weight"), off(p + "mlp.fc1.bias"), off(p + "mlp.fc2.weight"), off(p + "mlp.fc2.bias")});
+    blocks_.push_back({off(p + "layer_norm1.weight"), off(p + "layer_norm1.bias"), off(p + "self_attn.q_proj.weight"),
+                       off(p + "self_attn.q_proj.bias"), off(p + "self_attn.out_proj.weight"),
+                       off(p + "self_attn.out_proj.bias"), off(p + "layer_norm2.weight"), off(p + "layer_norm2.bias"),
+                       off(p + "mlp.fc1.weight"), off(p + "mlp.fc1.bias"), off(p + "mlp.fc2.weight"),
+                       off(p + "mlp.fc2.bias")});
+    const size_t dd = static_cast<size_t>(config.hidden_size * config.hidden_size);
+    if (off(p + "self_attn.v_proj.weight") != blocks_.back().qkv_w + 2 * dd ||
+        off(p + "self_attn.v_proj.bias") != blocks_.back().qkv_b + 2 * static_cast<size_t>(config.hidden_size))
+      throw std::logic_error("ClipTrainGraph: q, k and v projections are not side by side in the layout");
   }
   caches_.resize(blocks_.size());
 }
@@ -142,34 +179,29 @@ void ClipTrainGraph<T>::block_forward(std::span<const T> params, const BlockOffs
   const auto& cfg = config_;
   const int64_t rows = batch_ * cfg.tokens(), d = cfg.hidden_size, f = cfg.intermediate_size;
   const T* w = params.data();
-  c.x_in = h;
-  for (auto* v : {&c.ln1_xhat, &c.ln1_out, &c.q, &c.k, &c.v, &c.context, &c.x_mid, &c.ln2_xhat, &c.ln2_out})
-    sized(*v, rows * d);
+  for (auto* v : {&c.ln1_xhat, &c.ln1_out, &c.context, &c.ln2_xhat, &c.ln2_out, &work_.x_mid}) sized(*v, rows * d);
   sized(c.ln1_rstd, rows);
   sized(c.ln2_rstd, rows);
+  sized(c.qkv, rows * 3 * d);
   sized(c.fc1_pre, rows * f);
   sized(c.act, rows * f);
   sized(c.probs, batch_ * cfg.num_attention_heads * cfg.tokens() * cfg.tokens());
 
+  // x_mid = h + out_proj(attention(LN1(h))); h = x_mid + fc2(act(fc1(LN2(x_mid)))).
+  auto& x_mid = work_.x_mid;
   layer_norm_forward<T>(h.data(), rows, d, w + o.ln1_w, w + o.ln1_b, cfg.layer_norm_eps, c.ln1_out.data(),
                         c.ln1_xhat.data(), c.ln1_rstd.data());
-  linear_forward<T>(c.ln1_out.data(), rows, d, w + o.q_w, w + o.q_b, d, c.q.data());
-  linear_forward<T>(c.ln1_out.data(), rows, d, w + o.k_w, w + o.k_b, d, c.k.data());
-  linear_forward<T>(c.ln1_out.data(), rows, d, w + o.v_w, w + o.v_b, d, c.v.data());
+  linear_forward<T>(c.ln1_out.data(), rows, d, w + o.qkv_w, w + o.qkv_b, 3 * d, c.qkv.data());
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(cfg.head_dim())));
-  for (auto& x : c.q) x *= scale;
-  attention_forward<T>(c.q.data(), c.k.data(), c.v.data(), batch_, cfg.tokens(), d, cfg.num_attention_heads,
-                       c.probs.data(), c.context.data());
-  // x_mid = x_in + out_proj(context)
-  linear_forward<T>(c.context.data(), rows, d, w + o.o_w, w + o.o_b, d, c.x_mid.data());
-  for (size_t i = 0; i < c.x_mid.size(); ++i) c.x_mid[i] += c.x_in[i];
+  attention_forward<T>(c.qkv.data(), batch_, cfg.tokens(), d, cfg.num_attention_heads, scale, c.probs.data(),
+                       c.context.data());
+  linear_forward<T>(c.context.data(), rows, d, w + o.o_w, w + o.o_b, d, x_mid.data(), h.data());
 
-  layer_norm_forward<T>(c.x_mid.data(), rows, d, w + o.ln2_w, w + o.ln2_b, cfg.layer_norm_eps, c.ln2_out.data(),
+  layer_norm_forward<T>(x_mid.data(), rows, d, w + o.ln2_w, w + o.ln2_b, cfg.layer_norm_eps, c.ln2_out.data(),
                         c.ln2_xhat.data(), c.ln2_rstd.data());
   linear_forward<T>(c.ln2_out.data(), rows, d, w + o.fc1_w, w + o.fc1_b, f, c.fc1_pre.data());
   activation_forward<T>(cfg.hidden_act, c.fc1_pre.data(), c.act.data(), c.act.size());
-  linear_forward<T>(c.act.data(), rows, f, w + o.fc2_w, w + o.fc2_b, d, h.data());
-  for (size_t i = 0; i < h.size(); ++i) h[i] += c.x_mid[i];
+  linear_forward<T>(c.act.data(), rows, f, w + o.fc2_w, w + o.fc2_b, d, h.data(), x_mid.data());
 }
 
 template <class T>
@@ -248,15 +280,13 @@ void ClipTrainGraph<T>::block_backward(std::span<const T> params, std::span<T> g
   sized(dcontext, rows * d);
   linear_backward<T>(c.context.data(), dh.data(), rows, d, w + o.o_w, d, dcontext.data(), false, gw + o.o_w,
                      gw + o.o_b);
-  auto &dq = work_.dq, &dk = work_.dk, &dv = work_.dv;
-  for (auto* v : {&dq, &dk, &dv}) sized(*v, rows * d);
-  attention_backward<T>(c.q.data(), c.k.data(), c.v.data(), c.probs.data(), dcontext.data(), batch_, cfg.tokens(), d,
-                        cfg.num_attention_heads, dq.data(), dk.data(), dv.data());
+  auto& dqkv = work_.dqkv;
+  sized(dqkv, rows * 3 * d);
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(cfg.head_dim())));
-  for (auto& x : dq) x *= scale;
-  linear_backward<T>(c.ln1_out.data(), dq.data(), rows, d, w + o.q_w, d, dnorm.data(), false, gw + o.q_w, gw + o.q_b);
-  linear_backward<T>(c.ln1_out.data(), dk.data(), rows, d, w + o.k_w, d, dnorm.data(), true, gw + o.k_w, gw + o.k_b);
-  linear_backward<T>(c.ln1_out.data(), dv.data(), rows, d, w + o.v_w, d, dnorm.data(), true, gw + o.v_w, gw + o.v_b);
+  attention_backward<T>(c.qkv.data(), c.probs.data(), dcontext.data(), batch_, cfg.tokens(), d, cfg.num_attention_heads,
+                        scale, dqkv.data());
+  linear_backward<T>(c.ln1_out.data(), dqkv.data(), rows, d, w + o.qkv_w, 3 * d, dnorm.data(), false, gw + o.qkv_w,
+                     gw + o.qkv_b);
   layer_norm_backward<T>(dnorm.data(), c.ln1_xhat.data(), c.ln1_rstd.data(), rows, d, w + o.ln1_w, dh.data(), true,
                          gw + o.ln1_w, gw + o.ln1_b);
 }

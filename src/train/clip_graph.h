@@ -1,8 +1,9 @@
 // The CLIP vision model as a differentiable function of one flat parameter vector:
 // forward keeps what backward needs, backward accumulates the gradient of <features, dF>.
-// The flat vector holds the tensors of clip_parameters() in checkpoint order, so the
-// optimizer, gradient clipping and finite-difference checks are loops over one array, and
-// converting to and from ClipVisionWeights is a copy.
+// The flat vector holds the tensors of clip_parameters() in checkpoint order, except that
+// each layer's q, k and v projections sit side by side (one GEMM), so the optimizer,
+// gradient clipping and finite-difference checks are loops over one array, and converting
+// to and from ClipVisionWeights is a copy.
 #pragma once
 
 #include <algorithm>
@@ -49,13 +50,13 @@ class ClipTrainGraph {
   void backward(std::span<const T> params, std::span<const T> dfeatures, std::span<T> grads);
 
  private:
+  // qkv_w is q_proj's weight, followed by k_proj's and v_proj's (ParamLayout puts them so).
   struct BlockOffsets {
-    size_t ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+    size_t ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
   };
   // What one block's backward needs from its forward.
   struct BlockCache {
-    std::vector<T> x_in, ln1_xhat, ln1_rstd, ln1_out, q, k, v, probs, context, x_mid, ln2_xhat, ln2_rstd, ln2_out,
-        fc1_pre, act;
+    std::vector<T> ln1_xhat, ln1_rstd, ln1_out, qkv, probs, context, ln2_xhat, ln2_rstd, ln2_out, fc1_pre, act;
   };
 
   void block_forward(std::span<const T> params, const BlockOffsets& o, BlockCache& c, std::vector<T>& h);
@@ -73,7 +74,7 @@ class ClipTrainGraph {
   std::vector<BlockCache> caches_;
   // Work buffers reused from step to step: fresh pages cost more than the arithmetic here.
   struct Work {
-    std::vector<T> patch_out, h, cls, dpooled, dcls, dh, de, dpatch, dact, dnorm, dcontext, dq, dk, dv;
+    std::vector<T> patch_out, h, x_mid, cls, dpooled, dcls, dh, de, dpatch, dact, dnorm, dcontext, dqkv;
   } work_;
 };
 

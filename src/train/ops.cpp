@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "core/lane_sum.h"
 #include "core/parallel.h"
 
 namespace amalgam::train {
@@ -102,25 +103,32 @@ void softmax_row(T* row, int64_t n) {
 }  // namespace
 
 template <class T>
-void linear_forward(const T* x, int64_t rows, int64_t in, const T* w, const T* b, int64_t out, T* y) {
-  gemm<T>(false, true, rows, out, in, T(1), x, in, w, in, T(0), y, out);
-  if (!b) return;
+void linear_forward(const T* x, int64_t rows, int64_t in, const T* w, const T* b, int64_t out, T* y,
+                    const T* residual) {
+  if (!b && !residual) return gemm<T>(false, true, rows, out, in, T(1), x, in, w, in, T(0), y, out);
+  // The bias and residual go in first and the GEMM adds to them (beta = 1): two passes over
+  // y, where a GEMM into zeros (OpenBLAS clears y first) and a pass adding them take three.
   parallel_chunks(static_cast<size_t>(rows), kRowChunk, [&](size_t begin, size_t end) {
     for (size_t r = begin; r < end; ++r) {
       T* yr = y + r * static_cast<size_t>(out);
-      for (int64_t i = 0; i < out; ++i) yr[i] += b[i];
+      const T* rr = residual ? residual + r * static_cast<size_t>(out) : nullptr;
+      for (int64_t i = 0; i < out; ++i) yr[i] = (b ? b[i] : T(0)) + (rr ? rr[i] : T(0));
     }
   });
+  gemm<T>(false, true, rows, out, in, T(1), x, in, w, in, T(1), y, out);
 }
 
 template <class T>
 void linear_backward(const T* x, const T* dy, int64_t rows, int64_t in, const T* w, int64_t out, T* dx,
                      bool accumulate_dx, T* dw, T* db) {
   if (dw) gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
-  if (db) {
-    const std::vector<T> ones(static_cast<size_t>(rows), T(1));
-    gemm<T>(true, false, out, 1, rows, T(1), dy, out, ones.data(), 1, T(1), db, 1);
-  }
+  // Column sums as a loop: a GEMM against a column of ones would copy all of dy into its
+  // packed layout first, for one output column.
+  if (db)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* dyr = dy + r * out;
+      for (int64_t i = 0; i < out; ++i) db[i] += dyr[i];
+    }
   if (dx) gemm<T>(false, false, rows, in, out, T(1), dy, out, w, in, accumulate_dx ? T(1) : T(0), dx, in);
 }
 
@@ -130,17 +138,14 @@ void layer_norm_forward(const T* x, int64_t rows, int64_t d, const T* g, const T
   parallel_chunks(static_cast<size_t>(rows), kRowChunk, [&](size_t begin, size_t end) {
     for (size_t r = begin; r < end; ++r) {
       const T* xr = x + r * static_cast<size_t>(d);
-      double sum = 0;
-      for (int64_t i = 0; i < d; ++i) sum += xr[i];
-      const double mean = sum / static_cast<double>(d);
-      double sq = 0;
-      for (int64_t i = 0; i < d; ++i) sq += (xr[i] - mean) * (xr[i] - mean);
-      const T inv = static_cast<T>(1.0 / std::sqrt(sq / static_cast<double>(d) + eps));
+      const T mean = lane_sum<T>(d, [xr](int64_t i) { return xr[i]; }) / static_cast<T>(d);
+      const T sq = lane_sum<T>(d, [xr, mean](int64_t i) { return (xr[i] - mean) * (xr[i] - mean); });
+      const T inv = static_cast<T>(1.0 / std::sqrt(static_cast<double>(sq) / static_cast<double>(d) + eps));
       rstd[r] = inv;
       T* hr = xhat + r * static_cast<size_t>(d);
       T* yr = y + r * static_cast<size_t>(d);
       for (int64_t i = 0; i < d; ++i) {
-        hr[i] = (xr[i] - static_cast<T>(mean)) * inv;
+        hr[i] = (xr[i] - mean) * inv;
         yr[i] = hr[i] * g[i] + b[i];
       }
     }
@@ -151,27 +156,19 @@ template <class T>
 void layer_norm_backward(const T* dy, const T* xhat, const T* rstd, int64_t rows, int64_t d, const T* g, T* dx,
                          bool accumulate_dx, T* dg, T* db) {
   // Parameter gradients: column sums, serial over rows (a few hundred thousand adds).
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* dyr = dy + r * d;
-    const T* hr = xhat + r * d;
+  for (int64_t r = 0; r < rows && (dg || db); ++r)
     for (int64_t i = 0; i < d; ++i) {
-      if (dg) dg[i] += dyr[i] * hr[i];
-      if (db) db[i] += dyr[i];
+      if (dg) dg[i] += dy[r * d + i] * xhat[r * d + i];
+      if (db) db[i] += dy[r * d + i];
     }
-  }
   if (!dx) return;
   parallel_chunks(static_cast<size_t>(rows), kRowChunk, [&](size_t begin, size_t end) {
     for (size_t r = begin; r < end; ++r) {
       const T* dyr = dy + r * static_cast<size_t>(d);
       const T* hr = xhat + r * static_cast<size_t>(d);
       T* dxr = dx + r * static_cast<size_t>(d);
-      double mean_dg = 0, mean_dgh = 0;
-      for (int64_t i = 0; i < d; ++i) {
-        mean_dg += static_cast<double>(dyr[i] * g[i]);
-        mean_dgh += static_cast<double>(dyr[i] * g[i] * hr[i]);
-      }
-      const T a = static_cast<T>(mean_dg / static_cast<double>(d));
-      const T c = static_cast<T>(mean_dgh / static_cast<double>(d));
+      const T a = lane_sum<T>(d, [dyr, g](int64_t i) { return dyr[i] * g[i]; }) / static_cast<T>(d);
+      const T c = lane_sum<T>(d, [dyr, g, hr](int64_t i) { return dyr[i] * g[i] * hr[i]; }) / static_cast<T>(d);
       for (int64_t i = 0; i < d; ++i) {
         const T v = rstd[r] * (dyr[i] * g[i] - a - hr[i] * c);
         dxr[i] = accumulate_dx ? dxr[i] + v : v;
@@ -199,35 +196,41 @@ void activation_backward(Activation act, const T* x, const T* dy, T* dx, size_t 
 }
 
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, int64_t batch, int64_t tokens, int64_t width, int64_t heads,
-                       T* probs, T* context) {
-  const int64_t hd = width / heads, pairs = batch * heads;
+void attention_forward(const T* qkv, int64_t batch, int64_t tokens, int64_t width, int64_t heads, T scale, T* probs,
+                       T* context) {
+  const int64_t hd = width / heads, pairs = batch * heads, ld = 3 * width;
 #pragma omp parallel for schedule(static) if (pairs * tokens * tokens * hd > kParallelAttentionWork)
   for (int64_t p = 0; p < pairs; ++p) {
     const int64_t b = p / heads, h = p % heads;
-    const int64_t off = b * tokens * width + h * hd;
+    const T* q = qkv + b * tokens * ld + h * hd;
+    const T* k = q + width;
+    const T* v = q + 2 * width;
     T* s = probs + p * tokens * tokens;
-    gemm<T>(false, true, tokens, tokens, hd, T(1), q + off, width, k + off, width, T(0), s, tokens);
+    gemm<T>(false, true, tokens, tokens, hd, scale, q, ld, k, ld, T(0), s, tokens);
     for (int64_t r = 0; r < tokens; ++r) softmax_row(s + r * tokens, tokens);
-    gemm<T>(false, false, tokens, hd, tokens, T(1), s, tokens, v + off, width, T(0), context + off, width);
+    gemm<T>(false, false, tokens, hd, tokens, T(1), s, tokens, v, ld, T(0), context + b * tokens * width + h * hd,
+            width);
   }
 }
 
 template <class T>
-void attention_backward(const T* q, const T* k, const T* v, const T* probs, const T* dcontext, int64_t batch,
-                        int64_t tokens, int64_t width, int64_t heads, T* dq, T* dk, T* dv) {
-  const int64_t hd = width / heads, pairs = batch * heads;
+void attention_backward(const T* qkv, const T* probs, const T* dcontext, int64_t batch, int64_t tokens, int64_t width,
+                        int64_t heads, T scale, T* dqkv) {
+  const int64_t hd = width / heads, pairs = batch * heads, ld = 3 * width;
 #pragma omp parallel if (pairs * tokens * tokens * hd > kParallelAttentionWork)
   {
     std::vector<T> ds(static_cast<size_t>(tokens * tokens));
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < pairs; ++p) {
       const int64_t b = p / heads, h = p % heads;
-      const int64_t off = b * tokens * width + h * hd;
+      const int64_t off = b * tokens * ld + h * hd;
+      const T *q = qkv + off, *k = q + width, *v = q + 2 * width;
+      T *dq = dqkv + off, *dk = dq + width, *dv = dq + 2 * width;
+      const T* dc = dcontext + b * tokens * width + h * hd;
       const T* pr = probs + p * tokens * tokens;
-      // dV = P^T dC; dP = dC V^T; dS = P * (dP - rowsum(dP * P)); dQ = dS K; dK = dS^T Q.
-      gemm<T>(true, false, tokens, hd, tokens, T(1), pr, tokens, dcontext + off, width, T(0), dv + off, width);
-      gemm<T>(false, true, tokens, tokens, hd, T(1), dcontext + off, width, v + off, width, T(0), ds.data(), tokens);
+      // dV = P^T dC; dP = dC V^T; dS = P * (dP - rowsum(dP * P)); dQ = scale dS K; dK = scale dS^T Q.
+      gemm<T>(true, false, tokens, hd, tokens, T(1), pr, tokens, dc, width, T(0), dv, ld);
+      gemm<T>(false, true, tokens, tokens, hd, T(1), dc, width, v, ld, T(0), ds.data(), tokens);
       for (int64_t r = 0; r < tokens; ++r) {
         T* dr = ds.data() + r * tokens;
         const T* prr = pr + r * tokens;
@@ -235,8 +238,8 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
         for (int64_t j = 0; j < tokens; ++j) dot += dr[j] * prr[j];
         for (int64_t j = 0; j < tokens; ++j) dr[j] = prr[j] * (dr[j] - dot);
       }
-      gemm<T>(false, false, tokens, hd, tokens, T(1), ds.data(), tokens, k + off, width, T(0), dq + off, width);
-      gemm<T>(true, false, tokens, hd, tokens, T(1), ds.data(), tokens, q + off, width, T(0), dk + off, width);
+      gemm<T>(false, false, tokens, hd, tokens, scale, ds.data(), tokens, k, ld, T(0), dq, ld);
+      gemm<T>(true, false, tokens, hd, tokens, scale, ds.data(), tokens, q, ld, T(0), dk, ld);
     }
   }
 }
@@ -331,15 +334,14 @@ double contrastive_loss(const T* z, int64_t pairs, int64_t d, double temperature
 }
 
 #define AMALGAM_INSTANTIATE_TRAIN_OPS(T)                                                                            \
-  template void linear_forward<T>(const T*, int64_t, int64_t, const T*, const T*, int64_t, T*);                     \
+  template void linear_forward<T>(const T*, int64_t, int64_t, const T*, const T*, int64_t, T*, const T*);           \
   template void linear_backward<T>(const T*, const T*, int64_t, int64_t, const T*, int64_t, T*, bool, T*, T*);      \
   template void layer_norm_forward<T>(const T*, int64_t, int64_t, const T*, const T*, double, T*, T*, T*);          \
   template void layer_norm_backward<T>(const T*, const T*, const T*, int64_t, int64_t, const T*, T*, bool, T*, T*); \
   template void activation_forward<T>(Activation, const T*, T*, size_t);                                            \
   template void activation_backward<T>(Activation, const T*, const T*, T*, size_t);                                 \
-  template void attention_forward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, T*, T*);     \
-  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,  \
-                                      int64_t, T*, T*, T*);                                                         \
+  template void attention_forward<T>(const T*, int64_t, int64_t, int64_t, int64_t, T, T*, T*);                      \
+  template void attention_backward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, T, T*);     \
   template void l2_normalize_forward<T>(const T*, int64_t, int64_t, T*, T*);                                        \
   template void l2_normalize_backward<T>(const T*, const T*, const T*, int64_t, int64_t, T*);                       \
   template double softmax_cross_entropy<T>(const T*, int64_t, int64_t, std::span<const int64_t>, T*, int64_t*,      \

@@ -28,9 +28,11 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
     dgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-// y[rows, out] = x[rows, in] W[out, in]^T + b (b may be null).
+// y[rows, out] = x[rows, in] W[out, in]^T + b + residual[rows, out] (b, residual may be
+// null; residual may be y itself).
 template <class T>
-void linear_forward(const T* x, int64_t rows, int64_t in, const T* w, const T* b, int64_t out, T* y);
+void linear_forward(const T* x, int64_t rows, int64_t in, const T* w, const T* b, int64_t out, T* y,
+                    const T* residual = nullptr);
 // dW += dy^T x, db += column sums of dy, dx (= or +=) dy W.
 template <class T>
 void linear_backward(const T* x, const T* dy, int64_t rows, int64_t in, const T* w, int64_t out, T* dx,
@@ -50,15 +52,16 @@ void activation_forward(Activation act, const T* x, T* y, size_t n);
 template <class T>
 void activation_backward(Activation act, const T* x, const T* dy, T* dx, size_t n);
 
-// Multi-head self-attention on [batch * tokens, width] buffers (q already scaled):
-// context = softmax(q k^T) v per image and head. probs [batch * heads, tokens, tokens] is
-// kept for backward, which overwrites dq, dk, dv.
+// Multi-head self-attention on the packed projections qkv [batch * tokens, 3 * width] (each
+// row q | k | v, as one GEMM makes them): context [batch * tokens, width] = softmax(scale
+// q k^T) v per image and head. probs [batch * heads, tokens, tokens] is kept for backward,
+// which overwrites dqkv (the same layout as qkv).
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, int64_t batch, int64_t tokens, int64_t width, int64_t heads,
-                       T* probs, T* context);
+void attention_forward(const T* qkv, int64_t batch, int64_t tokens, int64_t width, int64_t heads, T scale, T* probs,
+                       T* context);
 template <class T>
-void attention_backward(const T* q, const T* k, const T* v, const T* probs, const T* dcontext, int64_t batch,
-                        int64_t tokens, int64_t width, int64_t heads, T* dq, T* dk, T* dv);
+void attention_backward(const T* qkv, const T* probs, const T* dcontext, int64_t batch, int64_t tokens, int64_t width,
+                        int64_t heads, T scale, T* dqkv);
 
 // Rows scaled to unit L2 norm; norms kept for backward (a zero row stays zero).
 template <class T>

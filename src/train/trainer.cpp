@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/interrupt.h"
+#include "core/lane_sum.h"
 #include "core/parallel.h"
 #include "core/progress.h"
 #include "train/clip_graph.h"
@@ -15,6 +16,23 @@
 namespace amalgam::train {
 
 namespace {
+
+// The sum of squares of v in double: fixed chunks summed on every core (lane_sum), the
+// chunks' sums added in order, so the result does not depend on the number of threads. A
+// single running sum over a million gradients held the other core idle for a percent of a
+// step.
+double sum_of_squares(std::span<const float> v) {
+  constexpr size_t kChunk = 1 << 15;
+  std::vector<double> chunk_sums((v.size() + kChunk - 1) / kChunk);
+  parallel_chunks(v.size(), kChunk, [&](size_t begin, size_t end) {
+    const float* x = v.data() + begin;
+    chunk_sums[begin / kChunk] = lane_sum<double>(static_cast<int64_t>(end - begin),
+                                                  [x](int64_t i) { return static_cast<double>(x[i]) * x[i]; });
+  });
+  double sum = 0;
+  for (double s : chunk_sums) sum += s;
+  return sum;
+}
 
 // One contiguous run of parameters with its gradient and Adam moments.
 struct ParamSegment {
@@ -38,8 +56,7 @@ class AdamW {
   // Rescales the gradients so that their global L2 norm is at most `max_norm`; returns the norm.
   double clip(double max_norm) {
     double sq = 0;
-    for (const auto& s : segments_)
-      for (float g : s.grads) sq += static_cast<double>(g) * g;
+    for (const auto& s : segments_) sq += sum_of_squares(s.grads);
     const double norm = std::sqrt(sq);
     if (max_norm > 0 && norm > max_norm) {
       const auto scale = static_cast<float>(max_norm / norm);
@@ -199,9 +216,15 @@ BatchSource contrastive_views(const Tensor& images, const ImageProcessorConfig& 
     twice.insert(twice.end(), indices.begin(), indices.end());
     const int64_t side = augmented_batch(images, twice, preprocess, channels, 0, rng, pixels);
     const int64_t floats = channels * side * side;
-    for (size_t b = 0; b < twice.size(); ++b)
+    // A seed per view, drawn in order, so the views can be drawn on every core (per-pixel
+    // noise makes them a few percent of a step) and still be the same whatever the threads.
+    std::vector<uint64_t> seeds(twice.size());
+    for (uint64_t& seed : seeds) seed = rng.next();
+    parallel_for(twice.size(), [&](size_t b) {
+      SplitMix64 view_rng(seeds[b]);
       random_view(pixels.data() + static_cast<int64_t>(b) * floats, channels, side, black_value(preprocess, 0),
-                  augmentation, rng);
+                  augmentation, view_rng);
+    });
     out.clear();
   };
 }
