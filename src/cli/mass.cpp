@@ -340,7 +340,7 @@ void add_mass_predict_command(CLI::App& mass) {
     const auto indices = a->max_examples > 0 ? sample_indices(in.split.size(), a->max_examples, a->seed)
                                              : sample_indices(in.split.size(), in.split.size(), 0);
     const auto n = static_cast<int64_t>(indices.size());
-    Progress progress("mass predict", static_cast<uint64_t>(n), 0, a->quiet);
+    Progress progress("mass predict", static_cast<uint64_t>(n), 0, a->quiet, "images");
     mass::MassLatency latency;
     int64_t correct = 0;
     for (int64_t begin = 0; begin < n; begin += a->batch_size) {

@@ -56,7 +56,7 @@ EvalResult evaluate(const ClipVisionModel& model, const ImageProcessorConfig& pr
   std::vector<int64_t> class_correct(static_cast<size_t>(task.num_classes()), 0);
   double loss_sum = 0;
   const int64_t n = static_cast<int64_t>(indices.size()), bs = std::max<int64_t>(1, options.batch_size);
-  Progress progress("eval " + task.name, static_cast<uint64_t>(n), 0, options.quiet);
+  Progress progress("eval " + task.name, static_cast<uint64_t>(n), 0, options.quiet, "images");
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t begin = 0; begin < n; begin += bs) {
     check_interrupt();

@@ -252,7 +252,7 @@ MassEvalResult evaluate_mass(MassRuntime& runtime, const TaskInfo& task, const T
   r.examples = n;
   r.top_routes.assign(static_cast<size_t>(tasks), 0);
   r.mean_residuals.assign(static_cast<size_t>(tasks), 0.0);
-  Progress progress("mass eval " + task.name, static_cast<uint64_t>(n), 0, options.quiet);
+  Progress progress("mass eval " + task.name, static_cast<uint64_t>(n), 0, options.quiet, "images");
   const auto t0 = Clock::now();
   std::set<TaskSet> sets;
   int64_t own_selected = 0, first_pass_correct = 0;

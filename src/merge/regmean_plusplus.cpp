@@ -126,7 +126,7 @@ class RegMeanPlusPlus final : public MergeMethod {
     average_outside_blocks(ctx);
     auto streams = embed_calibration_images(ctx);
     StatisticsOutput stats(ctx, config_, merged_->weights().visual_projection.has_value(), streams);
-    Progress progress("regmean++", static_cast<uint64_t>(config_.num_hidden_layers), 0, ctx.quiet);
+    Progress progress("regmean++", static_cast<uint64_t>(config_.num_hidden_layers), 0, ctx.quiet, "layers");
     for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
       check_interrupt();
       merge_block(ctx, l, streams, stats);

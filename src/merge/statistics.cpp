@@ -139,7 +139,7 @@ GramStatistics measure_statistics(const ClipVisionModel& model, const Calibratio
   const auto& c = model.config();
   const int64_t image_floats = c.num_channels * c.image_size * c.image_size;
   const int64_t bs = std::max<int64_t>(1, options.batch_size);
-  Progress progress("stats", static_cast<uint64_t>(images.count), 0, options.quiet);
+  Progress progress("stats", static_cast<uint64_t>(images.count), 0, options.quiet, "images");
   for (int64_t begin = 0; begin < images.count; begin += bs) {
     check_interrupt();
     const int64_t n = std::min(bs, images.count - begin);

@@ -298,7 +298,7 @@ TrainReport run_training(const ClipVisionConfig& config, ClipVisionWeights& weig
   const int64_t image_floats = config.num_channels * config.image_size * config.image_size;
   SplitMix64 rng(options.seed);
   TrainReport report;
-  Progress progress("train", static_cast<uint64_t>(total), 0, options.quiet);
+  Progress progress("train", static_cast<uint64_t>(total), 0, options.quiet, "steps");
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<float> pixels, features, dfeatures;
   std::vector<int64_t> labels;
