@@ -567,7 +567,8 @@ Matrix ClipVisionModel::features(std::span<const float> pixels, int64_t batch, c
   // shards of kShardImages images, one per thread with single-threaded BLAS inside, each
   // thread reusing one set of buffers: threaded GEMMs of a zoo-sized model spent more time
   // at their barriers than multiplying, and fresh buffers per shard more in page faults.
-  // Every operation works row by row or image by image, so the features are the same.
+  // Every operation works row by row or image by image, so the shards compute what the whole
+  // batch would (up to the GEMM's rounding; the tests hold both to the reference forward).
   constexpr int64_t kShardImages = 32;
   const int threads = num_threads();
   if (!tap && batch > kShardImages && threads > 1) {
