@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "linalg/linalg.h"
+#include "model/clip_vision.h"
 
 namespace amalgam::bench {
 
@@ -19,6 +20,18 @@ inline double seconds_since(Clock::time_point t0) {
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Multiply-adds x 2 of a CLIP vision forward on `batch` images: patch embedding, every
+// block's projections, MLP and attention products, and the projection when asked.
+inline double forward_flops(const ClipVisionConfig& c, int64_t batch, bool projection) {
+  const double d = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);
+  const double t = static_cast<double>(c.tokens()), p = static_cast<double>(c.patch_size);
+  const double patches = t - 1, kernel = static_cast<double>(c.num_channels) * p * p;
+  const double block = t * (8 * d * d + 4 * d * f) + 4 * t * t * d;
+  const double per_image = 2 * patches * kernel * d + static_cast<double>(c.num_hidden_layers) * block +
+                           (projection ? 2 * d * static_cast<double>(c.projection_dim) : 0);
+  return per_image * static_cast<double>(batch);
 }
 
 // The machine's SGEMM peak for one shape ([m, k] x [n, k]^T): the best of 7 runs, GFLOP/s.

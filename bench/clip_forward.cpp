@@ -27,20 +27,6 @@
 using namespace amalgam;
 using namespace amalgam::bench;
 
-namespace {
-
-double forward_flops(const ClipVisionConfig& c, int64_t batch, bool projection) {
-  const double d = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);
-  const double t = static_cast<double>(c.tokens()), p = static_cast<double>(c.patch_size);
-  const double patches = t - 1, kernel = static_cast<double>(c.num_channels) * p * p;
-  const double block = t * (8 * d * d + 4 * d * f) + 4 * t * t * d;
-  const double per_image = 2 * patches * kernel * d + static_cast<double>(c.num_hidden_layers) * block +
-                           (projection ? 2 * d * static_cast<double>(c.projection_dim) : 0);
-  return per_image * static_cast<double>(batch);
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   int64_t batch = 32;
   int runs = 5;

@@ -23,17 +23,6 @@ using namespace amalgam::bench;
 
 namespace {
 
-// Multiply-adds x 2 of one training step per image: the forward, and a backward of twice
-// the forward's work (the gradients of the inputs and of the weights).
-double train_flops_per_image(const ClipVisionConfig& c) {
-  const double d = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);
-  const double t = static_cast<double>(c.tokens()), p = static_cast<double>(c.patch_size);
-  const double kernel = static_cast<double>(c.num_channels) * p * p;
-  const double block = t * (8 * d * d + 4 * d * f) + 4 * t * t * d;
-  const double forward = 2 * (t - 1) * kernel * d + static_cast<double>(c.num_hidden_layers) * block;
-  return 3 * forward;
-}
-
 Tensor random_images(int64_t n, uint64_t seed) {
   Tensor images = Tensor::uninitialized(DType::U8, {n, 28, 28, 1});
   SplitMix64 rng(seed);
@@ -97,7 +86,8 @@ int main(int argc, char** argv) {
     ft_rates.push_back(finetune().images_per_second);
     pre_rates.push_back(pretrain().images_per_second);  // counts both views: the encoder's images
   }
-  const double per_image = train_flops_per_image(config);
+  // A backward is twice a forward's work (the gradients of the inputs and of the weights).
+  const double per_image = 3 * forward_flops(config, 1, false);
   const double peak = sgemm_peak_gflops(32 * config.tokens(), config.intermediate_size, config.hidden_size);
   auto summary = [&](const std::vector<double>& rates, int64_t batch) {
     const double rate = median(rates);
