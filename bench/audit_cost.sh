@@ -53,13 +53,13 @@ zoo_config() {  # method
 
 # Prints the medians "wall_with wall_without user_with user_without cpu_without" in
 # seconds (cpu: user + system), the two variants alternating (each first in every other
-# pair) so that drift in the machine's speed falls on both, after a sync so that the
-# previous run's output is not written back during the next.
+# pair) so that drift in the machine's speed falls on both. Each run writes a fresh output
+# directory: the previous one is deleted and synced first, untimed (see fresh_output).
 measure() {  # config
   local with=() without=() user_with=() user_without=() cpu_without=() w u s
   for run in $(seq "$RUNS"); do
     for variant in $([ $((run % 2)) = 1 ] && echo "with without" || echo "without with"); do
-      sync
+      fresh_output "$DATA/audit-out"
       if [ "$variant" = with ]; then
         read -r w u s < <(wall_and_cpu_of $amalgam merge "$1" -o "$DATA/audit-out" --force -q)
         with+=("$w") user_with+=("$u")

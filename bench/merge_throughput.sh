@@ -75,10 +75,13 @@ for method in linear task_arithmetic ties; do
   if [ $method = linear ]; then bytes=$model_bytes; bound=$cat_models; else bytes=$all_bytes; bound=$cat_all; fi
   a_runs=(); q_runs=(); n_runs=()
   for _ in $(seq "$RUNS"); do
-    a_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --force --quiet)")
-    q_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --force --quiet \
+    fresh_output "$DATA/out-amalgam-$method"
+    a_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --quiet)")
+    fresh_output "$DATA/out-amalgam-$method"
+    q_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --quiet \
       --no-audit)")
     if [ -z "${SKIP_NUMPY:-}" ]; then
+      fresh_output "$DATA/out-numpy-$method.safetensors"
       n_runs+=("$(time_cmd /usr/bin/python3 bench/numpy_merge.py $method "$DATA/out-numpy-$method.safetensors" \
         "$fam/base" $(for i in $(seq 1 $MODELS); do echo "$fam/model_$i"; done))")
     else
@@ -98,6 +101,7 @@ done
 echo
 out_mb=$(( $(bytes_of "$DATA"/out-amalgam-linear/*.safetensors) / 1000000 ))
 write_s=$(for _ in $(seq "$RUNS"); do
+  sync
   time_cmd dd if=/dev/zero of="$DATA/.write-test" bs=1M count="$out_mb" conv=fsync | awk '{print $1}'
   rm -f "$DATA/.write-test"
 done | median)
@@ -106,10 +110,12 @@ printf "%-16s %10s %14s %12s %14s\n" method amalgam_s cat+write_s of_that amalga
 for method in linear task_arithmetic ties; do
   if [ $method = linear ]; then bound=$cat_models; else bound=$cat_all; fi
   a_s=$(for _ in $(seq "$RUNS"); do
-    time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --force --quiet | awk '{print $1}'
+    fresh_output "$DATA/out-amalgam-$method"
+    time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --quiet | awk '{print $1}'
   done | median)
   shm_s=$(for _ in $(seq "$RUNS"); do
-    time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o /dev/shm/amalgam-bench-out --force --quiet | awk '{print $1}'
+    fresh_output /dev/shm/amalgam-bench-out
+    time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o /dev/shm/amalgam-bench-out --quiet | awk '{print $1}'
   done | median)
   rm -rf /dev/shm/amalgam-bench-out
   awk -v m=$method -v a="$a_s" -v c="$bound" -v w="$write_s" -v t="$shm_s" 'BEGIN {
@@ -120,7 +126,8 @@ echo
 echo "peak RSS of linear by number of models (largest tensor: 32000 x 2048 BF16 = 131 MB):"
 for count in 2 4 8; do
   write_config linear $count
-  r=$(time_cmd $amalgam merge "$DATA/linear-$count.yaml" -o "$DATA/out-amalgam-linear-$count" --force --quiet)
+  fresh_output "$DATA/out-amalgam-linear-$count"
+  r=$(time_cmd $amalgam merge "$DATA/linear-$count.yaml" -o "$DATA/out-amalgam-linear-$count" --quiet)
   echo "  $count models: $(echo "$r" | awk '{printf "%.0f MB", $2/1024}')"
 done
 echo

@@ -16,6 +16,7 @@ using testing::raw_safetensors;
 using testing::read_bytes;
 using testing::TempDir;
 using testing::write_bytes;
+namespace fs = std::filesystem;
 
 // Written by hand from the specification: 8-byte little-endian header length (144 =
 // 0x90), compact JSON padded with spaces to a multiple of 8, then the data: F32 1.0 and
@@ -222,6 +223,64 @@ TEST(SafetensorsMalformed, EveryTruncationOfAValidFileIsRejected) {
     write_bytes(dir / "t.safetensors", kGoldenFile.substr(0, n));
     EXPECT_THROW(SafetensorsReader(dir / "t.safetensors"), InputError) << "truncated to " << n;
   }
+}
+
+// SequentialFile, which merges write their outputs through: the file holds exactly the
+// bytes appended, whatever their lengths against its 4096-byte blocks and 8 MB buffer
+// (the last block is padded for O_DIRECT and the padding trimmed), past the page cache and
+// through it alike.
+TEST(SequentialFiles, HoldExactlyTheBytesAppended) {
+  TempDir dir;
+  std::mt19937 rng(7);
+  const size_t kBuffer = size_t{8} << 20;
+  for (const bool bypass : {true, false})
+    for (const size_t total : {size_t{0}, size_t{1}, size_t{4095}, size_t{4096}, size_t{4097}, kBuffer - 1, kBuffer,
+                               kBuffer + 5000, 2 * kBuffer + 4096}) {
+      std::string bytes(total, '\0');
+      for (auto& c : bytes) c = static_cast<char>(rng());
+      const fs::path sub = dir / (bypass ? "direct" : "buffered");
+      fs::create_directories(sub);
+      const fs::path path = sub / std::to_string(total);
+      SequentialFile file(path, bypass);
+      // Appends of uneven sizes, some larger than the buffer.
+      size_t done = 0;
+      while (done < total) {
+        const size_t n = std::min<size_t>(total - done, rng() % (3 * kBuffer / 2) + 1);
+        file.append(std::as_bytes(std::span(bytes.data() + done, n)));
+        done += n;
+      }
+      EXPECT_EQ(file.size(), total);
+      file.finish();
+      EXPECT_EQ(fs::file_size(path), total) << path;
+      EXPECT_TRUE(read_bytes(path) == bytes) << path;
+    }
+}
+
+// Tensors written in plan order through the stream give the same file, byte for byte, as
+// the same tensors written at their offsets; a tensor out of plan order is refused.
+TEST(Safetensors, WritingInPlanOrderGivesTheSameFile) {
+  TempDir dir;
+  std::vector<TensorSpec> plan;
+  std::vector<Tensor> tensors;
+  std::mt19937 rng(3);
+  for (int64_t n : {3, 5000, 1 << 20, 7, 2100000}) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& x : v) x = static_cast<float>(rng() % 1000) - 500.0f;
+    tensors.push_back(Tensor::from_f32({n}, v).to(n % 2 ? DType::BF16 : DType::F32));
+    plan.push_back({"t" + std::to_string(n), tensors.back().dtype(), {n}});
+  }
+  for (const WriteOrder order : {WriteOrder::Any, WriteOrder::Plan}) {
+    SafetensorsWriter w(dir / (order == WriteOrder::Plan ? "plan.safetensors" : "any.safetensors"), plan,
+                        {{"format", "pt"}}, order);
+    for (size_t i = 0; i < plan.size(); ++i) w.write(plan[i].name, tensors[i]);
+    w.finish();
+  }
+  EXPECT_TRUE(read_bytes(dir / "plan.safetensors") == read_bytes(dir / "any.safetensors"));
+  SafetensorsReader r(dir / "plan.safetensors");
+  EXPECT_TRUE(r.tensor("t5000").to(DType::F32).data<float>()[4999] == tensors[1].data<float>()[4999]);
+
+  SafetensorsWriter w(dir / "out_of_order.safetensors", plan, {{"format", "pt"}}, WriteOrder::Plan);
+  EXPECT_THROW(w.write(plan[1].name, tensors[1]), std::logic_error);
 }
 
 }  // namespace

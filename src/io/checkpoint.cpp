@@ -152,7 +152,7 @@ std::string shard_name(size_t i, size_t n) {
 }  // namespace
 
 CheckpointWriter::CheckpointWriter(const fs::path& dir, const std::vector<TensorSpec>& plan, uint64_t max_shard_bytes,
-                                   const Metadata& metadata)
+                                   const Metadata& metadata, WriteOrder order)
     : dir_(dir) {
   if (max_shard_bytes == 0) throw InputError("--max-shard-size must be positive");
   std::vector<std::vector<TensorSpec>> groups;
@@ -170,7 +170,7 @@ CheckpointWriter::CheckpointWriter(const fs::path& dir, const std::vector<Tensor
   if (groups.empty()) groups.emplace_back();
   for (size_t g = 0; g < groups.size(); ++g) {
     const std::string file = groups.size() == 1 ? "model.safetensors" : shard_name(g, groups.size());
-    shards_.push_back(std::make_unique<SafetensorsWriter>(dir / file, groups[g], metadata));
+    shards_.push_back(std::make_unique<SafetensorsWriter>(dir / file, groups[g], metadata, order));
     for (const auto& spec : groups[g]) {
       shard_of_[spec.name] = g;
       order_.push_back(spec.name);

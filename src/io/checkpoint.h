@@ -64,11 +64,13 @@ class CheckpointReader {
 // Writes a checkpoint directory: tensors split greedily, in plan order, into shards of at
 // most `max_shard_bytes` (a larger tensor alone in its shard), one `model.safetensors`
 // when everything fits, otherwise numbered shards and the index. Tensors may be written
-// in any order and from several threads.
+// in any order and from several threads, or, with WriteOrder::Plan, strictly in plan
+// order (see SafetensorsWriter).
 class CheckpointWriter {
  public:
   CheckpointWriter(const std::filesystem::path& dir, const std::vector<TensorSpec>& plan,
-                   uint64_t max_shard_bytes = kDefaultMaxShardBytes, const Metadata& metadata = {{"format", "pt"}});
+                   uint64_t max_shard_bytes = kDefaultMaxShardBytes, const Metadata& metadata = {{"format", "pt"}},
+                   WriteOrder order = WriteOrder::Any);
   void write(const std::string& name, const Tensor& tensor);
   void finish();
   size_t shard_count() const { return shards_.size(); }

@@ -5,7 +5,8 @@
 // SafetensorsReader maps a file and validates all of it before handing out any tensor:
 // every later layer may assume names are unique, offsets are in the file and sizes match.
 // SafetensorsWriter streams: the header is written from a plan of every tensor up front,
-// then tensors are written (in any order, from any thread) straight to their offsets.
+// then tensors are written (in any order, from any thread) straight to their offsets, or,
+// when they come in plan order, appended past the page cache (io/sequential_file.h).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,7 @@
 
 #include "core/tensor.h"
 #include "io/mapped_file.h"
+#include "io/sequential_file.h"
 
 namespace amalgam {
 
@@ -78,17 +80,21 @@ struct TensorSpec {
   uint64_t nbytes() const;
 };
 
+// How a writer's tensors arrive: in any order (written at their offsets through the page
+// cache), or exactly in plan order (appended through a SequentialFile: large outputs).
+enum class WriteOrder { Any, Plan };
+
 class SafetensorsWriter {
  public:
   // Creates `path` and writes its header for `plan` (tensors laid out in plan order).
   SafetensorsWriter(const std::filesystem::path& path, const std::vector<TensorSpec>& plan,
-                    const Metadata& metadata = {{"format", "pt"}});
+                    const Metadata& metadata = {{"format", "pt"}}, WriteOrder order = WriteOrder::Any);
   ~SafetensorsWriter();
   SafetensorsWriter(const SafetensorsWriter&) = delete;
   SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
 
   // Writes one planned tensor; dtype and shape must match the plan. Thread-safe for
-  // distinct tensors.
+  // distinct tensors; with WriteOrder::Plan, a tensor out of plan order is a logic error.
   void write(std::string_view name, const Tensor& tensor);
   // Checks every planned tensor was written, flushes to disk and closes.
   void finish();
@@ -98,7 +104,9 @@ class SafetensorsWriter {
 
  private:
   std::filesystem::path path_;
-  int fd_ = -1;
+  int fd_ = -1;                             // WriteOrder::Any
+  std::unique_ptr<SequentialFile> stream_;  // WriteOrder::Plan
+  size_t next_ = 0;                         // the next tensor the stream takes
   uint64_t data_start_ = 0;
   uint64_t data_bytes_ = 0;
   std::vector<TensorInfo> layout_;

@@ -196,6 +196,11 @@ MergeContext make_context(const MergeInputs& in, const fs::path& staging) {
   return c;
 }
 
+std::runtime_error nonfinite_output(const std::string& what, DType out_dtype) {
+  return std::runtime_error(what + " produced NaN or Inf from finite inputs (or a value outside " +
+                            std::string(dtype_name(out_dtype)) + "'s range)");
+}
+
 // Checks the merged values and converts them to the output dtype in one parallel pass.
 Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, const std::string& what) {
   Tensor out = Tensor::uninitialized(out_dtype, merged.shape());
@@ -213,9 +218,7 @@ Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, c
     convert_to_f32(out_dtype, chunk, back, e - b);
     if (!all_finite(back, e - b)) nonfinite = true;
   });
-  if (nonfinite)
-    throw std::runtime_error(what + " produced NaN or Inf from finite inputs (or a value outside " +
-                             std::string(dtype_name(out_dtype)) + "'s range)");
+  if (nonfinite) throw nonfinite_output(what, out_dtype);
   return out;
 }
 
@@ -247,8 +250,9 @@ Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumm
   }
 
   TensorJob job(name, std::move(inputs), base_tensor, std::move(model_params), std::move(globals), in.seed);
+  job.set_output(out_spec.dtype, in.options.check_finite);
   if (report) job.attach_audit(std::make_shared<TensorAudit>(job.model_count(), job.numel()));
-  const Tensor merged = in.method->merge(job);
+  Tensor merged = in.method->merge(job);
   job.rethrow_read_error();
   if (in.options.check_finite) {
     if (const auto bad = job.first_nonfinite_input()) {
@@ -258,11 +262,18 @@ Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumm
                        "contains NaN or Inf (--no-check-finite merges it anyway)");
     }
   }
-  if (merged.shape() != out_spec.shape || merged.dtype() != DType::F32)
-    throw std::logic_error(spec.name + " returned a tensor of the wrong shape for '" + name + "'");
-  Tensor out = finish_tensor(merged, out_spec.dtype, in.options.check_finite, name + ": " + spec.name);
+  const DType returned = spec.writes_output ? out_spec.dtype : DType::F32;
+  if (merged.shape() != out_spec.shape || merged.dtype() != returned)
+    throw std::logic_error(spec.name + " returned a tensor of the wrong shape or dtype for '" + name + "'");
+  if (spec.writes_output && job.output_nonfinite()) throw nonfinite_output(name + ": " + spec.name, out_spec.dtype);
+  Tensor out = spec.writes_output
+                   ? std::move(merged)
+                   : finish_tensor(merged, out_spec.dtype, in.options.check_finite, name + ": " + spec.name);
   if (report) {
-    if (!job.audit()->has_deltas()) audit_by_reading(job, merged, *job.audit());
+    if (!job.audit()->has_deltas()) {
+      if (spec.writes_output) throw std::logic_error(spec.name + " wrote its output but not the audit's rows");
+      audit_by_reading(job, merged, *job.audit());
+    }
     job.rethrow_read_error();
     report->add(name, out_spec.shape, *job.audit());
   }
@@ -322,7 +333,8 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
                   << "' is not in the base and is left out\n";
 
   AtomicOutput output(options.output, options.force);
-  CheckpointWriter writer(output.staging(), plan, options.max_shard_bytes);
+  // Tensors are written in plan order (below), so the output streams past the page cache.
+  CheckpointWriter writer(output.staging(), plan, options.max_shard_bytes, {{"format", "pt"}}, WriteOrder::Plan);
   // The recorded config names the checkpoints as they were found, so it reruns from anywhere.
   MergeConfig resolved = config;
   resolved.seed = in.seed;

@@ -16,11 +16,15 @@ class Linear final : public MergeMethod {
   static constexpr const char* kName = "linear";
 
   const MethodSpec& spec() const override {
-    static const MethodSpec s{kName,
-                              "weighted average of the models",
-                              {{"weight", ParamSpec::Scope::Model, std::nullopt, -1e6, 1e6, "the model's weight"},
-                               {"normalize", ParamSpec::Scope::Global, 1.0, 0, 1, "divide by the sum of the weights"}},
-                              /*needs_base=*/false};
+    static const MethodSpec s = [] {
+      MethodSpec m{kName,
+                   "weighted average of the models",
+                   {{"weight", ParamSpec::Scope::Model, std::nullopt, -1e6, 1e6, "the model's weight"},
+                    {"normalize", ParamSpec::Scope::Global, 1.0, 0, 1, "divide by the sum of the weights"}},
+                   /*needs_base=*/false};
+      m.writes_output = true;
+      return m;
+    }();
     return s;
   }
 
@@ -33,36 +37,37 @@ class Linear final : public MergeMethod {
       if (std::abs(sum) < 1e-12) throw InputError("linear: the weights for tensor '" + job.name() + "' sum to zero");
       for (auto& x : w) x = static_cast<float>(x / sum);
     }
-    Tensor out = Tensor::uninitialized(DType::F32, job.shape());
-    float* acc = out.mutable_data<float>().data();
+    Tensor out = Tensor::uninitialized(job.output_dtype(), job.shape());
+    const std::span<std::byte> out_bytes = out.mutable_bytes();
     TensorAudit* audit = job.audit();
     // The audit's merged delta is sum_t w_t D_t, D_t = W_t - W0, when the weights sum to one
     // (W0 = 0 without a base: any weights); otherwise it gets its own row.
     const bool combination = !job.has_base() || job.param("normalize") != 0;
     if (audit && combination) audit->set_merged_combination(std::vector<double>(models, 1.0), {w.begin(), w.end()});
-    parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) { merge_chunk(job, w, audit, combination, b, e, acc); });
+    parallel_chunks(n, kStreamChunk,
+                    [&](size_t b, size_t e) { merge_chunk(job, w, audit, combination, b, e, out_bytes); });
     return out;
   }
 
  private:
-  // The sum over one chunk: read as stored, then converted and added piece by piece, so that
-  // the accumulator and the rows stay in L1. With the audit every model's row of a piece is
-  // kept (its delta from the base, the weight itself without one), and the merged delta too
-  // unless it is their combination.
+  // The sum over one chunk: read as stored, then converted, added and stored in the output
+  // dtype piece by piece, so that the accumulator and the rows stay in L1. With the audit
+  // every model's row of a piece is kept (its delta from the base, the weight itself without
+  // one), and the merged delta too unless it is their combination.
   static void merge_chunk(const TensorJob& job, const std::vector<float>& w, TensorAudit* audit, bool combination,
-                          size_t b, size_t e, float* acc) {
+                          size_t b, size_t e, std::span<std::byte> out) {
     const size_t models = job.model_count();
     const bool with_base = audit && job.has_base();
     thread_local StoredChunk chunk;
     thread_local std::vector<float> scratch;
     chunk.load(job, b, e, with_base);
-    scratch.resize((models + 2) * kStreamPiece);
+    scratch.resize((models + 3) * kStreamPiece);
     float* rows = scratch.data();
     float* merged = rows + models * kStreamPiece;
     float* base = merged + kStreamPiece;
+    float* a = base + kStreamPiece;
     for (size_t p = b; p < e; p += kStreamPiece) {
       const size_t len = std::min(kStreamPiece, e - p);
-      float* a = acc + p;
       for (size_t t = 0; t < models; ++t) {
         float* row = rows + (audit ? t : 0) * kStreamPiece;
         chunk.to_f32(t, p - b, len, row);
@@ -71,6 +76,7 @@ class Linear final : public MergeMethod {
         else
           for (size_t i = 0; i < len; ++i) a[i] += w[t] * row[i];
       }
+      job.store_output(out, p, a, len);
       if (!audit) continue;
       if (with_base) {
         chunk.to_f32(models, p - b, len, base);

@@ -20,6 +20,7 @@ TensorJob::TensorJob(std::string name, std::vector<Tensor> models, std::optional
       model_params_(std::move(model_params)),
       global_params_(std::move(global_params)),
       nonfinite_(std::make_shared<std::optional<size_t>>()),
+      output_nonfinite_(std::make_shared<bool>(false)),
       read_error_(std::make_shared<std::exception_ptr>()) {
   const Tensor& ref = base_ ? *base_ : models_.at(0);
   shape_ = ref.shape();
@@ -69,6 +70,24 @@ void TensorJob::read_stored(size_t t, size_t begin, size_t end, std::byte* out) 
 void TensorJob::stored_to_f32(size_t t, const std::byte* stored, size_t n, float* out) const {
   convert_to_f32(input(t).dtype(), stored, out, n);
   note_nonfinite(t, out, n);
+}
+
+void TensorJob::store_output(std::span<std::byte> out, size_t begin, const float* values, size_t n) const {
+  const size_t size = dtype_size(output_dtype_);
+  if ((begin + n) * size > out.size()) throw std::logic_error("TensorJob::store_output: range outside the output");
+  std::byte* dst = out.data() + begin * size;
+  convert_from_f32(values, output_dtype_, dst, n);
+  if (!check_output_) return;
+  // Read back after conversion: the check is on the values as they will be stored.
+  float back[kStreamPiece];
+  for (size_t i = 0; i < n; i += kStreamPiece) {
+    const size_t m = std::min(kStreamPiece, n - i);
+    convert_to_f32(output_dtype_, dst + i * size, back, m);
+    if (!all_finite(back, m)) {
+#pragma omp atomic write
+      *output_nonfinite_ = true;
+    }
+  }
 }
 
 void StoredChunk::load(const TensorJob& job, size_t begin, size_t end, bool with_base) {

@@ -3,7 +3,9 @@
 // A method sees one tensor at a time through a TensorJob: the candidates' tensors (and
 // the base's), readable whole or in element ranges converted to F32, and the method's
 // parameters already resolved for this tensor (mergekit gradients and filters applied).
-// It returns the merged tensor in F32; the engine converts, checks and writes it.
+// It returns the merged tensor in F32; the engine converts, checks and writes it. A
+// streaming method may instead write its output dtype itself, piece by piece as it goes
+// (MethodSpec::writes_output), so that no F32 copy of the merged tensor is ever made.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -47,6 +50,9 @@ struct MethodSpec {
   size_t max_models = std::numeric_limits<size_t>::max();
   // Reads the models' `data` or `stats` (RegMean and RegMean++); other methods refuse them.
   bool data_aware = false;
+  // merge() returns its tensor in TensorJob::output_dtype(), every value stored through
+  // TensorJob::store_output (which checks it), and records the audit's rows as it streams.
+  bool writes_output = false;
 };
 
 // One tensor to merge. Built by the engine; read-only for methods and safe to read from
@@ -75,6 +81,21 @@ class TensorJob {
   // Whole tensors in F32 (allocates unless the input already is aligned F32).
   Tensor model_f32(size_t t) const;
   Tensor base_f32() const;
+
+  // The merged tensor's dtype in the output (F32 unless the engine says otherwise), and
+  // whether its values must be finite there.
+  DType output_dtype() const { return output_dtype_; }
+  void set_output(DType dtype, bool check_finite) {
+    output_dtype_ = dtype;
+    check_output_ = check_finite;
+  }
+  // For methods that write their output (MethodSpec::writes_output): values [begin,
+  // begin + n) of `out` (the output tensor's bytes) from F32, checked when they must be
+  // finite. Thread-safe for disjoint ranges.
+  void store_output(std::span<std::byte> out, size_t begin, const float* values, size_t n) const;
+  // Whether a stored value was NaN or Inf in the output dtype (an F32 value can overflow a
+  // narrower one: 70000 in float16 is Inf).
+  bool output_nonfinite() const { return *output_nonfinite_; }
 
   double param(const std::string& name, size_t model) const;  // a Model-scope parameter
   double param(const std::string& name) const;                // a Global-scope parameter
@@ -107,8 +128,11 @@ class TensorJob {
   std::vector<std::map<std::string, double>> model_params_;
   std::map<std::string, double> global_params_;
   uint64_t seed_ = 0;
+  DType output_dtype_ = DType::F32;
+  bool check_output_ = false;
   // Shared so that TensorJob stays copyable; written under a critical section.
   std::shared_ptr<std::optional<size_t>> nonfinite_;
+  std::shared_ptr<bool> output_nonfinite_;
   std::shared_ptr<std::exception_ptr> read_error_;
   std::shared_ptr<TensorAudit> audit_;
 };
@@ -167,7 +191,8 @@ class MergeMethod {
   virtual const MethodSpec& spec() const = 0;
   // Called once, after the inputs are checked and before the first merge().
   virtual void prepare(const MergeContext&) {}
-  // Returns the merged tensor, F32, of job.shape().
+  // Returns the merged tensor of job.shape(): F32, or job.output_dtype() for methods that
+  // write their output.
   virtual Tensor merge(const TensorJob& job) const = 0;
   // Called once after the last merge(), before the output is committed.
   virtual void finish(const MergeContext&) {}

@@ -113,6 +113,7 @@ TaskArithmeticFamily::TaskArithmeticFamily(const TaskArithmeticVariant& v) : var
   spec_.params.push_back({"rescale", S::Global, v.default_rescale ? 1.0 : 0.0, 0, 1, "divide kept entries by density"});
   spec_.params.push_back({"int8_mask", S::Global, 0.0, 0, 1, "accepted for mergekit compatibility; no effect"});
   spec_.needs_base = true;
+  spec_.writes_output = true;
 }
 
 Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
@@ -127,12 +128,14 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
   const bool normalize = job.param("normalize") != 0;
   const float lambda = static_cast<float>(job.param("lambda"));
 
-  Tensor out = job.base_f32();
-  float* result = out.mutable_data<float>().data();
+  Tensor out = Tensor::uninitialized(job.output_dtype(), job.shape());
+  const std::span<std::byte> out_bytes = out.mutable_bytes();
 
   // Magnitude selection needs each task vector whole once, to find its rank boundaries.
   std::vector<MagnitudeBand> bands;
   if (sparsify == Sparsification::Magnitude || sparsify == Sparsification::MagnitudeBand) {
+    const Tensor base = job.base_f32();
+    const float* base_values = base.data<float>().data();
     Tensor buffer = Tensor::uninitialized(DType::F32, {static_cast<int64_t>(n)});
     const std::span<float> magnitudes = buffer.mutable_data<float>();
     for (size_t t = 0; t < models; ++t) {
@@ -140,7 +143,7 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
         float* m = magnitudes.data() + b;
         job.read_model(t, b, e, m);
         for (size_t i = 0; i < e - b; ++i) {
-          const float a = std::fabs(m[i] - result[b + i]);
+          const float a = std::fabs(m[i] - base_values[b + i]);
           m[i] = a == a ? a : 0.0f;  // NaN would break the ordering (--no-check-finite)
         }
       });
@@ -176,10 +179,10 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
   parallel_chunks(n, kStreamChunk, [&](size_t chunk_begin, size_t chunk_end) {
     thread_local StoredChunk chunk;
     thread_local std::vector<float> scratch;
-    thread_local std::vector<uint64_t> counts;                     // the chunk's kept, then elected, then conflicts
-    chunk.load(job, chunk_begin, chunk_end, /*with_base=*/false);  // the base is in `result`
+    thread_local std::vector<uint64_t> counts;  // the chunk's kept, then elected, then conflicts
+    chunk.load(job, chunk_begin, chunk_end, /*with_base=*/true);
     const bool raw_rows = audit && !combination;
-    scratch.resize((models + 4 + (raw_rows ? models + 1 : 0)) * kStreamPiece);
+    scratch.resize((models + 6 + (raw_rows ? models + 1 : 0)) * kStreamPiece);
     counts.assign(2 * models + 1, 0);
     const std::span<uint64_t> chunk_kept(counts.data(), models), chunk_elected(counts.data() + models, models);
     uint64_t& chunk_conflicts = counts[2 * models];
@@ -187,13 +190,15 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
     float* __restrict mixed = scratch.data();
     float* __restrict divisor = mixed + kStreamPiece;
     float* __restrict vote = divisor + kStreamPiece;
-    float* __restrict deltas = vote + kStreamPiece;     // weighted, sparsified task vectors of this piece
+    float* __restrict base = vote + kStreamPiece;
+    float* __restrict result = base + kStreamPiece;     // the merged values, in F32
+    float* __restrict deltas = result + kStreamPiece;   // weighted, sparsified task vectors of this piece
     float* increment = deltas + models * kStreamPiece;  // the merged delta
     // With the audit: the raw task vectors, then the merged delta (rows for add_deltas).
     float* __restrict raw = raw_rows ? increment + kStreamPiece : nullptr;
     for (size_t b = chunk_begin; b < chunk_end; b += kStreamPiece) {
       const size_t len = std::min(kStreamPiece, chunk_end - b);
-      const float* __restrict base = result + b;
+      chunk.to_f32(models, b - chunk_begin, len, base);
       for (size_t t = 0; t < models; ++t) {
         float* __restrict d = deltas + t * kStreamPiece;
         chunk.to_f32(t, b - chunk_begin, len, d);
@@ -245,7 +250,8 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
           merged_delta[i] = lambda * (mixed[i] / div);
         }
       }
-      for (size_t i = 0; i < len; ++i) result[b + i] = base[i] + merged_delta[i];
+      for (size_t i = 0; i < len; ++i) result[i] = base[i] + merged_delta[i];
+      job.store_output(out_bytes, b, result, len);
       if (raw)
         audit->add_deltas(b, raw, kStreamPiece, len);
       else if (combination)
