@@ -6,8 +6,9 @@
 # amalgam is timed as a user runs it (with the merge audit, merge_report.json) and with
 # --no-audit. Each timing is the median of RUNS runs (default 3); peak RSS from GNU time. Also peak RSS of
 # linear with 2, 4 and 8 models: it must not grow with the number of models.
-# A second table attributes the gap to the read bound: the time to write and fsync an output
-# of the same size (dd), and amalgam writing its output to tmpfs (/dev/shm) instead of disk.
+# Each amalgam run is paired with a `cat` of its inputs just before it, and the ratio is
+# taken per pair: this VM's speed drifts by tens of percent over minutes. Then the output's
+# own bound: writing and syncing as many bytes with dd.
 #
 #   bench/merge_throughput.sh [DATA_DIR]     (default bench-data/, about 15 GB of disk)
 #   SKIP_NUMPY=1 bench/merge_throughput.sh   (amalgam only, a few minutes)
@@ -62,24 +63,26 @@ time_cmd() {  # prints "seconds max_rss_kb" of the command
   cat "$DATA/.time"
 }
 
-read_bound() {  # bytes files... -> GB/s, median of RUNS
-  for _ in $(seq "$RUNS"); do time_cmd cat "$@" | awk '{print $1}'; done | median
-}
-cat_models=$(read_bound $models)
-cat_all=$(read_bound $all)
+seconds_of_cat() { time_cmd cat "$@" | awk '{print $1}'; }
 
 echo
+echo "each run: cat of the method's inputs, then amalgam with the audit, with --no-audit, NumPy;"
+echo "of_bound is the median over runs of cat_s / amalgam_s, each pair measured back to back"
 printf "%-16s %10s %10s %10s %8s %10s %8s %10s %10s %10s %9s\n" method input_GB cat_s amalgam_s of_bound no_audit_s of_bound numpy_s speedup rss_MB numpy_rss
 for method in linear task_arithmetic ties; do
   write_config $method $MODELS
-  if [ $method = linear ]; then bytes=$model_bytes; bound=$cat_models; else bytes=$all_bytes; bound=$cat_all; fi
-  a_runs=(); q_runs=(); n_runs=()
+  if [ $method = linear ]; then bytes=$model_bytes; inputs=$models; else bytes=$all_bytes; inputs=$all; fi
+  c_runs=(); a_runs=(); q_runs=(); n_runs=(); ratio_a=(); ratio_q=()
   for _ in $(seq "$RUNS"); do
     fresh_output "$DATA/out-amalgam-$method"
-    a_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --quiet)")
+    c=$(seconds_of_cat $inputs)
+    a=$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --quiet)
     fresh_output "$DATA/out-amalgam-$method"
-    q_runs+=("$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --quiet \
-      --no-audit)")
+    c2=$(seconds_of_cat $inputs)
+    q=$(time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --quiet --no-audit)
+    c_runs+=("$c" "$c2") a_runs+=("$a") q_runs+=("$q")
+    ratio_a+=("$(awk -v c="$c" -v a="${a%% *}" 'BEGIN {print c / a}')")
+    ratio_q+=("$(awk -v c="$c2" -v a="${q%% *}" 'BEGIN {print c / a}')")
     if [ -z "${SKIP_NUMPY:-}" ]; then
       fresh_output "$DATA/out-numpy-$method.safetensors"
       n_runs+=("$(time_cmd /usr/bin/python3 bench/numpy_merge.py $method "$DATA/out-numpy-$method.safetensors" \
@@ -88,39 +91,30 @@ for method in linear task_arithmetic ties; do
       n_runs+=("0 0")
     fi
   done
+  c_s=$(printf "%s\n" "${c_runs[@]}" | median)
   a_s=$(printf "%s\n" "${a_runs[@]}" | awk '{print $1}' | median)
   q_s=$(printf "%s\n" "${q_runs[@]}" | awk '{print $1}' | median)
+  ra=$(printf "%s\n" "${ratio_a[@]}" | median)
+  rq=$(printf "%s\n" "${ratio_q[@]}" | median)
   a_rss=$(printf "%s\n" "${a_runs[@]}" | awk '{print $2}' | sort -g | tail -1)
   n_s=$(printf "%s\n" "${n_runs[@]}" | awk '{print $1}' | median)
   n_rss=$(printf "%s\n" "${n_runs[@]}" | awk '{print $2}' | sort -g | tail -1)
-  awk -v m=$method -v b="$bytes" -v c="$bound" -v a="$a_s" -v q="$q_s" -v n="$n_s" -v r="$a_rss" -v nr="$n_rss" 'BEGIN {
-    if (n == 0) printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %8.2f %10s %10s %10.0f %9s\n", m, b/1e9, c, a, c/a, q, c/q, "-", "-", r/1024, "-"
-    else printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %8.2f %10.2f %9.1fx %10.0f %9.0f\n", m, b/1e9, c, a, c/a, q, c/q, n, n/a, r/1024, nr/1024 }'
+  awk -v m=$method -v b="$bytes" -v c="$c_s" -v a="$a_s" -v q="$q_s" -v ra="$ra" -v rq="$rq" -v n="$n_s" -v r="$a_rss" -v nr="$n_rss" 'BEGIN {
+    if (n == 0) printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %8.2f %10s %10s %10.0f %9s\n", m, b/1e9, c, a, ra, q, rq, "-", "-", r/1024, "-"
+    else printf "%-16s %10.2f %10.2f %10.2f %8.2f %10.2f %8.2f %10.2f %9.1fx %10.0f %9.0f\n", m, b/1e9, c, a, ra, q, rq, n, n/a, r/1024, nr/1024 }'
 done
 
 echo
+# The output's own bound: the same number of bytes written the way amalgam writes them
+# (8 MB blocks past the page cache) and made durable.
 out_mb=$(( $(bytes_of "$DATA"/out-amalgam-linear/*.safetensors) / 1000000 ))
 write_s=$(for _ in $(seq "$RUNS"); do
   sync
-  time_cmd dd if=/dev/zero of="$DATA/.write-test" bs=1M count="$out_mb" conv=fsync | awk '{print $1}'
+  time_cmd dd if=/dev/zero of="$DATA/.write-test" bs=8M count="$(( out_mb / 8 ))" oflag=direct conv=fsync | awk '{print $1}'
   rm -f "$DATA/.write-test"
 done | median)
-echo "where the time goes: writing + fsyncing an output of the same size ($out_mb MB) with dd takes $write_s s"
-printf "%-16s %10s %14s %12s %14s\n" method amalgam_s cat+write_s of_that amalgam_tmpfs_s
-for method in linear task_arithmetic ties; do
-  if [ $method = linear ]; then bound=$cat_models; else bound=$cat_all; fi
-  a_s=$(for _ in $(seq "$RUNS"); do
-    fresh_output "$DATA/out-amalgam-$method"
-    time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o "$DATA/out-amalgam-$method" --quiet | awk '{print $1}'
-  done | median)
-  shm_s=$(for _ in $(seq "$RUNS"); do
-    fresh_output /dev/shm/amalgam-bench-out
-    time_cmd $amalgam merge "$DATA/$method-$MODELS.yaml" -o /dev/shm/amalgam-bench-out --quiet | awk '{print $1}'
-  done | median)
-  rm -rf /dev/shm/amalgam-bench-out
-  awk -v m=$method -v a="$a_s" -v c="$bound" -v w="$write_s" -v t="$shm_s" 'BEGIN {
-    printf "%-16s %10.2f %14.2f %12.2f %14.2f\n", m, a, c + w, (c + w) / a, t }'
-done
+echo "write bound: dd of the output's $out_mb MB in 8 MB blocks (oflag=direct) and fsync: $write_s s"
+echo
 
 echo
 echo "peak RSS of linear by number of models (largest tensor: 32000 x 2048 BF16 = 131 MB):"
@@ -131,5 +125,4 @@ for count in 2 4 8; do
   echo "  $count models: $(echo "$r" | awk '{printf "%.0f MB", $2/1024}')"
 done
 echo
-echo "cat read bound: $(awk -v b="$model_bytes" -v s="$cat_models" 'BEGIN {printf "%.2f GB/s", b/1e9/s}') (8 models);" \
-  "of_bound = cat_s / amalgam_s (target >= 0.6); speedup = numpy_s / amalgam_s (target >= 3)"
+echo "of_bound = cat_s / amalgam_s (target >= 0.6); speedup = numpy_s / amalgam_s (target >= 3)"

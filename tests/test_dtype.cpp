@@ -850,6 +850,56 @@ TEST(DTypeNames, ParseRoundTrips) {
   EXPECT_EQ(parse_dtype("F3"), std::nullopt);
 }
 
+// The checked conversions the merge streams use: the same values as convert_to_f32 /
+// convert_from_f32, and "all finite" exactly when std::isfinite holds for every value as
+// converted (to F32) or as stored (read back from the narrow type), for every bit pattern
+// of the 8- and 16-bit float types one at a time, and in bulk.
+TEST(DTypeBulk, CheckedConversionsFlagExactlyTheNonFiniteValues) {
+  for (const DType t : {DType::BF16, DType::F16, DType::F8_E4M3, DType::F8_E5M2}) {
+    const size_t size = dtype_size(t), patterns = size_t{1} << (8 * size);
+    std::vector<std::byte> all(patterns * size);
+    for (size_t p = 0; p < patterns; ++p) std::memcpy(all.data() + p * size, &p, size);  // little endian
+    std::vector<float> want(patterns), got(patterns);
+    convert_to_f32(t, all.data(), want.data(), patterns);
+    bool any_bad = false;
+    for (size_t p = 0; p < patterns; ++p) {
+      const bool finite = to_f32_checked(t, all.data() + p * size, got.data() + p, 1);
+      ASSERT_EQ(finite, std::isfinite(want[p])) << dtype_name(t) << " pattern " << p;
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[p]), std::bit_cast<uint32_t>(want[p])) << dtype_name(t) << " " << p;
+      any_bad |= !finite;
+    }
+    EXPECT_TRUE(any_bad) << dtype_name(t);
+    EXPECT_FALSE(to_f32_checked(t, all.data(), got.data(), patterns)) << dtype_name(t);
+  }
+  // Stored values: F32 inputs that are finite but overflow the narrow type count as not finite.
+  const std::vector<float> values = {0.0f,
+                                     -1.5f,
+                                     65504.0f,
+                                     65520.0f,
+                                     70000.0f,
+                                     448.0f,
+                                     465.0f,
+                                     57344.0f,
+                                     61440.0f,
+                                     3.0e38f,
+                                     std::numeric_limits<float>::max(),
+                                     1e-40f,
+                                     std::numeric_limits<float>::infinity(),
+                                     std::nanf("")};
+  for (const DType t : kAllDTypes) {
+    const size_t size = dtype_size(t);
+    for (const float v : values) {
+      std::vector<std::byte> want(size), got(size);
+      convert_from_f32(&v, t, want.data(), 1);
+      const bool finite = from_f32_checked(&v, t, got.data(), 1);
+      float back = 0;
+      convert_to_f32(t, want.data(), &back, 1);
+      EXPECT_EQ(finite, !is_floating(t) || std::isfinite(back)) << dtype_name(t) << " " << v;
+      EXPECT_TRUE(got == want) << dtype_name(t) << " " << v;
+    }
+  }
+}
+
 // Buffers of 4 MB and more start on a 2 MB boundary (so the kernel can back them with huge
 // pages), also when they come back from the buffer cache; zeros() still zeroes a reused one.
 TEST(TensorBuffers, LargeBuffersStartOnHugePageBoundaries) {

@@ -503,6 +503,65 @@ TEST(MergeEngineBf16, TiesShardedMatchesDoubleReference) {
 
 // out_dtype wins over dtype; dtype alone is the output dtype too (mergekit's reading); integer
 // buffers keep theirs.
+// Linear and the task-vector family stream: each tensor is merged in ranges straight into
+// the output file's 8 MB buffer blocks, and where a block ends inside a chunk, through a
+// bounce buffer. Tensors of several blocks, at offsets that put block ends mid-chunk, must
+// come out as the reference says, with and without the audit (whose rows are recorded as
+// the ranges pass), and with the same bytes either way.
+TEST(MergeEngineBf16, TensorsLargerThanTheOutputBufferMatchTheReference) {
+  TempDir tmp;
+  const std::vector<TensorDef> layout = {{"model.embed.weight", {2048, 1500}},             // 6.1 MB of BF16
+                                         {"model.layers.0.mlp.fc1.weight", {2101, 2000}},  // 8.4 MB
+                                         {"model.norm.weight", {1000}},
+                                         {"model.layers.0.mlp.fc2.weight", {1999, 1001}}};
+  Rng rng(5);
+  const ModelValues base = random_base(layout, rng);
+  write_model(tmp / "base", {layout, DType::BF16, base, 0, kDefaultMaxShardBytes, "base"});
+  std::vector<ModelValues> values;
+  std::vector<fs::path> models;
+  for (int t = 0; t < 3; ++t) {
+    values.push_back(perturbed(base, DType::BF16, rng));
+    models.push_back(tmp / ("m" + std::to_string(t)));
+    write_model(models.back(), {layout, DType::BF16, values.back(), 0, kDefaultMaxShardBytes, "candidate"});
+  }
+  const std::vector<double> w = {1.0, 0.5, 0.25};
+  const struct {
+    std::string method;
+    std::function<Values(const Values&, const Inputs&)> reference;
+  } cases[] = {
+      {"linear", [&](const Values&, const Inputs& xs) { return ref_linear(xs, w); }},
+      {"task_arithmetic", [&](const Values& b, const Inputs& xs) { return ref_task_arithmetic(b, xs, w, 0.7); }},
+  };
+  for (const auto& k : cases) {
+    SCOPED_TRACE(k.method);
+    const std::string yaml = "merge_method: " + k.method + "\nbase_model: " + (tmp / "base").string() + "\n" +
+                             models_yaml(models, {"{weight: 1.0}", "{weight: 0.5}", "{weight: 0.25}"}) +
+                             (k.method == "linear" ? "" : "parameters: {lambda: 0.7}\n") + "out_dtype: bfloat16\n";
+    const MergeConfig config = load_merge_config(write_config(tmp, yaml));
+    std::string bytes[2];
+    for (const bool audit : {true, false}) {
+      MergeOptions opt = quiet_options(tmp / (k.method + (audit ? "-audit" : "-plain")));
+      opt.audit = audit;
+      run_merge(config, opt);
+      bytes[audit] = read_bytes(opt.output / "model.safetensors");
+      ASSERT_GT(bytes[audit].size(), size_t{16} << 20) << "the output must span several buffer blocks";
+      const ModelValues got = read_float_tensors(opt.output);
+      for (const auto& d : layout) {
+        Inputs xs;
+        for (const auto& m : values) xs.push_back(&m.at(d.name));
+        const Values want = k.reference(base.at(d.name), xs);
+        const Values& g = got.at(d.name);
+        size_t bad = 0;
+        for (size_t i = 0; i < want.size(); ++i)
+          if (!(std::fabs(g[i] - want[i]) <= 0.501 * bf16_ulp(want[i])) && bad++ < 3)
+            ADD_FAILURE() << d.name << "[" << i << "]: got " << g[i] << ", want " << want[i];
+        EXPECT_EQ(bad, 0u) << d.name;
+      }
+    }
+    EXPECT_TRUE(bytes[0] == bytes[1]) << "the audit changed the merged model";
+  }
+}
+
 TEST(MergeEngineBf16, OutputDtypeFollowsTheConfig) {
   TempDir tmp;
   const Family f32 = make_family(tmp / "f32", DType::F32, 2, kDefaultMaxShardBytes, 12);

@@ -226,34 +226,59 @@ TEST(SafetensorsMalformed, EveryTruncationOfAValidFileIsRejected) {
 }
 
 // SequentialFile, which merges write their outputs through: the file holds exactly the
-// bytes appended, whatever their lengths against its 4096-byte blocks and 8 MB buffer
+// bytes appended, whatever their lengths against its 4096-byte blocks and 8 MB buffers
 // (the last block is padded for O_DIRECT and the padding trimmed), past the page cache and
-// through it alike.
+// through it alike; 40 MB reuses each of its four buffers while the writers work.
 TEST(SequentialFiles, HoldExactlyTheBytesAppended) {
   TempDir dir;
   std::mt19937 rng(7);
   const size_t kBuffer = size_t{8} << 20;
   for (const bool bypass : {true, false})
     for (const size_t total : {size_t{0}, size_t{1}, size_t{4095}, size_t{4096}, size_t{4097}, kBuffer - 1, kBuffer,
-                               kBuffer + 5000, 2 * kBuffer + 4096}) {
+                               kBuffer + 5000, 2 * kBuffer + 4096, 5 * kBuffer + 123}) {
       std::string bytes(total, '\0');
       for (auto& c : bytes) c = static_cast<char>(rng());
       const fs::path sub = dir / (bypass ? "direct" : "buffered");
       fs::create_directories(sub);
       const fs::path path = sub / std::to_string(total);
       SequentialFile file(path, bypass);
-      // Appends of uneven sizes, some larger than the buffer.
+      // Appends of uneven sizes, some larger than the buffer, and bytes filled in place.
       size_t done = 0;
       while (done < total) {
         const size_t n = std::min<size_t>(total - done, rng() % (3 * kBuffer / 2) + 1);
-        file.append(std::as_bytes(std::span(bytes.data() + done, n)));
-        done += n;
+        if (rng() % 2) {
+          file.append(std::as_bytes(std::span(bytes.data() + done, n)));
+          done += n;
+          continue;
+        }
+        const std::span<std::byte> space = file.reserve(n);
+        ASSERT_TRUE(!space.empty() && space.size() <= n);
+        const size_t filled = space.size() - rng() % space.size();  // commit a part, at least a byte
+        std::memcpy(space.data(), bytes.data() + done, filled);
+        file.commit(filled);
+        done += filled;
       }
       EXPECT_EQ(file.size(), total);
       file.finish();
       EXPECT_EQ(fs::file_size(path), total) << path;
       EXPECT_TRUE(read_bytes(path) == bytes) << path;
     }
+}
+
+// A write that fails (here the device is full) is an error naming the file, thrown to the
+// caller from a later append or from finish(), not lost in the writer threads.
+TEST(SequentialFiles, AFailedWriteIsThrownNamingTheFile) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  std::string message;
+  try {
+    SequentialFile file("/dev/full");
+    const std::string bytes(size_t{3} << 20, 'x');
+    for (int i = 0; i < 40; ++i) file.append(std::as_bytes(std::span(bytes)));
+    file.finish();
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("/dev/full"), std::string::npos) << message;
 }
 
 // Tensors written in plan order through the stream give the same file, byte for byte, as
@@ -281,6 +306,30 @@ TEST(Safetensors, WritingInPlanOrderGivesTheSameFile) {
 
   SafetensorsWriter w(dir / "out_of_order.safetensors", plan, {{"format", "pt"}}, WriteOrder::Plan);
   EXPECT_THROW(w.write(plan[1].name, tensors[1]), std::logic_error);
+
+  // The same tensors in pieces: appended, and filled in place through reserve/commit.
+  {
+    SafetensorsWriter pieces(dir / "pieces.safetensors", plan, {{"format", "pt"}}, WriteOrder::Plan);
+    for (size_t i = 0; i < plan.size(); ++i) {
+      std::span<const std::byte> bytes = tensors[i].bytes();
+      EXPECT_THROW(pieces.append(plan[(i + 1) % plan.size()].name, bytes.first(1)), std::logic_error);
+      while (!bytes.empty()) {
+        const size_t n = std::min<size_t>(bytes.size(), rng() % 3000000 + 1);
+        if (rng() % 2) {
+          pieces.append(plan[i].name, bytes.first(n));
+          bytes = bytes.subspan(n);
+        } else {
+          const std::span<std::byte> space = pieces.reserve(plan[i].name, n);
+          std::memcpy(space.data(), bytes.data(), space.size());
+          pieces.commit(plan[i].name, space.size());
+          bytes = bytes.subspan(space.size());
+        }
+      }
+    }
+    EXPECT_THROW(pieces.append(plan[0].name, tensors[0].bytes().first(1)), std::logic_error);
+    pieces.finish();
+  }
+  EXPECT_TRUE(read_bytes(dir / "pieces.safetensors") == read_bytes(dir / "any.safetensors"));
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cmath>
@@ -358,6 +359,44 @@ bool all_finite(const float* values, size_t n) {
   uint32_t bad = 0;
   for (size_t i = 0; i < n; ++i) bad |= (std::bit_cast<uint32_t>(values[i]) & 0x7f800000u) == 0x7f800000u;
   return bad == 0;
+}
+
+bool to_f32_checked(DType src, const void* in, float* out, size_t n) {
+  if (src == DType::BF16) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(load<uint16_t>(in, i)) << 16;
+      bad |= (bits & 0x7f800000u) == 0x7f800000u;
+      out[i] = std::bit_cast<float>(bits);
+    }
+    return bad == 0;
+  }
+  to_f32_range(src, in, out, 0, n);
+  return all_finite(out, n);
+}
+
+bool from_f32_checked(const float* in, DType dst, void* out, size_t n) {
+  if (dst == DType::BF16) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = f32_to_bf16(in[i]);
+      bad |= (h & 0x7f80u) == 0x7f80u;
+      store<uint16_t>(out, i, h);
+    }
+    return bad == 0;
+  }
+  from_f32_range(in, dst, out, 0, n);
+  if (dst == DType::F32 || dst == DType::F64) return all_finite(in, n);  // stored exactly
+  if (!is_floating(dst)) return true;
+  // Other narrow floats: read the stored values back, a stack buffer at a time.
+  constexpr size_t kPiece = 1024;
+  float back[kPiece];
+  for (size_t i = 0; i < n; i += kPiece) {
+    const size_t m = std::min(kPiece, n - i);
+    to_f32_range(dst, static_cast<const char*>(out) + i * dtype_size(dst), back, 0, m);
+    if (!all_finite(back, m)) return false;
+  }
+  return true;
 }
 
 void convert_to_f32(DType src, const void* in, float* out, size_t n) {

@@ -43,6 +43,13 @@ bool all_finite(const float* values, size_t n);
 // be unaligned). Large arrays are converted on all cores.
 void convert_to_f32(DType src, const void* in, float* out, size_t n);
 void convert_from_f32(const float* in, DType dst, void* out, size_t n);
+// One thread's conversion of n elements that also says whether every value is finite: what
+// convert_to_f32 + all_finite do in two passes, in one. The merge streams run these on every
+// element they read and write; F32 <-> BF16 are single vectorised loops over the bits.
+bool to_f32_checked(DType src, const void* in, float* out, size_t n);
+// Finiteness of the values as stored: an F32 value can overflow a narrower type (70000 in
+// F16 is Inf). Integer targets are always finite.
+bool from_f32_checked(const float* in, DType dst, void* out, size_t n);
 // Any dtype to any dtype: float targets go through F32 (F64 to F64 is a copy), integer to
 // integer through int64 with saturation.
 void convert(DType src, const void* in, DType dst, void* out, size_t n);

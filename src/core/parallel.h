@@ -28,6 +28,28 @@ void parallel_chunks(size_t n, size_t chunk, Fn&& fn) {
   for (size_t c = 0; c < nchunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
 }
 
+// The same for streams whose threads share the cores with I/O threads: chunks are
+// handed out as threads free up (an even static split would leave the others waiting for
+// a preempted one), and spread so that threads working at once are far apart in the range:
+// the k-th chunk handed out is the (k / T)-th of region k % T, T the thread count. Two
+// threads reading neighbouring chunks of a file at once make its page-cache pages'
+// reference counts bounce between cores (measured: the kernel's page lookup tripled).
+template <class Fn>
+void parallel_chunks_spread(size_t n, size_t chunk, Fn&& fn) {
+  const size_t nchunks = (n + chunk - 1) / chunk;
+  if (nchunks <= 1) {
+    if (n > 0) fn(size_t{0}, n);
+    return;
+  }
+  const size_t threads = std::min<size_t>(static_cast<size_t>(num_threads()), nchunks);
+  const size_t per_region = (nchunks + threads - 1) / threads;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast <int>(threads))
+  for (size_t k = 0; k < threads * per_region; ++k) {
+    const size_t c = (k % threads) * per_region + k / threads;
+    if (c < nchunks) fn(c * chunk, std::min(n, (c + 1) * chunk));
+  }
+}
+
 // Calls fn(i) for i in [0, n), dynamically scheduled; the first exception thrown by any
 // call is rethrown here once all threads are done (later items are skipped).
 template <class Fn>

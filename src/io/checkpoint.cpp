@@ -179,9 +179,25 @@ CheckpointWriter::CheckpointWriter(const fs::path& dir, const std::vector<Tensor
 }
 
 void CheckpointWriter::write(const std::string& name, const Tensor& tensor) {
+  shard_writing(name).write(name, tensor);
+}
+
+SafetensorsWriter& CheckpointWriter::shard_writing(const std::string& name) {
   const auto it = shard_of_.find(name);
   if (it == shard_of_.end()) throw std::logic_error("CheckpointWriter: tensor '" + name + "' not planned");
-  shards_[it->second]->write(name, tensor);
+  return *shards_[it->second];
+}
+
+void CheckpointWriter::append(const std::string& name, std::span<const std::byte> bytes) {
+  shard_writing(name).append(name, bytes);
+}
+
+std::span<std::byte> CheckpointWriter::reserve(const std::string& name, size_t max) {
+  return shard_writing(name).reserve(name, max);
+}
+
+void CheckpointWriter::commit(const std::string& name, size_t n) {
+  shard_writing(name).commit(name, n);
 }
 
 void CheckpointWriter::finish() {

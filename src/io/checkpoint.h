@@ -72,10 +72,16 @@ class CheckpointWriter {
                    uint64_t max_shard_bytes = kDefaultMaxShardBytes, const Metadata& metadata = {{"format", "pt"}},
                    WriteOrder order = WriteOrder::Any);
   void write(const std::string& name, const Tensor& tensor);
+  // WriteOrder::Plan only: the next bytes of tensor `name` (SafetensorsWriter::append).
+  void append(const std::string& name, std::span<const std::byte> bytes);
+  std::span<std::byte> reserve(const std::string& name, size_t max);
+  void commit(const std::string& name, size_t n);
   void finish();
   size_t shard_count() const { return shards_.size(); }
 
  private:
+  SafetensorsWriter& shard_writing(const std::string& name);
+
   std::filesystem::path dir_;
   std::vector<std::unique_ptr<SafetensorsWriter>> shards_;
   std::unordered_map<std::string, size_t> shard_of_;

@@ -252,9 +252,11 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path, const st
   uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(header.size() >> (8 * i));
   if (order == WriteOrder::Plan) {
+    // The header waits for the first tensor: a checkpoint's shard writers are all made up
+    // front, and a stream takes its blocks when it first appends.
     stream_ = std::make_unique<SequentialFile>(path);
-    stream_->append(std::as_bytes(std::span(length)));
-    stream_->append(std::as_bytes(std::span(header)));
+    stream_header_.assign(reinterpret_cast<const char*>(length), 8);
+    stream_header_ += header;
     return;
   }
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -278,14 +280,13 @@ void SafetensorsWriter::write(std::string_view name, const Tensor& tensor) {
   {
     std::lock_guard lock(mutex_);
     if (written_[it->second]) throw std::logic_error("SafetensorsWriter: tensor '" + slot.name + "' written twice");
-    written_[it->second] = true;
-    if (stream_) {
-      if (it->second != next_)
-        throw std::logic_error("SafetensorsWriter: tensor '" + slot.name + "' out of plan order");
-      ++next_;
-      stream_->append(tensor.bytes());
-      return;
-    }
+    if (stream_ && next_filled_ != 0)
+      throw std::logic_error("SafetensorsWriter: tensor '" + slot.name + "' written while another is partly appended");
+    if (!stream_) written_[it->second] = true;
+  }
+  if (stream_) {
+    append(name, tensor.bytes());
+    return;
   }
   pwrite_all(fd_, path_, tensor.bytes().data(), tensor.nbytes(), data_start_ + slot.begin);
   // Start writing this range to disk now, so that the fsync in finish() finds most of the
@@ -294,11 +295,59 @@ void SafetensorsWriter::write(std::string_view name, const Tensor& tensor) {
                     SYNC_FILE_RANGE_WRITE);
 }
 
+void SafetensorsWriter::append(std::string_view name, std::span<const std::byte> bytes) {
+  do {  // an empty tensor takes one empty commit
+    const std::span<std::byte> space = reserve(name, bytes.size());
+    std::memcpy(space.data(), bytes.data(), space.size());
+    commit(name, space.size());
+    bytes = bytes.subspan(space.size());
+  } while (!bytes.empty());
+}
+
+// The tensor being appended: `name` must be it, with at least `bytes` of it still to come.
+const TensorInfo& SafetensorsWriter::stream_slot(std::string_view name, uint64_t bytes) const {
+  if (!stream_) throw std::logic_error("SafetensorsWriter: appending needs WriteOrder::Plan");
+  if (next_ >= layout_.size() || layout_[next_].name != name)
+    throw std::logic_error("SafetensorsWriter: tensor '" + std::string(name) + "' out of plan order");
+  const TensorInfo& slot = layout_[next_];
+  if (bytes > slot.end - slot.begin - next_filled_)
+    throw std::logic_error("SafetensorsWriter: more bytes than planned for tensor '" + slot.name + "'");
+  return slot;
+}
+
+std::span<std::byte> SafetensorsWriter::reserve(std::string_view name, size_t max) {
+  std::lock_guard lock(mutex_);
+  const TensorInfo& slot = stream_slot(name, 0);
+  if (next_ == 0 && next_filled_ == 0 && !header_streamed_) {
+    stream_->append(std::as_bytes(std::span(stream_header_)));
+    header_streamed_ = true;
+  }
+  const uint64_t left = slot.end - slot.begin - next_filled_;
+  if (left == 0) return {};
+  return stream_->reserve(static_cast<size_t>(std::min<uint64_t>(max, left)));
+}
+
+void SafetensorsWriter::commit(std::string_view name, size_t n) {
+  std::lock_guard lock(mutex_);
+  const TensorInfo& slot = stream_slot(name, n);
+  if (n > 0) stream_->commit(n);
+  next_filled_ += n;
+  if (next_filled_ < slot.end - slot.begin) return;
+  written_[next_++] = true;
+  next_filled_ = 0;
+  // The shard is complete: flush and sync it now, while the merge goes on.
+  if (next_ == layout_.size()) stream_->finish();
+}
+
 void SafetensorsWriter::finish() {
   for (size_t i = 0; i < layout_.size(); ++i)
     if (!written_[i]) throw std::logic_error("SafetensorsWriter: tensor '" + layout_[i].name + "' never written");
   if (stream_) {
-    stream_->finish();
+    if (layout_.empty()) {  // nothing planned: the header alone
+      stream_->append(std::as_bytes(std::span(stream_header_)));
+      header_streamed_ = true;
+      stream_->finish();
+    }
     return;
   }
   if (::fsync(fd_) != 0) throw_system_error(path_, "fsync failed");

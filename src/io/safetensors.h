@@ -96,17 +96,30 @@ class SafetensorsWriter {
   // Writes one planned tensor; dtype and shape must match the plan. Thread-safe for
   // distinct tensors; with WriteOrder::Plan, a tensor out of plan order is a logic error.
   void write(std::string_view name, const Tensor& tensor);
-  // Checks every planned tensor was written, flushes to disk and closes.
+  // WriteOrder::Plan only: the next bytes of a tensor, which must be the next in plan
+  // order (or the one partly appended); it is written once all its bytes are.
+  void append(std::string_view name, std::span<const std::byte> bytes);
+  // The same in place: the next bytes of tensor `name` in the file's buffer (at least one,
+  // at most `max`), then commit(name, n) once the first n are filled.
+  std::span<std::byte> reserve(std::string_view name, size_t max);
+  void commit(std::string_view name, size_t n);
+  // Checks every planned tensor was written, flushes to disk and closes. (With
+  // WriteOrder::Plan the file is flushed and closed as its last tensor is written.)
   void finish();
 
   const std::filesystem::path& path() const { return path_; }
   uint64_t file_bytes() const { return data_start_ + data_bytes_; }
 
  private:
+  const TensorInfo& stream_slot(std::string_view name, uint64_t bytes) const;
+
   std::filesystem::path path_;
   int fd_ = -1;                             // WriteOrder::Any
   std::unique_ptr<SequentialFile> stream_;  // WriteOrder::Plan
+  std::string stream_header_;               // written before the stream's first tensor
   size_t next_ = 0;                         // the next tensor the stream takes
+  uint64_t next_filled_ = 0;                // its bytes appended so far
+  bool header_streamed_ = false;
   uint64_t data_start_ = 0;
   uint64_t data_bytes_ = 0;
   std::vector<TensorInfo> layout_;

@@ -207,23 +207,36 @@ Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, c
   const float* in = merged.data<float>().data();
   std::byte* dst = out.mutable_bytes().data();
   std::atomic<bool> nonfinite{false};
-  // The check reads the values back after conversion: a finite F32 can still overflow a
-  // narrower output dtype (70000 in float16 is Inf).
-  constexpr size_t kChunk = 1 << 14;
-  parallel_chunks(static_cast<size_t>(merged.numel()), kChunk, [&](size_t b, size_t e) {
-    std::byte* chunk = dst + b * dtype_size(out_dtype);
-    convert_from_f32(in + b, out_dtype, chunk, e - b);
-    if (!check_finite) return;
-    float back[kChunk];
-    convert_to_f32(out_dtype, chunk, back, e - b);
-    if (!all_finite(back, e - b)) nonfinite = true;
+  parallel_chunks(static_cast<size_t>(merged.numel()), size_t{1} << 14, [&](size_t b, size_t e) {
+    if (!from_f32_checked(in + b, out_dtype, dst + b * dtype_size(out_dtype), e - b)) nonfinite = true;
   });
-  if (nonfinite) throw nonfinite_output(what, out_dtype);
+  if (nonfinite && check_finite) throw nonfinite_output(what, out_dtype);
   return out;
 }
 
-// Merges one floating-point tensor and returns it in its output dtype.
-Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary, MergeReport* report) {
+// Writes whole tensors on a second thread while the next tensor is merged.
+class TensorWriter {
+ public:
+  explicit TensorWriter(CheckpointWriter& writer) : writer_(writer) {}
+  ~TensorWriter() {
+    if (pending_.valid()) pending_.wait();  // unwinding: the thread must not outlive its data
+  }
+  void write(const std::string& name, Tensor tensor) {
+    wait();
+    pending_ = std::async(std::launch::async, [this, name, t = std::move(tensor)] { writer_.write(name, t); });
+  }
+  void wait() {
+    if (pending_.valid()) pending_.get();
+  }
+
+ private:
+  CheckpointWriter& writer_;
+  std::future<void> pending_;
+};
+
+// The TensorJob for one floating-point tensor: its inputs as zero-copy views and the
+// method's parameters resolved for it.
+TensorJob make_job(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary, bool audit) {
   const std::string& name = out_spec.name;
   const MethodSpec& spec = in.method->spec();
   const double t = layer_position(name, in.stacks);
@@ -251,33 +264,82 @@ Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumm
 
   TensorJob job(name, std::move(inputs), base_tensor, std::move(model_params), std::move(globals), in.seed);
   job.set_output(out_spec.dtype, in.options.check_finite);
-  if (report) job.attach_audit(std::make_shared<TensorAudit>(job.model_count(), job.numel()));
-  Tensor merged = in.method->merge(job);
+  if (audit) job.attach_audit(std::make_shared<TensorAudit>(job.model_count(), job.numel()));
+  return job;
+}
+
+// What every merge of a tensor checks once the method has read its inputs: reads that
+// failed, and inputs that hold NaN or Inf.
+void check_inputs(const MergeInputs& in, const TensorJob& job) {
   job.rethrow_read_error();
-  if (in.options.check_finite) {
-    if (const auto bad = job.first_nonfinite_input()) {
-      const bool is_base = *bad == job.model_count();
-      const CheckpointReader& r = is_base ? *in.base : *in.candidates.readers[*bad];
-      throw InputError(r.contains(name) ? r.shard_of(name).path() : in.base->shard_of(name).path(), name,
-                       "contains NaN or Inf (--no-check-finite merges it anyway)");
-    }
-  }
-  const DType returned = spec.writes_output ? out_spec.dtype : DType::F32;
-  if (merged.shape() != out_spec.shape || merged.dtype() != returned)
-    throw std::logic_error(spec.name + " returned a tensor of the wrong shape or dtype for '" + name + "'");
-  if (spec.writes_output && job.output_nonfinite()) throw nonfinite_output(name + ": " + spec.name, out_spec.dtype);
-  Tensor out = spec.writes_output
-                   ? std::move(merged)
-                   : finish_tensor(merged, out_spec.dtype, in.options.check_finite, name + ": " + spec.name);
+  if (!in.options.check_finite) return;
+  const auto bad = job.first_nonfinite_input();
+  if (!bad) return;
+  const std::string& name = job.name();
+  const bool is_base = *bad == job.model_count();
+  const CheckpointReader& r = is_base ? *in.base : *in.candidates.readers[*bad];
+  throw InputError(r.contains(name) ? r.shard_of(name).path() : in.base->shard_of(name).path(), name,
+                   "contains NaN or Inf (--no-check-finite merges it anyway)");
+}
+
+// Merges one floating-point tensor whole and returns it in its output dtype.
+Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary, MergeReport* report) {
+  const std::string& name = out_spec.name;
+  const MethodSpec& spec = in.method->spec();
+  TensorJob job = make_job(in, out_spec, summary, report != nullptr);
+  const Tensor merged = in.method->merge(job);
+  check_inputs(in, job);
+  if (merged.shape() != out_spec.shape || merged.dtype() != DType::F32)
+    throw std::logic_error(spec.name + " returned a tensor of the wrong shape for '" + name + "'");
+  Tensor out = finish_tensor(merged, out_spec.dtype, in.options.check_finite, name + ": " + spec.name);
   if (report) {
-    if (!job.audit()->has_deltas()) {
-      if (spec.writes_output) throw std::logic_error(spec.name + " wrote its output but not the audit's rows");
-      audit_by_reading(job, merged, *job.audit());
-    }
+    if (!job.audit()->has_deltas()) audit_by_reading(job, merged, *job.audit());
     job.rethrow_read_error();
     report->add(name, out_spec.shape, *job.audit());
   }
   return out;
+}
+
+// Merges one floating-point tensor with a streaming method, range by range, each range
+// straight into the output file's buffer (which the writer's I/O threads send to the disk
+// while the next range is merged): no tensor-sized buffer and no copy of the output.
+void stream_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary, MergeReport* report,
+                   CheckpointWriter& writer) {
+  const std::string& name = out_spec.name;
+  const MethodSpec& spec = in.method->spec();
+  TensorJob job = make_job(in, out_spec, summary, report != nullptr);
+  const std::unique_ptr<RangeMerge> ranges = in.method->start(job);
+  if (!ranges) throw std::logic_error(spec.name + " streams but started no RangeMerge");
+  const size_t n = job.numel(), size = dtype_size(out_spec.dtype);
+  // Where less than a chunk is left in the file's buffer, a chunk goes through this one.
+  std::vector<std::byte> bounce;
+  size_t b = 0;
+  do {  // an empty tensor is one empty range
+    check_interrupt();
+    const std::span<std::byte> space = writer.reserve(name, (n - b) * size);
+    size_t e = b + space.size() / size;
+    if (e < n) e = b + (e - b) / kStreamChunk * kStreamChunk;  // ranges start on chunk boundaries
+    std::span<std::byte> out = space.first((e - b) * size);
+    if (e == b && b < n) {
+      e = std::min(n, b + kStreamChunk);
+      bounce.resize((e - b) * size);
+      out = bounce;
+    }
+    ranges->merge_range(b, e, out);
+    check_inputs(in, job);
+    if (job.output_nonfinite()) throw nonfinite_output(name + ": " + spec.name, out_spec.dtype);
+    if (out.data() == bounce.data())
+      writer.append(name, out);
+    else
+      writer.commit(name, out.size());
+    b = e;
+  } while (b < n);
+  ranges->finish();
+  if (report) {
+    if (!job.audit()->has_deltas() && n > 0)
+      throw std::logic_error(spec.name + " streamed but left the audit's rows out");
+    report->add(name, out_spec.shape, *job.audit());
+  }
 }
 
 }  // namespace
@@ -357,31 +419,32 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   if (options.audit) report.emplace(spec.name, context.candidates, context.base);
 
   // While tensor i is merged on all cores, the kernel reads tensor i+1 ahead and a second
-  // thread writes tensor i-1.
+  // thread writes tensor i-1 (or the previous range of a streamed tensor).
   MergeSummary summary;
   Progress progress("merging", plan.size(), ref.total_tensor_bytes(), options.quiet);
-  std::future<void> written;
+  TensorWriter tensors(writer);
   for (size_t i = 0; i < plan.size(); ++i) {
     check_interrupt();
     const TensorSpec& out_spec = plan[i];
     const std::string& name = out_spec.name;
     if (i + 1 < plan.size())
       for (const auto* r : in.readers_of(plan[i + 1].name)) r->prefetch(plan[i + 1].name);
-    Tensor out;
-    if (is_floating(ref.info(name).dtype)) {
-      out = merge_tensor(in, out_spec, summary, report ? &*report : nullptr);
+    if (!is_floating(ref.info(name).dtype)) {
+      tensors.write(name, ref.tensor(name));  // integer buffers are the base's
+      ++summary.tensors_copied;
+    } else if (spec.streams) {
+      tensors.wait();  // the file's bytes go in order
+      stream_tensor(in, out_spec, summary, report ? &*report : nullptr, writer);
       ++summary.tensors_merged;
     } else {
-      out = ref.tensor(name);  // integer buffers are the base's
-      ++summary.tensors_copied;
+      tensors.write(name, merge_tensor(in, out_spec, summary, report ? &*report : nullptr));
+      ++summary.tensors_merged;
     }
+    summary.bytes_written += out_spec.nbytes();
     for (const auto* r : in.readers_of(name)) r->release(name);
-    if (written.valid()) written.get();
-    summary.bytes_written += out.nbytes();
-    written = std::async(std::launch::async, [&writer, name, out = std::move(out)] { writer.write(name, out); });
     progress.advance(1, ref.info(name).nbytes());
   }
-  if (written.valid()) written.get();
+  tensors.wait();
   in.method->finish(context);
   if (report) {
     const nlohmann::json json = report->to_json();

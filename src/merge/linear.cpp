@@ -1,6 +1,8 @@
 // linear: sum_t w_t W_t / sum_t w_t (the division only with normalize, the default).
 // The models are merged as listed; a base_model not among them only supplies the layout.
 #include <algorithm>
+#include <cmath>
+#include <memory>
 #include <vector>
 
 #include "core/error.h"
@@ -22,14 +24,16 @@ class Linear final : public MergeMethod {
                    {{"weight", ParamSpec::Scope::Model, std::nullopt, -1e6, 1e6, "the model's weight"},
                     {"normalize", ParamSpec::Scope::Global, 1.0, 0, 1, "divide by the sum of the weights"}},
                    /*needs_base=*/false};
-      m.writes_output = true;
+      m.streams = true;
       return m;
     }();
     return s;
   }
 
-  Tensor merge(const TensorJob& job) const override {
-    const size_t n = job.numel(), models = job.model_count();
+  Tensor merge(const TensorJob& job) const override { return merge_whole(*this, job); }
+
+  std::unique_ptr<RangeMerge> start(const TensorJob& job) const override {
+    const size_t models = job.model_count();
     std::vector<float> w(models);
     double sum = 0;
     for (size_t t = 0; t < models; ++t) sum += w[t] = static_cast<float>(job.param("weight", t));
@@ -37,57 +41,76 @@ class Linear final : public MergeMethod {
       if (std::abs(sum) < 1e-12) throw InputError("linear: the weights for tensor '" + job.name() + "' sum to zero");
       for (auto& x : w) x = static_cast<float>(x / sum);
     }
-    Tensor out = Tensor::uninitialized(job.output_dtype(), job.shape());
-    const std::span<std::byte> out_bytes = out.mutable_bytes();
-    TensorAudit* audit = job.audit();
     // The audit's merged delta is sum_t w_t D_t, D_t = W_t - W0, when the weights sum to one
     // (W0 = 0 without a base: any weights); otherwise it gets its own row.
     const bool combination = !job.has_base() || job.param("normalize") != 0;
-    if (audit && combination) audit->set_merged_combination(std::vector<double>(models, 1.0), {w.begin(), w.end()});
-    parallel_chunks(n, kStreamChunk,
-                    [&](size_t b, size_t e) { merge_chunk(job, w, audit, combination, b, e, out_bytes); });
-    return out;
+    if (job.audit() && combination)
+      job.audit()->set_merged_combination(std::vector<double>(models, 1.0), {w.begin(), w.end()});
+    return std::make_unique<Ranges>(job, std::move(w), combination);
   }
 
  private:
-  // The sum over one chunk: read as stored, then converted, added and stored in the output
-  // dtype piece by piece, so that the accumulator and the rows stay in L1. With the audit
-  // every model's row of a piece is kept (its delta from the base, the weight itself without
-  // one), and the merged delta too unless it is their combination.
-  static void merge_chunk(const TensorJob& job, const std::vector<float>& w, TensorAudit* audit, bool combination,
-                          size_t b, size_t e, std::span<std::byte> out) {
-    const size_t models = job.model_count();
-    const bool with_base = audit && job.has_base();
-    thread_local StoredChunk chunk;
-    thread_local std::vector<float> scratch;
-    chunk.load(job, b, e, with_base);
-    scratch.resize((models + 3) * kStreamPiece);
-    float* rows = scratch.data();
-    float* merged = rows + models * kStreamPiece;
-    float* base = merged + kStreamPiece;
-    float* a = base + kStreamPiece;
-    for (size_t p = b; p < e; p += kStreamPiece) {
-      const size_t len = std::min(kStreamPiece, e - p);
-      for (size_t t = 0; t < models; ++t) {
-        float* row = rows + (audit ? t : 0) * kStreamPiece;
-        chunk.to_f32(t, p - b, len, row);
-        if (t == 0)
-          for (size_t i = 0; i < len; ++i) a[i] = w[0] * row[i];
-        else
-          for (size_t i = 0; i < len; ++i) a[i] += w[t] * row[i];
-      }
-      job.store_output(out, p, a, len);
-      if (!audit) continue;
-      if (with_base) {
-        chunk.to_f32(models, p - b, len, base);
-        for (size_t t = 0; t < models; ++t)
-          for (size_t i = 0; i < len; ++i) rows[t * kStreamPiece + i] -= base[i];
-      }
-      if (!combination)  // a base, and weights that need not sum to one
-        for (size_t i = 0; i < len; ++i) merged[i] = a[i] - base[i];
-      audit->add_deltas(p, rows, kStreamPiece, len);
+  class Ranges final : public RangeMerge {
+   public:
+    Ranges(const TensorJob& job, std::vector<float> w, bool combination)
+        : job_(job), w_(std::move(w)), combination_(combination) {}
+    void merge_range(size_t begin, size_t end, std::span<std::byte> out) override {
+      parallel_chunks_spread(end - begin, kStreamChunk,
+                             [&](size_t b, size_t e) { merge_chunk(begin + b, begin + e, out, begin); });
     }
-  }
+
+   private:
+    // The sum over one chunk: read as stored, then converted, added and stored in the output
+    // dtype piece by piece, so that the accumulator and the rows stay in L1. With the audit
+    // every model's row of a piece is kept (its delta from the base, the weight itself
+    // without one), and the merged delta too unless it is their combination. `out` holds
+    // the range that starts at element `first`.
+    void merge_chunk(size_t b, size_t e, std::span<std::byte> out, size_t first) const {
+      TensorAudit* audit = job_.audit();
+      const size_t models = job_.model_count();
+      const bool with_base = audit && job_.has_base();
+      thread_local StoredChunk chunk;
+      thread_local std::vector<float> scratch;
+      chunk.load(job_, b, e, with_base);
+      scratch.resize((models + 3) * kStreamPiece);
+      float* rows = scratch.data();
+      float* merged = rows + models * kStreamPiece;
+      float* base = merged + kStreamPiece;
+      float* a = base + kStreamPiece;
+      for (size_t p = b; p < e; p += kStreamPiece) {
+        const size_t len = std::min(kStreamPiece, e - p);
+        for (size_t t = 0; t < models; ++t) {
+          if (!audit) {
+            if (t == 0)
+              chunk.scale(t, p - b, len, w_[t], a);
+            else
+              chunk.add_scaled(t, p - b, len, w_[t], a);
+            continue;
+          }
+          float* row = rows + t * kStreamPiece;
+          chunk.to_f32(t, p - b, len, row);
+          if (t == 0)
+            for (size_t i = 0; i < len; ++i) a[i] = w_[t] * row[i];
+          else
+            for (size_t i = 0; i < len; ++i) a[i] = std::fma(w_[t], row[i], a[i]);
+        }
+        job_.store_output(out, p - first, a, len);
+        if (!audit) continue;
+        if (with_base) {
+          chunk.to_f32(models, p - b, len, base);
+          for (size_t t = 0; t < models; ++t)
+            for (size_t i = 0; i < len; ++i) rows[t * kStreamPiece + i] -= base[i];
+        }
+        if (!combination_)  // a base, and weights that need not sum to one
+          for (size_t i = 0; i < len; ++i) merged[i] = a[i] - base[i];
+        audit->add_deltas(p, rows, kStreamPiece, len);
+      }
+    }
+
+    const TensorJob& job_;
+    std::vector<float> w_;
+    bool combination_;
+  };
 };
 
 AMALGAM_REGISTER_METHOD(Linear);

@@ -1,7 +1,9 @@
 #include "merge/method.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -31,8 +33,7 @@ TensorJob::TensorJob(std::string name, std::vector<Tensor> models, std::optional
   seed_ = h;
 }
 
-void TensorJob::note_nonfinite(size_t input, const float* values, size_t n) const {
-  if (all_finite(values, n)) return;
+void TensorJob::note_nonfinite(size_t input) const {
 #pragma omp critical(amalgam_nonfinite)
   if (!nonfinite_->has_value() || input < **nonfinite_) *nonfinite_ = input;
 }
@@ -47,7 +48,7 @@ void TensorJob::read_input(size_t t, size_t begin, size_t end, float* out) const
   const size_t n = end - begin;
   if (input_dtype(t) == DType::F32) {
     read_stored(t, begin, end, reinterpret_cast<std::byte*>(out));
-    note_nonfinite(t, out, n);
+    if (!all_finite(out, n)) note_nonfinite(t);
     return;
   }
   thread_local std::vector<std::byte> staging;
@@ -68,25 +69,15 @@ void TensorJob::read_stored(size_t t, size_t begin, size_t end, std::byte* out) 
 }
 
 void TensorJob::stored_to_f32(size_t t, const std::byte* stored, size_t n, float* out) const {
-  convert_to_f32(input(t).dtype(), stored, out, n);
-  note_nonfinite(t, out, n);
+  if (!to_f32_checked(input(t).dtype(), stored, out, n)) note_nonfinite(t);
 }
 
 void TensorJob::store_output(std::span<std::byte> out, size_t begin, const float* values, size_t n) const {
   const size_t size = dtype_size(output_dtype_);
   if ((begin + n) * size > out.size()) throw std::logic_error("TensorJob::store_output: range outside the output");
-  std::byte* dst = out.data() + begin * size;
-  convert_from_f32(values, output_dtype_, dst, n);
-  if (!check_output_) return;
-  // Read back after conversion: the check is on the values as they will be stored.
-  float back[kStreamPiece];
-  for (size_t i = 0; i < n; i += kStreamPiece) {
-    const size_t m = std::min(kStreamPiece, n - i);
-    convert_to_f32(output_dtype_, dst + i * size, back, m);
-    if (!all_finite(back, m)) {
+  if (!from_f32_checked(values, output_dtype_, out.data() + begin * size, n) && check_output_) {
 #pragma omp atomic write
-      *output_nonfinite_ = true;
-    }
+    *output_nonfinite_ = true;
   }
 }
 
@@ -103,6 +94,54 @@ void StoredChunk::load(const TensorJob& job, size_t begin, size_t end, bool with
   }
   bytes_.resize(total);
   for (size_t t = 0; t < inputs; ++t) job.read_stored(t, begin, end, bytes_.data() + offsets_[t]);
+}
+
+namespace {
+
+// Calls op(i, x_i) for the n stored elements in F32, and says whether all were finite. BF16,
+// what checkpoints mostly hold, converts inside the loop, so that a merge's FMA reads the
+// stored bits straight from the chunk; other dtypes go through an L1-sized F32 buffer.
+template <class Op>
+bool for_each_f32(DType dtype, const std::byte* stored, size_t n, Op&& op) {
+  if (dtype == DType::BF16) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, stored + 2 * i, 2);
+      const uint32_t bits = static_cast<uint32_t>(h) << 16;
+      bad |= (bits & 0x7f800000u) == 0x7f800000u;
+      op(i, std::bit_cast<float>(bits));
+    }
+    return bad == 0;
+  }
+  float row[kStreamPiece];
+  bool finite = true;
+  for (size_t p = 0; p < n; p += kStreamPiece) {
+    const size_t m = std::min(kStreamPiece, n - p);
+    finite &= to_f32_checked(dtype, stored + p * dtype_size(dtype), row, m);
+    for (size_t i = 0; i < m; ++i) op(p + i, row[i]);
+  }
+  return finite;
+}
+
+}  // namespace
+
+void StoredChunk::scale(size_t t, size_t offset, size_t n, float w, float* __restrict out) const {
+  if (!for_each_f32(job_->input_dtype(t), stored(t, offset), n, [&](size_t i, float x) { out[i] = w * x; }))
+    job_->note_nonfinite(t);
+}
+
+void StoredChunk::add_scaled(size_t t, size_t offset, size_t n, float w, float* __restrict acc) const {
+  if (!for_each_f32(job_->input_dtype(t), stored(t, offset), n,
+                    [&](size_t i, float x) { acc[i] = std::fma(w, x, acc[i]); }))
+    job_->note_nonfinite(t);
+}
+
+void StoredChunk::add_scaled_delta(size_t t, size_t offset, size_t n, float w, const float* __restrict base,
+                                   float* __restrict acc) const {
+  if (!for_each_f32(job_->input_dtype(t), stored(t, offset), n,
+                    [&](size_t i, float x) { acc[i] = std::fma(w, x - base[i], acc[i]); }))
+    job_->note_nonfinite(t);
 }
 
 void TensorJob::read_model(size_t t, size_t begin, size_t end, float* out) const {
@@ -154,6 +193,20 @@ uint64_t TensorJob::seed_for(size_t model) const {
 
 std::optional<size_t> TensorJob::first_nonfinite_input() const {
   return *nonfinite_;
+}
+
+Tensor merge_whole(const MergeMethod& method, const TensorJob& job) {
+  const std::unique_ptr<RangeMerge> ranges = method.start(job);
+  if (!ranges) throw std::logic_error(method.spec().name + " does not stream");
+  Tensor out = Tensor::uninitialized(job.output_dtype(), job.shape());
+  const std::span<std::byte> bytes = out.mutable_bytes();
+  const size_t n = job.numel(), size = dtype_size(job.output_dtype());
+  for (size_t b = 0; b < n; b += kStreamRange) {
+    const size_t e = std::min(n, b + kStreamRange);
+    ranges->merge_range(b, e, bytes.subspan(b * size, (e - b) * size));
+  }
+  ranges->finish();
+  return out;
 }
 
 MethodRegistry& MethodRegistry::instance() {

@@ -113,32 +113,68 @@ TaskArithmeticFamily::TaskArithmeticFamily(const TaskArithmeticVariant& v) : var
   spec_.params.push_back({"rescale", S::Global, v.default_rescale ? 1.0 : 0.0, 0, 1, "divide kept entries by density"});
   spec_.params.push_back({"int8_mask", S::Global, 0.0, 0, 1, "accepted for mergekit compatibility; no effect"});
   spec_.needs_base = true;
-  spec_.writes_output = true;
+  spec_.streams = true;
 }
 
-Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
-  const size_t n = job.numel(), models = job.model_count();
-  const Sparsification sparsify = variant_.sparsification;
-  std::vector<float> weight(models), density(models), scale(models, 1.0f);
-  for (size_t t = 0; t < models; ++t) {
-    weight[t] = static_cast<float>(job.param("weight", t));
-    density[t] = sparsify == Sparsification::None ? 1.0f : static_cast<float>(job.param("density", t));
-    if (job.param("rescale") != 0 && density[t] > 0) scale[t] = 1.0f / density[t];
-  }
-  const bool normalize = job.param("normalize") != 0;
-  const float lambda = static_cast<float>(job.param("lambda"));
+namespace {
 
-  Tensor out = Tensor::uninitialized(job.output_dtype(), job.shape());
-  const std::span<std::byte> out_bytes = out.mutable_bytes();
+// One tensor's merge: the per-model weights and, for magnitude selection, each task
+// vector's band, fixed up front; then the ranges; then the audit's counts.
+class TaskArithmeticRanges final : public RangeMerge {
+ public:
+  TaskArithmeticRanges(const TaskArithmeticVariant& variant, const TensorJob& job);
+  void merge_range(size_t begin, size_t end, std::span<std::byte> out) override;
+  void finish() override;
+
+ private:
+  void merge_chunk(size_t chunk_begin, size_t chunk_end, std::span<std::byte> out, size_t first);
+
+  const TaskArithmeticVariant& variant_;
+  const TensorJob& job_;
+  size_t models_;
+  std::vector<float> weight_, density_, scale_;
+  bool normalize_;
+  float lambda_;
+  float plain_divisor_;
+  // Plain task arithmetic sums the weighted task vectors as it converts them.
+  bool plain_;
+  // Plain task arithmetic's merged delta is a combination of the weighted task vectors it
+  // sums anyway: the audit takes those rows (scaled by w_t) instead of a copy of the raw ones.
+  bool combination_ = false;
+  std::vector<MagnitudeBand> bands_;
+  // The audit's counts: entries kept by sparsification and by the sign election per model,
+  // and entries whose kept deltas disagree in sign.
+  std::vector<uint64_t> kept_, elected_;
+  uint64_t conflicts_ = 0;
+};
+
+TaskArithmeticRanges::TaskArithmeticRanges(const TaskArithmeticVariant& variant, const TensorJob& job)
+    : variant_(variant),
+      job_(job),
+      models_(job.model_count()),
+      weight_(models_),
+      density_(models_),
+      scale_(models_, 1.0f),
+      normalize_(job.param("normalize") != 0),
+      lambda_(static_cast<float>(job.param("lambda"))),
+      plain_(variant.sparsification == Sparsification::None && !variant.sign_consensus),
+      kept_(models_, 0),
+      elected_(models_, 0) {
+  const size_t n = job.numel();
+  const Sparsification sparsify = variant_.sparsification;
+  for (size_t t = 0; t < models_; ++t) {
+    weight_[t] = static_cast<float>(job.param("weight", t));
+    density_[t] = sparsify == Sparsification::None ? 1.0f : static_cast<float>(job.param("density", t));
+    if (job.param("rescale") != 0 && density_[t] > 0) scale_[t] = 1.0f / density_[t];
+  }
 
   // Magnitude selection needs each task vector whole once, to find its rank boundaries.
-  std::vector<MagnitudeBand> bands;
   if (sparsify == Sparsification::Magnitude || sparsify == Sparsification::MagnitudeBand) {
     const Tensor base = job.base_f32();
     const float* base_values = base.data<float>().data();
     Tensor buffer = Tensor::uninitialized(DType::F32, {static_cast<int64_t>(n)});
     const std::span<float> magnitudes = buffer.mutable_data<float>();
-    for (size_t t = 0; t < models; ++t) {
+    for (size_t t = 0; t < models_; ++t) {
       parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
         float* m = magnitudes.data() + b;
         job.read_model(t, b, e, m);
@@ -151,134 +187,164 @@ Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
                               ? static_cast<size_t>(job.param("gamma", t) * static_cast<double>(n))
                               : 0;
       const size_t keep = static_cast<size_t>(job.param("density", t) * static_cast<double>(n));
-      bands.emplace_back(magnitudes, skip, keep);
+      bands_.emplace_back(magnitudes, skip, keep);
     }
   }
 
   float weight_sum = 0;
-  for (float w : weight) weight_sum += w;
-  const float plain_divisor = normalize && std::fabs(weight_sum) >= 1e-8f ? weight_sum : 1.0f;
-  // The audit's counts: entries kept by sparsification and by the sign election per model,
-  // and entries whose kept deltas disagree in sign.
+  for (float w : weight_) weight_sum += w;
+  plain_divisor_ = normalize_ && std::fabs(weight_sum) >= 1e-8f ? weight_sum : 1.0f;
   TensorAudit* audit = job.audit();
-  std::vector<uint64_t> kept(models, 0), elected(models, 0);
-  uint64_t conflicts = 0;
-  // Plain task arithmetic's merged delta is a combination of the weighted task vectors it
-  // sums anyway: the audit takes those rows (scaled by w_t) instead of a copy of the raw ones.
-  const bool combination = audit && sparsify == Sparsification::None && !variant_.sign_consensus &&
-                           std::none_of(scale.begin(), scale.end(), [](float s) { return s == 0; }) &&
-                           std::none_of(weight.begin(), weight.end(), [](float w) { return w == 0; });
-  if (combination) {
-    std::vector<double> row_scale(models);
-    for (size_t t = 0; t < models; ++t) row_scale[t] = static_cast<double>(weight[t]) * scale[t];
-    audit->set_merged_combination(row_scale, std::vector<double>(models, static_cast<double>(lambda) / plain_divisor));
+  combination_ = audit && plain_ && std::none_of(scale_.begin(), scale_.end(), [](float s) { return s == 0; }) &&
+                 std::none_of(weight_.begin(), weight_.end(), [](float w) { return w == 0; });
+  if (combination_) {
+    std::vector<double> row_scale(models_);
+    for (size_t t = 0; t < models_; ++t) row_scale[t] = static_cast<double>(weight_[t]) * scale_[t];
+    audit->set_merged_combination(row_scale,
+                                  std::vector<double>(models_, static_cast<double>(lambda_) / plain_divisor_));
   }
-  // Each chunk is read as stored, then merged piece by piece so that the pieces' rows stay
-  // in L1. Every loop below runs over the elements of a piece with the model fixed, so that
-  // it vectorises; sums over models still add in model order, whatever the chunking.
-  parallel_chunks(n, kStreamChunk, [&](size_t chunk_begin, size_t chunk_end) {
-    thread_local StoredChunk chunk;
-    thread_local std::vector<float> scratch;
-    thread_local std::vector<uint64_t> counts;  // the chunk's kept, then elected, then conflicts
-    chunk.load(job, chunk_begin, chunk_end, /*with_base=*/true);
-    const bool raw_rows = audit && !combination;
-    scratch.resize((models + 6 + (raw_rows ? models + 1 : 0)) * kStreamPiece);
-    counts.assign(2 * models + 1, 0);
-    const std::span<uint64_t> chunk_kept(counts.data(), models), chunk_elected(counts.data() + models, models);
-    uint64_t& chunk_conflicts = counts[2 * models];
-    // Disjoint slices of one buffer; __restrict lets the compiler vectorise across them.
-    float* __restrict mixed = scratch.data();
-    float* __restrict divisor = mixed + kStreamPiece;
-    float* __restrict vote = divisor + kStreamPiece;
-    float* __restrict base = vote + kStreamPiece;
-    float* __restrict result = base + kStreamPiece;     // the merged values, in F32
-    float* __restrict deltas = result + kStreamPiece;   // weighted, sparsified task vectors of this piece
-    float* increment = deltas + models * kStreamPiece;  // the merged delta
-    // With the audit: the raw task vectors, then the merged delta (rows for add_deltas).
-    float* __restrict raw = raw_rows ? increment + kStreamPiece : nullptr;
-    for (size_t b = chunk_begin; b < chunk_end; b += kStreamPiece) {
-      const size_t len = std::min(kStreamPiece, chunk_end - b);
-      chunk.to_f32(models, b - chunk_begin, len, base);
-      for (size_t t = 0; t < models; ++t) {
-        float* __restrict d = deltas + t * kStreamPiece;
-        chunk.to_f32(t, b - chunk_begin, len, d);
-        if (raw)
-          for (size_t i = 0; i < len; ++i) raw[t * kStreamPiece + i] = d[i] - base[i];
-        const float w = weight[t] * scale[t];
-        if (sparsify == Sparsification::None) {
-          for (size_t i = 0; i < len; ++i) d[i] = w * (d[i] - base[i]);
-        } else if (sparsify == Sparsification::Random) {
-          const uint64_t seed = job.seed_for(t);
-          for (size_t i = 0; i < len; ++i) d[i] = uniform01(seed, b + i) < density[t] ? w * (d[i] - base[i]) : 0.0f;
-        } else {
-          const MagnitudeBand& band = bands[t];
-          for (size_t i = 0; i < len; ++i) {
-            const float delta = d[i] - base[i];
-            d[i] = band.contains(std::fabs(delta), b + i) ? w * delta : 0.0f;
-          }
+}
+
+void TaskArithmeticRanges::merge_range(size_t begin, size_t end, std::span<std::byte> out) {
+  parallel_chunks_spread(end - begin, kStreamChunk,
+                         [&](size_t b, size_t e) { merge_chunk(begin + b, begin + e, out, begin); });
+}
+
+// Each chunk is read as stored, then merged piece by piece so that the pieces' rows stay
+// in L1. Every loop below runs over the elements of a piece with the model fixed, so that
+// it vectorises; sums over models still add in model order, whatever the chunking. `out`
+// holds the range that starts at element `first`.
+void TaskArithmeticRanges::merge_chunk(size_t chunk_begin, size_t chunk_end, std::span<std::byte> out, size_t first) {
+  const TensorJob& job = job_;
+  const size_t models = models_;
+  const Sparsification sparsify = variant_.sparsification;
+  TensorAudit* audit = job.audit();
+  thread_local StoredChunk chunk;
+  thread_local std::vector<float> scratch;
+  thread_local std::vector<uint64_t> counts;  // the chunk's kept, then elected, then conflicts
+  chunk.load(job, chunk_begin, chunk_end, /*with_base=*/true);
+  const bool raw_rows = audit && !combination_;
+  scratch.resize((models + 6 + (raw_rows ? models + 1 : 0)) * kStreamPiece);
+  counts.assign(2 * models + 1, 0);
+  const std::span<uint64_t> chunk_kept(counts.data(), models), chunk_elected(counts.data() + models, models);
+  uint64_t& chunk_conflicts = counts[2 * models];
+  // Disjoint slices of one buffer; __restrict lets the compiler vectorise across them.
+  float* __restrict mixed = scratch.data();
+  float* __restrict divisor = mixed + kStreamPiece;
+  float* __restrict vote = divisor + kStreamPiece;
+  float* __restrict base = vote + kStreamPiece;
+  float* __restrict result = base + kStreamPiece;     // the merged values, in F32
+  float* __restrict deltas = result + kStreamPiece;   // weighted, sparsified task vectors of this piece
+  float* increment = deltas + models * kStreamPiece;  // the merged delta
+  // With the audit: the raw task vectors, then the merged delta (rows for add_deltas).
+  float* __restrict raw = raw_rows ? increment + kStreamPiece : nullptr;
+  for (size_t b = chunk_begin; b < chunk_end; b += kStreamPiece) {
+    const size_t len = std::min(kStreamPiece, chunk_end - b);
+    chunk.to_f32(models, b - chunk_begin, len, base);
+    std::fill(mixed, mixed + len, 0.0f);
+    for (size_t t = 0; t < models; ++t) {
+      const float w = weight_[t] * scale_[t];
+      if (plain_ && !audit) {  // only the sum is needed: no F32 copy of the task vectors
+        chunk.add_scaled_delta(t, b - chunk_begin, len, w, base, mixed);
+        continue;
+      }
+      float* __restrict d = deltas + t * kStreamPiece;
+      chunk.to_f32(t, b - chunk_begin, len, d);
+      if (raw)
+        for (size_t i = 0; i < len; ++i) raw[t * kStreamPiece + i] = d[i] - base[i];
+      if (plain_) {
+        // The same std::fma as add_scaled_delta: the audit does not change the merge's bits.
+        for (size_t i = 0; i < len; ++i) {
+          const float delta = d[i] - base[i];
+          mixed[i] = std::fma(w, delta, mixed[i]);
+          d[i] = w * delta;
+        }
+      } else if (sparsify == Sparsification::None) {
+        for (size_t i = 0; i < len; ++i) d[i] = w * (d[i] - base[i]);
+      } else if (sparsify == Sparsification::Random) {
+        const uint64_t seed = job.seed_for(t);
+        for (size_t i = 0; i < len; ++i) d[i] = uniform01(seed, b + i) < density_[t] ? w * (d[i] - base[i]) : 0.0f;
+      } else {
+        const MagnitudeBand& band = bands_[t];
+        for (size_t i = 0; i < len; ++i) {
+          const float delta = d[i] - base[i];
+          d[i] = band.contains(std::fabs(delta), b + i) ? w * delta : 0.0f;
         }
       }
-      if (audit && sparsify != Sparsification::None) count_kept(deltas, models, len, chunk_kept, chunk_conflicts);
-      std::fill(mixed, mixed + len, 0.0f);
-      float* __restrict merged_delta = raw ? raw + models * kStreamPiece : increment;
-      if (!variant_.sign_consensus) {
+    }
+    if (audit && sparsify != Sparsification::None) count_kept(deltas, models, len, chunk_kept, chunk_conflicts);
+    float* __restrict merged_delta = raw ? raw + models * kStreamPiece : increment;
+    if (!variant_.sign_consensus) {
+      if (!plain_)
         for (size_t t = 0; t < models; ++t)
           for (size_t i = 0; i < len; ++i) mixed[i] += deltas[t * kStreamPiece + i];
-        for (size_t i = 0; i < len; ++i) merged_delta[i] = lambda * (mixed[i] / plain_divisor);
-      } else {
-        // TIES: elect the sign of the summed weighted deltas (0 counts as +), then keep, per
-        // entry, the deltas of that sign and the weights of the models they came from.
-        std::fill(vote, vote + len, 0.0f);
-        std::fill(divisor, divisor + len, 0.0f);
-        for (size_t t = 0; t < models; ++t)
-          for (size_t i = 0; i < len; ++i) vote[i] += deltas[t * kStreamPiece + i];
-        for (size_t t = 0; t < models; ++t) {
-          const float* __restrict d = deltas + t * kStreamPiece;
-          const float w = weight[t];
-          uint64_t agreeing = 0;
-          for (size_t i = 0; i < len; ++i) {
-            const float elected_sign = vote[i] >= 0 ? 1.0f : -1.0f;
-            const float agree = d[i] * elected_sign > 0 ? 1.0f : 0.0f;  // zero deltas never agree
-            mixed[i] += agree * d[i];
-            divisor[i] += agree * w;
-            agreeing += agree != 0;
-          }
-          chunk_elected[t] += agreeing;
-        }
-        for (size_t i = 0; i < len; ++i) {
-          const float div = normalize && divisor[i] != 0 ? divisor[i] : 1.0f;
-          merged_delta[i] = lambda * (mixed[i] / div);
-        }
-      }
-      for (size_t i = 0; i < len; ++i) result[i] = base[i] + merged_delta[i];
-      job.store_output(out_bytes, b, result, len);
-      if (raw)
-        audit->add_deltas(b, raw, kStreamPiece, len);
-      else if (combination)
-        audit->add_deltas(b, deltas, kStreamPiece, len);
-    }
-    if (audit) {
+      for (size_t i = 0; i < len; ++i) merged_delta[i] = lambda_ * (mixed[i] / plain_divisor_);
+    } else {
+      // TIES: elect the sign of the summed weighted deltas (0 counts as +), then keep, per
+      // entry, the deltas of that sign and the weights of the models they came from.
+      std::fill(vote, vote + len, 0.0f);
+      std::fill(divisor, divisor + len, 0.0f);
+      for (size_t t = 0; t < models; ++t)
+        for (size_t i = 0; i < len; ++i) vote[i] += deltas[t * kStreamPiece + i];
       for (size_t t = 0; t < models; ++t) {
-#pragma omp atomic
-        kept[t] += chunk_kept[t];
-#pragma omp atomic
-        elected[t] += chunk_elected[t];
+        const float* __restrict d = deltas + t * kStreamPiece;
+        const float w = weight_[t];
+        uint64_t agreeing = 0;
+        for (size_t i = 0; i < len; ++i) {
+          const float elected_sign = vote[i] >= 0 ? 1.0f : -1.0f;
+          const float agree = d[i] * elected_sign > 0 ? 1.0f : 0.0f;  // zero deltas never agree
+          mixed[i] += agree * d[i];
+          divisor[i] += agree * w;
+          agreeing += agree != 0;
+        }
+        chunk_elected[t] += agreeing;
       }
-#pragma omp atomic
-      conflicts += chunk_conflicts;
+      for (size_t i = 0; i < len; ++i) {
+        const float div = normalize_ && divisor[i] != 0 ? divisor[i] : 1.0f;
+        merged_delta[i] = lambda_ * (mixed[i] / div);
+      }
     }
-  });
-  if (audit && sparsify != Sparsification::None) {
-    std::vector<double> kept_fraction, elected_fraction;
-    for (size_t t = 0; t < models; ++t) {
-      kept_fraction.push_back(static_cast<double>(kept[t]) / static_cast<double>(std::max<size_t>(n, 1)));
-      elected_fraction.push_back(static_cast<double>(elected[t]) / static_cast<double>(std::max<size_t>(n, 1)));
-    }
-    audit->set("kept_fraction", kept_fraction);
-    if (variant_.sign_consensus) audit->set("elected_fraction", elected_fraction);
-    audit->set("sign_conflict_share", static_cast<double>(conflicts) / static_cast<double>(std::max<size_t>(n, 1)));
+    for (size_t i = 0; i < len; ++i) result[i] = base[i] + merged_delta[i];
+    job.store_output(out, b - first, result, len);
+    if (raw)
+      audit->add_deltas(b, raw, kStreamPiece, len);
+    else if (combination_)
+      audit->add_deltas(b, deltas, kStreamPiece, len);
   }
-  return out;
+  if (audit) {
+    for (size_t t = 0; t < models; ++t) {
+#pragma omp atomic
+      kept_[t] += chunk_kept[t];
+#pragma omp atomic
+      elected_[t] += chunk_elected[t];
+    }
+#pragma omp atomic
+    conflicts_ += chunk_conflicts;
+  }
+}
+
+void TaskArithmeticRanges::finish() {
+  TensorAudit* audit = job_.audit();
+  if (!audit || variant_.sparsification == Sparsification::None) return;
+  const double n = static_cast<double>(std::max<size_t>(job_.numel(), 1));
+  std::vector<double> kept_fraction, elected_fraction;
+  for (size_t t = 0; t < models_; ++t) {
+    kept_fraction.push_back(static_cast<double>(kept_[t]) / n);
+    elected_fraction.push_back(static_cast<double>(elected_[t]) / n);
+  }
+  audit->set("kept_fraction", kept_fraction);
+  if (variant_.sign_consensus) audit->set("elected_fraction", elected_fraction);
+  audit->set("sign_conflict_share", static_cast<double>(conflicts_) / n);
+}
+
+}  // namespace
+
+Tensor TaskArithmeticFamily::merge(const TensorJob& job) const {
+  return merge_whole(*this, job);
+}
+
+std::unique_ptr<RangeMerge> TaskArithmeticFamily::start(const TensorJob& job) const {
+  return std::make_unique<TaskArithmeticRanges>(variant_, job);
 }
 
 }  // namespace amalgam

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "merge/method.h"
@@ -33,6 +34,7 @@ class TaskArithmeticFamily : public MergeMethod {
   explicit TaskArithmeticFamily(const TaskArithmeticVariant& variant);
   const MethodSpec& spec() const override { return spec_; }
   Tensor merge(const TensorJob& job) const override;
+  std::unique_ptr<RangeMerge> start(const TensorJob& job) const override;
 
  private:
   TaskArithmeticVariant variant_;
