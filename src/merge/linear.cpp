@@ -80,19 +80,16 @@ class Linear final : public MergeMethod {
       for (size_t p = b; p < e; p += kStreamPiece) {
         const size_t len = std::min(kStreamPiece, e - p);
         for (size_t t = 0; t < models; ++t) {
-          if (!audit) {
-            if (t == 0)
-              chunk.scale(t, p - b, len, w_[t], a);
-            else
-              chunk.add_scaled(t, p - b, len, w_[t], a);
-            continue;
-          }
-          float* row = rows + t * kStreamPiece;
-          chunk.to_f32(t, p - b, len, row);
-          if (t == 0)
-            for (size_t i = 0; i < len; ++i) a[i] = w_[t] * row[i];
+          const float w = w_[t];
+          float* row = rows + t * kStreamPiece;  // kept for the audit
+          if (t == 0 && !audit)
+            chunk.visit(t, p - b, len, [&](size_t i, float x) { a[i] = w * x; });
+          else if (!audit)
+            chunk.visit(t, p - b, len, [&](size_t i, float x) { a[i] = std::fma(w, x, a[i]); });
+          else if (t == 0)
+            chunk.visit(t, p - b, len, [&](size_t i, float x) { row[i] = x, a[i] = w * x; });
           else
-            for (size_t i = 0; i < len; ++i) a[i] = std::fma(w_[t], row[i], a[i]);
+            chunk.visit(t, p - b, len, [&](size_t i, float x) { row[i] = x, a[i] = std::fma(w, x, a[i]); });
         }
         job_.store_output(out, p - first, a, len);
         if (!audit) continue;

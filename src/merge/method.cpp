@@ -96,54 +96,6 @@ void StoredChunk::load(const TensorJob& job, size_t begin, size_t end, bool with
   for (size_t t = 0; t < inputs; ++t) job.read_stored(t, begin, end, bytes_.data() + offsets_[t]);
 }
 
-namespace {
-
-// Calls op(i, x_i) for the n stored elements in F32, and says whether all were finite. BF16,
-// what checkpoints mostly hold, converts inside the loop, so that a merge's FMA reads the
-// stored bits straight from the chunk; other dtypes go through an L1-sized F32 buffer.
-template <class Op>
-bool for_each_f32(DType dtype, const std::byte* stored, size_t n, Op&& op) {
-  if (dtype == DType::BF16) {
-    uint32_t bad = 0;
-    for (size_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, stored + 2 * i, 2);
-      const uint32_t bits = static_cast<uint32_t>(h) << 16;
-      bad |= (bits & 0x7f800000u) == 0x7f800000u;
-      op(i, std::bit_cast<float>(bits));
-    }
-    return bad == 0;
-  }
-  float row[kStreamPiece];
-  bool finite = true;
-  for (size_t p = 0; p < n; p += kStreamPiece) {
-    const size_t m = std::min(kStreamPiece, n - p);
-    finite &= to_f32_checked(dtype, stored + p * dtype_size(dtype), row, m);
-    for (size_t i = 0; i < m; ++i) op(p + i, row[i]);
-  }
-  return finite;
-}
-
-}  // namespace
-
-void StoredChunk::scale(size_t t, size_t offset, size_t n, float w, float* __restrict out) const {
-  if (!for_each_f32(job_->input_dtype(t), stored(t, offset), n, [&](size_t i, float x) { out[i] = w * x; }))
-    job_->note_nonfinite(t);
-}
-
-void StoredChunk::add_scaled(size_t t, size_t offset, size_t n, float w, float* __restrict acc) const {
-  if (!for_each_f32(job_->input_dtype(t), stored(t, offset), n,
-                    [&](size_t i, float x) { acc[i] = std::fma(w, x, acc[i]); }))
-    job_->note_nonfinite(t);
-}
-
-void StoredChunk::add_scaled_delta(size_t t, size_t offset, size_t n, float w, const float* __restrict base,
-                                   float* __restrict acc) const {
-  if (!for_each_f32(job_->input_dtype(t), stored(t, offset), n,
-                    [&](size_t i, float x) { acc[i] = std::fma(w, x - base[i], acc[i]); }))
-    job_->note_nonfinite(t);
-}
-
 void TensorJob::read_model(size_t t, size_t begin, size_t end, float* out) const {
   if (t >= models_.size()) throw std::out_of_range("TensorJob::read_model: no candidate " + std::to_string(t));
   read_input(t, begin, end, out);

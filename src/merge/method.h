@@ -9,7 +9,10 @@
 // made, and each range leaves for the disk while the next is merged.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <limits>
@@ -20,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/random.h"
 #include "core/tensor.h"
 
@@ -157,13 +161,12 @@ class StoredChunk {
   void to_f32(size_t t, size_t offset, size_t n, float* out) const {
     job_->stored_to_f32(t, stored(t, offset), n, out);
   }
-  // The same elements folded into an accumulator without an F32 copy of them:
-  // out[i] = w * x[i]; acc[i] = fma(w, x[i], acc[i]); and acc[i] = fma(w, x[i] - base[i],
-  // acc[i]) (a weighted task vector). A method that also converts the rows for its audit
-  // gets the same bits by writing the same arithmetic.
-  void scale(size_t t, size_t offset, size_t n, float w, float* out) const;
-  void add_scaled(size_t t, size_t offset, size_t n, float w, float* acc) const;
-  void add_scaled_delta(size_t t, size_t offset, size_t n, float w, const float* base, float* acc) const;
+  // The same elements handed to op(i, x) (i from 0, x in F32) instead of stored: a method
+  // folds the conversion into its own loop (acc[i] = std::fma(w, x, acc[i])), so that no
+  // F32 copy is made and read back. BF16 converts inside the loop; other dtypes go through
+  // an L1-sized buffer. An op of plain arithmetic on arrays vectorises.
+  template <class Op>
+  void visit(size_t t, size_t offset, size_t n, Op&& op) const;
 
  private:
   const std::byte* stored(size_t t, size_t offset) const { return bytes_.data() + offsets_[t] + offset * sizes_[t]; }
@@ -175,6 +178,32 @@ class StoredChunk {
 
 // Elements per piece of a StoredChunk: a method's rows of a piece fit in L1.
 inline constexpr size_t kStreamPiece = 1024;
+
+template <class Op>
+void StoredChunk::visit(size_t t, size_t offset, size_t n, Op&& op) const {
+  const DType dtype = job_->input_dtype(t);
+  const std::byte* in = stored(t, offset);
+  bool finite = true;
+  if (dtype == DType::BF16) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, in + 2 * i, 2);
+      const uint32_t bits = static_cast<uint32_t>(h) << 16;
+      bad |= (bits & 0x7f800000u) == 0x7f800000u;
+      op(i, std::bit_cast<float>(bits));
+    }
+    finite = bad == 0;
+  } else {
+    float row[kStreamPiece];
+    for (size_t p = 0; p < n; p += kStreamPiece) {
+      const size_t m = std::min(kStreamPiece, n - p);
+      finite &= to_f32_checked(dtype, in + p * dtype_size(dtype), row, m);
+      for (size_t i = 0; i < m; ++i) op(p + i, row[i]);
+    }
+  }
+  if (!finite) job_->note_nonfinite(t);
+}
 
 struct ModelEntry;
 struct MergeConfig;

@@ -244,22 +244,35 @@ void TaskArithmeticRanges::merge_chunk(size_t chunk_begin, size_t chunk_end, std
     std::fill(mixed, mixed + len, 0.0f);
     for (size_t t = 0; t < models; ++t) {
       const float w = weight_[t] * scale_[t];
-      if (plain_ && !audit) {  // only the sum is needed: no F32 copy of the task vectors
-        chunk.add_scaled_delta(t, b - chunk_begin, len, w, base, mixed);
+      const size_t offset = b - chunk_begin;
+      float* __restrict d = deltas + t * kStreamPiece;
+      if (plain_) {
+        // The sum in the conversion's own loop, and with the audit the weighted task vector
+        // (and the raw one) beside it; the same std::fma either way, so the audit does not
+        // change the merge's bits.
+        if (!audit) {
+          chunk.visit(t, offset, len, [&](size_t i, float x) { mixed[i] = std::fma(w, x - base[i], mixed[i]); });
+        } else if (!raw) {
+          chunk.visit(t, offset, len, [&](size_t i, float x) {
+            const float delta = x - base[i];
+            mixed[i] = std::fma(w, delta, mixed[i]);
+            d[i] = w * delta;
+          });
+        } else {
+          float* __restrict r = raw + t * kStreamPiece;
+          chunk.visit(t, offset, len, [&](size_t i, float x) {
+            const float delta = x - base[i];
+            r[i] = delta;
+            mixed[i] = std::fma(w, delta, mixed[i]);
+            d[i] = w * delta;
+          });
+        }
         continue;
       }
-      float* __restrict d = deltas + t * kStreamPiece;
-      chunk.to_f32(t, b - chunk_begin, len, d);
+      chunk.to_f32(t, offset, len, d);
       if (raw)
         for (size_t i = 0; i < len; ++i) raw[t * kStreamPiece + i] = d[i] - base[i];
-      if (plain_) {
-        // The same std::fma as add_scaled_delta: the audit does not change the merge's bits.
-        for (size_t i = 0; i < len; ++i) {
-          const float delta = d[i] - base[i];
-          mixed[i] = std::fma(w, delta, mixed[i]);
-          d[i] = w * delta;
-        }
-      } else if (sparsify == Sparsification::None) {
+      if (sparsify == Sparsification::None) {
         for (size_t i = 0; i < len; ++i) d[i] = w * (d[i] - base[i]);
       } else if (sparsify == Sparsification::Random) {
         const uint64_t seed = job.seed_for(t);
