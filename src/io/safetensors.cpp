@@ -298,7 +298,7 @@ void SafetensorsWriter::write(std::string_view name, const Tensor& tensor) {
 void SafetensorsWriter::append(std::string_view name, std::span<const std::byte> bytes) {
   do {  // an empty tensor takes one empty commit
     const std::span<std::byte> space = reserve(name, bytes.size());
-    std::memcpy(space.data(), bytes.data(), space.size());
+    if (!space.empty()) std::memcpy(space.data(), bytes.data(), space.size());
     commit(name, space.size());
     bytes = bytes.subspan(space.size());
   } while (!bytes.empty());

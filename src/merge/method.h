@@ -145,8 +145,9 @@ class TensorJob {
 };
 
 // Elements per streamed chunk: 128 KB of BF16 per input per read. Fewer, larger reads
-// cost less kernel time per byte (8 BF16 inputs: 1.93 s of CPU against 2.07 s with 64 KB
-// reads, bench/merge_throughput.sh), and a chunk of eight inputs still about fits in L2.
+// cost less kernel time per byte (system calls are costly in a VM; 64 KB reads measured
+// 7% more CPU on bench/merge_throughput.sh's linear merge), and a chunk of eight inputs
+// still about fits in L2.
 inline constexpr size_t kStreamChunk = 65536;
 
 // One chunk of every candidate (and the base) as stored: one read per input per chunk,
