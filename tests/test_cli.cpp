@@ -101,10 +101,14 @@ TEST(CliInterrupt, CtrlCLeavesNoPartialOutput) {
                                              "\n  - model: " + (tmp / "fam/model_2").string() + "\n");
   fs::create_directories(tmp / "out");
   testing::write_bytes(tmp / "out/previous.txt", "keep me");
-  // TSV's SVDs take long enough that SIGINT arrives mid-merge.
-  const std::string script = std::string(AMALGAM_BIN) + " merge " + (tmp / "tsv.yaml").string() + " -o " +
-                             (tmp / "out").string() + " --force -q 2>" + (tmp / "err").string() +
-                             " & pid=$!; sleep 0.5; kill -INT $pid; wait $pid; echo $? >" + (tmp / "rc").string();
+  // TSV's SVDs take long enough that SIGINT arrives mid-merge. The signal waits for the
+  // staging directory: a background job starts with SIGINT ignored until amalgam installs its
+  // handler, and a loaded machine (a sanitizer build beside other jobs) can take longer than
+  // any fixed sleep to get there.
+  const std::string script =
+      std::string(AMALGAM_BIN) + " merge " + (tmp / "tsv.yaml").string() + " -o " + (tmp / "out").string() +
+      " --force -q 2>" + (tmp / "err").string() + " & pid=$!; for i in $(seq 1200); do ls -a " + tmp.path().string() +
+      " | grep -q amalgam-tmp && break; sleep 0.05; done; kill -INT $pid; wait $pid; echo $? >" + (tmp / "rc").string();
   ASSERT_EQ(std::system(("bash -c '" + script + "'").c_str()), 0);
   const std::string rc = testing::read_bytes(tmp / "rc");
   ASSERT_EQ(rc, "130\n") << "the merge finished before the signal; make it slower. stderr: "
