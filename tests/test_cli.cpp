@@ -99,22 +99,23 @@ TEST(CliInterrupt, CtrlCLeavesNoPartialOutput) {
   testing::write_bytes(tmp / "tsv.yaml", "merge_method: tsv\nbase_model: " + (tmp / "fam/base").string() +
                                              "\nmodels:\n  - model: " + (tmp / "fam/model_1").string() +
                                              "\n  - model: " + (tmp / "fam/model_2").string() + "\n");
-  fs::create_directories(tmp / "out");
-  testing::write_bytes(tmp / "out/previous.txt", "keep me");
+  const fs::path out = tmp / "out";
+  fs::create_directories(out);
+  testing::write_bytes(out / "previous.txt", "keep me");
   // TSV's SVDs take long enough that SIGINT arrives mid-merge. The signal waits for the
-  // staging directory: a background job starts with SIGINT ignored until amalgam installs its
-  // handler, and a loaded machine (a sanitizer build beside other jobs) can take longer than
-  // any fixed sleep to get there.
-  const std::string script =
-      std::string(AMALGAM_BIN) + " merge " + (tmp / "tsv.yaml").string() + " -o " + (tmp / "out").string() +
-      " --force -q 2>" + (tmp / "err").string() + " & pid=$!; for i in $(seq 1200); do ls -a " + tmp.path().string() +
-      " | grep -q amalgam-tmp && break; sleep 0.05; done; kill -INT $pid; wait $pid; echo $? >" + (tmp / "rc").string();
-  ASSERT_EQ(std::system(("bash -c '" + script + "'").c_str()), 0);
-  const std::string rc = testing::read_bytes(tmp / "rc");
-  ASSERT_EQ(rc, "130\n") << "the merge finished before the signal; make it slower. stderr: "
-                         << testing::read_bytes(tmp / "err");
+  // staging directory, made after amalgam installs its handler: a loaded machine (a sanitizer
+  // build beside other jobs) can take longer than any fixed sleep to get there.
+  const pid_t pid =
+      testing::spawn_amalgam({"merge", (tmp / "tsv.yaml").string(), "-o", out.string(), "--force", "-q"}, tmp / "err");
+  const bool started = testing::wait_until(pid, [&] { return !testing::staging_directories(out, pid).empty(); });
+  ::kill(pid, SIGINT);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(started) << "the merge never staged its output (or finished first)";
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130)
+      << "the merge finished before the signal; make it slower. stderr: " << testing::read_bytes(tmp / "err");
   EXPECT_NE(testing::read_bytes(tmp / "err").find("interrupted"), std::string::npos);
-  EXPECT_EQ(testing::read_bytes(tmp / "out/previous.txt"), "keep me");  // the old output is intact
+  EXPECT_EQ(testing::read_bytes(out / "previous.txt"), "keep me");  // the old output is intact
   for (const auto& e : fs::directory_iterator(tmp.path()))
     EXPECT_EQ(e.path().filename().string().find(".out.amalgam-tmp"), std::string::npos) << e.path();
 }

@@ -10,11 +10,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "clip_fixtures.h"
@@ -403,15 +401,12 @@ TEST(Faults, FullDiskFailsCleanlyAndKeepsThePreviousOutput) {
   EXPECT_EQ(CheckpointReader(out).names().size(), 4u);
 }
 
-// The staging directory of process `pid` for `target`, once it holds the first output shard.
+// Whether process `pid` has written the first output shard into its staging directory.
 bool writing_started(const fs::path& target, pid_t pid) {
-  const std::string prefix = "." + target.filename().string() + ".amalgam-tmp." + std::to_string(pid) + ".";
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(target.parent_path(), ec)) {
-    if (!e.path().filename().string().starts_with(prefix)) continue;
-    for (const auto& f : fs::directory_iterator(e.path(), ec))
+  for (const auto& staging : testing::staging_directories(target, pid))
+    for (const auto& f : fs::directory_iterator(staging, ec))
       if (f.path().extension() == ".safetensors") return true;
-  }
   return false;
 }
 
@@ -429,21 +424,10 @@ TEST(Faults, SigkillMidWriteKeepsThePreviousOutputAndTheNextRunCleansUp) {
   write_bytes(out / "previous.txt", "keep me");
 
   const std::string config = (tmp / "merge.yaml").string();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 2);
-    ::execl(AMALGAM_BIN, AMALGAM_BIN, "merge", config.c_str(), "-o", out.c_str(), "--force", "-q",
-            static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  bool started = false;
-  int status = 0;
-  while (!(started = writing_started(out, pid)) && std::chrono::steady_clock::now() < deadline &&
-         ::waitpid(pid, &status, WNOHANG) == 0)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const pid_t pid = testing::spawn_amalgam({"merge", config, "-o", out.string(), "--force", "-q"}, "/dev/null");
+  const bool started = testing::wait_until(pid, [&] { return writing_started(out, pid); });
   ::kill(pid, SIGKILL);
+  int status = 0;
   ::waitpid(pid, &status, 0);
   ASSERT_TRUE(started) << "the merge never started writing (or finished first)";
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the merge finished before the kill";

@@ -2,8 +2,11 @@
 // amalgam executable.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +16,8 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 namespace amalgam::testing {
 
@@ -81,6 +86,53 @@ inline CliResult run_amalgam(const std::string& args) {
   r.err = read_bytes(err);
   return r;
 }
+
+// Starts the amalgam executable with `args`, its stderr into `err`, and returns its pid, for
+// tests that signal a run midway (reap it with waitpid).
+inline pid_t spawn_amalgam(const std::vector<std::string>& args, const fs::path& err) {
+  std::vector<std::string> argv_strings = {AMALGAM_BIN};
+  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_strings) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 2);
+    ::execv(AMALGAM_BIN, argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
 #endif
+
+// The staging directories process `pid` has made beside `target` (".out.amalgam-tmp.PID.N",
+// io/atomic_output): a run has one from after it starts until it commits.
+inline std::vector<fs::path> staging_directories(const fs::path& target, pid_t pid) {
+  // Appended piece by piece: GCC 12's -Wrestrict misfires on `"." + std::string` here.
+  std::string prefix = ".";
+  prefix += target.filename().string();
+  prefix += ".amalgam-tmp." + std::to_string(pid) + ".";
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(target.parent_path(), ec))
+    if (e.path().filename().string().starts_with(prefix)) found.push_back(e.path());
+  return found;
+}
+
+// Polls every millisecond until `ready()` holds, process `pid` exits, or 60 s pass; returns
+// whether `ready()` held (a process that exited is left for the caller's waitpid).
+template <class Ready>
+bool wait_until(pid_t pid, Ready ready) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (ready()) return true;
+    siginfo_t exited{};
+    if (::waitid(P_PID, static_cast<id_t>(pid), &exited, WEXITED | WNOHANG | WNOWAIT) != 0 || exited.si_pid != 0)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
 
 }  // namespace amalgam::testing
