@@ -2,7 +2,7 @@
 # What the merge audit (merge_report.json) costs: each merge timed with the audit (the
 # default) and with --no-audit, alternating, median of RUNS runs (default 5) each: wall
 # time, and the CPU time the audit adds against the merge's whole CPU time.
-#   - data-free methods on 8 generated BF16 fine-tunes of a small decoder (about 270 MB each);
+#   - data-free methods on 8 generated BF16 fine-tunes of a small decoder (337 MB each);
 #   - RegMean and RegMean++ on a built zoo (256 calibration examples per task), if ZOO is given.
 #
 #   bench/audit_cost.sh [DATA_DIR] [ZOO]     (DATA_DIR default bench-data/, about 2.5 GB of disk)
