@@ -56,12 +56,11 @@ Model plus(const Model& base, const Model& delta) {
   return m;
 }
 
-fs::path write_model(const fs::path& dir, const Model& m) {
+fs::path write_model(const fs::path& dir, const Model& m, DType dtype = DType::F32) {
   fs::create_directories(dir);
-  SafetensorsWriter w(dir / "model.safetensors",
-                      {{kMatrix, DType::F32, kMatrixShape}, {kBias, DType::F32, kBiasShape}});
-  w.write(kMatrix, Tensor::from_f32(kMatrixShape, m.matrix));
-  w.write(kBias, Tensor::from_f32(kBiasShape, m.bias));
+  SafetensorsWriter w(dir / "model.safetensors", {{kMatrix, dtype, kMatrixShape}, {kBias, dtype, kBiasShape}});
+  w.write(kMatrix, Tensor::from_f32(kMatrixShape, m.matrix).to(dtype));
+  w.write(kBias, Tensor::from_f32(kBiasShape, m.bias).to(dtype));
   w.finish();
   return dir;
 }
@@ -135,13 +134,17 @@ struct Family {
   std::vector<fs::path> paths;
   fs::path base_path;
 
-  explicit Family(size_t count) {
-    base_path = write_model(tmp / "base", base);
+  // The models as stored in `dtype` (the values read back, rounded).
+  explicit Family(size_t count, DType dtype = DType::F32) {
+    base_path = write_model(tmp / "base", base, dtype);
+    base = read_model(base_path);
     for (size_t t = 0; t < count; ++t) {
-      models.push_back(plus(base, random_model(10 + t, 0.01f * static_cast<float>(t + 1))));
-      paths.push_back(write_model(tmp / ("ft" + std::to_string(t)), models.back()));
+      paths.push_back(
+          write_model(tmp / ("ft" + std::to_string(t)), plus(base, random_model(10 + t, 0.01f * (t + 1.0f))), dtype));
+      models.push_back(read_model(paths.back()));
     }
   }
+  static Model read_model(const fs::path& dir) { return {read_tensor(dir, kMatrix), read_tensor(dir, kBias)}; }
   // Checks every tensor's generic fields of a merge written to tmp/name.
   void expect_report(const json& report, const std::string& name, bool against_base) const {
     for (const auto& [tensor, member] : {std::pair{kMatrix, &Model::matrix}, {kBias, &Model::bias}}) {
@@ -173,6 +176,17 @@ TEST(MergeAudit, LinearWithoutABaseMeasuresTheWeightsThemselves) {
   EXPECT_EQ(report["reference"], "zero");
   EXPECT_TRUE(report["base"].is_null());
   f.expect_report(report, "out", false);
+}
+
+// BF16 checkpoints without a base: the audit takes the stored weights as its rows.
+TEST(MergeAudit, LinearWithoutABaseOnBf16CheckpointsMatchesANaiveLoop) {
+  for (const size_t count : {size_t{3}, size_t{9}}) {
+    const Family f(count, DType::BF16);
+    // The merged output in F32, for the reference's merged delta.
+    const json report =
+        merge_and_report(f.tmp, "merge_method: linear\ndtype: float32\n" + models_yaml(f.paths, "weight: 1.0"));
+    f.expect_report(report, "out", false);
+  }
 }
 
 // Methods whose merged delta is a combination of the task vectors (linear with weights that

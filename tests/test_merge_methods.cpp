@@ -8,6 +8,7 @@
 #include <numeric>
 #include <random>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "linalg/linalg.h"
@@ -329,6 +330,46 @@ TEST(Linalg, RowGramAddsTheUpperTriangleOfTheRowsInnerProducts) {
   double norm = 0;
   add_row_gram(1, 4096, ones.data(), 4096, &norm, 1);
   EXPECT_EQ(norm, 4096.0);
+}
+
+// The same Gram over BF16 rows (raw bits, one pointer a row), with vdpbf16ps where the
+// build has it and through the float kernel otherwise: the products are exact either way,
+// so both match a double loop over the values the bits stand for.
+TEST(Linalg, Bf16RowGramMatchesADoubleLoopWithAndWithoutTheBf16Instructions) {
+  std::mt19937 rng(6);
+  std::normal_distribution<float> g;
+  for (auto* gram : {&add_row_gram_bf16, &add_row_gram_bf16_portable})
+    for (int64_t n = 1; n <= 13; ++n)
+      for (const int64_t k : {int64_t{1}, int64_t{31}, int64_t{4096 + 33}}) {
+        const int64_t ldc = n + 2;
+        std::vector<std::vector<uint16_t>> rows(static_cast<size_t>(n));
+        std::vector<const uint16_t*> pointers;
+        for (auto& row : rows) {
+          for (int64_t x = 0; x < k; ++x) row.push_back(f32_to_bf16(g(rng)));
+          pointers.push_back(row.data());
+        }
+        std::vector<double> c(static_cast<size_t>(n * ldc), 0.5);
+        (*gram)(pointers, k, c.data(), ldc);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < ldc; ++j) {
+            if (j < i || j >= n) {
+              EXPECT_EQ(c[i * ldc + j], 0.5) << "outside the upper triangle: left alone";
+              continue;
+            }
+            double expected = 0.5;
+            for (int64_t x = 0; x < k; ++x)
+              expected += static_cast<double>(bf16_to_f32(rows[i][x])) * bf16_to_f32(rows[j][x]);
+            EXPECT_NEAR(c[i * ldc + j], expected, 1e-3) << n << " rows of " << k << ": " << i << "," << j;
+          }
+      }
+  // A row of ones: its squared norm exactly.
+  const std::vector<uint16_t> ones(4096, f32_to_bf16(1.0f));
+  const uint16_t* row = ones.data();
+  for (auto* gram : {&add_row_gram_bf16, &add_row_gram_bf16_portable}) {
+    double norm = 0;
+    (*gram)({&row, 1}, 4096, &norm, 1);
+    EXPECT_EQ(norm, 4096.0);
+  }
 }
 
 TEST(Linalg, PolarFactorIsOrthonormalAndSymmetrising) {

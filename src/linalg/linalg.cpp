@@ -4,14 +4,20 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "linalg/lapack.h"
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
 
 namespace amalgam {
 
@@ -51,108 +57,215 @@ void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t ld
 namespace {
 
 // The inner products of A rows with B rows over len floats, added to c (row-major, ldc):
-// A*B 8-float accumulators (GCC/Clang vector extensions, kept in registers; with AVX-512's
-// 32 vector registers a 4x4 block's 16 accumulators and 8 row vectors all fit), each row
-// vector loaded once per step, summed into doubles at the end. With kSame the rows are one
-// block against itself and only the upper triangle (q >= r) is computed.
-using Float8 = float __attribute__((vector_size(32)));
+// A*B vector accumulators (GCC/Clang vector extensions, of 16 floats with AVX-512 and 8
+// without, kept in registers; with AVX-512's 32 vector registers a 4x5 block's 20
+// accumulators and 9 row vectors all fit), each row vector loaded once per step, summed
+// into C in double at the end. With kSame the rows are one block against itself and only
+// the upper triangle (q >= r) is computed.
+#if defined(__AVX512F__)
+constexpr int kFloatLanes = 16;
+#else
+constexpr int kFloatLanes = 8;
+#endif
+using FloatVector = float __attribute__((vector_size(4 * kFloatLanes)));
 
-Float8 load8(const float* p) {
-  Float8 v;
+FloatVector load_floats(const float* p) {
+  FloatVector v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
 // Pins a value in a register: without it GCC folds a load into every FMA that uses the
 // vector, and the loop becomes bound by loads (two per cycle) instead of by FMAs.
-Float8 in_register(Float8 v) {
-#if defined(__x86_64__) && defined(__AVX__)  // a 32-byte vector fits one register
+FloatVector in_register(FloatVector v) {
+#if defined(__x86_64__) && defined(__AVX__)  // a vector fits one register
   __asm__("" : "+v"(v));
 #endif
   return v;
 }
 
-template <int A, int B, bool kSame>
-void add_block_dots(const float* const* a, const float* const* b, int64_t len, double* c, int64_t ldc) {
-  Float8 s[A][B] = {};
-  int64_t x = 0;
-  for (; x + 8 <= len; x += 8) {
-    Float8 va[A], vb[B];
-    for (int r = 0; r < A; ++r) va[r] = in_register(load8(a[r] + x));
-    for (int q = 0; q < B; ++q) vb[q] = kSame ? va[q] : in_register(load8(b[q] + x));
-    for (int r = 0; r < A; ++r)
-      for (int q = kSame ? r : 0; q < B; ++q) s[r][q] += va[r] * vb[q];
-  }
-  for (int r = 0; r < A; ++r)
-    for (int q = kSame ? r : 0; q < B; ++q) {
-      double sum = 0;
-      for (int64_t i = x; i < len; ++i) sum += static_cast<double>(a[r][i]) * b[q][i];
-      for (int l = 0; l < 8; ++l) sum += s[r][q][l];
-      c[r * ldc + q] += sum;
-    }
+// A vector's float lanes added pairwise, halves onto halves, into one: a few vector adds in
+// place of one scalar add per lane, for every pair of rows and block of columns.
+template <class Vector>
+double lane_total(const Vector& v) {
+  constexpr int kLanes = sizeof(Vector) / sizeof(float);
+  float lanes[kLanes];
+  std::memcpy(lanes, &v, sizeof v);
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  return lanes[0];
 }
 
-// add_block_dots for block sizes known only at run time: 1 to 4 rows against 1 to 5, or a
-// block of up to 5 rows against itself.
-template <int A>
-void add_block_dots_b(int b_rows, bool same, const float* const* a, const float* const* b, int64_t len, double* c,
+template <int A, int B, bool kSame>
+struct FloatBlockDots {
+  static void add(const float* const* a, const float* const* b, int64_t len, double* c, int64_t ldc) {
+    FloatVector s[A][B] = {};
+    int64_t x = 0;
+    for (; x + kFloatLanes <= len; x += kFloatLanes) {
+      FloatVector va[A], vb[B];
+      for (int r = 0; r < A; ++r) va[r] = in_register(load_floats(a[r] + x));
+      for (int q = 0; q < B; ++q) vb[q] = kSame ? va[q] : in_register(load_floats(b[q] + x));
+      for (int r = 0; r < A; ++r)
+        for (int q = kSame ? r : 0; q < B; ++q) s[r][q] += va[r] * vb[q];
+    }
+    for (int r = 0; r < A; ++r)
+      for (int q = kSame ? r : 0; q < B; ++q) {
+        double sum = 0;
+        for (int64_t i = x; i < len; ++i) sum += static_cast<double>(a[r][i]) * b[q][i];
+        sum += lane_total(s[r][q]);
+        c[r * ldc + q] += sum;
+      }
+  }
+};
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+// The same over BF16 rows, 32 columns a step: vdpbf16ps multiplies pairs of BF16 values
+// (exactly: eight significant bits times eight fit a float) and adds both products to a
+// float lane, twice the products per instruction of an F32 FMA. The last columns are
+// padded with zeros.
+template <int A, int B, bool kSame>
+struct Bf16BlockDots {
+  // A block against itself has few accumulators (10 for four rows), too few to hide
+  // vdpbf16ps's latency: two sets then take alternate steps.
+  static constexpr int kSets = kSame && A * (A + 1) / 2 <= 10 ? 2 : 1;
+
+  static void add(const uint16_t* const* a, const uint16_t* const* b, int64_t len, double* c, int64_t ldc) {
+    __m512 s[kSets][A][B];
+    for (auto& set : s)
+      for (auto& row : set)
+        for (auto& acc : row) acc = _mm512_setzero_ps();
+    // Loads through memcpy: an intrinsic's load may alias anything, s included, and GCC then
+    // stores every accumulator back to the stack at each step.
+    auto load = [](const uint16_t* p) {
+      __m512bh v;
+      std::memcpy(&v, p, sizeof v);
+      return v;
+    };
+    auto step = [&](int set, const uint16_t* const* rows_a, const uint16_t* const* rows_b, int64_t x) {
+      __m512bh va[A], vb[B];
+      for (int r = 0; r < A; ++r) va[r] = load(rows_a[r] + x);
+      for (int q = 0; q < B; ++q) vb[q] = kSame ? va[q] : load(rows_b[q] + x);
+      for (int r = 0; r < A; ++r)
+        for (int q = kSame ? r : 0; q < B; ++q) s[set][r][q] = _mm512_dpbf16_ps(s[set][r][q], va[r], vb[q]);
+    };
+    int64_t x = 0;
+    for (; x + 32 * kSets <= len; x += 32 * kSets)
+      for (int set = 0; set < kSets; ++set) step(set, a, b, x + 32 * set);
+    for (; x + 32 <= len; x += 32) step(0, a, b, x);
+    if (x < len) {  // the last columns, padded with zeros
+      uint16_t tail_a[A][32] = {}, tail_b[B][32] = {};
+      const uint16_t *ta[A], *tb[B];
+      for (int r = 0; r < A; ++r) ta[r] = tail_a[r], std::copy(a[r] + x, a[r] + len, tail_a[r]);
+      for (int q = 0; q < B; ++q) tb[q] = tail_b[q], std::copy(b[q] + x, b[q] + len, tail_b[q]);
+      step(0, ta, tb, 0);
+    }
+    for (int r = 0; r < A; ++r)
+      for (int q = kSame ? r : 0; q < B; ++q) {
+        double sum = 0;
+        for (const auto& set : s) sum += lane_total(set[r][q]);
+        c[r * ldc + q] += sum;
+      }
+  }
+};
+#endif
+
+// Kernel<A, B, same>::add for block sizes known only at run time: 1 to 5 rows against 1 to
+// 5 (4 x 5 at most off the diagonal), or a block of up to 5 rows against itself.
+template <template <int, int, bool> class Kernel, int A, class T>
+void add_block_dots_b(int b_rows, bool same, const T* const* a, const T* const* b, int64_t len, double* c,
                       int64_t ldc) {
-  if (same) return add_block_dots<A, A, true>(a, b, len, c, ldc);
+  if (same) return Kernel<A, A, true>::add(a, b, len, c, ldc);
   if constexpr (A <= 4) {
     switch (b_rows) {
       case 1:
-        return add_block_dots<A, 1, false>(a, b, len, c, ldc);
+        return Kernel<A, 1, false>::add(a, b, len, c, ldc);
       case 2:
-        return add_block_dots<A, 2, false>(a, b, len, c, ldc);
+        return Kernel<A, 2, false>::add(a, b, len, c, ldc);
       case 3:
-        return add_block_dots<A, 3, false>(a, b, len, c, ldc);
+        return Kernel<A, 3, false>::add(a, b, len, c, ldc);
       case 4:
-        return add_block_dots<A, 4, false>(a, b, len, c, ldc);
+        return Kernel<A, 4, false>::add(a, b, len, c, ldc);
       case 5:
-        return add_block_dots<A, 5, false>(a, b, len, c, ldc);
+        return Kernel<A, 5, false>::add(a, b, len, c, ldc);
     }
   }
   throw std::logic_error("add_row_gram: block out of range");
 }
 
-void add_block_dots(int a_rows, int b_rows, bool same, const float* const* a, const float* const* b, int64_t len,
-                    double* c, int64_t ldc) {
+template <template <int, int, bool> class Kernel, class T>
+void add_block_dots(int a_rows, int b_rows, bool same, const T* const* a, const T* const* b, int64_t len, double* c,
+                    int64_t ldc) {
   switch (a_rows) {
     case 1:
-      return add_block_dots_b<1>(b_rows, same, a, b, len, c, ldc);
+      return add_block_dots_b<Kernel, 1>(b_rows, same, a, b, len, c, ldc);
     case 2:
-      return add_block_dots_b<2>(b_rows, same, a, b, len, c, ldc);
+      return add_block_dots_b<Kernel, 2>(b_rows, same, a, b, len, c, ldc);
     case 3:
-      return add_block_dots_b<3>(b_rows, same, a, b, len, c, ldc);
+      return add_block_dots_b<Kernel, 3>(b_rows, same, a, b, len, c, ldc);
     case 4:
-      return add_block_dots_b<4>(b_rows, same, a, b, len, c, ldc);
+      return add_block_dots_b<Kernel, 4>(b_rows, same, a, b, len, c, ldc);
     case 5:
-      return add_block_dots_b<5>(b_rows, same, a, b, len, c, ldc);
+      return add_block_dots_b<Kernel, 5>(b_rows, same, a, b, len, c, ldc);
   }
   throw std::logic_error("add_row_gram: block out of range");
 }
+
+// Rows taken in blocks of four (the last one five rather than leave a single row, which
+// would be bound by loads) against each other, over blocks of `block` columns that stay in
+// L1. A 4x5 block's 20 accumulators and 9 row vectors still fit AVX-512's 32 registers.
+template <template <int, int, bool> class Kernel, class RowAt>
+void add_blocked_row_gram(int64_t n, RowAt row_at, int64_t k, int64_t block, double* c, int64_t ldc) {
+  using T = std::remove_cvref_t<decltype(*row_at(0))>;
+  const int64_t blocks = n > 4 && n % 4 == 1 ? n / 4 : (n + 3) / 4;
+  auto start = [&](int64_t b) { return b == blocks ? n : 4 * b; };
+  for (int64_t k0 = 0; k0 < k; k0 += block) {
+    const int64_t len = std::min(block, k - k0);
+    for (int64_t bi = 0; bi < blocks; ++bi)
+      for (int64_t bj = bi; bj < blocks; ++bj) {
+        const int64_t i = start(bi), j = start(bj), ni = start(bi + 1) - i, nj = start(bj + 1) - j;
+        std::array<const T*, 5> rows_i{}, rows_j{};
+        for (int64_t r = 0; r < ni; ++r) rows_i[r] = row_at(i + r) + k0;
+        for (int64_t r = 0; r < nj; ++r) rows_j[r] = row_at(j + r) + k0;
+        add_block_dots<Kernel>(static_cast<int>(ni), static_cast<int>(nj), bi == bj, rows_i.data(), rows_j.data(), len,
+                               c + i * ldc + j, ldc);
+      }
+  }
+}
+
+// Columns per block: nine rows stay in L1 (4 KB of floats, or 4 KB of BF16 values, a row).
+constexpr int64_t kFloatGramBlock = 1024, kBf16GramBlock = 2048;
 
 }  // namespace
 
 void add_row_gram(int64_t n, int64_t k, const float* a, int64_t lda, double* c, int64_t ldc) {
-  // Blocks of four rows (the last one five rather than leave a single row, which would be
-  // bound by loads) against each other, over blocks of columns that stay in L1. A 4x5
-  // block's 20 accumulators and 9 row vectors still fit AVX-512's 32 registers.
-  constexpr int64_t kBlock = 1024;
-  const int64_t blocks = n > 4 && n % 4 == 1 ? n / 4 : (n + 3) / 4;
-  auto start = [&](int64_t b) { return b == blocks ? n : 4 * b; };
-  for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
-    const int64_t len = std::min(kBlock, k - k0);
-    for (int64_t bi = 0; bi < blocks; ++bi)
-      for (int64_t bj = bi; bj < blocks; ++bj) {
-        const int64_t i = start(bi), j = start(bj), ni = start(bi + 1) - i, nj = start(bj + 1) - j;
-        std::array<const float*, 5> rows_i{}, rows_j{};
-        for (int64_t r = 0; r < ni; ++r) rows_i[r] = a + (i + r) * lda + k0;
-        for (int64_t r = 0; r < nj; ++r) rows_j[r] = a + (j + r) * lda + k0;
-        add_block_dots(static_cast<int>(ni), static_cast<int>(nj), bi == bj, rows_i.data(), rows_j.data(), len,
-                       c + i * ldc + j, ldc);
-      }
+  add_blocked_row_gram<FloatBlockDots>(
+      n, [&](int64_t r) { return a + r * lda; }, k, kFloatGramBlock, c, ldc);
+}
+
+void add_row_gram_bf16_portable(std::span<const uint16_t* const> rows, int64_t k, double* c, int64_t ldc) {
+  // The same products as vdpbf16ps (a BF16 value is the top half of a float's bits), through
+  // the float kernel a block at a time.
+  thread_local std::vector<float> block;
+  const auto n = static_cast<int64_t>(rows.size());
+  block.resize(static_cast<size_t>(n * kFloatGramBlock));
+  for (int64_t k0 = 0; k0 < k; k0 += kFloatGramBlock) {
+    const int64_t len = std::min(kFloatGramBlock, k - k0);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t i = 0; i < len; ++i)
+        block[static_cast<size_t>(r * kFloatGramBlock + i)] =
+            std::bit_cast<float>(static_cast<uint32_t>(rows[static_cast<size_t>(r)][k0 + i]) << 16);
+    add_row_gram(n, len, block.data(), kFloatGramBlock, c, ldc);
   }
+}
+
+void add_row_gram_bf16(std::span<const uint16_t* const> rows, int64_t k, double* c, int64_t ldc) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  add_blocked_row_gram<Bf16BlockDots>(
+      static_cast<int64_t>(rows.size()), [&](int64_t r) { return rows[static_cast<size_t>(r)]; }, k, kBf16GramBlock, c,
+      ldc);
+#else
+  add_row_gram_bf16_portable(rows, k, c, ldc);
+#endif
 }
 
 namespace {

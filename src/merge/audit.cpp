@@ -23,14 +23,34 @@ TensorAudit::TensorAudit(size_t candidates, size_t numel)
       partial_(chunks_ * (candidates + 1) * (candidates + 1), 0.0),
       filled_(chunks_, 0) {}
 
+size_t TensorAudit::rows_given() const {
+  return coefficient_.empty() ? candidates_ + 1 : candidates_;  // the merged delta's row, or not
+}
+
 void TensorAudit::add_deltas(size_t begin, const float* rows, size_t stride, size_t len) {
-  const size_t chunk = begin / kStreamChunk, n = candidates_ + 1;
-  if (chunk >= chunks_ || (begin + len - 1) / kStreamChunk != chunk)
-    throw std::logic_error("TensorAudit: rows across chunks");
-  const size_t given = coefficient_.empty() ? n : candidates_;  // the merged delta's row, or not
-  add_row_gram(static_cast<int64_t>(given), static_cast<int64_t>(len), rows, static_cast<int64_t>(stride),
-               partial_.data() + chunk * n * n, static_cast<int64_t>(n));
+  const size_t chunk = check_rows(begin, len);
+  add_row_gram(static_cast<int64_t>(rows_given()), static_cast<int64_t>(len), rows, static_cast<int64_t>(stride),
+               chunk_gram(chunk), static_cast<int64_t>(candidates_ + 1));
   filled_[chunk] = 1;
+}
+
+void TensorAudit::add_bf16_deltas(size_t begin, std::span<const uint16_t* const> rows, size_t len) {
+  const size_t chunk = check_rows(begin, len);
+  if (rows.size() != rows_given()) throw std::logic_error("TensorAudit: wrong number of rows");
+  add_row_gram_bf16(rows, static_cast<int64_t>(len), chunk_gram(chunk), static_cast<int64_t>(candidates_ + 1));
+  filled_[chunk] = 1;
+}
+
+size_t TensorAudit::check_rows(size_t begin, size_t len) const {
+  const size_t chunk = begin / kStreamChunk;
+  if (len == 0 || chunk >= chunks_ || (begin + len - 1) / kStreamChunk != chunk)
+    throw std::logic_error("TensorAudit: rows across chunks");
+  return chunk;
+}
+
+double* TensorAudit::chunk_gram(size_t chunk) {
+  const size_t n = candidates_ + 1;
+  return partial_.data() + chunk * n * n;
 }
 
 void TensorAudit::set_merged_combination(std::vector<double> row_scale, std::vector<double> coefficient) {

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -38,6 +39,9 @@ class TensorAudit {
   // chunks; the chunks' sums are added in chunk order, so the report has the same bits
   // whatever the thread count.
   void add_deltas(size_t begin, const float* rows, size_t stride, size_t len);
+  // The same rows as BF16 values (raw bits, one pointer a row), as a merge without a base
+  // reads them from BF16 checkpoints: the products are exact either way.
+  void add_bf16_deltas(size_t begin, std::span<const uint16_t* const> rows, size_t len);
   bool has_deltas() const;
 
   // For a method whose merged delta is a fixed combination of the task vectors (linear,
@@ -55,6 +59,10 @@ class TensorAudit {
   nlohmann::json to_json() const;
 
  private:
+  size_t rows_given() const;
+  size_t check_rows(size_t begin, size_t len) const;  // the rows' chunk
+  double* chunk_gram(size_t chunk);
+
   size_t candidates_;
   size_t chunks_;
   std::vector<double> partial_;  // [chunks, (T+1)^2]: each chunk's Gram of the rows

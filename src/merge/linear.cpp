@@ -1,6 +1,7 @@
 // linear: sum_t w_t W_t / sum_t w_t (the division only with normalize, the default).
 // The models are merged as listed; a base_model not among them only supplies the layout.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -69,6 +70,8 @@ class Linear final : public MergeMethod {
       TensorAudit* audit = job_.audit();
       const size_t models = job_.model_count();
       const bool with_base = audit && job_.has_base();
+      // Without a base the audit's rows are the weights: BF16 ones go to it as stored.
+      const bool stored_rows = audit && !job_.has_base() && combination_ && all_bf16();
       thread_local StoredChunk chunk;
       thread_local std::vector<float> scratch;
       chunk.load(job_, b, e, with_base);
@@ -82,9 +85,9 @@ class Linear final : public MergeMethod {
         for (size_t t = 0; t < models; ++t) {
           const float w = w_[t];
           float* row = rows + t * kStreamPiece;  // kept for the audit
-          if (t == 0 && !audit)
+          if (t == 0 && (!audit || stored_rows))
             chunk.visit(t, p - b, len, [&](size_t i, float x) { a[i] = w * x; });
-          else if (!audit)
+          else if (!audit || stored_rows)
             chunk.visit(t, p - b, len, [&](size_t i, float x) { a[i] = std::fma(w, x, a[i]); });
           else if (t == 0)
             chunk.visit(t, p - b, len, [&](size_t i, float x) { row[i] = x, a[i] = w * x; });
@@ -92,7 +95,14 @@ class Linear final : public MergeMethod {
             chunk.visit(t, p - b, len, [&](size_t i, float x) { row[i] = x, a[i] = std::fma(w, x, a[i]); });
         }
         job_.store_output(out, p - first, a, len);
-        if (!audit) continue;
+        if (stored_rows && ((p + len - b) % kStoredRowsSpan == 0 || p + len == e)) {
+          // The last span of pieces, while it is still in L2.
+          const size_t span_begin = (p - b) / kStoredRowsSpan * kStoredRowsSpan;
+          std::array<const uint16_t*, kMaxStoredRows> weights;
+          for (size_t t = 0; t < models; ++t) weights[t] = chunk.bf16(t, span_begin);
+          audit->add_bf16_deltas(b + span_begin, std::span(weights.data(), models), p + len - b - span_begin);
+        }
+        if (!audit || stored_rows) continue;
         if (with_base) {
           chunk.to_f32(models, p - b, len, base);
           for (size_t t = 0; t < models; ++t)
@@ -103,6 +113,15 @@ class Linear final : public MergeMethod {
         audit->add_deltas(p, rows, kStreamPiece, len);
       }
     }
+
+    bool all_bf16() const {
+      if (job_.model_count() > kMaxStoredRows) return false;
+      for (size_t t = 0; t < job_.model_count(); ++t)
+        if (job_.input_dtype(t) != DType::BF16) return false;
+      return true;
+    }
+    static constexpr size_t kMaxStoredRows = 64;
+    static constexpr size_t kStoredRowsSpan = 4 * kStreamPiece;
 
     const TensorJob& job_;
     std::vector<float> w_;

@@ -168,6 +168,11 @@ class StoredChunk {
   // an L1-sized buffer. An op of plain arithmetic on arrays vectorises.
   template <class Op>
   void visit(size_t t, size_t offset, size_t n, Op&& op) const;
+  // Input t's elements from begin + offset as stored, when it is BF16 (raw bits); nullptr
+  // for any other dtype. The audit reads BF16 weights as they are.
+  const uint16_t* bf16(size_t t, size_t offset) const {
+    return job_->input_dtype(t) == DType::BF16 ? reinterpret_cast<const uint16_t*>(stored(t, offset)) : nullptr;
+  }
 
  private:
   const std::byte* stored(size_t t, size_t offset) const { return bytes_.data() + offsets_[t] + offset * sizes_[t]; }
