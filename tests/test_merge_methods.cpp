@@ -301,6 +301,21 @@ TEST(MergeMethods, SymmetricMethodsIgnoreModelOrder) {
   }
 }
 
+// C [n, ldc] after a row Gram added onto 0.5 everywhere: the upper triangle is 0.5 plus
+// dot(i, j), a double loop over the rows' values; everything else is left alone.
+template <class Dot>
+void expect_upper_gram_plus_half(const std::vector<double>& c, int64_t n, int64_t ldc, Dot&& dot,
+                                 const std::string& what) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < ldc; ++j) {
+      if (j < i || j >= n) {
+        EXPECT_EQ(c[i * ldc + j], 0.5) << "outside the upper triangle: left alone";
+        continue;
+      }
+      EXPECT_NEAR(c[i * ldc + j], 0.5 + dot(i, j), 1e-3) << what << ": " << i << "," << j;
+    }
+}
+
 // The audit's Gram of a few long rows, against a double loop: every row count up to 13
 // (the kernel's blocks of four and five rows), rows inside a wider buffer (lda > k), C
 // inside a wider matrix (ldc > n), a length that is not a multiple of the blocks or lanes,
@@ -314,16 +329,12 @@ TEST(Linalg, RowGramAddsTheUpperTriangleOfTheRowsInnerProducts) {
     for (auto& x : a) x = g(rng);
     std::vector<double> c(static_cast<size_t>(n * ldc), 0.5);
     add_row_gram(n, k, a.data(), lda, c.data(), ldc);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < ldc; ++j) {
-        if (j < i || j >= n) {
-          EXPECT_EQ(c[i * ldc + j], 0.5) << "outside the upper triangle: left alone";
-          continue;
-        }
-        double expected = 0.5;
-        for (int64_t x = 0; x < k; ++x) expected += static_cast<double>(a[i * lda + x]) * a[j * lda + x];
-        EXPECT_NEAR(c[i * ldc + j], expected, 1e-3) << n << " rows: " << i << "," << j;
-      }
+    auto dot = [&](int64_t i, int64_t j) {
+      double sum = 0;
+      for (int64_t x = 0; x < k; ++x) sum += static_cast<double>(a[i * lda + x]) * a[j * lda + x];
+      return sum;
+    };
+    expect_upper_gram_plus_half(c, n, ldc, dot, std::to_string(n) + " rows");
   }
   // One row of ones: its squared norm exactly.
   std::vector<float> ones(4096, 1.0f);
@@ -350,17 +361,12 @@ TEST(Linalg, Bf16RowGramMatchesADoubleLoopWithAndWithoutTheBf16Instructions) {
         }
         std::vector<double> c(static_cast<size_t>(n * ldc), 0.5);
         (*gram)(pointers, k, c.data(), ldc);
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < ldc; ++j) {
-            if (j < i || j >= n) {
-              EXPECT_EQ(c[i * ldc + j], 0.5) << "outside the upper triangle: left alone";
-              continue;
-            }
-            double expected = 0.5;
-            for (int64_t x = 0; x < k; ++x)
-              expected += static_cast<double>(bf16_to_f32(rows[i][x])) * bf16_to_f32(rows[j][x]);
-            EXPECT_NEAR(c[i * ldc + j], expected, 1e-3) << n << " rows of " << k << ": " << i << "," << j;
-          }
+        auto dot = [&](int64_t i, int64_t j) {
+          double sum = 0;
+          for (int64_t x = 0; x < k; ++x) sum += static_cast<double>(bf16_to_f32(rows[i][x])) * bf16_to_f32(rows[j][x]);
+          return sum;
+        };
+        expect_upper_gram_plus_half(c, n, ldc, dot, std::to_string(n) + " rows of " + std::to_string(k));
       }
   // A row of ones: its squared norm exactly.
   const std::vector<uint16_t> ones(4096, f32_to_bf16(1.0f));

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -13,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/dtype.h"
 #include "linalg/lapack.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -243,17 +243,16 @@ void add_row_gram(int64_t n, int64_t k, const float* a, int64_t lda, double* c, 
 }
 
 void add_row_gram_bf16_portable(std::span<const uint16_t* const> rows, int64_t k, double* c, int64_t ldc) {
-  // The same products as vdpbf16ps (a BF16 value is the top half of a float's bits), through
-  // the float kernel a block at a time.
+  // The same products as vdpbf16ps, through the float kernel a block at a time (converted
+  // by one thread: the caller is one of the merge's threads).
   thread_local std::vector<float> block;
   const auto n = static_cast<int64_t>(rows.size());
   block.resize(static_cast<size_t>(n * kFloatGramBlock));
   for (int64_t k0 = 0; k0 < k; k0 += kFloatGramBlock) {
     const int64_t len = std::min(kFloatGramBlock, k - k0);
     for (int64_t r = 0; r < n; ++r)
-      for (int64_t i = 0; i < len; ++i)
-        block[static_cast<size_t>(r * kFloatGramBlock + i)] =
-            std::bit_cast<float>(static_cast<uint32_t>(rows[static_cast<size_t>(r)][k0 + i]) << 16);
+      to_f32_checked(DType::BF16, rows[static_cast<size_t>(r)] + k0, block.data() + r * kFloatGramBlock,
+                     static_cast<size_t>(len));
     add_row_gram(n, len, block.data(), kFloatGramBlock, c, ldc);
   }
 }

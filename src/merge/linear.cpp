@@ -54,7 +54,10 @@ class Linear final : public MergeMethod {
   class Ranges final : public RangeMerge {
    public:
     Ranges(const TensorJob& job, std::vector<float> w, bool combination)
-        : job_(job), w_(std::move(w)), combination_(combination) {}
+        : job_(job),
+          w_(std::move(w)),
+          combination_(combination),
+          stored_rows_(job.audit() && !job.has_base() && combination && all_bf16(job)) {}
     void merge_range(size_t begin, size_t end, std::span<std::byte> out) override {
       parallel_chunks_spread(end - begin, kStreamChunk,
                              [&](size_t b, size_t e) { merge_chunk(begin + b, begin + e, out, begin); });
@@ -70,8 +73,6 @@ class Linear final : public MergeMethod {
       TensorAudit* audit = job_.audit();
       const size_t models = job_.model_count();
       const bool with_base = audit && job_.has_base();
-      // Without a base the audit's rows are the weights: BF16 ones go to it as stored.
-      const bool stored_rows = audit && !job_.has_base() && combination_ && all_bf16();
       thread_local StoredChunk chunk;
       thread_local std::vector<float> scratch;
       chunk.load(job_, b, e, with_base);
@@ -85,9 +86,9 @@ class Linear final : public MergeMethod {
         for (size_t t = 0; t < models; ++t) {
           const float w = w_[t];
           float* row = rows + t * kStreamPiece;  // kept for the audit
-          if (t == 0 && (!audit || stored_rows))
+          if (t == 0 && (!audit || stored_rows_))
             chunk.visit(t, p - b, len, [&](size_t i, float x) { a[i] = w * x; });
-          else if (!audit || stored_rows)
+          else if (!audit || stored_rows_)
             chunk.visit(t, p - b, len, [&](size_t i, float x) { a[i] = std::fma(w, x, a[i]); });
           else if (t == 0)
             chunk.visit(t, p - b, len, [&](size_t i, float x) { row[i] = x, a[i] = w * x; });
@@ -95,14 +96,14 @@ class Linear final : public MergeMethod {
             chunk.visit(t, p - b, len, [&](size_t i, float x) { row[i] = x, a[i] = std::fma(w, x, a[i]); });
         }
         job_.store_output(out, p - first, a, len);
-        if (stored_rows && ((p + len - b) % kStoredRowsSpan == 0 || p + len == e)) {
+        if (stored_rows_ && ((p + len - b) % kStoredRowsSpan == 0 || p + len == e)) {
           // The last span of pieces, while it is still in L2.
           const size_t span_begin = (p - b) / kStoredRowsSpan * kStoredRowsSpan;
           std::array<const uint16_t*, kMaxStoredRows> weights;
           for (size_t t = 0; t < models; ++t) weights[t] = chunk.bf16(t, span_begin);
           audit->add_bf16_deltas(b + span_begin, std::span(weights.data(), models), p + len - b - span_begin);
         }
-        if (!audit || stored_rows) continue;
+        if (!audit || stored_rows_) continue;
         if (with_base) {
           chunk.to_f32(models, p - b, len, base);
           for (size_t t = 0; t < models; ++t)
@@ -114,10 +115,10 @@ class Linear final : public MergeMethod {
       }
     }
 
-    bool all_bf16() const {
-      if (job_.model_count() > kMaxStoredRows) return false;
-      for (size_t t = 0; t < job_.model_count(); ++t)
-        if (job_.input_dtype(t) != DType::BF16) return false;
+    static bool all_bf16(const TensorJob& job) {
+      if (job.model_count() > kMaxStoredRows) return false;
+      for (size_t t = 0; t < job.model_count(); ++t)
+        if (job.input_dtype(t) != DType::BF16) return false;
       return true;
     }
     static constexpr size_t kMaxStoredRows = 64;
@@ -126,6 +127,8 @@ class Linear final : public MergeMethod {
     const TensorJob& job_;
     std::vector<float> w_;
     bool combination_;
+    // Without a base the audit's rows are the weights: BF16 ones go to it as stored.
+    bool stored_rows_;
   };
 };
 
