@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "io/atomic_output.h"
 #include "io/checkpoint.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace amalgam {
@@ -166,8 +167,8 @@ TEST(AtomicOutput, EmptyDirectoryTargetIsAccepted) {
 
 TEST(AtomicOutput, ForceReplacesAndLeavesNoTemporaries) {
   TempDir tmp;
-  fs::create_directories(tmp / "out");
-  write_bytes(tmp / "out/old.txt", "previous");
+  testing::make_amalgam_output(tmp / "out", {{"old.txt", "previous"}, {"sub/deep.txt", "previous"}});
+  EXPECT_TRUE(fs::exists(tmp / "out" / kOutputMarker));
   {
     AtomicOutput out(tmp / "out/", true);  // trailing slash names the same directory
     write_bytes(out.staging() / "new.txt", "new");
@@ -178,13 +179,16 @@ TEST(AtomicOutput, ForceReplacesAndLeavesNoTemporaries) {
   EXPECT_EQ(read_bytes(tmp / "out/new.txt"), "new");
   size_t entries = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(tmp.path())) ++entries;
-  EXPECT_EQ(entries, 1u);
+  EXPECT_EQ(entries, 1u);  // no staging, no lock file
+  // The marker lists what amalgam wrote.
+  const auto marker = nlohmann::json::parse(read_bytes(tmp / "out" / kOutputMarker));
+  EXPECT_EQ(marker["entries"], nlohmann::json({"new.txt"}));
+  EXPECT_TRUE(marker["written_by"].get<std::string>().starts_with("amalgam "));
 }
 
 TEST(AtomicOutput, FailureBeforeCommitLeavesPreviousOutputIntact) {
   TempDir tmp;
-  fs::create_directories(tmp / "out");
-  write_bytes(tmp / "out/old.txt", "previous");
+  testing::make_amalgam_output(tmp / "out", {{"old.txt", "previous"}});
   try {
     AtomicOutput out(tmp / "out", true);
     write_bytes(out.staging() / "partial.txt", "half");
@@ -200,18 +204,25 @@ TEST(AtomicOutput, FailureBeforeCommitLeavesPreviousOutputIntact) {
 
 TEST(AtomicOutput, SingleFileOutputs) {
   TempDir tmp;
+  const auto tensor = Tensor::from_f32({1}, std::vector<float>{1.0f});
   {
     AtomicOutput out(tmp / "stats.safetensors", false, AtomicOutput::Kind::File);
-    write_bytes(out.staging(), "one");
+    save_safetensors(out.staging(), {{"x", tensor}}, {{"written_by", "amalgam test"}});
     out.commit();
   }
-  EXPECT_EQ(read_bytes(tmp / "stats.safetensors"), "one");
+  EXPECT_TRUE(safetensors_written_by_amalgam(tmp / "stats.safetensors"));
   EXPECT_THROW(AtomicOutput(tmp / "stats.safetensors", false, AtomicOutput::Kind::File), InputError);
   {
     AtomicOutput out(tmp / "stats.safetensors", true, AtomicOutput::Kind::File);
     write_bytes(out.staging(), "two");
     out.commit();
   }
+  EXPECT_EQ(read_bytes(tmp / "stats.safetensors"), "two");
+  // "two" is not a file amalgam writes: --force now refuses it, as any file not amalgam's.
+  EXPECT_THROW(AtomicOutput(tmp / "stats.safetensors", true, AtomicOutput::Kind::File), InputError);
+  save_safetensors(tmp / "plain.safetensors", {{"x", tensor}});  // {"format": "pt"}, as torch writes
+  EXPECT_FALSE(safetensors_written_by_amalgam(tmp / "plain.safetensors"));
+  EXPECT_THROW(AtomicOutput(tmp / "plain.safetensors", true, AtomicOutput::Kind::File), InputError);
   EXPECT_EQ(read_bytes(tmp / "stats.safetensors"), "two");
 }
 

@@ -100,8 +100,7 @@ TEST(CliInterrupt, CtrlCLeavesNoPartialOutput) {
                                              "\nmodels:\n  - model: " + (tmp / "fam/model_1").string() +
                                              "\n  - model: " + (tmp / "fam/model_2").string() + "\n");
   const fs::path out = tmp / "out";
-  fs::create_directories(out);
-  testing::write_bytes(out / "previous.txt", "keep me");
+  testing::make_amalgam_output(out, {{"previous.txt", "keep me"}});
   // TSV's SVDs take long enough that SIGINT arrives mid-merge. The signal waits for the
   // staging directory, made after amalgam installs its handler: a loaded machine (a sanitizer
   // build beside other jobs) can take longer than any fixed sleep to get there.

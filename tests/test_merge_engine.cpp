@@ -411,8 +411,10 @@ void expect_output_layout(const fs::path& out, const Family& f, uint64_t max_sha
   EXPECT_EQ(safetensors_files, groups.size());
   EXPECT_FALSE(fs::exists(out / "model.safetensors"));
 
-  // Carried from the base, not from a candidate.
-  EXPECT_EQ(read_bytes(out / "config.json"), read_bytes(f.base / "config.json"));
+  // Carried from the base, not from a candidate; config.json says what was written.
+  nlohmann::json base_config = nlohmann::json::parse(read_bytes(f.base / "config.json"));
+  base_config["torch_dtype"] = "bfloat16";
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(out / "config.json")), base_config);
   EXPECT_EQ(read_bytes(out / "tokenizer.json"), read_bytes(f.base / "tokenizer.json"));
 
   CheckpointReader r(out);
@@ -996,8 +998,7 @@ TEST_F(MergeEngineErrors, NaNInACandidate) {
   const std::string yaml = "merge_method: task_arithmetic\n" + base_line() +
                            models_yaml({f_.models[1], with_nan}, {"{weight: 1.0}", "{weight: 1.0}"});
   // A previous output is left as it was when the merge fails, even with force.
-  fs::create_directories(tmp_ / "old");
-  write_bytes(tmp_ / "old/keep.txt", "previous");
+  testing::make_amalgam_output(tmp_ / "old", {{"keep.txt", "previous"}});
   MergeOptions opt = quiet_options(tmp_ / "old");
   opt.force = true;
   const std::string m = input_error_of([&] { run_merge(load_merge_config(write_config(tmp_, yaml)), opt); });
@@ -1080,8 +1081,7 @@ TEST_F(MergeEngineErrors, SlerpTakesExactlyOneModelBesidesTheBase) {
 }
 
 TEST_F(MergeEngineErrors, ExistingOutputNeedsForce) {
-  fs::create_directories(tmp_ / "out");
-  write_bytes(tmp_ / "out/keep.txt", "previous");
+  testing::make_amalgam_output(tmp_ / "out", {{"keep.txt", "previous"}});
   const std::string yaml = "merge_method: task_arithmetic\n" + base_line() + two_models();
   const MergeConfig config = load_merge_config(write_config(tmp_, yaml));
   const std::string m = input_error_of([&] { run_merge(config, quiet_options(tmp_ / "out")); });

@@ -387,11 +387,10 @@ TEST(Faults, FullDiskFailsCleanlyAndKeepsThePreviousOutput) {
   EXPECT_FALSE(fs::exists(out));
   EXPECT_TRUE(leftovers(out).empty());
 
-  fs::create_directories(out);
-  write_bytes(out / "model.safetensors", "previous");
+  testing::make_amalgam_output(out, {{"model.safetensors", "previous"}});
   const auto replacing = run_amalgam_with_file_limit(merge + " --force", 16 * 1024, tmp.path());
   EXPECT_EQ(replacing.code, 1) << replacing.err;
-  EXPECT_EQ(entries(out), (std::set<std::string>{"model.safetensors"}));
+  EXPECT_EQ(entries(out), (std::set<std::string>{kOutputMarker, "model.safetensors"}));
   EXPECT_EQ(read_bytes(out / "model.safetensors"), "previous");
   EXPECT_TRUE(leftovers(out).empty());
 
@@ -420,8 +419,7 @@ TEST(Faults, SigkillMidWriteKeepsThePreviousOutputAndTheNextRunCleansUp) {
                                       "\n    parameters: {weight: 1.0}\n  - model: " + (tmp / "fam/model_2").string() +
                                       "\n    parameters: {weight: 1.0}\n");
   const fs::path out = tmp / "out";
-  fs::create_directories(out);
-  write_bytes(out / "previous.txt", "keep me");
+  testing::make_amalgam_output(out, {{"previous.txt", "keep me"}});
 
   const std::string config = (tmp / "merge.yaml").string();
   const pid_t pid = testing::spawn_amalgam({"merge", config, "-o", out.string(), "--force", "-q"}, "/dev/null");
@@ -432,9 +430,10 @@ TEST(Faults, SigkillMidWriteKeepsThePreviousOutputAndTheNextRunCleansUp) {
   ASSERT_TRUE(started) << "the merge never started writing (or finished first)";
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the merge finished before the kill";
 
-  EXPECT_EQ(entries(out), (std::set<std::string>{"previous.txt"}));
+  EXPECT_EQ(entries(out), (std::set<std::string>{kOutputMarker, "previous.txt"}));
   EXPECT_EQ(read_bytes(out / "previous.txt"), "keep me");
-  EXPECT_EQ(leftovers(out).size(), 1u);  // the dead process's staging directory
+  // The dead process's staging directory and its lock file (a lock dies with its process).
+  EXPECT_EQ(leftovers(out).size(), 2u);
 
   // The next merge to the same target removes it, and commits.
   const auto again = testing::run_amalgam("merge " + config + " -o " + out.string() + " --force -q");
@@ -491,15 +490,21 @@ TEST(AtomicOutputCleanup, StagingOfDeadProcessesIsRemovedOthersAreKept) {
   TempDir tmp;
   const std::string dead = std::to_string(dead_pid());
   const std::string alive = std::to_string(::getpid());
-  const std::vector<std::string> stale = {".out.amalgam-tmp." + dead + ".0", ".out.amalgam-tmp." + dead + ".12"};
-  const std::vector<std::string> kept = {".out.amalgam-tmp." + alive + ".3",   // a live process's (this one's) staging
-                                         ".outer.amalgam-tmp." + dead + ".0",  // another target's
-                                         ".out.amalgam-tmp." + dead + ".x",    // not a name amalgam makes
+  const std::vector<std::string> stale = {".out.amalgam-tmp." + dead + ".0", ".out.amalgam-tmp." + dead + ".12",
+                                          ".outer.amalgam-tmp." + dead + ".0",  // another target's
+                                          ".a.b.amalgam-tmp." + dead + ".1"};   // a target with dots
+  const std::vector<std::string> kept = {".out.amalgam-tmp." + alive + ".3",    // a live process's (this one's) staging
+                                         ".held.amalgam-tmp." + dead + ".0",    // its target locked by a live writer
+                                         ".out.amalgam-tmp." + dead + ".x",     // not a name amalgam makes
                                          ".out.amalgam-tmp.0.0", "unrelated.txt"};
   write_bytes(tmp / stale[0], "partial");  // a file output's staging
   fs::create_directories(tmp / stale[1] / "nested");
   write_bytes(tmp / stale[1] / "nested/model.safetensors", "partial");
+  // A live writer of "held" (it cleans up beside it first, so it starts before the files are made).
+  AtomicOutput held(tmp / "held", false);
   for (const auto& n : kept) write_bytes(tmp / n, "other");
+  write_bytes(tmp / stale[2], "partial");
+  write_bytes(tmp / stale[3], "partial");
   {
     AtomicOutput out(tmp / "out", false);
     write_bytes(out.staging() / "x", "new");
@@ -507,6 +512,8 @@ TEST(AtomicOutputCleanup, StagingOfDeadProcessesIsRemovedOthersAreKept) {
   }
   std::set<std::string> want(kept.begin(), kept.end());
   want.insert("out");
+  for (const auto& p : testing::staging_directories(tmp / "held", ::getpid())) want.insert(p.filename().string());
+  want.insert(".held.amalgam-lock");
   EXPECT_EQ(entries(tmp.path()), want);
   EXPECT_EQ(read_bytes(tmp / "out/x"), "new");
 }
@@ -526,12 +533,11 @@ TEST(AtomicOutputCleanup, PreviousOutputMovedAsideByADeadProcessIsPutBack) {
 
 TEST(AtomicOutputCleanup, ReplacingADirectoryLeavesOnlyTheNewOutput) {
   TempDir tmp;
-  fs::create_directories(tmp / "out");
-  write_bytes(tmp / "out/old.txt", "previous");
+  testing::make_amalgam_output(tmp / "out", {{"old.txt", "previous"}});
   AtomicOutput out(tmp / "out", true);
   write_bytes(out.staging() / "new.txt", "new");
   out.commit();
-  EXPECT_EQ(entries(tmp / "out"), (std::set<std::string>{"new.txt"}));
+  EXPECT_EQ(entries(tmp / "out"), (std::set<std::string>{kOutputMarker, "new.txt"}));
   EXPECT_EQ(entries(tmp.path()), (std::set<std::string>{"out"}));
 }
 

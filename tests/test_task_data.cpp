@@ -14,6 +14,7 @@
 #include "data/importers.h"
 #include "data/preprocess.h"
 #include "data/task.h"
+#include "io/run_inputs.h"
 #include "io/safetensors.h"
 #include "test_util.h"
 
@@ -245,6 +246,9 @@ TEST(Task, WritesAndReadsBack) {
 
   // No overwrite without force; with force, the old task is replaced whole.
   EXPECT_INPUT_ERROR(write_task(tmp / "task", info, splits, false), "already exists");
+  // The run that read it cannot replace it even with force (it holds an input); a later run can.
+  EXPECT_INPUT_ERROR(write_task(tmp / "task", info, std::span(splits).first(1), true), "an input of this run");
+  forget_run_inputs();
   write_task(tmp / "task", info, std::span(splits).first(1), true);
   EXPECT_EQ(read_task_info(tmp / "task").splits.size(), 1u);
   EXPECT_FALSE(fs::exists(tmp / "task" / "train.safetensors"));

@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "io/atomic_output.h"
+
 namespace amalgam::testing {
 
 namespace fs = std::filesystem;
@@ -73,6 +75,17 @@ struct CliResult {
 };
 
 #ifdef AMALGAM_BIN  // defined for the test executables, not for the fuzz targets
+// An output as amalgam leaves one (its marker listing `files`, name -> content), for tests
+// that replace a previous output with --force: amalgam replaces nothing else.
+inline void make_amalgam_output(const fs::path& dir, const std::vector<std::pair<std::string, std::string>>& files) {
+  AtomicOutput out(dir, false);
+  for (const auto& [name, content] : files) {
+    fs::create_directories((out.staging() / name).parent_path());
+    write_bytes(out.staging() / name, content);
+  }
+  out.commit();
+}
+
 // Runs the amalgam executable with `args` (a shell-quoted string).
 inline CliResult run_amalgam(const std::string& args) {
   TempDir tmp;

@@ -16,7 +16,7 @@ void add_audit_command(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("output", a->path, "a merge's output directory (or its merge_report.json)")->required();
-  cmd->add_option("--top", a->top, "rows per table (default 12)")->check(CLI::PositiveNumber);
+  cmd->add_option("--top", a->top, "rows per table (default 12)")->check(positive_number());
   cmd->add_flag("--json", a->json, "print the whole report as JSON");
   cmd->callback([a] {
     const nlohmann::json report = read_merge_report(a->path);

@@ -40,17 +40,18 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--experiments", a->options.experiments,
                   "run only these besides in_domain (unseen, corruptions, sequential, num_tasks)")
       ->delimiter(',');
-  cmd->add_option("--seed", a->seed, "seed of every sample, order and subset (default 1)");
+  cmd->add_option("--seed", a->seed, "seed of every sample, order and subset (default 1)")
+      ->check(non_negative_number());
   cmd->add_option("--calibration-examples", a->calibration, "calibration images per task for RegMean/RegMean++")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--validation-examples", a->validation, "validation images per task for choosing (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--test-examples", a->test, "test images per task in the in-domain table (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--sample-examples", a->sample, "test images per task in the other experiments (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--corruption-examples", a->corruption, "images per task and corruption (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--severity", a->options.corruption_severity, "corruption severity, 1..5 (default 3)")
       ->check(CLI::Range(1, 5));
   cmd->add_flag("--keep-models", a->options.keep_models, "keep the merged checkpoints under REPORT/work/models");

@@ -22,6 +22,12 @@ void add_bench_command(CLI::App& app);
 // "5GB", "500MB", "2GiB", "1000" -> bytes; InputError otherwise.
 uint64_t parse_byte_size(const std::string& text);
 
+// Checks of numeric options whose messages read well ("--top: must be at least 1, got '0'");
+// CLI11's PositiveNumber prints a range up to 1.8e308, and an unsigned option takes "-1" as
+// 2^64 - 1 unless told otherwise.
+CLI::Validator positive_number();
+CLI::Validator non_negative_number();
+
 // "1.5 GB"-style sizes for humans (decimal units, as model hubs show them).
 std::string human_bytes(double bytes);
 

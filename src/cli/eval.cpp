@@ -39,7 +39,7 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::Range(1, 65536));
   cmd->add_option("--max-examples", a->options.max_examples, "evaluate a seeded sample of this many (default all)")
       ->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--seed", a->options.seed, "seed of the sample");
+  cmd->add_option("--seed", a->options.seed, "seed of the sample")->check(non_negative_number());
   cmd->add_flag("--json", a->json, "print JSON");
   cmd->add_flag("-q,--quiet", a->options.quiet, "no progress bar");
   cmd->callback([a] {

@@ -25,7 +25,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--intermediate", a->spec.intermediate, "MLP size")->check(CLI::Range(1, 262144));
   cmd->add_option("--vocab", a->spec.vocab, "vocabulary size")->check(CLI::Range(1, 1000000));
   cmd->add_option("--dtype", a->dtype, "bfloat16 (default), float16, float32");
-  cmd->add_option("--seed", a->spec.seed, "seed");
+  cmd->add_option("--seed", a->spec.seed, "seed")->check(non_negative_number());
   cmd->add_option("--max-shard-size", a->shard_size, "largest shard (default 5GB)");
   cmd->add_flag("--force", a->force, "replace an existing output");
   cmd->callback([a] {

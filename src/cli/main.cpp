@@ -4,8 +4,11 @@
 // 1 anything else (a failure of amalgam or of the system), 130 interrupted.
 #include <sys/resource.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 #include <system_error>
 
@@ -26,6 +29,30 @@ std::string human_bytes(double bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
   return buf;
+}
+
+namespace {
+
+CLI::Validator number_at_least(double least, bool strictly, const std::string& what) {
+  return CLI::Validator(
+      [least, strictly, what](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        const bool number = end != text.c_str() && *end == '\0';
+        if (number && (strictly ? v > least : v >= least)) return {};
+        return "must be " + what + ", got '" + text + "'";
+      },
+      what);
+}
+
+}  // namespace
+
+CLI::Validator positive_number() {
+  return number_at_least(0, true, "a positive number");
+}
+
+CLI::Validator non_negative_number() {
+  return number_at_least(0, false, "zero or more");
 }
 
 }  // namespace amalgam::cli
@@ -72,6 +99,16 @@ int main(int argc, char** argv) {
   } catch (const amalgam::Interrupted&) {
     std::cerr << "amalgam: interrupted; no output was written\n";
     return 130;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path the user gave that cannot be followed (a symlink loop, a component that is not
+    // a directory, a name too long, nothing there) is bad input; other refusals are the
+    // system's (a full disk, a permission).
+    const int code = e.code().value();
+    const bool bad_path = code == ELOOP || code == ENOTDIR || code == ENAMETOOLONG || code == ENOENT;
+    const std::string path = e.path1().empty() ? std::string() : e.path1().string() + ": ";
+    std::cerr << "amalgam: error: " << amalgam::printable(path + e.code().message())
+              << (bad_path ? "" : " (nothing was written)") << "\n";
+    return bad_path ? 2 : 1;
   } catch (const std::system_error& e) {
     // The system refused (a full disk, a permission, a vanished file); outputs are staged,
     // so saying that nothing was written is true.

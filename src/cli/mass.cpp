@@ -135,11 +135,11 @@ struct RouterOverrides {
 
   void add_options(CLI::App& cmd) {
     cmd.add_option("--routing-layer", layer, "route on this block's fc1 input instead of router.json's")
-        ->check(CLI::NonNegativeNumber);
+        ->check(non_negative_number());
     cmd.add_option("--token", token, "routing token instead of router.json's: cls or mean")
         ->check(CLI::IsMember({"cls", "mean"}));
     cmd.add_option("--routing-rank", rank, "route on the first K rows of each task's subspace (0: all stored)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(non_negative_number());
     cmd.add_option("--route-with", route_with,
                    "diagnostic: route on this checkpoint's tokens instead of the first pass's (a task's own "
                    "fine-tune shows whether the stored subspaces separate the tasks)");
@@ -180,7 +180,7 @@ void add_mass_eval_command(CLI::App& mass) {
       ->check(CLI::Range(1, 65536));
   cmd->add_option("--max-examples", a->options.max_examples, "evaluate a seeded sample of this many (default all)")
       ->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--seed", a->options.seed, "seed of the sample");
+  cmd->add_option("--seed", a->options.seed, "seed of the sample")->check(non_negative_number());
   cmd->add_option("--cache-models", a->cache_models, "second-pass models kept in memory (default 4)")
       ->check(CLI::Range(1, 1 << 20));
   a->router.add_options(*cmd);
@@ -286,6 +286,16 @@ nlohmann::ordered_json prediction_json(int64_t index, const mass::Prediction& p,
   return j;
 }
 
+// An earlier `mass predict -o` output (what --force may replace): its first line is one of
+// prediction_json's objects.
+bool is_prediction_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("index") && j.contains("probabilities") && j.contains("head");
+}
+
 void add_mass_predict_command(CLI::App& mass) {
   auto* cmd = mass.add_subcommand("predict", "Route and classify images with a MASS bundle, one JSON line per image");
   struct Args {
@@ -314,7 +324,7 @@ void add_mass_predict_command(CLI::App& mass) {
   cmd->add_option("--batch-size", a->batch_size, "images per forward (default 32)")->check(CLI::Range(1, 65536));
   cmd->add_option("--max-examples", a->max_examples, "classify a seeded sample of this many (default all)")
       ->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--seed", a->seed, "seed of the sample");
+  cmd->add_option("--seed", a->seed, "seed of the sample")->check(non_negative_number());
   cmd->add_option("--cache-models", a->cache_models, "second-pass models kept in memory (default 4)")
       ->check(CLI::Range(1, 1 << 20));
   a->router.add_options(*cmd);
@@ -332,7 +342,7 @@ void add_mass_predict_command(CLI::App& mass) {
     std::optional<AtomicOutput> output;
     std::ofstream file;
     if (!a->output.empty()) {
-      output.emplace(a->output, a->force, AtomicOutput::Kind::File);
+      output.emplace(a->output, a->force, AtomicOutput::Kind::File, is_prediction_file);
       file.open(output->staging());
       if (!file) throw std::runtime_error("cannot write " + output->staging().string());
     }

@@ -32,7 +32,7 @@ uint64_t parse_byte_size(const std::string& text) {
 void add_merge_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("merge", "Merge checkpoints as a mergekit-style YAML config says");
   struct Args {
-    std::string config, output, shard_size = "5GB", max_memory;
+    std::string config, output, positional_output, shard_size = "5GB", max_memory;
     MergeOptions options;
     uint64_t seed = 0;
     bool no_check_finite = false;
@@ -40,7 +40,9 @@ void add_merge_command(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("config", a->config, "merge config (YAML)")->required();
-  cmd->add_option("-o,--output", a->output, "output checkpoint directory")->required();
+  // mergekit's order (mergekit-yaml CONFIG OUT) works too.
+  auto* positional_output = cmd->add_option("output", a->positional_output, "output checkpoint directory (or -o)");
+  cmd->add_option("-o,--output", a->output, "output checkpoint directory")->excludes(positional_output);
   cmd->add_flag("--force", a->options.force, "replace an existing output");
   cmd->add_option("--max-shard-size", a->shard_size, "largest output shard, e.g. 5GB, 500MB (default 5GB)");
   cmd->add_option("--max-memory", a->max_memory,
@@ -50,9 +52,14 @@ void add_merge_command(CLI::App& app) {
                 "take the base's tensor where a model lacks one, instead of failing");
   cmd->add_flag("--no-check-finite", a->no_check_finite, "merge NaN or Inf in the inputs instead of failing");
   cmd->add_flag("--no-audit", a->no_audit, "do not write merge_report.json (see amalgam audit)");
-  auto* seed = cmd->add_option("--seed", a->seed, "seed of the random methods (DARE); overrides the config's");
+  auto* seed = cmd->add_option("--seed", a->seed, "seed of the random methods (DARE); overrides the config's")
+                   ->check(non_negative_number());
   cmd->add_flag("-q,--quiet", a->options.quiet, "no progress or summary");
   cmd->callback([a, seed] {
+    if (a->output.empty()) a->output = a->positional_output;
+    if (a->output.empty())
+      throw InputError("merge: no output directory; give one: amalgam merge " + a->config + " -o OUT (or " + a->config +
+                       " OUT, mergekit's order)");
     a->options.output = a->output;
     a->options.max_shard_bytes = parse_byte_size(a->shard_size);
     a->options.check_finite = !a->no_check_finite;
@@ -70,6 +77,8 @@ void add_merge_command(CLI::App& app) {
                    human_bytes(static_cast<double>(s.bytes_written)).c_str(), s.shards, a->output.c_str());
       for (const auto& line : s.audit_summary) std::fprintf(stderr, "amalgam: %s\n", line.c_str());
     }
+    if (s.nonfinite_written > 0)
+      warn("--no-check-finite: the output holds " + std::to_string(s.nonfinite_written) + " NaN or Inf values");
   });
 
   auto* methods = app.add_subcommand("methods", "List the merge methods and their parameters");

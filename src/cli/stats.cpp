@@ -24,7 +24,7 @@ void add_stats_command(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--batch-size", a->options.batch_size, "images per forward (default 32)")
       ->check(CLI::Range(1, 65536));
-  cmd->add_option("--seed", a->options.seed, "seed of the example draw (default 0)");
+  cmd->add_option("--seed", a->options.seed, "seed of the example draw (default 0)")->check(non_negative_number());
   cmd->add_option("--sum", a->sum, "statistics files to pool (weighted by their row counts) instead of measuring")
       ->expected(2, 1 << 20);
   cmd->add_option("-o,--output", a->output, "statistics file to write (safetensors)")->required();

@@ -225,7 +225,7 @@ void add_corrupt(CLI::App& task) {
       ->required();
   cmd->add_option("--severity", a->severity, "1 (mild) to 5 (severe), default 3")->check(CLI::Range(1, 5));
   cmd->add_option("--split", a->split, "split to corrupt (default test); the output holds only it");
-  cmd->add_option("--seed", a->seed, "seed of the random corruptions (default 0)");
+  cmd->add_option("--seed", a->seed, "seed of the random corruptions (default 0)")->check(non_negative_number());
   cmd->add_option("-o,--output", a->output, "task directory to create")->required();
   cmd->add_flag("--force", a->force, "replace an existing output");
   cmd->callback([a] { corrupt_task(*a); });

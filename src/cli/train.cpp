@@ -29,11 +29,12 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--split", a->split, "training split (default train)");
   cmd->add_option("--epochs", a->options.epochs, "passes over the split")->check(CLI::Range(1, 100000));
   cmd->add_option("--batch-size", a->options.batch_size, "images per step")->check(CLI::Range(1, 65536));
-  cmd->add_option("--lr", a->options.learning_rate, "peak learning rate (AdamW)")->check(CLI::PositiveNumber);
+  cmd->add_option("--lr", a->options.learning_rate, "peak learning rate (AdamW)")->check(positive_number());
   cmd->add_option("--weight-decay", a->options.weight_decay, "decoupled weight decay")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--max-shift", a->options.max_shift, "random translation in pixels (0: none)")
       ->check(CLI::Range(0, 64));
-  cmd->add_option("--seed", a->options.seed, "seed of shuffling, augmentation and head initialisation");
+  cmd->add_option("--seed", a->options.seed, "seed of shuffling, augmentation and head initialisation")
+      ->check(non_negative_number());
   cmd->add_flag("--force", a->force, "replace an existing output");
   cmd->add_flag("-q,--quiet", a->options.quiet, "no progress bar");
   cmd->callback([a] {

@@ -43,7 +43,7 @@ void add_data_command(CLI::App& zoo) {
   auto a = std::make_shared<DataArgs>();
   cmd->add_option("-o,--output", a->output, "directory to create")->required();
   cmd->add_flag("--small", a->small, "600/200/400 images per task (tests, quick runs)");
-  cmd->add_option("--seed", a->seed, "seed of every generator and split");
+  cmd->add_option("--seed", a->seed, "seed of every generator and split")->check(non_negative_number());
   cmd->add_option("--tasks", a->tasks, "only these tasks (default: all)")->delimiter(',');
   cmd->add_option("--train", a->train, "train images per generated task")->check(CLI::Range(1, 10'000'000));
   cmd->add_option("--val", a->val, "val images per generated task")->check(CLI::Range(1, 10'000'000));

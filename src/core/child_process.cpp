@@ -1,8 +1,11 @@
 #include "core/child_process.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,7 +14,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
+#include <thread>
+
+#include "core/error.h"
+#include "core/interrupt.h"
 
 extern char** environ;
 
@@ -43,6 +51,40 @@ double seconds_of(const timeval& t) {
   return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec);
 }
 
+// Waits for `pid`. A Ctrl-C or SIGTERM sent to amalgam alone (`kill PID`, a job scheduler)
+// does not reach its children, so it is passed on: the child gets the same signal, and
+// SIGKILL if it has not exited 5 s later. The wait is a poll on the child's pidfd, which
+// returns the moment the child exits (so timings stay exact) and wakes every 100 ms to look
+// at the interrupt flag (a blocking wait4 would be resumed after the handler, SA_RESTART,
+// without telling us). True when an interrupt was passed on.
+bool wait_passing_on_interrupts(pid_t pid, const std::string& program, int& status, rusage& usage) {
+  using Clock = std::chrono::steady_clock;
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  std::optional<Clock::time_point> signalled;
+  for (;;) {
+    const pid_t done = ::wait4(pid, &status, WNOHANG, &usage);
+    if (done == pid) break;
+    if (done < 0 && errno != EINTR) {
+      if (pidfd >= 0) ::close(pidfd);
+      throw std::runtime_error(program + ": wait failed: " + std::strerror(errno));
+    }
+    if (!signalled && interrupt_requested()) {
+      ::kill(pid, interrupt_signal());
+      signalled = Clock::now();
+    } else if (signalled && Clock::now() - *signalled > std::chrono::seconds(5)) {
+      ::kill(pid, SIGKILL);
+    }
+    if (pidfd >= 0) {
+      pollfd wait_for{pidfd, POLLIN, 0};
+      ::poll(&wait_for, 1, 100);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // kernels before 5.3
+    }
+  }
+  if (pidfd >= 0) ::close(pidfd);
+  return signalled.has_value();
+}
+
 }  // namespace
 
 ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem::path& log,
@@ -62,13 +104,13 @@ ChildUsage run_child(const std::vector<std::string>& argv, const std::filesystem
   env.push_back(const_cast<char*>(peak_setting.c_str()));
   env.push_back(nullptr);
   const auto start = std::chrono::steady_clock::now();
+  int status = 0;
+  rusage usage{};
   pid_t pid = 0;
   if (const int rc = ::posix_spawnp(&pid, args[0], actions.get(), nullptr, args.data(), env.data()); rc != 0)
     throw std::runtime_error("cannot run " + argv[0] + ": " + std::strerror(rc));
-  int status = 0;
-  rusage usage{};
-  while (::wait4(pid, &status, 0, &usage) < 0)
-    if (errno != EINTR) throw std::runtime_error(argv[0] + ": wait failed: " + std::strerror(errno));
+  const bool forwarded = wait_passing_on_interrupts(pid, argv[0], status, usage);
+  if (forwarded) throw Interrupted();
   ChildUsage r;
   r.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

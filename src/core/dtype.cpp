@@ -64,6 +64,36 @@ std::string_view dtype_name(DType t) {
   return "?";
 }
 
+std::string_view torch_dtype_name(DType t) {
+  switch (t) {
+    case DType::F64:
+      return "float64";
+    case DType::F32:
+      return "float32";
+    case DType::F16:
+      return "float16";
+    case DType::BF16:
+      return "bfloat16";
+    case DType::F8_E4M3:
+      return "float8_e4m3fn";
+    case DType::F8_E5M2:
+      return "float8_e5m2";
+    case DType::I64:
+      return "int64";
+    case DType::I32:
+      return "int32";
+    case DType::I16:
+      return "int16";
+    case DType::I8:
+      return "int8";
+    case DType::U8:
+      return "uint8";
+    case DType::BOOL:
+      return "bool";
+  }
+  return "?";
+}
+
 std::optional<DType> parse_dtype(std::string_view name) {
   for (DType t : kAllDTypes)
     if (dtype_name(t) == name) return t;

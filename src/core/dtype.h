@@ -23,6 +23,8 @@ size_t dtype_size(DType t);
 // The name safetensors uses ("F32", "BF16", ...).
 std::string_view dtype_name(DType t);
 std::optional<DType> parse_dtype(std::string_view name);
+// The name PyTorch and config.json's torch_dtype use ("float32", "bfloat16", "float8_e4m3fn", ...).
+std::string_view torch_dtype_name(DType t);
 bool is_floating(DType t);
 
 // Scalar conversions (bit patterns in, bit patterns out).

@@ -7,10 +7,10 @@
 
 namespace amalgam {
 namespace {
-std::atomic<bool> g_interrupted{false};
+std::atomic<int> g_signal{0};  // the last SIGINT or SIGTERM received, 0 before any
 
-extern "C" void on_signal(int) {
-  g_interrupted.store(true);
+extern "C" void on_signal(int signal) {
+  g_signal.store(signal);
 }
 }  // namespace
 
@@ -20,7 +20,15 @@ void install_interrupt_handler() {
 }
 
 bool interrupt_requested() {
-  return g_interrupted.load(std::memory_order_relaxed);
+  return g_signal.load(std::memory_order_relaxed) != 0;
+}
+
+int interrupt_signal() {
+  return g_signal.load(std::memory_order_relaxed);
+}
+
+void clear_interrupt() {
+  g_signal.store(0);
 }
 
 void check_interrupt() {

@@ -81,13 +81,10 @@ void write_checkpoint(const std::filesystem::path& dir, const SyntheticFamily& s
   CheckpointWriter writer(dir, plan, s.max_shard_bytes);
   for (const auto& spec : plan) writer.write(spec.name, synthetic_tensor(spec, model, s.seed));
   writer.finish();
-  nlohmann::ordered_json config = {{"architectures", {"LlamaForCausalLM"}},
-                                   {"model_type", "llama"},
-                                   {"hidden_size", s.hidden},
-                                   {"intermediate_size", s.intermediate},
-                                   {"num_hidden_layers", s.layers},
-                                   {"vocab_size", s.vocab},
-                                   {"torch_dtype", s.dtype == DType::BF16 ? "bfloat16" : "float32"}};
+  nlohmann::ordered_json config = {
+      {"architectures", {"LlamaForCausalLM"}},   {"model_type", "llama"},         {"hidden_size", s.hidden},
+      {"intermediate_size", s.intermediate},     {"num_hidden_layers", s.layers}, {"vocab_size", s.vocab},
+      {"torch_dtype", torch_dtype_name(s.dtype)}};
   write_text_file(dir / "config.json", config.dump(2) + "\n");
   write_text_file(dir / "tokenizer.json", "{\"note\": \"synthetic family, no real tokenizer\"}\n");
 }

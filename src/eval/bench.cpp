@@ -14,6 +14,7 @@
 #include "data/zoo_corruptions.h"
 #include "eval/bench_report.h"
 #include "io/atomic_output.h"
+#include "io/run_inputs.h"
 #include "mass/mass_eval.h"
 #include "mass/routed_model.h"
 #include "merge/audit.h"
@@ -554,6 +555,7 @@ void check_options(const BenchOptions& o) {
 
 json run_bench(const BenchOptions& options) {
   check_options(options);
+  note_input(options.zoo);  // its models are read by child processes: the report may not replace it
   AtomicOutput output(options.output, options.force);
   const fs::path dir = output.staging();
   json report = Bench(options, dir).run();

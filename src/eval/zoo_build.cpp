@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 
 #include "core/error.h"
 #include "eval/evaluate.h"
@@ -139,7 +140,9 @@ nlohmann::ordered_json ZooBuildOptions::to_json() const {
 nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& options, bool force) {
   const auto wanted = options.to_json();
   if (fs::exists(dir / "zoo.json")) {
-    const auto existing = read_json_file(dir / "zoo.json");
+    // Read directly, not as an input of the run: a rebuild replaces this directory.
+    std::ifstream in(dir / "zoo.json");
+    const auto existing = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
     // Compared as unordered JSON: the file's keys come back sorted.
     if (existing.contains("options") && existing["options"] == nlohmann::json(wanted)) {
       log(options, "cached: " + (dir / "zoo.json").string() + " was built with the same options");
@@ -148,7 +151,7 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     if (!force) throw InputError(dir, "holds a zoo built with other options; --force rebuilds it");
   }
   const auto start = std::chrono::steady_clock::now();
-  AtomicOutput output(dir, true);
+  AtomicOutput output(dir, force);
   const fs::path stage = output.staging();
   // Filled separately and put together at the end: an ordered_json object is a vector, so a
   // reference into it does not survive the next key.

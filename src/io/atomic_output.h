@@ -1,23 +1,46 @@
-// Outputs that appear whole or not at all.
+// Outputs that appear whole or not at all, and never at the cost of someone else's files.
 //
 // Everything is written into a staging path beside the target (same directory, so the
 // final rename stays on one file system and is atomic), and renamed into place by
 // commit(). If anything throws first, the destructor removes the staging path and the
 // target, including a previous output there, is untouched.
+//
+// What may be replaced, even with --force, is only an output amalgam wrote itself: a
+// directory holding amalgam's marker file (kOutputMarker, which lists every entry amalgam
+// put there, so a file the user added later also protects it), or a file the caller's
+// recogniser accepts (for safetensors: `written_by` in the metadata). Never a directory that
+// holds an input of this run (run_inputs.h), the working directory, `/` or a home directory,
+// nor anything above them.
+//
+// For the whole life of the object the target is locked (flock on a hidden lock file beside
+// it): a second amalgam writing the same target fails at once, naming the process that
+// holds it. The first thing each output does is remove what dead processes left beside it
+// (staging directories, a previous output moved aside mid-commit), with a note.
 #pragma once
 
 #include <filesystem>
+#include <functional>
+#include <memory>
 
 namespace amalgam {
+
+class OutputLock;
+
+// The marker file in every directory amalgam writes.
+inline constexpr const char* kOutputMarker = ".amalgam-output";
 
 class AtomicOutput {
  public:
   enum class Kind { Directory, File };
+  // Tells whether an existing file is an output of amalgam's (Kind::File only).
+  using Recogniser = std::function<bool(const std::filesystem::path&)>;
 
-  // Refuses (InputError) an existing target, unless it is an empty directory or `force`.
-  // Creates the target's parent directories and, for Kind::Directory, the staging
-  // directory.
-  AtomicOutput(const std::filesystem::path& target, bool force, Kind kind = Kind::Directory);
+  // Refuses (InputError, naming the target and why) an existing target, unless it is an
+  // empty directory, or `force` and the target is amalgam's own output (above). A Directory
+  // target named *.safetensors is refused as a likely mistake. Creates the target's parent
+  // directories and, for Kind::Directory, the staging directory. `ours` defaults to
+  // safetensors_written_by_amalgam.
+  AtomicOutput(const std::filesystem::path& target, bool force, Kind kind = Kind::Directory, Recogniser ours = {});
   ~AtomicOutput();
   AtomicOutput(const AtomicOutput&) = delete;
   AtomicOutput& operator=(const AtomicOutput&) = delete;
@@ -25,13 +48,20 @@ class AtomicOutput {
   // Where to write: a directory, or the file's path for Kind::File.
   const std::filesystem::path& staging() const { return staging_; }
   const std::filesystem::path& target() const { return target_; }
-  // Moves the staging path onto the target (replacing what was there).
+  // Writes the marker (directories), checks once more that what is there may be replaced
+  // (inputs are noted as they are opened, some after the constructor), then moves the
+  // staging path onto the target, and releases the lock.
   void commit();
 
  private:
+  void check_replaceable() const;
+
   std::filesystem::path target_;
   std::filesystem::path staging_;
   Kind kind_;
+  bool force_;
+  Recogniser ours_;
+  std::unique_ptr<OutputLock> lock_;
   bool committed_ = false;
 };
 

@@ -42,6 +42,7 @@ bool is_weight_file(const std::string& name) {
 CheckpointReader::CheckpointReader(const fs::path& path) : path_(path) {
   std::error_code ec;
   const auto status = fs::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) throw InputError(path, "cannot be reached: " + ec.message());
   if (ec || !fs::exists(status)) throw InputError(path, "no such file or directory");
   if (fs::is_regular_file(status)) {
     dir_ = path.parent_path().empty() ? fs::path(".") : path.parent_path();

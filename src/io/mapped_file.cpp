@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "io/run_inputs.h"
 
 namespace amalgam {
 
@@ -30,6 +31,7 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
     fd_ = -1;
     throw InputError(path, "not a regular file");
   }
+  note_input(path);
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);

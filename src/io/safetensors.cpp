@@ -7,7 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
-#include <set>
+#include <unordered_set>
 
 #include "core/error.h"
 
@@ -23,34 +23,52 @@ uint64_t read_le64(std::span<const std::byte> b) {
   return v;
 }
 
+// Finds the first key that appears twice in one object, in one SAX pass. (nlohmann's parse
+// callback could do it while building the DOM, but its callback parser scans the whole
+// enclosing object each time an inner object ends: quadratic in the tensor count, 21 s for
+// a header of 50,000 tensors. Two linear passes take 0.2 s.)
+class DuplicateKeyFinder : public nlohmann::json_sax<json> {
+ public:
+  std::string duplicate;
+
+  bool start_object(std::size_t) override {
+    open_objects_.emplace_back();
+    return true;
+  }
+  bool end_object() override {
+    open_objects_.pop_back();
+    return true;
+  }
+  bool key(string_t& k) override {
+    if (!open_objects_.back().insert(k).second && duplicate.empty()) duplicate = k;
+    return true;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+
+ private:
+  std::vector<std::unordered_set<std::string>> open_objects_;
+};
+
 // Parses JSON, rejecting duplicate keys in any object (nlohmann would keep the last).
 json parse_json_strict(std::string_view text, const std::filesystem::path& path, const char* what) {
-  std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  auto callback = [&](int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        open_objects.pop_back();
-        break;
-      case json::parse_event_t::key:
-        if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-          duplicate = parsed.get<std::string>();
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
   json j;
   try {
-    j = json::parse(text.begin(), text.end(), callback);
+    j = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
     throw InputError(path, std::string(what) + " is not valid JSON: " + e.what());
   }
-  if (!duplicate.empty()) throw InputError(path, duplicate, std::string("duplicate key in ") + what);
+  DuplicateKeyFinder finder;
+  json::sax_parse(text.begin(), text.end(), &finder);
+  if (!finder.duplicate.empty()) throw InputError(path, finder.duplicate, std::string("duplicate key in ") + what);
   return j;
 }
 
@@ -365,6 +383,35 @@ void save_safetensors(const std::filesystem::path& path, const std::vector<std::
   SafetensorsWriter writer(path, plan, metadata);
   for (const auto& [name, t] : tensors) writer.write(name, t);
   writer.finish();
+}
+
+}  // namespace amalgam
+
+namespace amalgam {
+
+bool safetensors_written_by_amalgam(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  std::string header;
+  unsigned char length[8];
+  if (::pread(fd, length, 8, 0) == 8) {
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | length[i];
+    if (n <= kMaxHeaderBytes) {
+      header.resize(n);
+      if (::pread(fd, header.data(), n, 8) != static_cast<ssize_t>(n)) header.clear();
+    }
+  }
+  ::close(fd);
+  const json parsed = json::parse(header, nullptr, /*allow_exceptions=*/false);
+  if (!parsed.is_object() || !parsed.contains("__metadata__") || !parsed["__metadata__"].is_object()) return false;
+  const json& meta = parsed["__metadata__"];
+  const auto is = [&](const char* key, auto&& test) {
+    return meta.contains(key) && meta[key].is_string() && test(meta[key].get<std::string>());
+  };
+  // Statistics files have always said so in their format; other files name amalgam.
+  return is("written_by", [](const std::string& v) { return v.starts_with("amalgam"); }) ||
+         is("format", [](const std::string& v) { return v == "amalgam-stats"; });
 }
 
 }  // namespace amalgam

@@ -137,4 +137,8 @@ std::string safetensors_header(const std::vector<TensorInfo>& layout, const Meta
 void save_safetensors(const std::filesystem::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const Metadata& metadata = {{"format", "pt"}});
 
+// True when `path` is a safetensors file whose metadata says amalgam wrote it (`written_by`
+// "amalgam ...", or a statistics file's format): what --force may replace.
+bool safetensors_written_by_amalgam(const std::filesystem::path& path);
+
 }  // namespace amalgam

@@ -366,7 +366,14 @@ YAML::Node parse_yaml_text(std::string_view text, const fs::path& source) {
                                  ", column " + std::to_string(column) + " (save the config as UTF-8)");
   }
   try {
-    return YAML::Load(std::string(text));
+    // yaml-cpp's Load keeps the first document and drops the rest without a word: a second
+    // document (after "---") is most likely a second merge the user expects to run.
+    std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
+    if (documents.size() > 1)
+      throw InputError(source, "holds " + std::to_string(documents.size()) +
+                                   " YAML documents (separated by '---'); a config is one document: put each "
+                                   "merge in its own file");
+    return documents.empty() ? YAML::Node() : documents.front();
   } catch (const YAML::Exception& e) {
     // yaml-cpp's marks are 0-based; editors count from 1.
     const std::string where = e.mark.is_null() ? std::string()

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <future>
 #include <iostream>
+#include <map>
 #include <set>
 
 #include "core/error.h"
@@ -17,6 +18,7 @@
 #include "io/json_file.h"
 #include "merge/audit.h"
 #include "merge/method.h"
+#include "merge/model_card.h"
 
 namespace amalgam {
 
@@ -46,6 +48,27 @@ bool comes_before_layers(const std::string& name) {
   for (const char* key : {"embed", "pre_", "wte", "wpe", "patch", "class_emb", "position"})
     if (name.find(key) != std::string::npos) return true;
   return false;
+}
+
+// Every path the config names exists, or an error names the config and the key that gave it
+// (a CheckpointReader would name only the path, leaving the user to find where it came from).
+void check_config_paths_exist(const MergeConfig& config) {
+  std::error_code ec;
+  const auto check = [&](const fs::path& path, const std::string& key, const std::string& given) {
+    if (fs::exists(path, ec)) return;
+    throw InputError(config.source, key + ": '" + given + "' " +
+                                        (ec ? "cannot be reached: " + ec.message()
+                                            : "does not exist (a relative path is looked up in the working "
+                                              "directory, then beside the config)"));
+  };
+  if (config.base_path) check(*config.base_path, "base_model", config.base_model.value_or(""));
+  for (size_t i = 0; i < config.models.size(); ++i) {
+    const ModelEntry& m = config.models[i];
+    const std::string key = "models[" + std::to_string(i) + "]";
+    check(m.path, key + ".model", m.model);
+    for (size_t d = 0; d < m.data.size(); ++d) check(m.data[d], key + ".data[" + std::to_string(d) + "]", m.data[d]);
+    if (m.stats) check(*m.stats, key + ".stats", m.stats->string());
+  }
 }
 
 // The candidates the method merges, and for each its index in config.models.
@@ -196,21 +219,47 @@ MergeContext make_context(const MergeInputs& in, const fs::path& staging) {
   return c;
 }
 
-std::runtime_error nonfinite_output(const std::string& what, DType out_dtype) {
-  return std::runtime_error(what + " produced NaN or Inf from finite inputs (or a value outside " +
-                            std::string(dtype_name(out_dtype)) + "'s range)");
+// Finite inputs that merge to NaN or Inf are the config's doing (weights that blow a value
+// past the output dtype's range, most often F16's 65504): an input error naming the tensor,
+// the config and the models.
+InputError nonfinite_output(const MergeInputs& in, const std::string& tensor, DType out_dtype) {
+  std::string models;
+  for (const auto& r : in.candidates.readers) models += (models.empty() ? "" : ", ") + r->path().string();
+  return InputError(in.config.source, tensor,
+                    "the " + in.method->spec().name + " merge of " + models +
+                        " gives NaN or Inf from finite inputs, or a value outside " +
+                        std::string(dtype_name(out_dtype)) +
+                        "'s range (a wider dtype, e.g. dtype: float32, avoids "
+                        "the latter)");
 }
 
-// Checks the merged values and converts them to the output dtype in one parallel pass.
-Tensor finish_tensor(const Tensor& merged, DType out_dtype, bool check_finite, const std::string& what) {
+// NaN and Inf among `n` values stored as `dtype`: what --no-check-finite writes, counted.
+uint64_t count_nonfinite(DType dtype, const std::byte* stored, size_t n) {
+  if (!is_floating(dtype)) return 0;
+  constexpr size_t kPiece = 4096;
+  float values[kPiece];
+  uint64_t count = 0;
+  for (size_t b = 0; b < n; b += kPiece) {
+    const size_t m = std::min(kPiece, n - b);
+    convert_to_f32(dtype, stored + b * dtype_size(dtype), values, m);
+    for (size_t i = 0; i < m; ++i) count += !std::isfinite(values[i]);
+  }
+  return count;
+}
+
+// Converts the merged values to the output dtype in one parallel pass, checking them: an
+// error when they must be finite, else a count of the non-finite ones written.
+Tensor finish_tensor(const MergeInputs& in, const std::string& name, const Tensor& merged, DType out_dtype,
+                     MergeSummary& summary) {
   Tensor out = Tensor::uninitialized(out_dtype, merged.shape());
-  const float* in = merged.data<float>().data();
+  const float* values = merged.data<float>().data();
   std::byte* dst = out.mutable_bytes().data();
   std::atomic<bool> nonfinite{false};
   parallel_chunks(static_cast<size_t>(merged.numel()), size_t{1} << 14, [&](size_t b, size_t e) {
-    if (!from_f32_checked(in + b, out_dtype, dst + b * dtype_size(out_dtype), e - b)) nonfinite = true;
+    if (!from_f32_checked(values + b, out_dtype, dst + b * dtype_size(out_dtype), e - b)) nonfinite = true;
   });
-  if (nonfinite && check_finite) throw nonfinite_output(what, out_dtype);
+  if (nonfinite && in.options.check_finite) throw nonfinite_output(in, name, out_dtype);
+  if (nonfinite) summary.nonfinite_written += count_nonfinite(out_dtype, dst, static_cast<size_t>(out.numel()));
   return out;
 }
 
@@ -264,6 +313,7 @@ TensorJob make_job(const MergeInputs& in, const TensorSpec& out_spec, MergeSumma
 
   TensorJob job(name, std::move(inputs), base_tensor, std::move(model_params), std::move(globals), in.seed);
   job.set_output(out_spec.dtype, in.options.check_finite);
+  job.set_config_source(in.config.source);
   if (audit) job.attach_audit(std::make_shared<TensorAudit>(job.model_count(), job.numel()));
   return job;
 }
@@ -291,7 +341,7 @@ Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumm
   check_inputs(in, job);
   if (merged.shape() != out_spec.shape || merged.dtype() != DType::F32)
     throw std::logic_error(spec.name + " returned a tensor of the wrong shape for '" + name + "'");
-  Tensor out = finish_tensor(merged, out_spec.dtype, in.options.check_finite, name + ": " + spec.name);
+  Tensor out = finish_tensor(in, name, merged, out_spec.dtype, summary);
   if (report) {
     if (!job.audit()->has_deltas()) audit_by_reading(job, merged, *job.audit());
     job.rethrow_read_error();
@@ -327,7 +377,8 @@ void stream_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumma
     }
     ranges->merge_range(b, e, out);
     check_inputs(in, job);
-    if (job.output_nonfinite()) throw nonfinite_output(name + ": " + spec.name, out_spec.dtype);
+    if (job.output_nonfinite()) throw nonfinite_output(in, name, out_spec.dtype);
+    if (!in.options.check_finite) summary.nonfinite_written += count_nonfinite(out_spec.dtype, out.data(), e - b);
     if (out.data() == bounce.data())
       writer.append(name, out);
     else
@@ -340,6 +391,17 @@ void stream_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumma
       throw std::logic_error(spec.name + " streamed but left the audit's rows out");
     report->add(name, out_spec.shape, *job.audit());
   }
+}
+
+// The dtype of the floating-point tensors written, for config.json's torch_dtype: the one
+// holding the most bytes when a merge writes several (out_dtype applies to all of them).
+std::optional<DType> floating_dtype_written(const std::vector<TensorSpec>& plan) {
+  std::map<DType, uint64_t> bytes;
+  for (const auto& t : plan)
+    if (is_floating(t.dtype)) bytes[t.dtype] += t.nbytes();
+  if (bytes.empty()) return std::nullopt;
+  return std::max_element(bytes.begin(), bytes.end(), [](const auto& a, const auto& b) { return a.second < b.second; })
+      ->first;
 }
 
 }  // namespace
@@ -363,6 +425,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
                                             " is data-free and does not read calibration data or statistics");
   if (spec.needs_base && !config.base_path)
     throw InputError(config.source, "base_model: " + spec.name + " needs a base model");
+  check_config_paths_exist(config);
   if (config.base_path) in.base = std::make_unique<CheckpointReader>(*config.base_path);
   in.candidates = open_candidates(config, spec, in.base.get());
   in.reference = in.base ? in.base.get() : in.candidates.readers.front().get();
@@ -407,11 +470,22 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     if (m.stats) m.stats = fs::absolute(*m.stats, ec).lexically_normal();
   }
   if (resolved.base_path) resolved.base_model = fs::absolute(*resolved.base_path, ec).lexically_normal().string();
-  write_text_file(output.staging() / "amalgam_config.yaml", merge_config_to_yaml(resolved));
+  const std::string config_yaml = merge_config_to_yaml(resolved);
+  write_text_file(output.staging() / "amalgam_config.yaml", config_yaml);
+  // The base's tokenizer and other files come along; its config.json is rewritten to say
+  // what was written, and its README.md (a card about another model) is replaced by ours.
+  const std::optional<DType> weights = floating_dtype_written(plan);
   std::vector<fs::path> carried;
-  for (const auto& f : ref.auxiliary_files())
-    if (f.filename() != "amalgam_config.yaml" && f.filename() != "merge_report.json") carried.push_back(f);
+  for (const auto& f : ref.auxiliary_files()) {
+    const fs::path name = f.filename();
+    if (name != "amalgam_config.yaml" && name != kMergeReportFile && name != "README.md" && name != "config.json")
+      carried.push_back(f);
+  }
   copy_files_into(carried, output.staging());
+  if (ref.config())
+    write_text_file(output.staging() / "config.json",
+                    config_for_output(nlohmann::ordered_json(*ref.config()), weights).dump(2) + "\n");
+  write_text_file(output.staging() / "README.md", merge_model_card(resolved, config_yaml, weights));
 
   const MergeContext context = make_context(in, output.staging());
   in.method->prepare(context);

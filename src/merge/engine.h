@@ -40,6 +40,7 @@ struct MergeSummary {
   size_t shards = 0;
   double seconds = 0;
   std::vector<std::string> audit_summary;  // a few lines from merge_report.json
+  uint64_t nonfinite_written = 0;          // NaN and Inf written, with check_finite off
 };
 
 MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options);

@@ -39,7 +39,10 @@ class Linear final : public MergeMethod {
     double sum = 0;
     for (size_t t = 0; t < models; ++t) sum += w[t] = static_cast<float>(job.param("weight", t));
     if (job.param("normalize") != 0) {
-      if (std::abs(sum) < 1e-12) throw InputError("linear: the weights for tensor '" + job.name() + "' sum to zero");
+      if (std::abs(sum) < 1e-12)
+        throw InputError(job.config_source(), job.name(),
+                         "linear: the models' weights sum to zero, and normalize (the default) divides by their sum; "
+                         "change a weight or set normalize: false");
       for (auto& x : w) x = static_cast<float>(x / sum);
     }
     // The audit's merged delta is sum_t w_t D_t, D_t = W_t - W0, when the weights sum to one

@@ -103,6 +103,10 @@ class TensorJob {
   // narrower one: 70000 in float16 is Inf).
   bool output_nonfinite() const { return *output_nonfinite_; }
 
+  // The config file the parameters came from, for errors about them.
+  const std::filesystem::path& config_source() const { return config_source_; }
+  void set_config_source(std::filesystem::path source) { config_source_ = std::move(source); }
+
   double param(const std::string& name, size_t model) const;  // a Model-scope parameter
   double param(const std::string& name) const;                // a Global-scope parameter
   // Seeds randomness per tensor and model, independent of the order tensors are merged in.
@@ -135,6 +139,7 @@ class TensorJob {
   std::vector<std::map<std::string, double>> model_params_;
   std::map<std::string, double> global_params_;
   uint64_t seed_ = 0;
+  std::filesystem::path config_source_;
   DType output_dtype_ = DType::F32;
   bool check_output_ = false;
   // Shared so that TensorJob stays copyable; written under a critical section.

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "core/version.h"
 #include "io/atomic_output.h"
 #include "io/safetensors.h"
 
@@ -62,7 +63,8 @@ ClassifierHead ClassifierHead::load(const std::filesystem::path& path) {
 }
 
 void ClassifierHead::save(const std::filesystem::path& path, bool force) const {
-  Metadata meta{{"format", "pt"}, {"normalize_features", normalize_features ? "true" : "false"}};
+  Metadata meta{
+      {"format", "pt"}, {"normalize_features", normalize_features ? "true" : "false"}, {"written_by", kWrittenBy}};
   if (!task.empty()) meta["task"] = task;
   if (!class_names.empty()) meta["classes"] = nlohmann::json(class_names).dump();
   std::vector<std::pair<std::string, Tensor>> tensors{

@@ -636,7 +636,7 @@ void save_clip_vision(const std::filesystem::path& dir, const ClipVisionConfig& 
   save_safetensors(output.staging() / "model.safetensors", tensors);
   nlohmann::json json = config.to_json();
   json["architectures"] = {weights.visual_projection ? "CLIPVisionModelWithProjection" : "CLIPVisionModel"};
-  json["torch_dtype"] = dtype == DType::F16 ? "float16" : (dtype == DType::BF16 ? "bfloat16" : "float32");
+  json["torch_dtype"] = torch_dtype_name(dtype);
   write_text_file(output.staging() / "config.json", json.dump(2) + "\n");
   if (preprocessor_config)
     write_text_file(output.staging() / "preprocessor_config.json", preprocessor_config->dump(2) + "\n");

@@ -1,0 +1,61 @@
+#include "io/run_inputs.h"
+
+#include <mutex>
+#include <set>
+
+namespace amalgam {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Registry {
+  std::mutex mutex;
+  std::set<fs::path> paths;
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+// `inner` is `outer` or lies under it, comparing whole components ("/a/bc" is not under "/a/b").
+bool is_within(const fs::path& inner, const fs::path& outer) {
+  auto i = inner.begin();
+  for (auto o = outer.begin(); o != outer.end(); ++o, ++i) {
+    if (o->empty()) continue;  // the empty last component of "dir/"
+    if (i == inner.end() || *i != *o) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void note_input(const fs::path& path) {
+  std::error_code ec;
+  fs::path canonical = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) canonical = fs::absolute(path, ec).lexically_normal();
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  r.paths.insert(std::move(canonical));
+}
+
+std::vector<fs::path> run_inputs() {
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  return {r.paths.begin(), r.paths.end()};
+}
+
+void forget_run_inputs() {
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  r.paths.clear();
+}
+
+fs::path input_within(const fs::path& dir) {
+  for (const auto& p : run_inputs())
+    if (is_within(p, dir)) return p;
+  return {};
+}
+
+}  // namespace amalgam
