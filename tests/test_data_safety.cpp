@@ -386,6 +386,51 @@ TEST(Messages, WeightsSummingToZeroNameTheConfig) {
       << r.err;
 }
 
+// ---- Same bits on any thread count --------------------------------------------------------
+
+TEST(ThreadCount, EveryDataFreeMethodWritesTheSameBitsOnOneTwoAndThreeThreads) {
+  TempDir tmp;
+  // Matrices of 256 x 688: large enough that BLAS and the parallel loops split their work.
+  ASSERT_EQ(run_amalgam("generate -o " + (tmp / "fam").string() +
+                        " --models 3 --layers 2 --hidden 256 --intermediate 688 --vocab 500")
+                .code,
+            0);
+  const std::string base = "base_model: " + (tmp / "fam/base").string() + "\n";
+  std::string weighted = "models:\n", sparse = "models:\n", plain = "models:\n";
+  for (int m = 1; m <= 3; ++m) {
+    const std::string model = (tmp / ("fam/model_" + std::to_string(m))).string();
+    weighted += "  - model: " + model + "\n    parameters: {weight: 0.5}\n";
+    sparse += "  - model: " + model + "\n    parameters: {weight: 0.5, density: 0.5}\n";
+    plain += "  - model: " + model + "\n";
+  }
+  const std::vector<std::pair<std::string, std::string>> configs = {
+      {"linear", "merge_method: linear\n" + weighted},
+      {"task_arithmetic", "merge_method: task_arithmetic\n" + base + weighted},
+      {"ties", "merge_method: ties\n" + base + sparse},
+      {"dare_ties", "merge_method: dare_ties\nseed: 7\n" + base + sparse},
+      {"dare_linear", "merge_method: dare_linear\nseed: 7\n" + base + sparse},
+      {"breadcrumbs", "merge_method: breadcrumbs\n" + base + sparse},
+      {"breadcrumbs_ties", "merge_method: breadcrumbs_ties\n" + base + sparse},
+      {"slerp", "merge_method: slerp\nparameters: {t: 0.3}\n" + base +
+                    "models:\n  - model: " + (tmp / "fam/model_1").string() + "\n"},
+      {"tsv", "merge_method: tsv\n" + base + plain}};
+  for (const auto& [method, yaml] : configs) {
+    write_bytes(tmp / (method + ".yaml"), yaml);
+    std::string first;
+    for (const int threads : {1, 2, 3}) {
+      const fs::path out = tmp / (method + std::to_string(threads));
+      const auto r = run_amalgam("merge " + (tmp / (method + ".yaml")).string() + " -o " + out.string() +
+                                 " -q --threads " + std::to_string(threads));
+      ASSERT_EQ(r.code, 0) << method << ": " << r.err;
+      const std::string bits = read_bytes(out / "model.safetensors");
+      if (threads == 1)
+        first = bits;
+      else
+        EXPECT_TRUE(bits == first) << method << " differs between 1 and " << threads << " threads";
+    }
+  }
+}
+
 // ---- Signals reach children ---------------------------------------------------------------
 
 TEST(Interrupts, ASignalToAmalgamReachesTheChildItWaitsFor) {

@@ -287,10 +287,10 @@ constexpr int64_t kBatch = 5;
 // every candidate embeds an image alike) and three tasks of random images.
 struct Zoo {
   TempDir tmp;
-  ClipVisionConfig config = testing::tiny_clip_config();
+  ClipVisionConfig config;
   std::vector<fs::path> models, tasks;
 
-  explicit Zoo(bool shared_embeddings = true) {
+  explicit Zoo(bool shared_embeddings = true, ClipVisionConfig c = testing::tiny_clip_config()) : config(c) {
     const ClipVisionWeights base = random_clip_vision_weights(config, 1, true);
     for (int t = 0; t < 3; ++t) {
       ClipVisionWeights w = random_clip_vision_weights(config, 10 + t, true);
@@ -749,6 +749,31 @@ TEST(RegMeanZoo, RegMeanBeatsSimpleAveragingOnTheSmallZoo) {
   // full zoo neither RegMean does, README): asserted only to stay near RegMean, so that a
   // broken merged stream, which costs far more, fails here.
   EXPECT_GT(accuracy["regmean_plusplus"], accuracy["regmean"] - 0.03);
+}
+
+// RegMean and RegMean++ (statistics, forward passes, solves) write the same bits on 1, 2 and
+// 3 threads, on a model wide enough that BLAS and the parallel loops split their work.
+TEST(RegMeanThreads, SameBitsOnOneTwoAndThreeThreads) {
+  ClipVisionConfig wide = testing::tiny_clip_config();
+  wide.hidden_size = 96;
+  wide.intermediate_size = 192;
+  const Zoo zoo(true, wide);
+  for (const std::string method : {"regmean", "regmean_plusplus"}) {
+    const fs::path cfg = zoo.tmp / (method + ".yaml");
+    testing::write_bytes(cfg, zoo.yaml(method, "data", zoo.tasks));
+    std::string first;
+    for (const int threads : {1, 2, 3}) {
+      const fs::path out = zoo.tmp / (method + std::to_string(threads));
+      const auto r = testing::run_amalgam("merge " + cfg.string() + " -q -o " + out.string() + " --threads " +
+                                          std::to_string(threads));
+      ASSERT_EQ(r.code, 0) << method << ": " << r.err;
+      const std::string bits = testing::read_bytes(out / "model.safetensors");
+      if (threads == 1)
+        first = bits;
+      else
+        EXPECT_TRUE(bits == first) << method << " differs between 1 and " << threads << " threads";
+    }
+  }
 }
 
 }  // namespace

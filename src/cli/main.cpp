@@ -10,12 +10,15 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <system_error>
 
 #include "cli/commands.h"
 #include "core/child_process.h"
 #include "core/error.h"
 #include "core/interrupt.h"
+#include "core/parallel.h"
+#include "core/progress.h"
 
 namespace amalgam::cli {
 
@@ -55,6 +58,16 @@ CLI::Validator non_negative_number() {
   return number_at_least(0, false, "zero or more");
 }
 
+// Adds --threads and --progress to `app` and to every command under it (CLI11's fallthrough
+// would hand the option to the parent but leave its value to the command's positionals).
+void add_common_options(CLI::App& app, int& threads, std::string& progress) {
+  app.add_option("--threads", threads, "threads to use (default: the cores this process may use)")
+      ->check(positive_number());
+  app.add_option("--progress", progress, "auto (a bar on a terminal, plain lines elsewhere), bar, lines, none")
+      ->check(CLI::IsMember({"auto", "bar", "lines", "none"}));
+  for (CLI::App* command : app.get_subcommands({})) add_common_options(*command, threads, progress);
+}
+
 }  // namespace amalgam::cli
 
 int main(int argc, char** argv) {
@@ -81,6 +94,18 @@ int main(int argc, char** argv) {
     files.rlim_cur = files.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &files);
   }
+  // Options of every command, given before or after its name.
+  int threads = 0;
+  std::string progress = "auto";
+  amalgam::cli::add_common_options(app, threads, progress);
+  app.parse_complete_callback([&] {
+    amalgam::set_thread_count(threads > 0 ? threads : amalgam::available_cores());
+    const std::map<std::string, amalgam::ProgressStyle> styles = {{"auto", amalgam::ProgressStyle::Auto},
+                                                                  {"bar", amalgam::ProgressStyle::Bar},
+                                                                  {"lines", amalgam::ProgressStyle::Lines},
+                                                                  {"none", amalgam::ProgressStyle::None}};
+    amalgam::set_progress_style(styles.at(progress));
+  });
   amalgam::install_interrupt_handler();
   try {
     app.parse(argc, argv);

@@ -12,6 +12,12 @@
 namespace amalgam {
 
 int num_threads();
+// The CPUs this process may run on (sched_getaffinity: taskset, cgroups' cpusets, Slurm's
+// allocation), not the machine's count.
+int available_cores();
+// Sets the threads of every parallel loop and of BLAS (the OpenMP build of OpenBLAS follows
+// OpenMP's count). Results do not depend on it: see the tests of every method at 1, 2 and 3.
+void set_thread_count(int threads);
 // The calling thread's number in the innermost parallel region: [0, num_threads()), 0 outside one.
 int thread_index();
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/parallel.h"
 #include "linalg/lapack.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -39,6 +40,20 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
               static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 }
 
+void sgemm_fixed_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                        int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  constexpr int64_t kRows = 128;
+  const int64_t blocks = (m + kRows - 1) / kRows;
+  // Each block of rows of C on one thread (BLAS is single-threaded inside a parallel loop,
+  // and alone when there is one block): the same blocks whatever the thread count.
+  parallel_for(static_cast<size_t>(std::max<int64_t>(blocks, 2)), [&](size_t i) {
+    const int64_t begin = static_cast<int64_t>(i) * kRows, rows = std::min(kRows, m - begin);
+    if (rows <= 0) return;
+    const float* a_rows = trans_a ? a + begin : a + begin * lda;
+    sgemm(trans_a, trans_b, rows, n, k, alpha, a_rows, lda, b, ldb, beta, c + begin * ldc, ldc);
+  });
+}
+
 void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
            const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
@@ -47,11 +62,28 @@ void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double a
               static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 }
 
+SingleThreadedBlas::SingleThreadedBlas() : saved_(num_threads()) {
+  set_thread_count(1);
+}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  set_thread_count(saved_);
+}
+
 void syrk_upper(int64_t rows, int64_t n, float alpha, const float* a, int64_t lda, float beta, float* c, int64_t ldc) {
   if (n == 0) return;
-  // Row-major upper triangle of A^T A.
-  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(rows), alpha, a,
-              static_cast<blasint>(lda), beta, c, static_cast<blasint>(ldc));
+  // Row-major upper triangle of A^T A, in fixed blocks of 128 columns of C, each on one
+  // thread (as sgemm_fixed_blocks, for the same reason: bits independent of the thread
+  // count): block [j0, j1) is its diagonal block by SYRK and the rows above it by GEMM.
+  constexpr int64_t kCols = 128;
+  const int64_t blocks = (n + kCols - 1) / kCols;
+  parallel_for(static_cast<size_t>(std::max<int64_t>(blocks, 2)), [&](size_t i) {
+    const int64_t j0 = static_cast<int64_t>(i) * kCols, width = std::min(kCols, n - j0);
+    if (width <= 0) return;
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(width), static_cast<blasint>(rows), alpha,
+                a + j0, static_cast<blasint>(lda), beta, c + j0 * ldc + j0, static_cast<blasint>(ldc));
+    if (j0 > 0) sgemm(true, false, j0, width, rows, alpha, a, lda, a + j0, lda, beta, c + j0, ldc);
+  });
 }
 
 namespace {
@@ -279,6 +311,7 @@ std::vector<double> transposed(std::span<const double> b, int64_t rows, int64_t 
 
 // X = E^T diag(1/lambda) E B over the kept eigenpairs, E's rows the eigenvectors.
 SymmetricSolve pseudo_inverse_solve(std::span<const double> a, int64_t n, std::span<double> b, int64_t m) {
+  const SingleThreadedBlas serial;  // bits independent of the thread count
   std::vector<double> e(a.begin(), a.end()), lambda(static_cast<size_t>(n));
   const int nn = static_cast<int>(n);
   int info = 0, lwork = -1, liwork = -1, iwork_query = 0;
@@ -312,6 +345,7 @@ SymmetricSolve pseudo_inverse_solve(std::span<const double> a, int64_t n, std::s
 }  // namespace
 
 SymmetricSolve solve_symmetric(std::span<const double> a, int64_t n, std::span<double> b, int64_t m, double min_rcond) {
+  const SingleThreadedBlas serial;  // bits independent of the thread count
   if (a.size() != static_cast<size_t>(n * n) || b.size() != static_cast<size_t>(n * m))
     throw std::logic_error("solve_symmetric: sizes do not match");
   if (n == 0) return {false, 0, 0};
@@ -372,6 +406,7 @@ int svd_row_major(const Matrix& a, Svd& out, bool divide_and_conquer) {
 }  // namespace
 
 Svd svd(const Matrix& a) {
+  const SingleThreadedBlas serial;  // bits independent of the thread count
   const int64_t m = a.rows, n = a.cols, r = std::min(m, n);
   if (m > INT32_MAX || n > INT32_MAX) throw std::runtime_error("SVD: matrix too large for LAPACK");
   Svd out{Matrix(m, r), std::vector<float>(static_cast<size_t>(r)), Matrix(r, n)};

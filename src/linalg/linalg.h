@@ -31,6 +31,26 @@ Matrix matmul(const Matrix& a, const Matrix& b, bool trans_a = false, bool trans
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 // Double precision: gradient checks run the training ops in double.
+// The same product computed in fixed blocks of 128 rows of C, one block per thread: its bits
+// do not depend on the thread count (OpenBLAS's own threading splits the work by the thread
+// count, and its results differ in the last bits between 1 and 2 threads), and a thread
+// slowed by another process on its core takes fewer blocks instead of holding up the rest.
+void sgemm_fixed_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                        int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+// While one lives, BLAS and LAPACK called from this thread run on one thread: their bits then
+// do not depend on the thread count (a threaded factorisation's reductions do). For the
+// solves and decompositions of a merge, which run side by side on other work or are small.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int saved_;
+};
+
 void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
            const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
 

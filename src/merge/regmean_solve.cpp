@@ -25,7 +25,7 @@ std::vector<double> residual_energies(std::span<const RegMeanCandidate> candidat
   std::vector<double> energies;
   for (const RegMeanCandidate& c : candidates) {
     for (size_t k = 0; k < merged.size(); ++k) delta[k] = merged[k] - c.weight[k];
-    sgemm(false, false, out, in, in, 1.0f, delta.data(), in, c.gram.data(), in, 0.0f, product.data(), in);
+    sgemm_fixed_blocks(false, false, out, in, in, 1.0f, delta.data(), in, c.gram.data(), in, 0.0f, product.data(), in);
     energies.push_back(std::max(0.0, dot(delta, product)));
   }
   return energies;
@@ -50,7 +50,9 @@ RegMeanLinear regmean_linear(std::span<const RegMeanCandidate> candidates, int64
     });
     // G W^T [in, out], then rhs += w G~ W^T = w (alpha G W^T + (1 - alpha) diag(G) W^T): the
     // unshrunk product also gives the audit tr(W G W^T) for free.
-    sgemm(false, true, in, out, in, 1.0f, c.gram.data(), in, c.weight.data(), in, 0.0f, product.data(), out);
+    // In fixed blocks (as every product of a merge): the same bits on any thread count.
+    sgemm_fixed_blocks(false, true, in, out, in, 1.0f, c.gram.data(), in, c.weight.data(), in, 0.0f, product.data(),
+                       out);
     const float w = static_cast<float>(c.factor), a = static_cast<float>(alpha);
     std::vector<double> row_energy(nin, 0.0);  // per row, summed in order below: same bits on any thread count
     parallel_chunks(nin, 16, [&](size_t b, size_t e) {
@@ -85,7 +87,10 @@ RegMeanLinear regmean_linear(std::span<const RegMeanCandidate> candidates, int64
       for (size_t o = 0; o < static_cast<size_t>(out); ++o)
         for (size_t i = 0; i < nin; ++i)
           mean_t[i * static_cast<size_t>(out) + o] += c.factor / total * c.weight[o * nin + i];
-    dgemm(false, false, in, out, in, -1.0, system.data(), in, mean_t.data(), out, 1.0, residual.data(), out);
+    {
+      const SingleThreadedBlas serial;  // the same bits on any thread count
+      dgemm(false, false, in, out, in, -1.0, system.data(), in, mean_t.data(), out, 1.0, residual.data(), out);
+    }
     solve_symmetric(system, in, residual, out);
     for (size_t k = 0; k < x.size(); ++k) x[k] = mean_t[k] + residual[k];
     std::ostringstream msg;

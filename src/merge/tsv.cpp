@@ -58,15 +58,20 @@ class Tsv final : public MergeMethod {
     Tensor out = job.base_f32();
     if (k == 0) return out;
     const std::span<float> res = out.mutable_data<float>();
-    std::vector<LowRankFactors> factors;
-    std::vector<double> energy_kept;
-    Matrix delta(m, n);
-    for (size_t t = 0; t < job.model_count(); ++t) {
+    // One task's SVD per thread, as MASS does: LAPACK runs single-threaded inside a parallel
+    // region, so the bits do not depend on the thread count (a threaded SVD's reductions
+    // did: 12,338 of 13.2M entries differed between 1 and 2 threads), and a thread that
+    // shares its core with another process takes fewer tasks instead of holding up every
+    // step of every SVD.
+    std::vector<LowRankFactors> factors(job.model_count());
+    std::vector<double> energy_kept(job.model_count());
+    parallel_for(job.model_count(), [&](size_t t) {
+      Matrix delta(m, n);
       job.read_model(t, 0, job.numel(), delta.data.data());
       for (size_t i = 0; i < job.numel(); ++i) delta.data[i] -= res[i];
-      factors.push_back(truncated_svd(delta, k));
-      if (job.audit()) energy_kept.push_back(kept_energy(delta.data, factor_view(factors.back())));
-    }
+      factors[t] = truncated_svd(delta, k);
+      if (job.audit()) energy_kept[t] = kept_energy(delta.data, factor_view(factors[t]));
+    });
     std::vector<FactorView> views;
     for (const auto& f : factors) views.push_back(factor_view(f));
     if (TensorAudit* audit = job.audit()) record_tsv_audit(*audit, k, energy_kept, views);

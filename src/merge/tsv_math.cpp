@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "core/parallel.h"
 #include "merge/audit.h"
 
 namespace amalgam {
@@ -53,13 +54,14 @@ void add_tsv_merge(std::span<const FactorView> tasks, float alpha, int64_t d_out
     offset += k;
   }
   if (tasks.size() > 1) {  // one task's U and V^T are orthonormal already: their own polar factors
-    u_all = polar_factor(u_all);
-    vt_all = polar_factor(vt_all);  // polar(V^T) = polar(V)^T
+    // The two SVDs side by side, each single-threaded (bits independent of the thread count).
+    Matrix* factors[] = {&u_all, &vt_all};  // polar(V^T) = polar(V)^T
+    parallel_for(2, [&](size_t i) { *factors[i] = polar_factor(*factors[i]); });
   }
   for (int64_t i = 0; i < d_out; ++i)
     for (int64_t j = 0; j < total; ++j) u_all(i, j) *= s_all[static_cast<size_t>(j)];
-  sgemm(false, false, d_out, d_in, total, alpha, u_all.data.data(), total, vt_all.data.data(), d_in, 1.0f,
-        weight.data(), d_in);
+  sgemm_fixed_blocks(false, false, d_out, d_in, total, alpha, u_all.data.data(), total, vt_all.data.data(), d_in,
+                     1.0f, weight.data(), d_in);
 }
 
 double kept_energy(std::span<const float> delta, const FactorView& kept) {

@@ -381,7 +381,8 @@ void layer_norm(const float* x, float* y, int64_t rows, int64_t width, const Lay
 // y = x W^T + b (beta = 0), or y += x W^T + b (accumulate: the residual connections).
 void linear(const float* x, int64_t rows, const LinearParams& l, float* y, bool accumulate) {
   const int64_t out = l.weight.rows, in = l.weight.cols;
-  sgemm(false, true, rows, out, in, 1.0f, x, in, l.weight.data.data(), in, accumulate ? 1.0f : 0.0f, y, out);
+  sgemm_fixed_blocks(false, true, rows, out, in, 1.0f, x, in, l.weight.data.data(), in, accumulate ? 1.0f : 0.0f, y,
+                     out);
   const float* b = l.bias.data();
   parallel_chunks(static_cast<size_t>(rows), 256, [&](size_t begin, size_t end) {
     for (size_t r = begin; r < end; ++r) {
@@ -457,7 +458,7 @@ void qkv_projection(const ClipVisionConfig& c, const ClipBlockWeights& w, const 
   std::copy(w.k_proj.weight.data.begin(), w.k_proj.weight.data.end(), s.qkv_weight.begin() + static_cast<long>(dd));
   std::copy(w.v_proj.weight.data.begin(), w.v_proj.weight.data.end(), s.qkv_weight.begin() + static_cast<long>(2 * dd));
   resize(s.qkv, static_cast<size_t>(rows * 3 * d));
-  sgemm(false, true, rows, 3 * d, d, 1.0f, x, d, s.qkv_weight.data(), d, 0.0f, s.qkv.data(), 3 * d);
+  sgemm_fixed_blocks(false, true, rows, 3 * d, d, 1.0f, x, d, s.qkv_weight.data(), d, 0.0f, s.qkv.data(), 3 * d);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
   const float *bq = w.q_proj.bias.data(), *bk = w.k_proj.bias.data(), *bv = w.v_proj.bias.data();
   parallel_chunks(static_cast<size_t>(rows), 256, [&](size_t begin, size_t end) {
@@ -507,8 +508,8 @@ void ClipVisionModel::embed(std::span<const float> pixels, int64_t batch, Hidden
   im2col_patches(pixels.data(), batch, ch, side, p, cols.data());
   auto& out = h.scratch.normed;
   resize(out, static_cast<size_t>(patches * d));
-  sgemm(false, true, patches, d, kernel, 1.0f, cols.data(), kernel, weights_.patch_embedding.data.data(), kernel, 0.0f,
-        out.data(), d);
+  sgemm_fixed_blocks(false, true, patches, d, kernel, 1.0f, cols.data(), kernel, weights_.patch_embedding.data.data(),
+                     kernel, 0.0f, out.data(), d);
 
   const float* pos = weights_.position_embedding.data.data();
   parallel_chunks(static_cast<size_t>(batch * tokens), 128, [&](size_t begin, size_t end) {
@@ -570,8 +571,9 @@ Matrix ClipVisionModel::features(std::span<const float> pixels, int64_t batch, c
   // Every operation works row by row or image by image, so the shards compute what the whole
   // batch would (up to the GEMM's rounding; the tests hold both to the reference forward).
   constexpr int64_t kShardImages = 32;
+  // The same shards on any thread count (one thread runs them in turn): the same bits.
   const int threads = num_threads();
-  if (!tap && batch > kShardImages && threads > 1) {
+  if (!tap && batch > kShardImages) {
     const size_t image_floats = static_cast<size_t>(config_.num_channels * config_.image_size * config_.image_size);
     if (pixels.size() != static_cast<size_t>(batch) * image_floats)
       throw std::invalid_argument("ClipVisionModel::features: " + std::to_string(pixels.size()) + " pixel values for " +
