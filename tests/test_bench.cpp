@@ -3,9 +3,16 @@
 // `amalgam merge` and `amalgam eval` runs of the same models give.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "core/child_process.h"
 #include "eval/bench_runner.h"
@@ -165,6 +172,47 @@ TEST(Bench, QuickRunOnATinyZooWritesEveryExperimentWithIndependentlyReproducible
   EXPECT_EQ(again.code, 2);
   EXPECT_NE(again.err.find(out.string()), std::string::npos) << again.err;
   EXPECT_EQ(read_json_file(out / "report.json")["date"], report["date"]);
+}
+
+// The processes whose parent is `pid` (from /proc/*/stat: "PID (comm) STATE PPID ...").
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    std::ifstream stat(e.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const size_t close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 1));
+    std::string state;
+    pid_t parent = 0;
+    if (rest >> state >> parent && parent == pid) found.push_back(std::stoi(e.path().filename().string()));
+  }
+  return found;
+}
+
+// `kill PID` of a bench (as a job scheduler does) reaches the merge it waits for: the whole
+// run ends within seconds, exit 130, no child and no staging left.
+TEST(Bench, SigtermEndsTheRunAndTheMergeItWaitsFor) {
+  TempDir tmp;
+  const fs::path zoo = tmp / "zoo";
+  build_zoo(zoo, testing::tiny_zoo_options(), false);
+  const fs::path out = tmp / "report";
+  const pid_t pid = testing::spawn_amalgam({"bench", zoo.string(), "-o", out.string(), "--quick", "-q"}, tmp / "err");
+  std::vector<pid_t> children;
+  const bool merging = testing::wait_until(pid, [&] { return !(children = children_of(pid)).empty(); });
+  const auto start = std::chrono::steady_clock::now();
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(merging) << "the bench never started a child process: " << testing::read_bytes(tmp / "err");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130) << testing::read_bytes(tmp / "err");
+  EXPECT_LT(seconds, 5.0);
+  for (const pid_t child : children) EXPECT_TRUE(::kill(child, 0) != 0 && errno == ESRCH) << "child " << child;
+  EXPECT_TRUE(testing::staging_directories(out, pid).empty());
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST(Bench, RefusesADirectoryWithoutAZooAndUnknownExperiments) {

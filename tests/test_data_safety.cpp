@@ -431,6 +431,29 @@ TEST(ThreadCount, EveryDataFreeMethodWritesTheSameBitsOnOneTwoAndThreeThreads) {
   }
 }
 
+// ---- Progress in logs ---------------------------------------------------------------------
+
+TEST(Progress, PlainLinesWhenStderrIsNotATerminal) {
+  TempDir tmp;
+  const fs::path config = family_and_config(tmp / "fam");
+  // run_amalgam sends stderr to a file, as nohup and Slurm do.
+  const auto logged = run_amalgam("merge " + config.string() + " -o " + (tmp / "a").string());
+  ASSERT_EQ(logged.code, 0) << logged.err;
+  EXPECT_TRUE(contains(logged.err, "amalgam: merging: started, 2 tensors\n")) << logged.err;
+  EXPECT_TRUE(contains(logged.err, "amalgam: merging: 1/2 tensors (50%)")) << logged.err;
+  EXPECT_TRUE(contains(logged.err, "amalgam: merging: 2/2 tensors (100%)")) << logged.err;
+  EXPECT_FALSE(contains(logged.err, "\r")) << logged.err;  // no bar redrawn in place
+  const auto bar = run_amalgam("merge " + config.string() + " -o " + (tmp / "b").string() + " --progress bar");
+  ASSERT_EQ(bar.code, 0) << bar.err;
+  EXPECT_TRUE(contains(bar.err, "\rmerging [")) << bar.err;
+  for (const std::string quiet : {" --progress none", " -q"}) {
+    fs::remove_all(tmp / "c");
+    const auto none = run_amalgam("merge " + config.string() + " -o " + (tmp / "c").string() + quiet);
+    ASSERT_EQ(none.code, 0) << none.err;
+    EXPECT_FALSE(contains(none.err, "merging")) << quiet << ": " << none.err;
+  }
+}
+
 // ---- Signals reach children ---------------------------------------------------------------
 
 TEST(Interrupts, ASignalToAmalgamReachesTheChildItWaitsFor) {
