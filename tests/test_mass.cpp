@@ -657,6 +657,23 @@ TEST(MassBundle, SameInputsGiveTheSameBits) {
     EXPECT_EQ(testing::read_bytes(a / f), testing::read_bytes(b / f)) << f;
 }
 
+TEST(MassCli, BuildWritesTheSameBitsOnOneTwoAndThreeThreads) {
+  const TinyFamily fam(3);
+  testing::write_bytes(fam.tmp / "m.yaml", fam.yaml());
+  for (const int threads : {1, 2, 3}) {
+    const fs::path bundle = fam.tmp / ("bundle" + std::to_string(threads));
+    ASSERT_EQ(testing::run_amalgam("mass build " + (fam.tmp / "m.yaml").string() + " -o " + bundle.string() +
+                                   " -q --threads " + std::to_string(threads))
+                  .code,
+              0);
+    if (threads == 1) continue;
+    for (const char* f : {"first_pass/model.safetensors", "factors/t0.safetensors", "factors/t1.safetensors",
+                          "factors/t2.safetensors", "router.json", "bundle.json"})
+      EXPECT_TRUE(testing::read_bytes(bundle / f) == testing::read_bytes(fam.tmp / "bundle1" / f))
+          << f << " differs between 1 and " << threads << " threads";
+  }
+}
+
 TEST(MassBundle, BadInputsAreErrorsNamingTheFileAndNothingIsWritten) {
   const TinyFamily fam(2);
   const fs::path cfg = fam.tmp / "bad.yaml";

@@ -409,20 +409,11 @@ std::string format_number(double v) {
   return s;
 }
 
-// Torch's names where there is one, so the file also reads as a mergekit config.
+// Torch's names where parse_dtype_name reads them back (the float types), so the file also
+// reads as a mergekit config; safetensors' names otherwise.
 std::string dtype_config_name(DType t) {
-  switch (t) {
-    case DType::F32:
-      return "float32";
-    case DType::F16:
-      return "float16";
-    case DType::BF16:
-      return "bfloat16";
-    case DType::F64:
-      return "float64";
-    default:
-      return std::string(dtype_name(t));
-  }
+  const bool torch_name = t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64;
+  return std::string(torch_name ? torch_dtype_name(t) : dtype_name(t));
 }
 
 // A string that a YAML reader would take for a number, a bool or null unless it is quoted
