@@ -199,6 +199,26 @@ TEST(OutputLock, TwoMergesToOneTargetAtOnce) {
       << second.err;
 }
 
+TEST(OutputLock, AnEarlyClaimChecksAtOnceAndIsSharedWithTheOutputMadeLater) {
+  TempDir tmp;
+  const fs::path target = tmp / "stats.safetensors";
+  {
+    const auto claim = claim_output(target, false, AtomicOutput::Kind::File);
+    AtomicOutput out(target, false, AtomicOutput::Kind::File);  // the same process: the same lock
+    write_bytes(out.staging(), "x");
+    out.commit();
+    EXPECT_TRUE(fs::exists(tmp / ".stats.safetensors.amalgam-lock"));  // still held by the claim
+  }
+  EXPECT_FALSE(fs::exists(tmp / ".stats.safetensors.amalgam-lock"));
+  // `x` is not a file amalgam writes: refused at the claim, before any work, even with --force.
+  EXPECT_THROW(claim_output(target, true, AtomicOutput::Kind::File), InputError);
+  // Through the CLI: the existing output is named before the (missing) model is even opened.
+  const auto r = run_amalgam("stats " + (tmp / "no-model").string() + " --data " + (tmp / "no-task").string() + " -o " +
+                             target.string());
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_TRUE(contains(r.err, target.string() + ": already exists")) << r.err;
+}
+
 // ---- Leftovers of dead processes ----------------------------------------------------------
 
 TEST(Leftovers, StagingOfADeadProcessBesideAnyTargetIsRemovedWithANote) {

@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "io/atomic_output.h"
 #include "merge/statistics.h"
 
 namespace amalgam::cli {
@@ -31,6 +32,8 @@ void add_stats_command(CLI::App& app) {
   cmd->add_flag("--force", a->force, "replace an existing output");
   cmd->add_flag("-q,--quiet", a->options.quiet, "no progress bar");
   cmd->callback([a] {
+    // Locked and checked before the work: the statistics are written at the end.
+    const auto claim = claim_output(a->output, a->force, AtomicOutput::Kind::File);
     if (!a->sum.empty()) {
       if (!a->model.empty() || !a->data.empty()) throw InputError("stats: --sum takes no model or --data");
       std::vector<std::filesystem::path> files(a->sum.begin(), a->sum.end());

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "data/preprocess.h"
 #include "data/task.h"
+#include "io/atomic_output.h"
 #include "io/json_file.h"
 #include "train/trainer.h"
 
@@ -40,6 +41,9 @@ void add_train_command(CLI::App& app) {
   cmd->callback([a] {
     if (a->probe == !a->head.empty())
       throw InputError("train: give either --head HEAD (fine-tune through it) or --probe (fit a head)");
+    // Locked and checked before training, not after it.
+    const auto claim =
+        claim_output(a->output, a->force, a->probe ? AtomicOutput::Kind::File : AtomicOutput::Kind::Directory);
     const ClipVisionModel model = ClipVisionModel::load(a->model);
     const ImageProcessorConfig preprocess = load_image_processor_config(a->model);
     const TaskInfo task = read_task_info(a->task);

@@ -14,6 +14,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -264,32 +266,99 @@ void sync_directory(const fs::path& dir) {
   ::close(fd);
 }
 
-AtomicOutput::AtomicOutput(const fs::path& target, bool force, Kind kind, Recogniser ours)
-    : kind_(kind), force_(force), ours_(ours ? std::move(ours) : Recogniser(safetensors_written_by_amalgam)) {
+namespace {
+
+// Refuses (InputError, naming the target and why) what may not be replaced: see the header.
+void check_replaceable(const fs::path& target, AtomicOutput::Kind kind, bool force,
+                       const AtomicOutput::Recogniser& ours) {
+  std::error_code ec;
+  const auto status = fs::symlink_status(target, ec);
+  if (!fs::exists(status)) return;
+  if (const std::string why = protected_reason(target); !why.empty())
+    throw InputError(target, why + "; amalgam never replaces it, even with --force");
+  if (kind == AtomicOutput::Kind::Directory && fs::is_directory(status) && fs::is_empty(target, ec)) return;
+  if (!force) throw InputError(target, "already exists; pass --force to replace it");
+  if (const fs::path input = input_within(canonical_or_absolute(target)); !input.empty())
+    throw InputError(target, "holds " + input.string() +
+                                 ", an input of this run; --force never replaces an input, choose another output");
+  std::string why;
+  if (kind == AtomicOutput::Kind::Directory)
+    why = fs::is_directory(status) ? foreign_directory_reason(target) : "is not a directory";
+  else if (!fs::is_regular_file(status))
+    why = fs::is_directory(status) ? "is a directory" : "is not a regular file";
+  else if (!ours(target))
+    why = "was not written by amalgam";
+  if (!why.empty())
+    throw InputError(target,
+                     why + "; --force replaces only amalgam's own outputs: move it away or choose another output");
+}
+
+// The target as given, "out/" read as "out", refused when it cannot be an output at all.
+fs::path checked_target(const fs::path& target, AtomicOutput::Kind kind) {
   if (target.empty()) throw InputError("output path is empty");
   // "out/" names the directory "out": drop the trailing separator so filename() is set.
-  target_ = target.has_filename() ? target : target.parent_path();
-  if (const std::string why = protected_reason(target_); !why.empty() && exists_at(target_))
-    throw InputError(target_, why + "; amalgam never replaces it, even with --force");
-  const std::string name = target_.filename().string();
+  const fs::path t = target.has_filename() ? target : target.parent_path();
+  if (const std::string why = protected_reason(t); !why.empty() && exists_at(t))
+    throw InputError(t, why + "; amalgam never replaces it, even with --force");
+  const std::string name = t.filename().string();
   if (name.empty() || name == "." || name == "..")
-    throw InputError(target_, "names a directory by '" + name + "'; give the output directory its own name");
-  if (kind_ == Kind::Directory && target_.extension() == ".safetensors")
-    throw InputError(target_,
+    throw InputError(t, "names a directory by '" + name + "'; give the output directory its own name");
+  if (kind == AtomicOutput::Kind::Directory && t.extension() == ".safetensors")
+    throw InputError(t,
                      "the output is a directory of shards and config files, not one .safetensors file; give "
                      "a directory, e.g. " +
-                         (target_.parent_path() / target_.stem()).string());
+                         (t.parent_path() / t.stem()).string());
+  return t;
+}
+
+// The lock of `target`: the one a claim_output of this process holds, shared (flock would
+// refuse a second descriptor of the same process), or a new one. Only claims are shared: two
+// AtomicOutputs of one target in one process still exclude each other.
+std::shared_ptr<OutputLock> lock_target(const fs::path& target, bool for_claim) {
+  static std::mutex mutex;
+  static std::map<fs::path, std::weak_ptr<OutputLock>> claimed;
+  const fs::path key = canonical_or_absolute(target);
+  std::lock_guard guard(mutex);
+  if (auto lock = claimed[key].lock()) return lock;
+  auto lock = std::make_shared<OutputLock>(target);
+  if (for_claim) claimed[key] = lock;
+  return lock;
+}
+
+// Creates the target's parent directories, locks the target, and removes what dead
+// processes left beside it (first: that may put a previous output back).
+std::shared_ptr<OutputLock> prepare(const fs::path& target, bool for_claim) {
   std::error_code ec;
-  if (!target_.parent_path().empty()) {
-    fs::create_directories(target_.parent_path(), ec);
-    if (ec) throw InputError(target_, "cannot create parent directory: " + ec.message());
+  if (!target.parent_path().empty()) {
+    fs::create_directories(target.parent_path(), ec);
+    if (ec) throw InputError(target, "cannot create parent directory: " + ec.message());
   }
-  lock_ = std::make_unique<OutputLock>(target_);
-  clean_up_after_dead_processes(parent_of(target_), name);  // first: it may put a previous output back
-  check_replaceable();
+  auto lock = lock_target(target, for_claim);
+  clean_up_after_dead_processes(parent_of(target), target.filename().string());
+  return lock;
+}
+
+}  // namespace
+
+AtomicOutput::AtomicOutput(const fs::path& target, bool force, Kind kind, Recogniser ours)
+    : target_(checked_target(target, kind)),
+      kind_(kind),
+      force_(force),
+      ours_(ours ? std::move(ours) : Recogniser(safetensors_written_by_amalgam)) {
+  lock_ = prepare(target_, false);
+  check_replaceable(target_, kind_, force_, ours_);
   staging_ = sibling(target_, "amalgam-tmp");
+  std::error_code ec;
   if (kind_ == Kind::Directory && !fs::create_directory(staging_, ec))
     throw InputError(staging_, "cannot create staging directory: " + (ec ? ec.message() : "it exists"));
+}
+
+std::shared_ptr<OutputLock> claim_output(const fs::path& target, bool force, AtomicOutput::Kind kind,
+                                         AtomicOutput::Recogniser ours) {
+  const fs::path t = checked_target(target, kind);
+  auto lock = prepare(t, true);
+  check_replaceable(t, kind, force, ours ? ours : AtomicOutput::Recogniser(safetensors_written_by_amalgam));
+  return lock;
 }
 
 AtomicOutput::~AtomicOutput() {
@@ -298,33 +367,10 @@ AtomicOutput::~AtomicOutput() {
   fs::remove_all(staging_, ec);
 }
 
-void AtomicOutput::check_replaceable() const {
-  std::error_code ec;
-  const auto status = fs::symlink_status(target_, ec);
-  if (!fs::exists(status)) return;
-  if (const std::string why = protected_reason(target_); !why.empty())
-    throw InputError(target_, why + "; amalgam never replaces it, even with --force");
-  if (kind_ == Kind::Directory && fs::is_directory(status) && fs::is_empty(target_, ec)) return;
-  if (!force_) throw InputError(target_, "already exists; pass --force to replace it");
-  if (const fs::path input = input_within(canonical_or_absolute(target_)); !input.empty())
-    throw InputError(target_, "holds " + input.string() +
-                                  ", an input of this run; --force never replaces an input, choose another output");
-  std::string why;
-  if (kind_ == Kind::Directory)
-    why = fs::is_directory(status) ? foreign_directory_reason(target_) : "is not a directory";
-  else if (!fs::is_regular_file(status))
-    why = fs::is_directory(status) ? "is a directory" : "is not a regular file";
-  else if (!ours_(target_))
-    why = "was not written by amalgam";
-  if (!why.empty())
-    throw InputError(target_,
-                     why + "; --force replaces only amalgam's own outputs: move it away or choose another output");
-}
-
 void AtomicOutput::commit() {
   std::error_code ec;
   const fs::path parent = parent_of(target_);
-  check_replaceable();
+  check_replaceable(target_, kind_, force_, ours_);
   if (kind_ == Kind::File) {
     fs::rename(staging_, target_, ec);  // replaces an existing file atomically
     if (ec) throw std::runtime_error(target_.string() + ": cannot move output into place: " + ec.message());

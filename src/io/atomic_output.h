@@ -54,16 +54,22 @@ class AtomicOutput {
   void commit();
 
  private:
-  void check_replaceable() const;
-
   std::filesystem::path target_;
   std::filesystem::path staging_;
   Kind kind_;
   bool force_;
   Recogniser ours_;
-  std::unique_ptr<OutputLock> lock_;
+  std::shared_ptr<OutputLock> lock_;
   bool committed_ = false;
 };
+
+// For commands that make their output at their end (statistics, training): checks at the
+// start that `target` may be written, as AtomicOutput would, and holds its lock while the
+// returned handle lives, so that hours of work neither end in "already exists" nor race a
+// second writer. The AtomicOutput this process makes for the target later shares the lock.
+std::shared_ptr<OutputLock> claim_output(const std::filesystem::path& target, bool force,
+                                         AtomicOutput::Kind kind = AtomicOutput::Kind::Directory,
+                                         AtomicOutput::Recogniser ours = {});
 
 // fsyncs a directory so that renames inside it survive a crash.
 void sync_directory(const std::filesystem::path& dir);
