@@ -13,6 +13,15 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)"
 amalgam=./build/amalgam
 
+# --force replaces only outputs that carry amalgam's marker (.amalgam-output); outputs this
+# script wrote with an amalgam from before the marker are its own, and removed here.
+remove_unmarked_demo_output() {  # dir, a file that shows the demo wrote it
+  if [ -d "$1" ] && [ ! -e "$1/.amalgam-output" ] && [ -e "$1/$2" ]; then rm -rf "$1"; fi
+}
+remove_unmarked_demo_output demo-out/family base/config.json
+for d in demo-out/merged-*; do remove_unmarked_demo_output "$d" amalgam_config.yaml; done
+remove_unmarked_demo_output report report.json
+
 echo "== amalgam generate: a synthetic base and three BF16 fine-tunes"
 $amalgam generate -o demo-out/family --models 3 --layers 4 --hidden 256 --intermediate 688 --vocab 2000 --force
 $amalgam inspect demo-out/family/base | head -8
