@@ -400,6 +400,19 @@ TEST(ConfigErrors, Settings) {
   EXPECT_PARSE_ERROR(head + "[0, .nan]\n", "models[1].parameters.weight[1]: expected a finite number");
 }
 
+// Found by fuzz_merge_config: yaml-cpp's LoadAll never returns on this text (it yields empty
+// documents forever); counting documents must stop at two.
+TEST(ConfigErrors, TextWhereYamlCppFindsEndlessDocumentsEndsInAnError) {
+  const std::string text = testing::read_bytes(std::filesystem::path(AMALGAM_SOURCE_DIR) /
+                                               "fuzz/corpus/merge_config/loadall-never-ends.yaml");
+  try {
+    parse_merge_config(text, "fuzzed.yaml");
+    ADD_FAILURE() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("fuzzed.yaml: "), std::string::npos) << e.what();
+  }
+}
+
 TEST(ConfigErrors, DtypeSeedAndSyntax) {
   const std::string head = "merge_method: linear\nmodels: [a]\n";
   EXPECT_PARSE_ERROR(head + "dtype: float8\n", "merge.yaml: dtype: unknown dtype 'float8'");

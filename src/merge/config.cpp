@@ -1,5 +1,7 @@
 #include "merge/config.h"
 
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <cstdio>
 #include <functional>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <system_error>
 #include <utility>
@@ -352,6 +355,32 @@ std::string YamlConfigReader::describe(const YAML::Node& n) {
   return "nothing";
 }
 
+namespace {
+
+// Reads documents without building them, for their count alone.
+struct DocumentCounter final : YAML::EventHandler {
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// Whether `text` holds a second document. Stops at two: yaml-cpp's LoadAll never ends on
+// some malformed input (found by fuzzing: it yields empty documents forever).
+bool more_than_one_document(std::string_view text) {
+  std::istringstream in{std::string(text)};
+  YAML::Parser parser(in);
+  DocumentCounter counter;
+  return parser.HandleNextDocument(counter) && parser.HandleNextDocument(counter);
+}
+
+}  // namespace
+
 YAML::Node parse_yaml_text(std::string_view text, const fs::path& source) {
   // YAML is UTF-8; yaml-cpp would carry stray bytes into paths and names, where they surface
   // later as a confusing "file not found" (and come back as U+FFFD when written).
@@ -368,12 +397,11 @@ YAML::Node parse_yaml_text(std::string_view text, const fs::path& source) {
   try {
     // yaml-cpp's Load keeps the first document and drops the rest without a word: a second
     // document (after "---") is most likely a second merge the user expects to run.
-    std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
-    if (documents.size() > 1)
-      throw InputError(source, "holds " + std::to_string(documents.size()) +
-                                   " YAML documents (separated by '---'); a config is one document: put each "
-                                   "merge in its own file");
-    return documents.empty() ? YAML::Node() : documents.front();
+    if (more_than_one_document(text))
+      throw InputError(source,
+                       "holds more than one YAML document (separated by '---'); a config is one document: put "
+                       "each merge in its own file");
+    return YAML::Load(std::string(text));
   } catch (const YAML::Exception& e) {
     // yaml-cpp's marks are 0-based; editors count from 1.
     const std::string where = e.mark.is_null() ? std::string()
