@@ -89,18 +89,6 @@ bool exists_at(const fs::path& p) {
   return fs::exists(fs::symlink_status(p, ec));
 }
 
-// `inner` is `outer` or lies under it, by whole components.
-bool is_within(const fs::path& inner, const fs::path& outer) {
-  const auto [o, i] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
-  return o == outer.end() || (std::next(o) == outer.end() && o->empty());
-}
-
-fs::path canonical_or_absolute(const fs::path& p) {
-  std::error_code ec;
-  fs::path c = fs::weakly_canonical(fs::absolute(p, ec), ec);
-  return ec ? fs::absolute(p, ec).lexically_normal() : c;
-}
-
 }  // namespace
 
 // flock on ".NAME.amalgam-lock" beside the target. The file holds the owner's PID, for the

@@ -19,7 +19,14 @@ Registry& registry() {
   return r;
 }
 
-// `inner` is `outer` or lies under it, comparing whole components ("/a/bc" is not under "/a/b").
+}  // namespace
+
+fs::path canonical_or_absolute(const fs::path& p) {
+  std::error_code ec;
+  fs::path c = fs::weakly_canonical(fs::absolute(p, ec), ec);
+  return ec ? fs::absolute(p, ec).lexically_normal() : c;
+}
+
 bool is_within(const fs::path& inner, const fs::path& outer) {
   auto i = inner.begin();
   for (auto o = outer.begin(); o != outer.end(); ++o, ++i) {
@@ -29,12 +36,8 @@ bool is_within(const fs::path& inner, const fs::path& outer) {
   return true;
 }
 
-}  // namespace
-
 void note_input(const fs::path& path) {
-  std::error_code ec;
-  fs::path canonical = fs::weakly_canonical(fs::absolute(path, ec), ec);
-  if (ec) canonical = fs::absolute(path, ec).lexically_normal();
+  fs::path canonical = canonical_or_absolute(path);
   Registry& r = registry();
   std::lock_guard lock(r.mutex);
   r.paths.insert(std::move(canonical));

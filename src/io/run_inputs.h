@@ -20,6 +20,12 @@ std::vector<std::filesystem::path> run_inputs();
 // The first noted input at or under `dir` (both canonical), or an empty path.
 std::filesystem::path input_within(const std::filesystem::path& dir);
 
+// What the output checks share with this file: `p` absolute and canonical (weakly: the tail
+// that does not exist yet kept as written), and whether `inner` is `outer` or lies under it,
+// by whole components ("/a/bc" is not under "/a/b").
+std::filesystem::path canonical_or_absolute(const std::filesystem::path& p);
+bool is_within(const std::filesystem::path& inner, const std::filesystem::path& outer);
+
 // Forgets every noted path: for a process that runs several commands one after another
 // (the tests), each then protects only its own inputs.
 void forget_run_inputs();
