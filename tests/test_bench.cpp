@@ -194,6 +194,33 @@ std::vector<pid_t> children_of(pid_t pid) {
 
 // `kill PID` of a bench (as a job scheduler does) reaches the merge it waits for: the whole
 // run ends within seconds, exit 130, no child and no staging left.
+// On a zoo with zero-shot-like heads the base row is labelled as such, and the linear probes
+// make a ceiling row whose accuracies are what `amalgam eval` gives the base with them.
+TEST(Bench, ZeroShotLikeHeadsAddTheLinearProbeCeilingRow) {
+  TempDir tmp;
+  const fs::path zoo = tmp / "zoo";
+  ZooBuildOptions o = testing::tiny_zoo_options();
+  o.heads = ZooHeads::Prototype;
+  build_zoo(zoo, o, false);
+  const fs::path out = tmp / "report";
+  const auto run = run_amalgam("bench " + zoo.string() + " -o " + out.string() + " --quick --experiments unseen -q");
+  ASSERT_EQ(run.code, 0) << run.err;
+  const json report = read_json_file(out / "report.json");
+  std::map<std::string, std::string> labels;
+  for (const json& m : report["methods"]) labels[m["key"].get<std::string>()] = m["label"].get<std::string>();
+  EXPECT_EQ(labels["base"], "base (zero-shot-like heads)");
+  EXPECT_EQ(labels["probe_ceiling"], "linear-probe ceiling (base + probes)");
+  const json& ceiling = row_of(report["in_domain"]["rows"], "probe_ceiling");
+  for (const std::string task : {"mnist", "count"}) {
+    const auto r = run_amalgam("eval " + (zoo / "base").string() + " --task " + (zoo / "data" / task).string() +
+                               " --head " + (zoo / "probes" / (task + ".safetensors")).string() + " --json -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NEAR(ceiling["accuracy"][task].get<double>(),
+                100.0 * json::parse(r.out)["results"][0]["accuracy"].get<double>(), 1e-9)
+        << task;
+  }
+}
+
 TEST(Bench, SigtermEndsTheRunAndTheMergeItWaitsFor) {
   TempDir tmp;
   const fs::path zoo = tmp / "zoo";

@@ -573,5 +573,67 @@ TEST(TrainCli, ProbeThenFineTuneThenEval) {
   EXPECT_NE(r.err.find("wrong.safetensors"), std::string::npos) << r.err;
 }
 
+// A prototype head is, for each class, the mean of the L2-normalized features of the class's
+// first `per_class` images in split order, normalized and scaled by the logit scale: here
+// recomputed image by image in double from the model's features.
+TEST(TrainCli, PrototypeHeadIsTheMeanOfEachClassesNormalizedFeatures) {
+  testing::TempDir tmp;
+  const ClipVisionConfig c = quadrant_model();
+  const ClipVisionWeights w = random_clip_vision_weights(c, 9, false);
+  save_clip_vision(tmp / "base", c, w, DType::F32, false, plain_preprocess().to_json());
+  TaskInfo info;
+  info.name = "quadrant";
+  info.classes = {"tl", "tr", "bl", "br"};
+  info.image = {12, 12, 1};
+  const QuadrantTask train = quadrant_task(64, 21);
+  std::vector<TaskSplit> splits(1);
+  splits[0] = {"train", train.images, train.labels};
+  write_task(tmp / "task", info, splits, false);
+
+  const std::filesystem::path head_file = tmp / "proto.safetensors";
+  auto r = testing::run_amalgam("train " + (tmp / "base").string() + " --task " + (tmp / "task").string() +
+                                " --prototype-head --per-class 3 --logit-scale 50 -o " + head_file.string() + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const ClassifierHead head = ClassifierHead::load(head_file);
+  EXPECT_TRUE(head.normalize_features);
+  EXPECT_TRUE(head.bias.empty());
+  EXPECT_EQ(head.task, "quadrant");
+  ASSERT_EQ(head.classes(), 4);
+
+  const ClipVisionModel model(c, w);
+  std::vector<std::vector<double>> sums(4, std::vector<double>(static_cast<size_t>(c.hidden_size), 0.0));
+  std::vector<int> taken(4, 0);
+  for (size_t i = 0; i < train.labels.size(); ++i) {
+    const auto label = static_cast<size_t>(train.labels[i]);
+    if (taken[label] == 3) continue;
+    ++taken[label];
+    const std::vector<int64_t> one{static_cast<int64_t>(i)};
+    const Matrix f = model.features(preprocess_batch(train.images, one, plain_preprocess(), 1), 1);
+    double norm = 0;
+    for (float v : f.data) norm += static_cast<double>(v) * v;
+    for (int64_t d = 0; d < c.hidden_size; ++d) sums[label][static_cast<size_t>(d)] += f.data[d] / std::sqrt(norm);
+  }
+  for (size_t k = 0; k < 4; ++k) {
+    ASSERT_EQ(taken[k], 3) << k;
+    double norm = 0;
+    for (double v : sums[k]) norm += v * v;
+    for (int64_t d = 0; d < c.hidden_size; ++d)
+      EXPECT_NEAR(head.weight(static_cast<int64_t>(k), d), 50.0 * sums[k][static_cast<size_t>(d)] / std::sqrt(norm),
+                  2e-4)
+          << k << " " << d;
+  }
+
+  // One flag of three, and a class without images is named.
+  r = testing::run_amalgam("train " + (tmp / "base").string() + " --task " + (tmp / "task").string() +
+                           " --prototype-head --probe -o " + (tmp / "x.safetensors").string() + " -q");
+  EXPECT_EQ(r.code, 2);
+  splits[0].labels.assign(splits[0].labels.size(), 0);
+  write_task(tmp / "one-class", info, splits, false);
+  r = testing::run_amalgam("train " + (tmp / "base").string() + " --task " + (tmp / "one-class").string() +
+                           " --prototype-head -o " + (tmp / "y.safetensors").string() + " -q");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("class 1 has no image"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace amalgam::train

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "eval/zoo_build.h"
 #include "io/json_file.h"
+#include "model/classifier_head.h"
 #include "test_util.h"
 #include "zoo_fixtures.h"
 
@@ -18,7 +19,9 @@ namespace {
 namespace fs = std::filesystem;
 using testing::TempDir;
 
-ZooBuildOptions tiny_zoo() { return testing::tiny_zoo_options(); }
+ZooBuildOptions tiny_zoo() {
+  return testing::tiny_zoo_options();
+}
 
 TEST(ZooBuild, WritesEverythingAndZooJsonMatchesEval) {
   TempDir tmp;
@@ -89,6 +92,93 @@ TEST(ZooBuild, SmallTasksGetMoreEpochsUpToTheImageFloor) {
   }
   EXPECT_TRUE(some_task_got_more);
   EXPECT_EQ(zoo["options"]["finetune_min_images"].get<int64_t>(), 300);
+}
+
+// With zero-shot-like heads: heads/ holds class prototypes, probes/ the linear probes; the
+// base's scores through each are what `amalgam eval` reports, and the regime's simple average
+// is what `amalgam merge` (linear) and `amalgam eval` give, in other processes.
+TEST(ZooBuild, PrototypeHeadsProbeCeilingAndTheRegimeMatchMergeAndEval) {
+  TempDir tmp;
+  ZooBuildOptions o = tiny_zoo();
+  o.heads = ZooHeads::Prototype;
+  const auto zoo = build_zoo(tmp / "zoo", o, false);
+  const fs::path dir = tmp / "zoo";
+  const auto& names = zoo_task_names();
+  for (const auto& name : names) {
+    const ClassifierHead head = ClassifierHead::load(dir / "heads" / (name + ".safetensors"));
+    EXPECT_TRUE(head.normalize_features) << name;
+    EXPECT_TRUE(head.bias.empty()) << name;
+    EXPECT_FALSE(ClassifierHead::load(dir / "probes" / (name + ".safetensors")).bias.empty()) << name;
+  }
+  auto eval = [&](const fs::path& model, const std::string& task, const std::string& heads) {
+    const auto r = testing::run_amalgam("eval " + model.string() + " --task " + (dir / "data" / task).string() +
+                                        " --head " + (dir / heads / (task + ".safetensors")).string() + " --json -q");
+    EXPECT_EQ(r.code, 0) << r.err;
+    return nlohmann::json::parse(r.out)["results"][0]["accuracy"].get<double>();
+  };
+  std::string config = "merge_method: linear\nmodels:\n";
+  for (const auto& name : names)
+    config += "  - model: " + (dir / "finetuned" / name).string() + "\n    parameters: {weight: 1.0}\n";
+  testing::write_bytes(tmp / "average.yaml", config);
+  const auto merged = testing::run_amalgam("merge " + (tmp / "average.yaml").string() + " -o " +
+                                           (tmp / "average").string() + " --quiet");
+  ASSERT_EQ(merged.code, 0) << merged.err;
+
+  const auto& regime = zoo["regime"];
+  ASSERT_EQ(regime["tasks"].size(), names.size());
+  double average_sum = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const auto& entry = zoo["tasks"][i];
+    const auto& row = regime["tasks"][i];
+    EXPECT_DOUBLE_EQ(entry["base_test"].get<double>(), eval(dir / "base", names[i], "heads")) << names[i];
+    EXPECT_DOUBLE_EQ(entry["base_probe_test"].get<double>(), eval(dir / "base", names[i], "probes")) << names[i];
+    EXPECT_DOUBLE_EQ(row["base"].get<double>(), entry["base_test"].get<double>()) << names[i];
+    EXPECT_DOUBLE_EQ(row["probe_ceiling"].get<double>(), entry["base_probe_test"].get<double>()) << names[i];
+    EXPECT_DOUBLE_EQ(row["finetuned"].get<double>(), entry["finetuned_test"].get<double>()) << names[i];
+    // The merge engine sums in another order: at most one of the 60 test images may flip.
+    const double merged_accuracy = eval(tmp / "average", names[i], "heads");
+    EXPECT_NEAR(row["average"].get<double>(), merged_accuracy, 1.0 / 60 + 1e-12) << names[i];
+    average_sum += row["average"].get<double>();
+  }
+  const double base = regime["mean"]["base"], tuned = regime["mean"]["finetuned"];
+  EXPECT_NEAR(regime["mean"]["average"].get<double>(), average_sum / static_cast<double>(names.size()), 1e-12);
+  EXPECT_NEAR(regime["gap"].get<double>(), tuned - base, 1e-12);
+  EXPECT_NEAR(regime["average_recovery"].get<double>(),
+              (regime["mean"]["average"].get<double>() - base) / (tuned - base), 1e-12);
+  // 28 pairs, each disagreement a share of the pair's images.
+  const auto& pairs = regime["disentanglement"]["pairs"];
+  ASSERT_EQ(pairs.size(), names.size() * (names.size() - 1) / 2);
+  for (const auto& pair : pairs) {
+    EXPECT_GE(pair["on_first"].get<double>(), 0.0);
+    EXPECT_LE(pair["on_first"].get<double>(), 1.0);
+  }
+}
+
+// A build that reuses another zoo's data and base gives the same bits as one that makes them
+// again; a zoo built with another model cannot lend its base.
+TEST(ZooBuild, ReusedBaseGivesTheSameBitsAndMustMatchTheOptions) {
+  TempDir tmp;
+  const ZooBuildOptions o = tiny_zoo();
+  build_zoo(tmp / "first", o, false);
+  ZooBuildOptions other = o;
+  other.finetune.seed += 7;
+  build_zoo(tmp / "scratch", other, false);
+  other.reuse_base_from = tmp / "first";
+  const auto reused = build_zoo(tmp / "reused", other, false);
+  EXPECT_EQ(reused["pretrain"]["reused_from"].get<std::string>(), (tmp / "first").string());
+  for (const std::string f : {"base/model.safetensors", "heads/mnist.safetensors", "finetuned/count/model.safetensors",
+                              "data/letters/train.safetensors"})
+    EXPECT_EQ(testing::read_bytes(tmp / "scratch" / f), testing::read_bytes(tmp / "reused" / f)) << f;
+
+  ZooBuildOptions wider = other;
+  wider.model.hidden_size += 8;
+  try {
+    build_zoo(tmp / "wider", wider, false);
+    ADD_FAILURE() << "a base of another width was reused";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("options.model differs"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(tmp / "wider"));
 }
 
 }  // namespace

@@ -96,7 +96,14 @@ class Bench {
 
   json header() const {
     json methods = json::array();
-    methods.push_back({{"key", "base"}, {"label", "base + probe heads"}, {"kind", "reference"}});
+    // With zero-shot-like heads the base is the papers' zero-shot row, and the probes are the
+    // ceiling of its features; with probe heads (zoos before class prototypes) they are one row.
+    methods.push_back({{"key", "base"},
+                       {"label", runner_.zero_shot_heads() ? "base (zero-shot-like heads)" : "base + probe heads"},
+                       {"kind", "reference"}});
+    if (runner_.zero_shot_heads() && runner_.has_probes())
+      methods.push_back(
+          {{"key", "probe_ceiling"}, {"label", "linear-probe ceiling (base + probes)"}, {"kind", "reference"}});
     methods.push_back({{"key", "finetuned"}, {"label", "fine-tuned (individual)"}, {"kind", "reference"}});
     for (const BenchMethod& m : methods_)
       methods.push_back({{"key", m.key},
@@ -162,6 +169,9 @@ class Bench {
   json in_domain() {
     json rows = json::array(), validation = json::array();
     rows.push_back(accuracy_row("base", json::object(), base_));
+    if (runner_.zero_shot_heads() && runner_.has_probes())
+      rows.push_back(accuracy_row("probe_ceiling", json::object(),
+                                  runner_.probe_accuracy(tasks(), "test", settings().test_examples)));
     rows.push_back(accuracy_row("finetuned", json::object(), finetuned_));
     for (const BenchMethod& m : methods_) {
       size_t best = 0;

@@ -157,9 +157,14 @@ BenchRunner::BenchRunner(const fs::path& zoo, const fs::path& work, const BenchS
   tasks_ = zoo_tasks(zoo_);
   for (const char* sub : {"configs", "logs", "models", "stats"}) fs::create_directories(work_ / sub);
   preprocess_ = load_image_processor_config(base());
+  if (fs::exists(zoo_ / "zoo.json"))
+    zero_shot_heads_ =
+        read_json_file(zoo_ / "zoo.json").value("options", nlohmann::json::object()).value("heads", "") == "prototype";
   for (const std::string& t : tasks_) {
     infos_.emplace(t, read_task_info(task_dir(t)));
     heads_.emplace(t, ClassifierHead::load(head_file(t)));
+    if (const fs::path probe = zoo_ / "probes" / (t + ".safetensors"); fs::exists(probe))
+      probes_.emplace(t, ClassifierHead::load(probe));
     for (const char* which : {"val", "test"}) splits_[t].emplace(which, load_split(task_dir(t), infos_.at(t), which));
   }
 }
@@ -239,6 +244,20 @@ double BenchRunner::accuracy(const ClipVisionModel& encoder, const std::string& 
   options.seed = settings_.seed;
   options.quiet = true;
   return 100.0 * evaluate(encoder, preprocess_, infos_.at(task), split, heads_.at(task), options).accuracy;
+}
+
+Scores BenchRunner::probe_accuracy(const std::vector<std::string>& tasks, const std::string& which,
+                                   int64_t max_examples) const {
+  const ClipVisionModel encoder = ClipVisionModel::load(base());
+  EvalOptions options;
+  options.batch_size = settings_.batch_size;
+  options.max_examples = max_examples;
+  options.seed = settings_.seed;
+  options.quiet = true;
+  Scores scores;
+  for (const std::string& t : tasks)
+    scores[t] = 100.0 * evaluate(encoder, preprocess_, infos_.at(t), split(t, which), probes_.at(t), options).accuracy;
+  return scores;
 }
 
 void BenchRunner::say(const char* format, ...) const {

@@ -83,6 +83,10 @@ class BenchRunner {
   std::filesystem::path finetuned(const std::string& task) const { return zoo_ / "finetuned" / task; }
   std::filesystem::path task_dir(const std::string& task) const { return zoo_ / "data" / task; }
   std::filesystem::path head_file(const std::string& task) const;
+  // Whether the zoo's heads are zero-shot-like (class prototypes, zoo.json "heads"), and
+  // whether it has linear probes beside them (zoo/probes/): the base's linear-probe ceiling.
+  bool zero_shot_heads() const { return zero_shot_heads_; }
+  bool has_probes() const { return !probes_.empty(); }
   const std::filesystem::path& work() const { return work_; }
   const TaskInfo& task_info(const std::string& task) const { return infos_.at(task); }
   const TaskSplit& split(const std::string& task, const std::string& which) const;  // "val" or "test"
@@ -114,6 +118,8 @@ class BenchRunner {
   // ... of a loaded encoder on a given split of one task (a corrupted test split, say).
   double accuracy(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
                   int64_t max_examples) const;
+  // The base through each task's linear probe instead of its head (has_probes() only).
+  Scores probe_accuracy(const std::vector<std::string>& tasks, const std::string& which, int64_t max_examples) const;
 
   // Progress on stderr (unless quiet), prefixed with the elapsed time.
   void say(const char* format, ...) const __attribute__((format(printf, 2, 3)));
@@ -123,7 +129,8 @@ class BenchRunner {
   BenchSettings settings_;
   std::vector<std::string> tasks_;
   std::map<std::string, TaskInfo> infos_;
-  std::map<std::string, ClassifierHead> heads_;
+  std::map<std::string, ClassifierHead> heads_, probes_;
+  bool zero_shot_heads_ = false;
   std::map<std::string, std::map<std::string, TaskSplit>> splits_;  // task -> val/test
   std::map<std::string, std::pair<std::filesystem::path, ChildUsage>> stats_;
   ImageProcessorConfig preprocess_;

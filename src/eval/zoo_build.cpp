@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "eval/evaluate.h"
+#include "eval/zoo_regime.h"
 #include "io/atomic_output.h"
 #include "io/json_file.h"
 
@@ -58,7 +59,31 @@ double accuracy(const ClipVisionModel& model, const LoadedTask& task, const Task
   return evaluate(model, zoo_preprocess(), task.info, split, head, eval).accuracy;
 }
 
+// The options a base depends on: a zoo whose base is reused must agree on every one.
+constexpr const char* kBaseOptionKeys[] = {"small", "seed",     "data_sizes", "cap_real_tasks", "model",
+                                           "pool",  "pretrain", "views",      "temperature"};
+
+// Copies the data and base of the zoo at `from` into `stage`, after checking that it was built
+// with the options `wanted` gives a base; returns its pretraining section.
+nlohmann::ordered_json reuse_base(const fs::path& from, const nlohmann::ordered_json& wanted, const fs::path& stage) {
+  const nlohmann::json theirs = read_json_file(from / "zoo.json");
+  if (!theirs.contains("options") || !theirs.contains("pretrain"))
+    throw InputError(from / "zoo.json", "is not a zoo.json (no options or pretrain section)");
+  for (const char* key : kBaseOptionKeys)
+    if (theirs["options"].value(key, nlohmann::json()) != nlohmann::json(wanted[key]))
+      throw InputError(from / "zoo.json", std::string("options.") + key + " differs from this build's (" +
+                                              theirs["options"].value(key, nlohmann::json()).dump() + " against " +
+                                              wanted[key].dump() + "): its base cannot be reused");
+  fs::copy(from / "data", stage / "data", fs::copy_options::recursive);
+  fs::copy(from / "base", stage / "base", fs::copy_options::recursive);
+  return theirs["pretrain"];
+}
+
 }  // namespace
+
+const char* zoo_heads_name(ZooHeads heads) {
+  return heads == ZooHeads::Prototype ? "prototype" : "probe";
+}
 
 ImageProcessorConfig zoo_preprocess() {
   ImageProcessorConfig p;
@@ -117,6 +142,8 @@ ZooBuildOptions ZooBuildOptions::preset(bool small) {
 
 nlohmann::ordered_json ZooBuildOptions::to_json() const {
   return {{"small", small},
+          {"heads", zoo_heads_name(heads)},
+          {"prototype", {{"per_class", prototype.per_class}, {"logit_scale", prototype.logit_scale}}},
           {"seed", data.seed},
           {"data_sizes", {data.sizes.train, data.sizes.val, data.sizes.test}},
           {"cap_real_tasks", data.cap_real_tasks},
@@ -158,34 +185,46 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
   nlohmann::ordered_json timing = nlohmann::ordered_json::object(), pretrain, tasks = nlohmann::ordered_json::array();
 
   auto t0 = std::chrono::steady_clock::now();
-  write_zoo_data(stage / "data", options.data, false);
-  timing["data"] = seconds_since(t0);
-  log(options, "data written");
-
-  // The base: contrastive learning on unlabeled images, through a projection that is then
-  // dropped, as SimCLR drops its projection head: the probes and fine-tunes read the pooled
-  // output, which keeps more of what the views share than the projection does.
-  t0 = std::chrono::steady_clock::now();
-  const Tensor pool = pretraining_pool(stage / "data", options.pool);
   const ImageProcessorConfig preprocess = zoo_preprocess();
-  ClipVisionWeights base = random_clip_vision_weights(options.model, options.pretrain.seed, true);
-  train::TrainOptions pre = options.pretrain;
-  pre.quiet = options.quiet;
-  const auto pre_report = train::pretrain_contrastive(options.model, base, pool.dim(0),
-                                                      train::contrastive_views(pool, preprocess, 1, options.views), pre,
-                                                      options.temperature);
-  base.visual_projection.reset();
-  save_clip_vision(stage / "base", options.model, base, DType::F32, false, preprocess.to_json());
-  timing["pretrain"] = seconds_since(t0);
-  pretrain = {{"images", pool.dim(0)},
-              {"steps", pre_report.steps},
-              {"contrastive_loss_last_epoch", pre_report.epoch_loss.back()},
-              {"contrastive_accuracy_last_epoch", pre_report.epoch_accuracy.back()}};
-  log(options, "base pretrained: views matched to their partner " + std::to_string(pre_report.epoch_accuracy.back()));
+  ClipVisionWeights base;
+  if (!options.reuse_base_from.empty()) {
+    pretrain = reuse_base(options.reuse_base_from, wanted, stage);
+    pretrain["reused_from"] = options.reuse_base_from.string();
+    base = ClipVisionModel::load(stage / "base").weights();
+    timing["data"] = 0.0;
+    timing["pretrain"] = seconds_since(t0);
+    log(options, "data and base copied from " + options.reuse_base_from.string());
+  } else {
+    write_zoo_data(stage / "data", options.data, false);
+    timing["data"] = seconds_since(t0);
+    log(options, "data written");
+
+    // The base: contrastive learning on unlabeled images, through a projection that is then
+    // dropped, as SimCLR drops its projection head: the probes and fine-tunes read the pooled
+    // output, which keeps more of what the views share than the projection does.
+    t0 = std::chrono::steady_clock::now();
+    const Tensor pool = pretraining_pool(stage / "data", options.pool);
+    base = random_clip_vision_weights(options.model, options.pretrain.seed, true);
+    train::TrainOptions pre = options.pretrain;
+    pre.quiet = options.quiet;
+    const auto pre_report = train::pretrain_contrastive(options.model, base, pool.dim(0),
+                                                        train::contrastive_views(pool, preprocess, 1, options.views),
+                                                        pre, options.temperature);
+    base.visual_projection.reset();
+    save_clip_vision(stage / "base", options.model, base, DType::F32, false, preprocess.to_json());
+    timing["pretrain"] = seconds_since(t0);
+    pretrain = {{"images", pool.dim(0)},
+                {"steps", pre_report.steps},
+                {"contrastive_loss_last_epoch", pre_report.epoch_loss.back()},
+                {"contrastive_accuracy_last_epoch", pre_report.epoch_accuracy.back()}};
+    log(options, "base pretrained: views matched to their partner " + std::to_string(pre_report.epoch_accuracy.back()));
+  }
 
   const ClipVisionModel base_model(options.model, base);
   fs::create_directories(stage / "heads");
+  fs::create_directories(stage / "probes");
   double probe_seconds = 0, finetune_seconds = 0;
+  std::vector<RegimeTask> regime_tasks;
   for (size_t i = 0; i < zoo_task_names().size(); ++i) {
     const std::string& name = zoo_task_names()[i];
     const LoadedTask task = load_task(stage / "data" / name);
@@ -193,10 +232,18 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     const std::span<const int64_t> labels(task.train.labels.data(), static_cast<size_t>(n));
 
     t0 = std::chrono::steady_clock::now();
-    ClassifierHead head =
+    ClassifierHead probe =
         train::fit_probe(base_model, task.train.images, labels, task.info.num_classes(), preprocess, options.probe);
-    head.task = name;
-    head.class_names = task.info.classes;
+    probe.task = name;
+    probe.class_names = task.info.classes;
+    probe.save(stage / "probes" / (name + ".safetensors"), false);
+    ClassifierHead head = probe;
+    if (options.heads == ZooHeads::Prototype) {
+      head = train::prototype_head(base_model, task.train.images, labels, task.info.num_classes(), preprocess,
+                                   options.prototype, name);
+      head.task = name;
+      head.class_names = task.info.classes;
+    }
     head.save(stage / "heads" / (name + ".safetensors"), false);
     probe_seconds += seconds_since(t0);
 
@@ -220,29 +267,44 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
                                     {"finetune_epochs", ft.epochs},
                                     {"val", task.val.size()},
                                     {"test", task.test.size()},
-                                    {"base_probe_val", accuracy(base_model, task, task.val, head)},
-                                    {"base_probe_test", accuracy(base_model, task, task.test, head)},
+                                    {"base_val", accuracy(base_model, task, task.val, head)},
+                                    {"base_test", accuracy(base_model, task, task.test, head)},
+                                    {"base_probe_test", accuracy(base_model, task, task.test, probe)},
                                     {"finetuned_val", accuracy(tuned_model, task, task.val, head)},
                                     {"finetuned_test", accuracy(tuned_model, task, task.test, head)}};
     char line[200];
-    std::snprintf(line, sizeof line, "%-9s base+probe %.4f  fine-tuned %.4f (test)", name.c_str(),
-                  entry["base_probe_test"].get<double>(), entry["finetuned_test"].get<double>());
+    std::snprintf(line, sizeof line, "%-9s base %.4f  base+probe %.4f  fine-tuned %.4f (test)", name.c_str(),
+                  entry["base_test"].get<double>(), entry["base_probe_test"].get<double>(),
+                  entry["finetuned_test"].get<double>());
     log(options, line);
     tasks.push_back(entry);
+    regime_tasks.push_back({name, task.test, head, probe, std::move(tuned)});
   }
   timing["probes"] = probe_seconds;
   timing["finetunes"] = finetune_seconds;
-  double base_sum = 0, tuned_sum = 0;
+  t0 = std::chrono::steady_clock::now();
+  const nlohmann::ordered_json regime = measure_regime(options.model, base, regime_tasks, preprocess, {});
+  timing["regime"] = seconds_since(t0);
+  char line[200];
+  std::snprintf(line, sizeof line, "regime: base %.4f, fine-tuned %.4f, average %.4f: gap %.4f, recovery %.3f",
+                regime["mean"]["base"].get<double>(), regime["mean"]["finetuned"].get<double>(),
+                regime["mean"]["average"].get<double>(), regime["gap"].get<double>(),
+                regime["average_recovery"].get<double>());
+  log(options, line);
+  double base_sum = 0, probe_sum = 0, tuned_sum = 0;
   for (const auto& t : tasks) {
-    base_sum += t["base_probe_test"].get<double>();
+    base_sum += t["base_test"].get<double>();
+    probe_sum += t["base_probe_test"].get<double>();
     tuned_sum += t["finetuned_test"].get<double>();
   }
   timing["total"] = seconds_since(start);
   const nlohmann::ordered_json zoo = {{"options", wanted},
                                       {"average_test",
-                                       {{"base_probe", base_sum / static_cast<double>(tasks.size())},
+                                       {{"base", base_sum / static_cast<double>(tasks.size())},
+                                        {"base_probe", probe_sum / static_cast<double>(tasks.size())},
                                         {"finetuned", tuned_sum / static_cast<double>(tasks.size())}}},
                                       {"tasks", tasks},
+                                      {"regime", regime},
                                       {"pretrain", pretrain},
                                       {"seconds", timing}};
   write_text_file(stage / "zoo.json", zoo.dump(2) + "\n");

@@ -6,12 +6,15 @@
 //                contrastive learning (SimCLR: two augmented views of each image, told
 //                apart from the batch's other images) on an unlabeled pool of train-split
 //                and generated images, through a projection that is then discarded
-//   3. heads     one linear probe per task on the base's frozen features (the analogue of a
-//                CLIP zero-shot head), zoo/heads/<task>.safetensors
+//   3. heads     one head per task on the base's frozen features, zoo/heads/<task>.safetensors:
+//                class prototypes (zero-shot-like, as CLIP's text heads: not fit to the
+//                features) or linear probes, as `heads` says; the probes are written to
+//                zoo/probes/<task>.safetensors either way (the base's linear-probe ceiling)
 //   4. finetuned one fine-tune per task from the base through its frozen head,
 //                zoo/finetuned/<task>/
 //   5. zoo.json  the options, every accuracy measured (base + head and fine-tuned, on val
-//                and test) and the time of each stage
+//                and test), the regime figures (eval/zoo_regime.h: the gap, what simple
+//                averaging recovers, weight disentanglement) and the time of each stage
 //
 // Deterministic (same options, same bits on the same machine and thread count) and cached:
 // a zoo whose zoo.json records the same options is not rebuilt.
@@ -22,12 +25,19 @@
 
 #include "data/zoo_tasks.h"
 #include "model/clip_vision.h"
+#include "train/prototype_head.h"
 #include "train/trainer.h"
 
 namespace amalgam {
 
+// The heads the fine-tunes are trained through and the base is scored with.
+enum class ZooHeads { Prototype, Probe };
+const char* zoo_heads_name(ZooHeads heads);
+
 struct ZooBuildOptions {
   bool small = false;
+  ZooHeads heads = ZooHeads::Probe;
+  train::PrototypeOptions prototype;
   ZooDataOptions data;
   ClipVisionConfig model;
   ZooPoolOptions pool;
@@ -39,6 +49,10 @@ struct ZooBuildOptions {
   // task-vector papers fine-tune every data set for about the same number of steps.
   int64_t finetune_min_images = 0;
   bool quiet = false;
+  // Not an option of the result: a zoo built with the same data, model and pretraining options
+  // whose data and base are copied instead of made again (the same bits, minutes sooner).
+  // InputError naming the first option that differs.
+  std::filesystem::path reuse_base_from;
 
   // The full zoo (about 1.2M parameters, builds in minutes) or the small one for tests.
   static ZooBuildOptions preset(bool small);

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The lever study of README "The zoo": which recipe puts the zoo in the merging papers' regime
+# (R1: zero-shot-like base at least 30 points below the fine-tunes; R2: simple averaging
+# recovers at least a third of that gap). Each lever is one `amalgam zoo build` with one
+# option changed from the reference recipe; zoo.json's "regime" section holds the figures
+# (eval/zoo_regime.h), and this script tabulates them. Judged by R1, R2 and build time only:
+# no RegMean, TSV-M or MASS run here.
+#
+# The study fine-tunes on a reduced budget (20,000 train images per task at most, 40,000
+# images per fine-tune) so that a lever costs minutes; the chosen recipe is then built in
+# full. Builds are cached by their options: rerunning skips the finished ones.
+#
+#   bench/zoo_levers.sh OUT [LEVER...]     # default: every lever below, in this order
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(realpath -m "$1")
+shift
+mkdir -p "$out"
+amalgam=$(realpath "${AMALGAM:-./build/amalgam}")
+study="--heads prototype --finetune-examples 20000 --finetune-min-images 40000 --finetune-epochs 1"
+
+# NAME: options (a base of the reference recipe is reused where only the fine-tunes change).
+declare -A levers=(
+  [reference]=""
+  [heads-probe]="--base-from $out/reference --heads probe"
+  [finetune-lr-1e-4]="--base-from $out/reference --finetune-lr 1e-4"
+  [finetune-lr-1e-3]="--base-from $out/reference --finetune-lr 1e-3"
+  [finetune-images-10k]="--base-from $out/reference --finetune-min-images 10000 --finetune-examples 5000"
+  [width-64]="--width 64"
+  [width-256]="--width 256 --pretrain-epochs 3"
+  [layers-3]="--layers 3"
+  [pretrain-epochs-18]="--pretrain-epochs 18"
+  [pool-all-real]="--pool-per-task 100000"
+  [pool-generated-40k]="--pool-extra 40000"
+  [views-strong]="--view-strength 1.5"
+)
+order=(reference heads-probe finetune-lr-1e-4 finetune-lr-1e-3 finetune-images-10k width-64 width-256 layers-3
+  pretrain-epochs-18 pool-all-real pool-generated-40k views-strong)
+[ $# -gt 0 ] && order=("$@")
+
+for name in "${order[@]}"; do
+  [ -n "${levers[$name]+x}" ] || { echo "unknown lever '$name'" >&2; exit 2; }
+  if [ "$name" != reference ] && [[ ${levers[$name]} == *"--base-from"* ]]; then
+    "$amalgam" zoo build -o "$out/reference" $study --progress none -q >/dev/null
+  fi
+  echo "== $name: ${levers[$name]}" >&2
+  # shellcheck disable=SC2086
+  "$amalgam" zoo build -o "$out/$name" $study ${levers[$name]} --progress none -q >"$out/$name.txt"
+done
+
+echo "| lever | build s | base | probe ceiling | fine-tuned | average | task arithmetic 0.3 | own vector / 8 | recovery | disentanglement error |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for name in "${order[@]}"; do
+  jq -r --arg name "$name" '.regime as $r | .seconds.total as $s |
+    "| \($name) | \($s | round) | \(100*$r.mean.base | .*10 | round/10) | \(100*$r.mean.probe_ceiling | .*10 | round/10) | \(100*$r.mean.finetuned | .*10 | round/10) | \(100*$r.mean.average | .*10 | round/10) | \(100*$r.mean.task_arithmetic | .*10 | round/10) | \(100*$r.mean.alone_at_average_weight | .*10 | round/10) | \($r.average_recovery | .*100 | round/100) | \($r.disentanglement.mean_disagreement | .*1000 | round/1000) |"' \
+    "$out/$name/zoo.json"
+done
