@@ -221,6 +221,44 @@ TEST(Bench, ZeroShotLikeHeadsAddTheLinearProbeCeilingRow) {
   }
 }
 
+// With a second zoo of independently seeded fine-tunes, every in-domain row is the mean of
+// the two zoos' rows with their sample standard deviation; the second zoo's figures are what
+// a bench run on it alone reports.
+TEST(Bench, SeedZoosGiveInDomainMeansAndSpread) {
+  TempDir tmp;
+  const ZooBuildOptions o = testing::tiny_zoo_options();
+  build_zoo(tmp / "zoo", o, false);
+  ZooBuildOptions reseeded = o;
+  reseeded.finetune.seed += 100;
+  reseeded.reuse_base_from = tmp / "zoo";
+  build_zoo(tmp / "zoo2", reseeded, false);
+  const std::string common = " --quick --experiments unseen -q";
+  auto run = run_amalgam("bench " + (tmp / "zoo").string() + " --seed-zoo " + (tmp / "zoo2").string() + " -o " +
+                         (tmp / "both").string() + common);
+  ASSERT_EQ(run.code, 0) << run.err;
+  run = run_amalgam("bench " + (tmp / "zoo2").string() + " -o " + (tmp / "alone").string() + common);
+  ASSERT_EQ(run.code, 0) << run.err;
+  const json both = read_json_file(tmp / "both/report.json"), alone = read_json_file(tmp / "alone/report.json");
+  EXPECT_EQ(both["in_domain"]["seeds"], 2);
+  bool some_spread = false;
+  for (const json& row : both["in_domain"]["rows"]) {
+    const std::string key = row["method"];
+    ASSERT_EQ(row["seeds"], 2) << key;
+    const double a = row["average_per_seed"][0], b = row["average_per_seed"][1];
+    EXPECT_DOUBLE_EQ(b, row_of(alone["in_domain"]["rows"], key)["average"].get<double>()) << key;
+    EXPECT_NEAR(row["average"].get<double>(), (a + b) / 2, 1e-9) << key;
+    EXPECT_NEAR(row["average_sd"].get<double>(), std::abs(a - b) / std::sqrt(2.0), 1e-9) << key;
+    some_spread = some_spread || a != b;
+  }
+  EXPECT_TRUE(some_spread);
+  const std::string md = testing::read_bytes(tmp / "both/report.md");
+  EXPECT_NE(md.find("mean over 2 zoos"), std::string::npos);
+  EXPECT_NE(md.find("Ordering the spread supports: "), std::string::npos);
+  // One zoo: the rows say so.
+  EXPECT_EQ(row_of(alone["in_domain"]["rows"], "linear")["seeds"], 1);
+  EXPECT_TRUE(row_of(alone["in_domain"]["rows"], "linear")["average_sd"].is_null());
+}
+
 TEST(Bench, SigtermEndsTheRunAndTheMergeItWaitsFor) {
   TempDir tmp;
   const fs::path zoo = tmp / "zoo";

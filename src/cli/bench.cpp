@@ -14,11 +14,17 @@ namespace {
 void print_summary(const nlohmann::ordered_json& report, const std::string& output) {
   std::map<std::string, std::string> labels;
   for (const auto& m : report["methods"]) labels[m["key"].get<std::string>()] = m["label"].get<std::string>();
-  std::printf("%-28s %9s %11s  %s\n", "method (in-domain, test)", "average", "normalized", "chosen on validation");
-  for (const auto& row : report["in_domain"]["rows"])
-    std::printf("%-28s %8.2f%% %10.2f%%  %s\n", labels[row["method"].get<std::string>()].c_str(),
-                row["average"].get<double>(), row["normalized_average"].get<double>(),
-                row["parameters"].empty() ? "" : row["parameters"].dump().c_str());
+  std::printf("%-36s %9s %7s %11s  %s\n", "method (in-domain, test)", "average", "sd", "normalized",
+              "chosen on validation");
+  for (const auto& row : report["in_domain"]["rows"]) {
+    const auto sd = row.value("average_sd", nlohmann::ordered_json());
+    std::printf(
+        "%-36s %8.2f%% %7s %10.2f%%  %s\n", labels[row["method"].get<std::string>()].c_str(),
+        row["average"].get<double>(), sd.is_number() ? std::to_string(sd.get<double>()).substr(0, 5).c_str() : "-",
+        row["normalized_average"].get<double>(), row["parameters"].empty() ? "" : row["parameters"].dump().c_str());
+  }
+  if (report["in_domain"].value("seeds", 1) > 1)
+    std::printf("(means over %d zoos; sd: their sample standard deviation)\n", report["in_domain"]["seeds"].get<int>());
   std::printf("report: %s/report.md (%.0f s)\n", output.c_str(), report["seconds"].get<double>());
 }
 
@@ -28,6 +34,7 @@ void add_bench_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Every method on the zoo: the papers' experiments, a report and charts");
   struct Args {
     std::string zoo, output;
+    std::vector<std::string> seed_zoos;
     bool quick = false;
     BenchOptions options;
     int64_t calibration = -1, validation = -1, test = -1, sample = -1, corruption = -1;
@@ -36,6 +43,9 @@ void add_bench_command(CLI::App& app) {
   auto a = std::make_shared<Args>();
   cmd->add_option("zoo", a->zoo, "zoo directory (amalgam zoo build)")->required();
   cmd->add_option("-o,--output", a->output, "report directory to write")->required();
+  cmd->add_option("--seed-zoo", a->seed_zoos,
+                  "another zoo of the same tasks with independently seeded fine-tunes (repeat): the in-domain "
+                  "table gives the mean and spread over every zoo");
   cmd->add_flag("--quick", a->quick, "a reduced run (two grid points, a few hundred images per task): minutes");
   cmd->add_option("--experiments", a->options.experiments,
                   "run only these besides in_domain (unseen, corruptions, sequential, num_tasks)")
@@ -73,6 +83,10 @@ void add_bench_command(CLI::App& app) {
     o.zoo = a->zoo;
     o.output = a->output;
     o.command = "amalgam bench " + a->zoo + " -o " + a->output + (a->quick ? " --quick" : "");
+    for (const std::string& z : a->seed_zoos) {
+      o.seed_zoos.emplace_back(z);
+      o.command += " --seed-zoo " + z;
+    }
     print_summary(run_bench(o), a->output);
   });
 }

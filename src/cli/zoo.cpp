@@ -65,7 +65,7 @@ void add_data_command(CLI::App& zoo) {
 struct Levers {
   int64_t width = 0, layers = 0, pretrain_epochs = 0, pool_per_task = -1, pool_extra = -1;
   int64_t finetune_epochs = 0, finetune_min_images = -1, finetune_examples = 0;
-  double finetune_lr = 0, view_strength = 0;
+  double finetune_lr = 0, view_strength = 0, logit_scale = 0;
   int64_t finetune_seed = -1;
   std::string heads;
 };
@@ -97,12 +97,16 @@ void apply_levers(const Levers& l, ZooBuildOptions& o) {
   if (l.finetune_lr > 0) o.finetune.learning_rate = l.finetune_lr;
   if (l.finetune_seed >= 0) o.finetune.seed = static_cast<uint64_t>(l.finetune_seed);
   if (!l.heads.empty()) o.heads = l.heads == "prototype" ? ZooHeads::Prototype : ZooHeads::Probe;
+  if (l.logit_scale > 0) o.prototype.logit_scale = l.logit_scale;
 }
 
 void add_lever_options(CLI::App& cmd, Levers& l) {
   const char* group = "Recipe levers (default: the preset's)";
   cmd.add_option("--heads", l.heads, "heads the fine-tunes train through: prototype (zero-shot-like) or probe")
       ->check(CLI::IsMember({"prototype", "probe"}))
+      ->group(group);
+  cmd.add_option("--logit-scale", l.logit_scale, "prototype heads' logit scale (the base's accuracy is the same)")
+      ->check(positive_number())
       ->group(group);
   cmd.add_option("--width", l.width, "the ViT's width (MLP 4x, heads of 32)")
       ->check(CLI::Range(32, 4096))

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <fstream>
 #include <functional>
@@ -88,6 +89,12 @@ class Bench {
     report["audit"] = audit();
     report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return report;
+  }
+
+  // The in-domain experiment alone, on another seed's zoo.
+  json in_domain_alone() {
+    reference();
+    return in_domain();
   }
 
  private:
@@ -550,15 +557,67 @@ class Bench {
   std::map<std::string, TaskSplit> corrupted_;
 };
 
+double sample_sd(const std::vector<double>& v) {
+  double mean = 0, sum = 0;
+  for (double x : v) mean += x / static_cast<double>(v.size());
+  for (double x : v) sum += (x - mean) * (x - mean);
+  return std::sqrt(sum / static_cast<double>(v.size() - 1));
+}
+
+// Every in-domain row becomes the mean of its row over all seeds' zoos (the first zoo's and
+// `others`), with each seed's average, their sample standard deviation and each seed's chosen
+// hyperparameters.
+void add_spread(json& in_domain, const std::vector<json>& others, const std::vector<std::string>& tasks) {
+  const size_t seeds = others.size() + 1;
+  for (json& row : in_domain["rows"]) {
+    const std::string key = row["method"];
+    std::vector<const json*> rows{&row};
+    for (const json& other : others) {
+      const json* match = nullptr;
+      for (const json& r : other["rows"])
+        if (r["method"] == key) match = &r;
+      if (!match) throw InputError("bench: method " + key + " is missing from a seed zoo's in-domain rows");
+      rows.push_back(match);
+    }
+    json per_seed = json::array(), parameters = json::array(), accuracy = json::object();
+    std::vector<double> averages;
+    double normalized = 0;
+    for (const json* r : rows) {
+      averages.push_back((*r)["average"].get<double>());
+      per_seed.push_back(averages.back());
+      parameters.push_back((*r)["parameters"]);
+      normalized += (*r)["normalized_average"].get<double>() / static_cast<double>(seeds);
+    }
+    for (const std::string& t : tasks) {
+      double sum = 0;
+      for (const json* r : rows) sum += (*r)["accuracy"][t].get<double>();
+      accuracy[t] = sum / static_cast<double>(seeds);
+    }
+    double mean = 0;
+    for (double a : averages) mean += a / static_cast<double>(seeds);
+    row["accuracy"] = accuracy;
+    row["average"] = mean;
+    row["normalized_average"] = normalized;
+    row["seeds"] = seeds;
+    row["average_sd"] = seeds > 1 ? json(sample_sd(averages)) : json();
+    row["average_per_seed"] = per_seed;
+    if (seeds > 1) row["parameters_per_seed"] = parameters;
+  }
+  in_domain["seeds"] = seeds;
+}
+
 void check_options(const BenchOptions& o) {
   for (const std::string& e : o.experiments)
     if (std::find(kBenchExperiments.begin(), kBenchExperiments.end(), e) == kBenchExperiments.end())
       throw InputError("bench: unknown experiment '" + e + "' (in_domain, unseen, corruptions, sequential, num_tasks)");
   if (o.corruption_severity < kMinSeverity || o.corruption_severity > kMaxSeverity)
     throw InputError("bench: corruption severity must be 1..5");
-  if (!fs::exists(o.zoo / "zoo.json"))
-    throw InputError(o.zoo.string() + ": no zoo.json here; build the zoo first (amalgam zoo build -o " +
-                     o.zoo.string() + ")");
+  std::vector<fs::path> zoos{o.zoo};
+  zoos.insert(zoos.end(), o.seed_zoos.begin(), o.seed_zoos.end());
+  for (const fs::path& zoo : zoos)
+    if (!fs::exists(zoo / "zoo.json"))
+      throw InputError(zoo.string() + ": no zoo.json here; build the zoo first (amalgam zoo build -o " + zoo.string() +
+                       ")");
 }
 
 }  // namespace
@@ -569,10 +628,31 @@ json run_bench(const BenchOptions& options) {
   AtomicOutput output(options.output, options.force);
   const fs::path dir = output.staging();
   json report = Bench(options, dir).run();
-  if (!options.keep_models) {
-    fs::remove_all(dir / "work" / "models");
-    fs::remove_all(dir / "work" / "stats");
+  // Each further seed's zoo: the in-domain experiment alone, under work/seed-N/.
+  std::vector<json> others;
+  std::vector<fs::path> work_dirs{dir / "work"};
+  for (size_t k = 0; k < options.seed_zoos.size(); ++k) {
+    BenchOptions seed = options;
+    seed.zoo = options.seed_zoos[k];
+    seed.seed_zoos.clear();
+    note_input(seed.zoo);
+    const fs::path staging = dir / "work" / ("seed-" + std::to_string(k + 2));
+    work_dirs.push_back(staging / "work");
+    others.push_back(Bench(seed, staging).in_domain_alone());
+    if (others.back()["rows"].size() != report["in_domain"]["rows"].size())
+      throw InputError(seed.zoo.string() + ": its in-domain rows differ from " + options.zoo.string() +
+                       "'s (a zoo with other tasks or heads?)");
   }
+  add_spread(report["in_domain"], others, report["tasks"].get<std::vector<std::string>>());
+  if (!options.seed_zoos.empty()) {
+    report["seed_zoos"] = json::array();
+    for (const fs::path& z : options.seed_zoos) report["seed_zoos"].push_back(fs::absolute(z).string());
+  }
+  if (!options.keep_models)
+    for (const fs::path& work : work_dirs) {
+      fs::remove_all(work / "models");
+      fs::remove_all(work / "stats");
+    }
   {
     std::ofstream out(dir / "report.json", std::ios::trunc);
     out << report.dump(2) << "\n";

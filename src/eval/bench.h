@@ -15,6 +15,8 @@
 //                (each runs as its own process), MASS's bundle size and latency
 //
 // Accuracies are percentages; normalized accuracy is merged / fine-tuned on the same images.
+// With several zoos (BenchOptions::seed_zoos) the in-domain rows are means over them, with the
+// sample standard deviation of each method's average.
 // Same zoo, options and seed: the same accuracies (timings vary, accuracies do not).
 #pragma once
 
@@ -30,6 +32,11 @@ namespace amalgam {
 
 struct BenchOptions {
   std::filesystem::path zoo, output;
+  // More zoos with the same tasks and independently seeded fine-tunes (`zoo build --base-from
+  // ZOO --finetune-seed S`, or whole zoos): the in-domain experiment runs on each, and its
+  // rows give the mean over all zoos with `average_sd` and `seeds`. The other experiments run
+  // on `zoo` alone.
+  std::vector<std::filesystem::path> seed_zoos;
   bool quick = false;
   bool force = false;
   bool keep_models = false;  // keep REPORT/work/models and stats (merged checkpoints)

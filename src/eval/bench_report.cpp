@@ -299,6 +299,30 @@ std::string header_markdown(const Report& r) {
   return s.str();
 }
 
+// The methods from best to worst average, with ">" only where two neighbours differ by more
+// than the sum of their standard deviations and "≈" where the spread covers the difference.
+std::string ordering_markdown(const Report& r, const Field& section) {
+  struct Entry {
+    std::string label;
+    double average, sd;
+  };
+  std::vector<Entry> entries;
+  for (const Field& row : section.at("rows").items()) {
+    const Value average = number_at(row, "average"), sd = number_at(row, "average_sd");
+    const std::string key = row.at("method").text();
+    if (average && sd && key != "finetuned" && key != "probe_ceiling") entries.push_back({r.label(key), *average, *sd});
+  }
+  if (entries.size() < 2) return "";
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const Entry& a, const Entry& b) { return a.average > b.average; });
+  std::string line = "\nOrdering the spread supports: " + entries[0].label + " (" + fixed(entries[0].average, 1) + ")";
+  for (size_t i = 1; i < entries.size(); ++i) {
+    const bool apart = entries[i - 1].average - entries[i].average > entries[i - 1].sd + entries[i].sd;
+    line += std::string(apart ? " > " : " ≈ ") + entries[i].label + " (" + fixed(entries[i].average, 1) + ")";
+  }
+  return line + ".\n";
+}
+
 std::string in_domain_markdown(const Report& r, const Field& section, const std::vector<std::string>& charts) {
   std::vector<std::string> header = {"method"};
   header.insert(header.end(), r.tasks().begin(), r.tasks().end());
@@ -312,15 +336,23 @@ std::string in_domain_markdown(const Report& r, const Field& section, const std:
     }
     const Field accuracy = m.row->at("accuracy");
     for (const std::string& task : r.tasks()) row.push_back(percent(number_at(accuracy, task)));
-    row.push_back(percent(number_at(*m.row, "average")));
+    const Value sd = number_at(*m.row, "average_sd");
+    row.push_back(percent(number_at(*m.row, "average")) + (sd ? " ± " + fixed(sd, 1) : std::string()));
     row.push_back(percent(number_at(*m.row, "normalized_average")));
     row.push_back(parameters(m.row->find("parameters")));
     table.add(row);
   }
+  const Value seeds = number_at(section, "seeds");
   std::ostringstream s;
   s << "\n## In-domain accuracy\n\nTest accuracy (%) of each merge of all " << r.tasks().size()
-    << " tasks, with the hyperparameters chosen on validation data.\n\n"
-    << table.str() << chart_link("accuracy", "In-domain accuracy", charts);
+    << " tasks, with the hyperparameters chosen on validation data";
+  if (seeds && *seeds > 1)
+    s << "; each figure the mean over " << fixed(seeds, 0)
+      << " zoos with independently seeded fine-tunes, ± the sample standard deviation of the average.\n\n"
+      << table.str() << ordering_markdown(r, section);
+  else
+    s << " (one zoo: no spread measured).\n\n" << table.str();
+  s << chart_link("accuracy", "In-domain accuracy", charts);
   if (const auto validation = section.find("validation")) {
     Table grid({"method", "hyperparameters", "validation average", "chosen"}, "llrl");
     for (const Field& v : validation->items()) {
