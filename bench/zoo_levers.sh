@@ -26,6 +26,8 @@ declare -A levers=(
   [finetune-lr-1e-4]="--base-from $out/reference --finetune-lr 1e-4"
   [finetune-lr-1e-3]="--base-from $out/reference --finetune-lr 1e-3"
   [finetune-images-10k]="--base-from $out/reference --finetune-min-images 10000 --finetune-examples 5000"
+  [finetune-full]="--base-from $out/reference --finetune-examples 60000 --finetune-min-images 78000 --finetune-epochs 6"
+  [logit-scale-20]="--base-from $out/reference --logit-scale 20"
   [width-64]="--width 64"
   [width-256]="--width 256 --pretrain-epochs 3"
   [layers-3]="--layers 3"
@@ -34,8 +36,8 @@ declare -A levers=(
   [pool-generated-40k]="--pool-extra 40000"
   [views-strong]="--view-strength 1.5"
 )
-order=(reference heads-probe finetune-lr-1e-4 finetune-lr-1e-3 finetune-images-10k width-64 width-256 layers-3
-  pretrain-epochs-18 pool-all-real pool-generated-40k views-strong)
+order=(reference heads-probe logit-scale-20 finetune-lr-1e-4 finetune-lr-1e-3 finetune-images-10k finetune-full
+  width-64 width-256 layers-3 pretrain-epochs-18 pool-all-real pool-generated-40k views-strong)
 [ $# -gt 0 ] && order=("$@")
 
 for name in "${order[@]}"; do
