@@ -28,16 +28,19 @@ declare -A levers=(
   [finetune-images-10k]="--base-from $out/reference --finetune-min-images 10000 --finetune-examples 5000"
   [finetune-full]="--base-from $out/reference --finetune-examples 60000 --finetune-min-images 78000 --finetune-epochs 6"
   [logit-scale-20]="--base-from $out/reference --logit-scale 20"
+  [logit-scale-10]="--base-from $out/reference --logit-scale 10"
+  [logit-scale-5]="--base-from $out/reference --logit-scale 5"
   [width-64]="--width 64"
-  [width-256]="--width 256 --pretrain-epochs 3"
+  [width-256]="--width 256"
   [layers-3]="--layers 3"
   [pretrain-epochs-18]="--pretrain-epochs 18"
   [pool-all-real]="--pool-per-task 100000"
   [pool-generated-40k]="--pool-extra 40000"
   [views-strong]="--view-strength 1.5"
+  [domain-supervised-3]="--base-from $out/reference --domain-epochs 3"
 )
-order=(reference heads-probe logit-scale-20 finetune-lr-1e-4 finetune-lr-1e-3 finetune-images-10k finetune-full
-  width-64 width-256 layers-3 pretrain-epochs-18 pool-all-real pool-generated-40k views-strong)
+order=(reference heads-probe logit-scale-20 logit-scale-10 logit-scale-5 finetune-lr-1e-4 finetune-lr-1e-3 finetune-images-10k finetune-full
+  width-64 width-256 layers-3 pretrain-epochs-18 pool-all-real pool-generated-40k views-strong domain-supervised-3)
 [ $# -gt 0 ] && order=("$@")
 
 for name in "${order[@]}"; do
@@ -50,10 +53,10 @@ for name in "${order[@]}"; do
   "$amalgam" zoo build -o "$out/$name" $study ${levers[$name]} --progress none -q >"$out/$name.txt"
 done
 
-echo "| lever | build s | base | probe ceiling | fine-tuned | average | task arithmetic 0.3 | own vector / 8 | recovery | disentanglement error |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| lever | base | probe ceiling | fine-tuned | simple average | task arithmetic 0.3 | own vector / 8 | recovery | disentanglement error |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for name in "${order[@]}"; do
-  jq -r --arg name "$name" '.regime as $r | .seconds.total as $s |
-    "| \($name) | \($s | round) | \(100*$r.mean.base | .*10 | round/10) | \(100*$r.mean.probe_ceiling | .*10 | round/10) | \(100*$r.mean.finetuned | .*10 | round/10) | \(100*$r.mean.average | .*10 | round/10) | \(100*$r.mean.task_arithmetic | .*10 | round/10) | \(100*$r.mean.alone_at_average_weight | .*10 | round/10) | \($r.average_recovery | .*100 | round/100) | \($r.disentanglement.mean_disagreement | .*1000 | round/1000) |"' \
+  jq -r --arg name "$name" '.regime as $r | def p: 1000*. | round/10 | tostring | if test("[.]") then . else . + ".0" end;
+    "| \($name) | \($r.mean.base|p) | \($r.mean.probe_ceiling|p) | \($r.mean.finetuned|p) | \($r.mean.average|p) | \($r.mean.task_arithmetic|p) | \($r.mean.alone_at_average_weight|p) | \($r.average_recovery | .*100 | round/100) | \($r.disentanglement.mean_disagreement | .*1000 | round/1000) |"' \
     "$out/$name/zoo.json"
 done

@@ -449,9 +449,29 @@ TEST(ZooPool, TrainImagesAndExtrasOnly) {
     first_from_train += train_images.count(std::string(reinterpret_cast<const char*>(bytes.data()) + i * 784, 784));
   EXPECT_GT(first_from_train, 40);
   EXPECT_LT(first_from_train, 100);
-  // Deterministic; only train splits are accepted.
-  const Tensor again = pretraining_pool(train, options);
+  // Deterministic, with or without sources; each source is the split the image is in (3 for
+  // the generated ones); only train splits are accepted.
+  std::vector<int64_t> sources;
+  const Tensor again = pretraining_pool(train, options, &sources);
   EXPECT_EQ(std::memcmp(again.bytes().data(), pool.bytes().data(), pool.nbytes()), 0);
+  ASSERT_EQ(sources.size(), static_cast<size_t>(pool.dim(0)));
+  std::vector<std::set<std::string>> per_split(3);
+  for (size_t k = 0; k < 3; ++k)
+    for (int64_t i = 0; i < train[k].size(); ++i) per_split[k].insert(image_bytes(train[k], i));
+  std::vector<int64_t> counts(4, 0);
+  for (int64_t i = 0; i < pool.dim(0); ++i) {
+    const std::string img(reinterpret_cast<const char*>(bytes.data()) + i * 784, 784);
+    const int64_t source = sources[static_cast<size_t>(i)];
+    ASSERT_GE(source, 0);
+    ASSERT_LE(source, 3);
+    ++counts[static_cast<size_t>(source)];
+    if (source < 3) {
+      EXPECT_EQ(per_split[static_cast<size_t>(source)].count(img), 1u) << i;
+    } else {
+      EXPECT_EQ(train_images.count(img), 0u) << i;
+    }
+  }
+  EXPECT_EQ(counts, (std::vector<int64_t>{250, 250, 250, 300}));
   const std::vector<TaskSplit> test = {tasks[0].split("test")};
   EXPECT_THROW(pretraining_pool(test, options), std::invalid_argument);
 }

@@ -66,7 +66,7 @@ struct Levers {
   int64_t width = 0, layers = 0, pretrain_epochs = 0, pool_per_task = -1, pool_extra = -1;
   int64_t finetune_epochs = 0, finetune_min_images = -1, finetune_examples = 0;
   double finetune_lr = 0, view_strength = 0, logit_scale = 0;
-  int64_t finetune_seed = -1;
+  int64_t finetune_seed = -1, domain_epochs = 0;
   std::string heads;
 };
 
@@ -91,6 +91,7 @@ void apply_levers(const Levers& l, ZooBuildOptions& o) {
     v.noise *= l.view_strength;
     v.cutout = static_cast<int64_t>(static_cast<double>(v.cutout) * l.view_strength + 0.5);
   }
+  if (l.domain_epochs > 0) o.domain.epochs = l.domain_epochs;
   if (l.finetune_epochs > 0) o.finetune.epochs = l.finetune_epochs;
   if (l.finetune_min_images >= 0) o.finetune_min_images = l.finetune_min_images;
   if (l.finetune_examples > 0) o.finetune_examples = l.finetune_examples;
@@ -102,6 +103,9 @@ void apply_levers(const Levers& l, ZooBuildOptions& o) {
 
 void add_lever_options(CLI::App& cmd, Levers& l) {
   const char* group = "Recipe levers (default: the preset's)";
+  // A lever given twice takes its last value: a study's common options come first and each
+  // lever's own after them (bench/zoo_levers.sh).
+  cmd.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd.add_option("--heads", l.heads, "heads the fine-tunes train through: prototype (zero-shot-like) or probe")
       ->check(CLI::IsMember({"prototype", "probe"}))
       ->group(group);
@@ -123,6 +127,10 @@ void add_lever_options(CLI::App& cmd, Levers& l) {
       ->group(group);
   cmd.add_option("--view-strength", l.view_strength, "contrastive augmentation scaled by this (1: the preset's)")
       ->check(CLI::Range(0.01, 3.0))
+      ->group(group);
+  cmd.add_option("--domain-epochs", l.domain_epochs,
+                 "supervised pretraining after the contrastive one: which task (or generator) each image came from")
+      ->check(CLI::Range(1, 10000))
       ->group(group);
   cmd.add_option("--finetune-lr", l.finetune_lr, "fine-tunes' peak learning rate")
       ->check(positive_number())

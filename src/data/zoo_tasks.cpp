@@ -255,19 +255,26 @@ Tensor pretraining_extras(int64_t n, uint64_t seed) {
   });
 }
 
-Tensor pretraining_pool(std::span<const TaskSplit> train_splits, const ZooPoolOptions& options) {
+Tensor pretraining_pool(std::span<const TaskSplit> train_splits, const ZooPoolOptions& options,
+                        std::vector<int64_t>* sources_out) {
   if (options.per_task < 0 || options.extra < 0) throw std::invalid_argument("pretraining_pool: negative count");
   const Tensor extras = pretraining_extras(options.extra, options.seed);
   // Every image of the pool, by address, before shuffling.
   std::vector<const uint8_t*> sources;
+  std::vector<int64_t> origin;
   for (size_t k = 0; k < train_splits.size(); ++k) {
     const TaskSplit& split = train_splits[k];
     check_pool_split(split);
-    for (const int64_t i : sample_indices(split.size(), options.per_task, zoo::derive_seed(options.seed, "pool", k)))
+    for (const int64_t i : sample_indices(split.size(), options.per_task, zoo::derive_seed(options.seed, "pool", k))) {
       sources.push_back(split.image(i).data());
+      origin.push_back(static_cast<int64_t>(k));
+    }
   }
   const uint8_t* extra = extras.data<uint8_t>().data();
-  for (int64_t i = 0; i < options.extra; ++i) sources.push_back(extra + i * zoo::kPixels);
+  for (int64_t i = 0; i < options.extra; ++i) {
+    sources.push_back(extra + i * zoo::kPixels);
+    origin.push_back(static_cast<int64_t>(train_splits.size()));
+  }
 
   const auto n = static_cast<int64_t>(sources.size());
   Tensor pool = Tensor::uninitialized(DType::U8, {n, zoo::kSide, zoo::kSide, 1});
@@ -275,11 +282,16 @@ Tensor pretraining_pool(std::span<const TaskSplit> train_splits, const ZooPoolOp
   const std::vector<int64_t> order = zoo::permutation(n, zoo::derive_seed(options.seed, "pool-order"));
   for (int64_t i = 0; i < n; ++i)
     std::memcpy(dst + i * zoo::kPixels, sources[static_cast<size_t>(order[static_cast<size_t>(i)])], zoo::kPixels);
+  if (sources_out) {
+    sources_out->resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i)
+      (*sources_out)[static_cast<size_t>(i)] = origin[static_cast<size_t>(order[static_cast<size_t>(i)])];
+  }
   return pool;
 }
 
-Tensor pretraining_pool(const fs::path& zoo_data_dir, const ZooPoolOptions& options,
-                        std::span<const std::string> tasks) {
+Tensor pretraining_pool(const fs::path& zoo_data_dir, const ZooPoolOptions& options, std::span<const std::string> tasks,
+                        std::vector<int64_t>* sources) {
   std::vector<std::string> names(tasks.begin(), tasks.end());
   if (names.empty()) {
     std::error_code ec;
@@ -296,7 +308,7 @@ Tensor pretraining_pool(const fs::path& zoo_data_dir, const ZooPoolOptions& opti
       throw InputError(split_path(dir, "train"), "images",
                        "images are " + to_string(splits.back().image_shape()) + "; the pretraining pool needs 28x28x1");
   }
-  return pretraining_pool(splits, options);
+  return pretraining_pool(splits, options, sources);
 }
 
 }  // namespace amalgam

@@ -96,12 +96,14 @@ struct ZooPoolOptions {
 
 // An unlabeled pool U8 [N, 28, 28, 1] in seeded random order: a seeded sample of each given
 // split (every one must be a 28x28x1 "train" split: std::invalid_argument otherwise) plus
-// options.extra generated images.
-Tensor pretraining_pool(std::span<const TaskSplit> train_splits, const ZooPoolOptions& options);
+// options.extra generated images. `sources`, when given, receives where each image came
+// from: k for train_splits[k], train_splits.size() for a generated one (no class label).
+Tensor pretraining_pool(std::span<const TaskSplit> train_splits, const ZooPoolOptions& options,
+                        std::vector<int64_t>* sources = nullptr);
 // The same from the train splits of the zoo tasks under `zoo_data_dir` (as written by
 // write_zoo_data): `tasks`, or every zoo task found there when empty.
 Tensor pretraining_pool(const std::filesystem::path& zoo_data_dir, const ZooPoolOptions& options,
-                        std::span<const std::string> tasks = {});
+                        std::span<const std::string> tasks = {}, std::vector<int64_t>* sources = nullptr);
 // n generated unlabeled images, U8 [n, 28, 28, 1]: random mixtures of strokes, polygons, dots
 // and faint textures, from a seed stream no task uses.
 Tensor pretraining_extras(int64_t n, uint64_t seed);

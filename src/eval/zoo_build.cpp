@@ -79,6 +79,19 @@ nlohmann::ordered_json reuse_base(const fs::path& from, const nlohmann::ordered_
   return theirs["pretrain"];
 }
 
+// The supervised stage after contrastive pretraining: the encoder learns which source each
+// pool image came from, through a head that is then dropped.
+void pretrain_on_sources(const ZooBuildOptions& options, const fs::path& data, ClipVisionWeights& base) {
+  std::vector<int64_t> sources;
+  const Tensor pool = pretraining_pool(data, options.pool, {}, &sources);
+  const int64_t classes = *std::max_element(sources.begin(), sources.end()) + 1;
+  ClassifierHead head = train::new_head(classes, options.model.hidden_size, options.domain.seed);
+  train::TrainOptions o = options.domain;
+  o.quiet = options.quiet;
+  train::train_encoder(options.model, base, head, true, pool.dim(0),
+                       train::classification_batches(pool, sources, zoo_preprocess(), 1, o.max_shift), o);
+}
+
 }  // namespace
 
 const char* zoo_heads_name(ZooHeads heads) {
@@ -117,6 +130,10 @@ ZooBuildOptions ZooBuildOptions::preset(bool small) {
   o.pretrain.learning_rate = 1e-3;
   o.pretrain.batch_size = small ? 32 : 128;
   o.pretrain.seed = 1;
+  o.domain.epochs = 0;
+  o.domain.learning_rate = 3e-4;
+  o.domain.batch_size = small ? 32 : 128;
+  o.domain.seed = 5;
   o.probe.epochs = 30;
   o.probe.batch_size = 256;
   o.probe.learning_rate = 1e-2;
@@ -141,27 +158,30 @@ ZooBuildOptions ZooBuildOptions::preset(bool small) {
 }
 
 nlohmann::ordered_json ZooBuildOptions::to_json() const {
-  return {{"small", small},
-          {"heads", zoo_heads_name(heads)},
-          {"prototype", {{"per_class", prototype.per_class}, {"logit_scale", prototype.logit_scale}}},
-          {"seed", data.seed},
-          {"data_sizes", {data.sizes.train, data.sizes.val, data.sizes.test}},
-          {"cap_real_tasks", data.cap_real_tasks},
-          {"model", model.to_json()},
-          {"pool", {{"per_task", pool.per_task}, {"extra", pool.extra}, {"seed", pool.seed}}},
-          {"pretrain", train_options_json(pretrain)},
-          {"views",
-           {{"scale", {views.min_scale, views.max_scale}},
-            {"max_shift", views.max_shift},
-            {"contrast", views.contrast},
-            {"brightness", views.brightness},
-            {"noise", views.noise},
-            {"cutout", views.cutout}}},
-          {"temperature", temperature},
-          {"probe", train_options_json(probe)},
-          {"finetune", train_options_json(finetune)},
-          {"finetune_examples", finetune_examples},
-          {"finetune_min_images", finetune_min_images}};
+  nlohmann::ordered_json j = {
+      {"small", small},
+      {"heads", zoo_heads_name(heads)},
+      {"prototype", {{"per_class", prototype.per_class}, {"logit_scale", prototype.logit_scale}}},
+      {"seed", data.seed},
+      {"data_sizes", {data.sizes.train, data.sizes.val, data.sizes.test}},
+      {"cap_real_tasks", data.cap_real_tasks},
+      {"model", model.to_json()},
+      {"pool", {{"per_task", pool.per_task}, {"extra", pool.extra}, {"seed", pool.seed}}},
+      {"pretrain", train_options_json(pretrain)},
+      {"views",
+       {{"scale", {views.min_scale, views.max_scale}},
+        {"max_shift", views.max_shift},
+        {"contrast", views.contrast},
+        {"brightness", views.brightness},
+        {"noise", views.noise},
+        {"cutout", views.cutout}}},
+      {"temperature", temperature},
+      {"probe", train_options_json(probe)},
+      {"finetune", train_options_json(finetune)},
+      {"finetune_examples", finetune_examples},
+      {"finetune_min_images", finetune_min_images}};
+  if (domain.epochs > 0) j["domain_pretrain"] = train_options_json(domain);
+  return j;
 }
 
 nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& options, bool force) {
@@ -191,6 +211,11 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     pretrain = reuse_base(options.reuse_base_from, wanted, stage);
     pretrain["reused_from"] = options.reuse_base_from.string();
     base = ClipVisionModel::load(stage / "base").weights();
+    if (options.domain.epochs > 0) {
+      pretrain_on_sources(options, stage / "data", base);
+      fs::remove_all(stage / "base");
+      save_clip_vision(stage / "base", options.model, base, DType::F32, false, preprocess.to_json());
+    }
     timing["data"] = 0.0;
     timing["pretrain"] = seconds_since(t0);
     log(options, "data and base copied from " + options.reuse_base_from.string());
@@ -211,6 +236,7 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
                                                         train::contrastive_views(pool, preprocess, 1, options.views),
                                                         pre, options.temperature);
     base.visual_projection.reset();
+    if (options.domain.epochs > 0) pretrain_on_sources(options, stage / "data", base);
     save_clip_vision(stage / "base", options.model, base, DType::F32, false, preprocess.to_json());
     timing["pretrain"] = seconds_since(t0);
     pretrain = {{"images", pool.dim(0)},

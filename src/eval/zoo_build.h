@@ -42,8 +42,12 @@ struct ZooBuildOptions {
   ClipVisionConfig model;
   ZooPoolOptions pool;
   train::TrainOptions pretrain, probe, finetune;
-  train::ViewAugmentation views;      // the contrastive pretraining's augmentation
-  double temperature = 0.2;           // of the contrastive loss
+  train::ViewAugmentation views;  // the contrastive pretraining's augmentation
+  double temperature = 0.2;       // of the contrastive loss
+  // Supervised pretraining after the contrastive one, on labels that are not any task's
+  // classes: which source each pool image came from (a task's train split, or the generated
+  // extras). 0 epochs: none (and no key in the options, so zoos from before it stay cached).
+  train::TrainOptions domain;
   int64_t finetune_examples = 60000;  // train images per task used for fine-tuning and probes
   // Each fine-tune sees at least this many images: a small task gets more epochs, as the
   // task-vector papers fine-tune every data set for about the same number of steps.
