@@ -318,7 +318,9 @@ TEST(BenchChild, AmalgamReportsItsOwnPeakNotTheParents) {
   EXPECT_EQ(own.exit_code, 0);
   EXPECT_TRUE(own.peak_reported);
   EXPECT_GT(own.peak_rss_bytes, 1u << 20);
-  EXPECT_LT(own.peak_rss_bytes, 100u << 20);
+  // Well under the 300 MB ballast: a Release amalgam starts in about 10 MiB, one built with
+  // AddressSanitizer in about 100 (its shadow memory; 104.9 MB on 2026-12-07).
+  EXPECT_LT(own.peak_rss_bytes, 200u << 20);
   EXPECT_FALSE(fs::exists(tmp / "log.peak"));
   // Another program cannot report: rusage's figure, which holds our ballast.
   const ChildUsage other = run_child({"/bin/true"}, tmp / "log");
