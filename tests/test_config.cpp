@@ -413,6 +413,23 @@ TEST(ConfigErrors, TextWhereYamlCppFindsEndlessDocumentsEndsInAnError) {
   }
 }
 
+// YAML reads CR LF, a lone CR and LF alike as a line break; yaml-cpp kept the first CR of
+// "\r\r\n" in the scalar before it (found by fuzz_merge_config: the seed
+// fuzz/corpus/merge_config/cr-cr-lf-line-break.yaml).
+TEST(Config, EveryLineBreakReadsAsOne) {
+  const std::string lf = "merge_method: ties\n\nbase_model: b\nmodels:\n  - model: m\n    parameters: {weight: 1}\n";
+  for (const std::string text :
+       {"merge_method: ties\r\r\nbase_model: b\nmodels:\n  - model: m\n    parameters: {weight: 1}\n",
+        "merge_method: ties\r\rbase_model: b\rmodels:\r  - model: m\r    parameters: {weight: 1}\r",
+        "merge_method: ties\r\n\r\nbase_model: b\r\nmodels:\r\n  - model: m\r\n    parameters: {weight: 1}\r\n"}) {
+    const MergeConfig c = parse(text);
+    EXPECT_EQ(c.merge_method, "ties");
+    EXPECT_EQ(c.base_model, parse(lf).base_model);
+    ASSERT_EQ(c.models.size(), 1u);
+    EXPECT_EQ(c.models[0].model, "m");
+  }
+}
+
 TEST(ConfigErrors, DtypeSeedAndSyntax) {
   const std::string head = "merge_method: linear\nmodels: [a]\n";
   EXPECT_PARSE_ERROR(head + "dtype: float8\n", "merge.yaml: dtype: unknown dtype 'float8'");

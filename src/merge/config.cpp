@@ -379,6 +379,24 @@ bool more_than_one_document(std::string_view text) {
   return parser.HandleNextDocument(counter) && parser.HandleNextDocument(counter);
 }
 
+// Every line break as "\n": YAML 1.2 reads CR LF, a lone CR and LF alike as one line break,
+// but yaml-cpp keeps the first CR of "\r\r\n" inside the scalar before it ("ties\r": an
+// unknown method, and a config whose re-emission reads back differently; found by
+// fuzz_merge_config).
+std::string with_lf_line_breaks(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '\r') {
+      out.push_back(text[i]);
+      continue;
+    }
+    out.push_back('\n');
+    if (i + 1 < text.size() && text[i + 1] == '\n') ++i;
+  }
+  return out;
+}
+
 }  // namespace
 
 YAML::Node parse_yaml_text(std::string_view text, const fs::path& source) {
@@ -397,11 +415,12 @@ YAML::Node parse_yaml_text(std::string_view text, const fs::path& source) {
   try {
     // yaml-cpp's Load keeps the first document and drops the rest without a word: a second
     // document (after "---") is most likely a second merge the user expects to run.
-    if (more_than_one_document(text))
+    const std::string lf_text = with_lf_line_breaks(text);
+    if (more_than_one_document(lf_text))
       throw InputError(source,
                        "holds more than one YAML document (separated by '---'); a config is one document: put "
                        "each merge in its own file");
-    return YAML::Load(std::string(text));
+    return YAML::Load(lf_text);
   } catch (const YAML::Exception& e) {
     // yaml-cpp's marks are 0-based; editors count from 1.
     const std::string where = e.mark.is_null() ? std::string()
