@@ -102,51 +102,36 @@ void apply_levers(const Levers& l, ZooBuildOptions& o) {
 }
 
 void add_lever_options(CLI::App& cmd, Levers& l) {
-  const char* group = "Recipe levers (default: the preset's)";
   // A lever given twice takes its last value: a study's common options come first and each
   // lever's own after them (bench/zoo_levers.sh).
   cmd.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  cmd.add_option("--heads", l.heads, "heads the fine-tunes train through: prototype (zero-shot-like) or probe")
-      ->check(CLI::IsMember({"prototype", "probe"}))
-      ->group(group);
-  cmd.add_option("--logit-scale", l.logit_scale, "prototype heads' logit scale (the base's accuracy is the same)")
-      ->check(positive_number())
-      ->group(group);
-  cmd.add_option("--width", l.width, "the ViT's width (MLP 4x, heads of 32)")
-      ->check(CLI::Range(32, 4096))
-      ->group(group);
-  cmd.add_option("--layers", l.layers, "the ViT's blocks")->check(CLI::Range(1, 64))->group(group);
-  cmd.add_option("--pretrain-epochs", l.pretrain_epochs, "contrastive pretraining's passes over its pool")
-      ->check(CLI::Range(1, 10000))
-      ->group(group);
-  cmd.add_option("--pool-per-task", l.pool_per_task, "pretraining images from each task's train split")
-      ->check(CLI::Range(0, 10'000'000))
-      ->group(group);
-  cmd.add_option("--pool-extra", l.pool_extra, "generated pretraining images")
-      ->check(CLI::Range(0, 10'000'000))
-      ->group(group);
-  cmd.add_option("--view-strength", l.view_strength, "contrastive augmentation scaled by this (1: the preset's)")
-      ->check(CLI::Range(0.01, 3.0))
-      ->group(group);
-  cmd.add_option("--domain-epochs", l.domain_epochs,
-                 "supervised pretraining after the contrastive one: which task (or generator) each image came from")
-      ->check(CLI::Range(1, 10000))
-      ->group(group);
-  cmd.add_option("--finetune-lr", l.finetune_lr, "fine-tunes' peak learning rate")
-      ->check(positive_number())
-      ->group(group);
-  cmd.add_option("--finetune-epochs", l.finetune_epochs, "fine-tunes' epochs at least")
-      ->check(CLI::Range(1, 10000))
-      ->group(group);
-  cmd.add_option("--finetune-min-images", l.finetune_min_images, "images each fine-tune sees at least")
-      ->check(CLI::Range(0, 100'000'000))
-      ->group(group);
-  cmd.add_option("--finetune-examples", l.finetune_examples, "train images per task used (probes too)")
-      ->check(CLI::Range(1, 100'000'000))
-      ->group(group);
-  cmd.add_option("--finetune-seed", l.finetune_seed, "seed of the fine-tunes (task i uses seed + i)")
-      ->check(non_negative_number())
-      ->group(group);
+  const auto lever = [&cmd](const char* name, auto& value, const char* help) {
+    return cmd.add_option(name, value, help)->group("Recipe levers (default: the preset's)");
+  };
+  lever("--heads", l.heads, "heads the fine-tunes train through: prototype (zero-shot-like) or probe")
+      ->check(CLI::IsMember({"prototype", "probe"}));
+  lever("--logit-scale", l.logit_scale, "prototype heads' logit scale (the base's accuracy is the same)")
+      ->check(positive_number());
+  lever("--width", l.width, "the ViT's width (MLP 4x, heads of 32)")->check(CLI::Range(32, 4096));
+  lever("--layers", l.layers, "the ViT's blocks")->check(CLI::Range(1, 64));
+  lever("--pretrain-epochs", l.pretrain_epochs, "contrastive pretraining's passes over its pool")
+      ->check(CLI::Range(1, 10000));
+  lever("--pool-per-task", l.pool_per_task, "pretraining images from each task's train split")
+      ->check(CLI::Range(0, 10'000'000));
+  lever("--pool-extra", l.pool_extra, "generated pretraining images")->check(CLI::Range(0, 10'000'000));
+  lever("--view-strength", l.view_strength, "contrastive augmentation scaled by this (1: the preset's)")
+      ->check(CLI::Range(0.01, 3.0));
+  lever("--domain-epochs", l.domain_epochs,
+        "supervised pretraining after the contrastive one: which task (or generator) each image came from")
+      ->check(CLI::Range(1, 10000));
+  lever("--finetune-lr", l.finetune_lr, "fine-tunes' peak learning rate")->check(positive_number());
+  lever("--finetune-epochs", l.finetune_epochs, "fine-tunes' epochs at least")->check(CLI::Range(1, 10000));
+  lever("--finetune-min-images", l.finetune_min_images, "images each fine-tune sees at least")
+      ->check(CLI::Range(0, 100'000'000));
+  lever("--finetune-examples", l.finetune_examples, "train images per task used (probes too)")
+      ->check(CLI::Range(1, 100'000'000));
+  lever("--finetune-seed", l.finetune_seed, "seed of the fine-tunes (task i uses seed + i)")
+      ->check(non_negative_number());
 }
 
 void add_build_command(CLI::App& zoo) {

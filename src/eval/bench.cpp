@@ -108,7 +108,7 @@ class Bench {
     methods.push_back({{"key", "base"},
                        {"label", runner_.zero_shot_heads() ? "base (zero-shot-like heads)" : "base + probe heads"},
                        {"kind", "reference"}});
-    if (runner_.zero_shot_heads() && runner_.has_probes())
+    if (runner_.has_probe_ceiling())
       methods.push_back(
           {{"key", "probe_ceiling"}, {"label", "linear-probe ceiling (base + probes)"}, {"kind", "reference"}});
     methods.push_back({{"key", "finetuned"}, {"label", "fine-tuned (individual)"}, {"kind", "reference"}});
@@ -176,7 +176,7 @@ class Bench {
   json in_domain() {
     json rows = json::array(), validation = json::array();
     rows.push_back(accuracy_row("base", json::object(), base_));
-    if (runner_.zero_shot_heads() && runner_.has_probes())
+    if (runner_.has_probe_ceiling())
       rows.push_back(accuracy_row("probe_ceiling", json::object(),
                                   runner_.probe_accuracy(tasks(), "test", settings().test_examples)));
     rows.push_back(accuracy_row("finetuned", json::object(), finetuned_));
@@ -579,12 +579,11 @@ void add_spread(json& in_domain, const std::vector<json>& others, const std::vec
       if (!match) throw InputError("bench: method " + key + " is missing from a seed zoo's in-domain rows");
       rows.push_back(match);
     }
-    json per_seed = json::array(), parameters = json::array(), accuracy = json::object();
+    json parameters = json::array(), accuracy = json::object();
     std::vector<double> averages;
     double normalized = 0;
     for (const json* r : rows) {
       averages.push_back((*r)["average"].get<double>());
-      per_seed.push_back(averages.back());
       parameters.push_back((*r)["parameters"]);
       normalized += (*r)["normalized_average"].get<double>() / static_cast<double>(seeds);
     }
@@ -600,7 +599,7 @@ void add_spread(json& in_domain, const std::vector<json>& others, const std::vec
     row["normalized_average"] = normalized;
     row["seeds"] = seeds;
     row["average_sd"] = seeds > 1 ? json(sample_sd(averages)) : json();
-    row["average_per_seed"] = per_seed;
+    row["average_per_seed"] = averages;
     if (seeds > 1) row["parameters_per_seed"] = parameters;
   }
   in_domain["seeds"] = seeds;

@@ -237,27 +237,27 @@ Scores BenchRunner::accuracy(const fs::path& model, const std::vector<std::strin
 
 double BenchRunner::accuracy(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
                              int64_t max_examples) const {
+  return accuracy_through(encoder, task, split, heads_.at(task), max_examples);
+}
+
+Scores BenchRunner::probe_accuracy(const std::vector<std::string>& tasks, const std::string& which,
+                                   int64_t max_examples) const {
+  const ClipVisionModel encoder = ClipVisionModel::load(base());
+  Scores scores;
+  for (const std::string& t : tasks)
+    scores[t] = accuracy_through(encoder, t, split(t, which), probes_.at(t), max_examples);
+  return scores;
+}
+
+double BenchRunner::accuracy_through(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
+                                     const ClassifierHead& head, int64_t max_examples) const {
   check_interrupt();
   EvalOptions options;
   options.batch_size = settings_.batch_size;
   options.max_examples = max_examples;
   options.seed = settings_.seed;
   options.quiet = true;
-  return 100.0 * evaluate(encoder, preprocess_, infos_.at(task), split, heads_.at(task), options).accuracy;
-}
-
-Scores BenchRunner::probe_accuracy(const std::vector<std::string>& tasks, const std::string& which,
-                                   int64_t max_examples) const {
-  const ClipVisionModel encoder = ClipVisionModel::load(base());
-  EvalOptions options;
-  options.batch_size = settings_.batch_size;
-  options.max_examples = max_examples;
-  options.seed = settings_.seed;
-  options.quiet = true;
-  Scores scores;
-  for (const std::string& t : tasks)
-    scores[t] = 100.0 * evaluate(encoder, preprocess_, infos_.at(t), split(t, which), probes_.at(t), options).accuracy;
-  return scores;
+  return 100.0 * evaluate(encoder, preprocess_, infos_.at(task), split, head, options).accuracy;
 }
 
 void BenchRunner::say(const char* format, ...) const {

@@ -84,9 +84,10 @@ class BenchRunner {
   std::filesystem::path task_dir(const std::string& task) const { return zoo_ / "data" / task; }
   std::filesystem::path head_file(const std::string& task) const;
   // Whether the zoo's heads are zero-shot-like (class prototypes, zoo.json "heads"), and
-  // whether it has linear probes beside them (zoo/probes/): the base's linear-probe ceiling.
+  // whether it also has linear probes beside them (zoo/probes/), which then give the base's
+  // linear-probe ceiling.
   bool zero_shot_heads() const { return zero_shot_heads_; }
-  bool has_probes() const { return !probes_.empty(); }
+  bool has_probe_ceiling() const { return zero_shot_heads_ && !probes_.empty(); }
   const std::filesystem::path& work() const { return work_; }
   const TaskInfo& task_info(const std::string& task) const { return infos_.at(task); }
   const TaskSplit& split(const std::string& task, const std::string& which) const;  // "val" or "test"
@@ -118,13 +119,16 @@ class BenchRunner {
   // ... of a loaded encoder on a given split of one task (a corrupted test split, say).
   double accuracy(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
                   int64_t max_examples) const;
-  // The base through each task's linear probe instead of its head (has_probes() only).
+  // The base through each task's linear probe instead of its head (has_probe_ceiling() only).
   Scores probe_accuracy(const std::vector<std::string>& tasks, const std::string& which, int64_t max_examples) const;
 
   // Progress on stderr (unless quiet), prefixed with the elapsed time.
   void say(const char* format, ...) const __attribute__((format(printf, 2, 3)));
 
  private:
+  double accuracy_through(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
+                          const ClassifierHead& head, int64_t max_examples) const;
+
   std::filesystem::path zoo_, work_;
   BenchSettings settings_;
   std::vector<std::string> tasks_;

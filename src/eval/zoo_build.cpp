@@ -304,7 +304,8 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
                   entry["finetuned_test"].get<double>());
     log(options, line);
     tasks.push_back(entry);
-    regime_tasks.push_back({name, task.test, head, probe, std::move(tuned)});
+    regime_tasks.push_back({name, task.test, head, std::move(tuned), entry["base_test"].get<double>(),
+                            entry["base_probe_test"].get<double>(), entry["finetuned_test"].get<double>()});
   }
   timing["probes"] = probe_seconds;
   timing["finetunes"] = finetune_seconds;

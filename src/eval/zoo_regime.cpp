@@ -81,7 +81,6 @@ nlohmann::ordered_json measure_regime(const ClipVisionConfig& config, const Clip
     flat[t] = flatten(config, tasks[t].finetuned);
     all.push_back(&flat[t]);
   }
-  const ClipVisionModel base_model(config, base);
   const ClipVisionModel average =
       combine(config, base, flat_base, all, std::vector<double>(count, 1.0 / static_cast<double>(count)));
   const ClipVisionModel arithmetic =
@@ -92,13 +91,12 @@ nlohmann::ordered_json measure_regime(const ClipVisionConfig& config, const Clip
   nlohmann::ordered_json per_task = nlohmann::ordered_json::array();
   for (size_t t = 0; t < count; ++t) {
     const RegimeTask& task = tasks[t];
-    const ClipVisionModel tuned(config, task.finetuned);
     const std::vector<const std::vector<float>*> own{&flat[t]};
     const double weight = 1.0 / static_cast<double>(count);
     const ClipVisionModel alone = combine(config, base, flat_base, own, std::span(&weight, 1));
-    const double values[] = {accuracy(predict(base_model, task.test, task.head, preprocess, 0), task.test),
-                             accuracy(predict(base_model, task.test, task.probe, preprocess, 0), task.test),
-                             accuracy(predict(tuned, task.test, task.head, preprocess, 0), task.test),
+    const double values[] = {task.base,
+                             task.probe_ceiling,
+                             task.finetuned_accuracy,
                              accuracy(predict(average, task.test, task.head, preprocess, 0), task.test),
                              accuracy(predict(arithmetic, task.test, task.head, preprocess, 0), task.test),
                              accuracy(predict(alone, task.test, task.head, preprocess, 0), task.test)};

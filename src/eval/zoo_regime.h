@@ -26,13 +26,16 @@
 
 namespace amalgam {
 
-// One task of a built zoo, in memory.
+// One task of a built zoo, in memory, with the accuracies on `test` its build has already
+// measured (the regime takes them rather than evaluating the same models again).
 struct RegimeTask {
   std::string name;
   TaskSplit test;
-  ClassifierHead head;   // zero-shot-like: the head the fine-tunes were trained through
-  ClassifierHead probe;  // a linear probe on the base: the ceiling of the base's features
+  ClassifierHead head;  // zero-shot-like: the head the fine-tunes were trained through
   ClipVisionWeights finetuned;
+  double base = 0;           // the base through `head`
+  double probe_ceiling = 0;  // the base through a linear probe: the ceiling of its features
+  double finetuned_accuracy = 0;
 };
 
 struct RegimeOptions {
