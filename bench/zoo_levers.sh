@@ -17,7 +17,10 @@ out=$(realpath -m "$1")
 shift
 mkdir -p "$out"
 amalgam=$(realpath "${AMALGAM:-./build/amalgam}")
-study="--heads prototype --finetune-examples 20000 --finetune-min-images 40000 --finetune-epochs 1"
+# The reference is the recipe the study started from (six pretraining epochs, CLIP's logit
+# scale 100), pinned so that the study reads the same whatever the preset has become since.
+study="--heads prototype --logit-scale 100 --pretrain-epochs 6"
+study+=" --finetune-examples 20000 --finetune-min-images 40000 --finetune-epochs 1"
 
 # NAME: options (a base of the reference recipe is reused where only the fine-tunes change).
 declare -A levers=(
@@ -30,6 +33,8 @@ declare -A levers=(
   [logit-scale-20]="--base-from $out/reference --logit-scale 20"
   [logit-scale-10]="--base-from $out/reference --logit-scale 10"
   [logit-scale-5]="--base-from $out/reference --logit-scale 5"
+  [prototype-per-class-4]="--base-from $out/reference --prototype-per-class 4"
+  [prototype-per-class-1]="--base-from $out/reference --prototype-per-class 1"
   [width-64]="--width 64"
   [width-256]="--width 256"
   [layers-3]="--layers 3"
@@ -38,15 +43,25 @@ declare -A levers=(
   [pool-generated-40k]="--pool-extra 40000"
   [views-strong]="--view-strength 1.5"
   [domain-supervised-3]="--base-from $out/reference --domain-epochs 3"
+  [pretrain-epochs-36]="--pretrain-epochs 36"
+  # Combinations on the longer-pretrained base.
+  [pretrain-18+per-class-4]="--base-from $out/pretrain-epochs-18 --pretrain-epochs 18 --prototype-per-class 4"
+  [pretrain-18+per-class-1]="--base-from $out/pretrain-epochs-18 --pretrain-epochs 18 --prototype-per-class 1"
+  [pretrain-18+logit-scale-20]="--base-from $out/pretrain-epochs-18 --pretrain-epochs 18 --logit-scale 20"
 )
-order=(reference heads-probe logit-scale-20 logit-scale-10 logit-scale-5 finetune-lr-1e-4 finetune-lr-1e-3 finetune-images-10k finetune-full
-  width-64 width-256 layers-3 pretrain-epochs-18 pool-all-real pool-generated-40k views-strong domain-supervised-3)
+order=(reference heads-probe logit-scale-20 logit-scale-10 logit-scale-5 prototype-per-class-4 prototype-per-class-1
+  finetune-lr-1e-4 finetune-lr-1e-3 finetune-images-10k finetune-full
+  width-64 width-256 layers-3 pretrain-epochs-18 pretrain-epochs-36 pool-all-real pool-generated-40k views-strong domain-supervised-3
+  pretrain-18+per-class-4 pretrain-18+per-class-1 pretrain-18+logit-scale-20)
 [ $# -gt 0 ] && order=("$@")
 
+reuses_base='--base-from [^ ]*/([^ /]+)'
 for name in "${order[@]}"; do
   [ -n "${levers[$name]+x}" ] || { echo "unknown lever '$name'" >&2; exit 2; }
-  if [ "$name" != reference ] && [[ ${levers[$name]} == *"--base-from"* ]]; then
-    "$amalgam" zoo build -o "$out/reference" $study --progress none -q >/dev/null
+  if [[ ${levers[$name]} =~ $reuses_base ]] && [ "${BASH_REMATCH[1]}" != "$name" ]; then
+    base=${BASH_REMATCH[1]}  # build (or find cached) the zoo whose base this lever reuses
+    # shellcheck disable=SC2086
+    "$amalgam" zoo build -o "$out/$base" $study ${levers[$base]} --progress none -q >/dev/null
   fi
   echo "== $name: ${levers[$name]}" >&2
   # shellcheck disable=SC2086

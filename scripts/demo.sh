@@ -36,10 +36,10 @@ for d in demo-out/merged-*; do
   $amalgam inspect "$d" | head -1
 done
 
-echo "== amalgam zoo build: eight tasks, a pretrained base, probe heads, eight fine-tunes (cached)"
+echo "== amalgam zoo build: eight tasks, a pretrained base, zero-shot-like heads, eight fine-tunes (cached)"
 $amalgam zoo build -o zoo
 
-echo "== amalgam eval: the mnist fine-tune and the base, through the same probe head"
+echo "== amalgam eval: the mnist fine-tune and the base, through the same head"
 $amalgam eval zoo/finetuned/mnist --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q
 $amalgam eval zoo/base --task zoo/data/mnist --head zoo/heads/mnist.safetensors -q
 

@@ -186,9 +186,10 @@ TEST(ZooBuild, ReusedBaseGivesTheSameBitsAndMustMatchTheOptions) {
 TEST(ZooBuildCli, LeversReachTheOptionsAndTheLastValueWins) {
   TempDir tmp;
   const std::string data_dir = testing::small_zoo_options().data.data_dir.string();
-  const auto r = testing::run_amalgam("zoo build --small -o " + (tmp / "zoo").string() + " --data-dir " + data_dir +
-                                      " --width 64 --layers 1 --heads prototype --logit-scale 20 --pretrain-epochs 1"
-                                      " --finetune-epochs 3 --finetune-epochs 1 --finetune-min-images 100 -q");
+  const auto r = testing::run_amalgam(
+      "zoo build --small -o " + (tmp / "zoo").string() + " --data-dir " + data_dir +
+      " --width 64 --layers 1 --heads prototype --logit-scale 20 --prototype-per-class 4 --pretrain-epochs 1"
+      " --finetune-epochs 3 --finetune-epochs 1 --finetune-min-images 100 -q");
   ASSERT_EQ(r.code, 0) << r.err;
   const auto options = read_json_file(tmp / "zoo/zoo.json")["options"];
   EXPECT_EQ(options["model"]["hidden_size"], 64);
@@ -197,6 +198,7 @@ TEST(ZooBuildCli, LeversReachTheOptionsAndTheLastValueWins) {
   EXPECT_EQ(options["model"]["num_hidden_layers"], 1);
   EXPECT_EQ(options["heads"], "prototype");
   EXPECT_EQ(options["prototype"]["logit_scale"], 20.0);
+  EXPECT_EQ(options["prototype"]["per_class"], 4);
   EXPECT_EQ(options["pretrain"]["epochs"], 1);
   EXPECT_EQ(options["finetune"]["epochs"], 1);
   EXPECT_EQ(options["finetune_min_images"], 100);

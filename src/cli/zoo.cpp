@@ -66,7 +66,7 @@ struct Levers {
   int64_t width = 0, layers = 0, pretrain_epochs = 0, pool_per_task = -1, pool_extra = -1;
   int64_t finetune_epochs = 0, finetune_min_images = -1, finetune_examples = 0;
   double finetune_lr = 0, view_strength = 0, logit_scale = 0;
-  int64_t finetune_seed = -1, domain_epochs = 0;
+  int64_t finetune_seed = -1, domain_epochs = 0, prototype_per_class = 0;
   std::string heads;
 };
 
@@ -99,6 +99,7 @@ void apply_levers(const Levers& l, ZooBuildOptions& o) {
   if (l.finetune_seed >= 0) o.finetune.seed = static_cast<uint64_t>(l.finetune_seed);
   if (!l.heads.empty()) o.heads = l.heads == "prototype" ? ZooHeads::Prototype : ZooHeads::Probe;
   if (l.logit_scale > 0) o.prototype.logit_scale = l.logit_scale;
+  if (l.prototype_per_class > 0) o.prototype.per_class = l.prototype_per_class;
 }
 
 void add_lever_options(CLI::App& cmd, Levers& l) {
@@ -112,6 +113,9 @@ void add_lever_options(CLI::App& cmd, Levers& l) {
       ->check(CLI::IsMember({"prototype", "probe"}));
   lever("--logit-scale", l.logit_scale, "prototype heads' logit scale (the base's accuracy is the same)")
       ->check(positive_number());
+  lever("--prototype-per-class", l.prototype_per_class,
+        "train images each prototype head's class mean is taken over (fewer: a weaker, zero-shot-like base)")
+      ->check(CLI::Range(1, 100'000));
   lever("--width", l.width, "the ViT's width (MLP 4x, heads of 32)")->check(CLI::Range(32, 4096));
   lever("--layers", l.layers, "the ViT's blocks")->check(CLI::Range(1, 64));
   lever("--pretrain-epochs", l.pretrain_epochs, "contrastive pretraining's passes over its pool")
