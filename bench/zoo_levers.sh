@@ -2,7 +2,8 @@
 # The lever study of README "The zoo": which recipe puts the zoo in the merging papers' regime
 # (R1: zero-shot-like base at least 30 points below the fine-tunes; R2: simple averaging
 # recovers at least a third of that gap). Each lever is one `amalgam zoo build` with one
-# option changed from the reference recipe; zoo.json's "regime" section holds the figures
+# option changed from the reference recipe (the pretrain-18+ ones: one more on top of
+# pretrain-epochs-18); zoo.json's "regime" section holds the figures
 # (eval/zoo_regime.h), and this script tabulates them. Judged by R1, R2 and build time only:
 # no RegMean, TSV-M or MASS run here.
 #
@@ -22,7 +23,8 @@ amalgam=$(realpath "${AMALGAM:-./build/amalgam}")
 study="--heads prototype --logit-scale 100 --pretrain-epochs 6"
 study+=" --finetune-examples 20000 --finetune-min-images 40000 --finetune-epochs 1"
 
-# NAME: options (a base of the reference recipe is reused where only the fine-tunes change).
+# NAME: options. Where only the heads or fine-tunes change, `--base-from` reuses the data and
+# base of the lever named there, which is built (or found cached) first.
 declare -A levers=(
   [reference]=""
   [heads-probe]="--base-from $out/reference --heads probe"
