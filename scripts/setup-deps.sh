@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package amalgam needs to build, test and run its demo, then the
-# zoo's data sources that are not Debian packages (scripts/fetch-zoo-data.sh).
+# zoo's data sources that are not Debian packages (scripts/fetch-zoo-data.sh) and the real
+# tokenizers the tests compare with (scripts/fetch-tokenizers.sh).
 # Idempotent and non-interactive: does nothing when everything is already there.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ packages=(
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libstb-dev libfreetype-dev
+  # Tokenizers: PCRE2 for pre-tokenization regexes, utf8proc for Unicode normalization.
+  libpcre2-dev libutf8proc-dev
   # The fuzzers (scripts/fuzz.sh): clang with its libFuzzer and sanitizer runtimes, and the
   # OpenMP runtime clang links.
   clang libclang-rt-dev libomp-dev
@@ -39,3 +42,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 bash "$(dirname "$0")/fetch-zoo-data.sh"
+bash "$(dirname "$0")/fetch-tokenizers.sh"
