@@ -6,10 +6,20 @@
 #include "cli/commands.h"
 #include "core/tensor.h"
 #include "io/checkpoint.h"
+#include "model/decoder.h"
 
 namespace amalgam::cli {
 
 namespace {
+
+// The model family amalgam runs this checkpoint as ("llama", "qwen3", "clip"), or null:
+// data-free merging only.
+nlohmann::ordered_json model_family(const nlohmann::json& config) {
+  const std::string type = config.value("model_type", "");
+  if (find_decoder_family(type)) return type;
+  if (type == "clip" || type == "clip_vision_model") return "clip";
+  return nullptr;
+}
 
 nlohmann::ordered_json inspect_json(const CheckpointReader& ckpt) {
   nlohmann::ordered_json out;
@@ -44,7 +54,10 @@ nlohmann::ordered_json inspect_json(const CheckpointReader& ckpt) {
   out["total_parameters"] = parameters;
   out["total_bytes"] = ckpt.total_tensor_bytes();
   out["parameters_by_dtype"] = dtype_params;
-  if (ckpt.config()) out["config"] = *ckpt.config();
+  if (ckpt.config()) {
+    out["config"] = *ckpt.config();
+    out["family"] = model_family(*ckpt.config());
+  }
   return out;
 }
 
@@ -60,6 +73,9 @@ void print_table(const nlohmann::ordered_json& j) {
       std::cout << "  metadata[" << s["file"].get<std::string>() << "] " << k << " = " << v.get<std::string>() << "\n";
   if (j.contains("config")) {
     const auto& c = j["config"];
+    std::cout << "  family: "
+              << (j["family"].is_null() ? "none amalgam runs (data-free merging only)" : j["family"].get<std::string>())
+              << "\n";
     for (const char* key : {"model_type", "architectures", "hidden_size", "num_hidden_layers", "torch_dtype"})
       if (c.contains(key)) std::cout << "  config " << key << " = " << c[key].dump() << "\n";
   }

@@ -50,4 +50,9 @@ inline float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanh_approx(0.79788456080286536f * (x + 0.044715f * x * x * x)));
 }
 
+// Llama's MLP activation (SiLU, "swish"): x * sigmoid(x).
+inline float silu(float x) {
+  return x / (1.0f + exp_approx(-x));
+}
+
 }  // namespace amalgam

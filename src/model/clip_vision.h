@@ -24,10 +24,9 @@
 #include "core/tensor.h"
 #include "io/checkpoint.h"
 #include "linalg/linalg.h"
+#include "model/kernels.h"
 
 namespace amalgam {
-
-enum class Activation { QuickGelu, Gelu, GeluTanh };
 
 // The fields of Hugging Face's CLIPVisionConfig that the forward needs; missing fields take
 // CLIPVisionConfig's defaults (a ViT-B/32).
@@ -55,17 +54,6 @@ struct ClipVisionConfig {
 };
 
 std::string activation_name(Activation act);
-
-struct LayerNormParams {
-  std::vector<float> weight;  // [D]
-  std::vector<float> bias;    // [D]
-};
-
-// y = x W^T + b, W: [out, in] as PyTorch stores it.
-struct LinearParams {
-  Matrix weight;
-  std::vector<float> bias;  // [out]
-};
 
 struct ClipBlockWeights {
   LayerNormParams layer_norm1;

@@ -30,6 +30,9 @@ class Tokenizer {
   // The token strings of ids, as the vocabulary spells them ("Ġhello", "▁the", "<0x0A>").
   std::vector<std::string> tokens(const std::vector<TokenId>& ids) const;
 
+  // How many ids encode() adds after a text (an EOS), with add_special_tokens.
+  size_t special_suffix_length() const { return suffix_.size(); }
+
   std::optional<TokenId> bos() const { return bos_; }
   std::optional<TokenId> eos() const { return eos_; }
 

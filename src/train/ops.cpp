@@ -84,6 +84,8 @@ void with_activation(Activation act, Body&& body) {
       return body(std::integral_constant<Activation, Activation::Gelu>{});
     case Activation::GeluTanh:
       return body(std::integral_constant<Activation, Activation::GeluTanh>{});
+    case Activation::Silu:  // decoders' MLPs; no CLIP config reads as it, and decoders are not trained
+      throw std::logic_error("training: the SiLU activation has no backward");
   }
 }
 

@@ -1,0 +1,475 @@
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <numbers>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "core/tensor.h"
+
+namespace amalgam {
+
+// ---------------------------------------------------------------------------------------
+// Families
+
+namespace {
+
+std::map<std::string, DecoderFamily>& families() {
+  static std::map<std::string, DecoderFamily> registry;
+  return registry;
+}
+
+int64_t positive_int(const nlohmann::json& j, const char* key, std::optional<int64_t> fallback,
+                     const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) {
+    if (fallback) return *fallback;
+    throw InputError(where, std::string("config key '") + key + "' is missing");
+  }
+  if (!j[key].is_number_integer() || j[key].get<int64_t>() <= 0)
+    throw InputError(where, std::string("config key '") + key + "' must be a positive integer, got " + j[key].dump());
+  return j[key].get<int64_t>();
+}
+
+double positive_number(const nlohmann::json& j, const char* key, double fallback, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  if (!j[key].is_number() || !(j[key].get<double>() > 0))
+    throw InputError(where, std::string("config key '") + key + "' must be a positive number, got " + j[key].dump());
+  return j[key].get<double>();
+}
+
+bool flag(const nlohmann::json& j, const char* key, bool fallback, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  if (!j[key].is_boolean()) throw InputError(where, std::string("config key '") + key + "' must be true or false");
+  return j[key].get<bool>();
+}
+
+RopeConfig read_rope(const nlohmann::json& j, const std::string& where) {
+  RopeConfig rope;
+  rope.theta = positive_number(j, "rope_theta", 10000.0, where);
+  if (!j.contains("rope_scaling") || j["rope_scaling"].is_null()) return rope;
+  const auto& s = j["rope_scaling"];
+  if (!s.is_object()) throw InputError(where, "config key 'rope_scaling' must be an object");
+  // "rope_type" since transformers 4.43; "type" before.
+  const std::string type = s.value("rope_type", s.value("type", std::string("default")));
+  if (type == "default") return rope;
+  rope.factor = positive_number(s, "factor", 1.0, where);
+  if (type == "linear") {
+    rope.scaling = RopeConfig::Scaling::Linear;
+  } else if (type == "llama3") {
+    rope.scaling = RopeConfig::Scaling::Llama3;
+    rope.low_freq_factor = positive_number(s, "low_freq_factor", 1.0, where);
+    rope.high_freq_factor = positive_number(s, "high_freq_factor", 4.0, where);
+    rope.original_max_position_embeddings = positive_int(s, "original_max_position_embeddings", 8192, where);
+    if (rope.high_freq_factor <= rope.low_freq_factor)
+      throw InputError(where, "config key 'rope_scaling': high_freq_factor must exceed low_freq_factor");
+  } else {
+    throw InputError(
+        where, "config key 'rope_scaling': rope_type '" + type + "' is not supported (default, linear and llama3 are)");
+  }
+  return rope;
+}
+
+// HF's inverse frequencies, rescaled as the config says (transformers' _compute_llama3_parameters).
+std::vector<double> inverse_frequencies(const DecoderConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<double> inv(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    double f = 1.0 / std::pow(c.rope.theta, static_cast<double>(2 * i) / static_cast<double>(c.head_dim));
+    if (c.rope.scaling == RopeConfig::Scaling::Linear) f /= c.rope.factor;
+    if (c.rope.scaling == RopeConfig::Scaling::Llama3) {
+      const double old_context = static_cast<double>(c.rope.original_max_position_embeddings);
+      const double low_wavelen = old_context / c.rope.low_freq_factor;
+      const double high_wavelen = old_context / c.rope.high_freq_factor;
+      const double wavelen = 2 * std::numbers::pi / f;
+      if (wavelen > low_wavelen) {
+        f /= c.rope.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (old_context / wavelen - c.rope.low_freq_factor) / (c.rope.high_freq_factor - c.rope.low_freq_factor);
+        f = (1 - smooth) * f / c.rope.factor + smooth * f;
+      }
+    }
+    inv[static_cast<size_t>(i)] = f;
+  }
+  return inv;
+}
+
+std::string layer_prefix(int64_t layer) {
+  return "model.layers." + std::to_string(layer) + ".";
+}
+
+}  // namespace
+
+bool register_decoder_family(DecoderFamily family) {
+  const std::string name = family.model_type;
+  families().insert_or_assign(name, std::move(family));
+  return true;
+}
+
+const DecoderFamily* find_decoder_family(const std::string& model_type) {
+  const auto it = families().find(model_type);
+  return it == families().end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> decoder_family_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, family] : families()) names.push_back(name);
+  return names;
+}
+
+DecoderConfig read_llama_like_config(const nlohmann::json& j, const std::string& where) {
+  DecoderConfig c;
+  c.model_type = j.value("model_type", "");
+  c.vocab_size = positive_int(j, "vocab_size", std::nullopt, where);
+  c.hidden_size = positive_int(j, "hidden_size", std::nullopt, where);
+  c.intermediate_size = positive_int(j, "intermediate_size", std::nullopt, where);
+  c.num_hidden_layers = positive_int(j, "num_hidden_layers", std::nullopt, where);
+  c.num_attention_heads = positive_int(j, "num_attention_heads", std::nullopt, where);
+  c.num_key_value_heads = positive_int(j, "num_key_value_heads", c.num_attention_heads, where);
+  if (c.num_attention_heads % c.num_key_value_heads != 0)
+    throw InputError(where, "config: num_attention_heads (" + std::to_string(c.num_attention_heads) +
+                                ") must be a multiple of num_key_value_heads (" +
+                                std::to_string(c.num_key_value_heads) + ")");
+  if (!j.contains("head_dim") && c.hidden_size % c.num_attention_heads != 0)
+    throw InputError(where, "config: hidden_size must be a multiple of num_attention_heads, or head_dim given");
+  c.head_dim = positive_int(j, "head_dim", c.hidden_size / c.num_attention_heads, where);
+  if (c.head_dim % 2 != 0) throw InputError(where, "config key 'head_dim' must be even (rotary embedding)");
+  c.rms_norm_eps = positive_number(j, "rms_norm_eps", 1e-6, where);
+  c.rope = read_rope(j, where);
+  c.attention_bias = flag(j, "attention_bias", false, where);
+  c.output_bias = c.attention_bias;
+  c.mlp_bias = flag(j, "mlp_bias", false, where);
+  c.tie_word_embeddings = flag(j, "tie_word_embeddings", false, where);
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading
+
+DecoderModel::DecoderModel(DecoderConfig config, std::unique_ptr<CheckpointReader> checkpoint)
+    : config_(std::move(config)), checkpoint_(std::move(checkpoint)) {
+  inv_freq_ = inverse_frequencies(config_);
+}
+
+namespace {
+
+void check_shape(const CheckpointReader& ckpt, const std::string& name, const Shape& expected) {
+  const auto& info = ckpt.info(name);  // InputError naming the checkpoint when missing
+  if (info.shape != expected)
+    throw InputError(
+        ckpt.path(), name,
+        "shape " + shape_to_string(info.shape) + " does not match the config's " + shape_to_string(expected));
+  if (info.dtype != DType::F32 && info.dtype != DType::F16 && info.dtype != DType::BF16)
+    throw InputError(ckpt.path(), name,
+                     std::string("dtype ") + std::string(dtype_name(info.dtype)) +
+                         " is not one a decoder computes from (F32, F16, BF16)");
+}
+
+// The tensors of one block with their shapes (bias entries only where the config has them).
+std::vector<std::pair<std::string, Shape>> block_tensors(const DecoderConfig& c, int64_t layer) {
+  const std::string p = layer_prefix(layer);
+  const int64_t d = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  const int64_t inter = c.intermediate_size;
+  std::vector<std::pair<std::string, Shape>> t = {
+      {p + "input_layernorm.weight", {d}},      {p + "self_attn.q_proj.weight", {q, d}},
+      {p + "self_attn.k_proj.weight", {kv, d}}, {p + "self_attn.v_proj.weight", {kv, d}},
+      {p + "self_attn.o_proj.weight", {d, q}},  {p + "post_attention_layernorm.weight", {d}},
+      {p + "mlp.gate_proj.weight", {inter, d}}, {p + "mlp.up_proj.weight", {inter, d}},
+      {p + "mlp.down_proj.weight", {d, inter}}};
+  if (c.attention_bias) {
+    t.push_back({p + "self_attn.q_proj.bias", {q}});
+    t.push_back({p + "self_attn.k_proj.bias", {kv}});
+    t.push_back({p + "self_attn.v_proj.bias", {kv}});
+  }
+  if (c.output_bias) t.push_back({p + "self_attn.o_proj.bias", {d}});
+  if (c.mlp_bias) {
+    t.push_back({p + "mlp.gate_proj.bias", {inter}});
+    t.push_back({p + "mlp.up_proj.bias", {inter}});
+    t.push_back({p + "mlp.down_proj.bias", {d}});
+  }
+  if (c.qk_norm) {
+    t.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
+    t.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+  }
+  return t;
+}
+
+std::vector<float> read_f32(const CheckpointReader& ckpt, const std::string& name) {
+  const Tensor t = ckpt.tensor(name);
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  convert_to_f32(t.dtype(), t.bytes().data(), out.data(), out.size());
+  ckpt.release(name);
+  return out;
+}
+
+Matrix read_matrix(const CheckpointReader& ckpt, const std::string& name) {
+  const auto& info = ckpt.info(name);
+  Matrix m(info.shape.at(0), info.shape.at(1));
+  m.data = read_f32(ckpt, name);
+  return m;
+}
+
+LinearParams read_linear(const CheckpointReader& ckpt, const std::string& name, bool bias) {
+  LinearParams l;
+  l.weight = read_matrix(ckpt, name + ".weight");
+  if (bias) l.bias = read_f32(ckpt, name + ".bias");
+  return l;
+}
+
+}  // namespace
+
+DecoderModel DecoderModel::open(const std::filesystem::path& dir) {
+  auto ckpt = std::make_unique<CheckpointReader>(dir);
+  const auto config_file = ckpt->dir() / "config.json";
+  if (!ckpt->config()) throw InputError(config_file, "not found: a language model needs its config.json");
+  const auto& json = *ckpt->config();
+  const std::string type = json.value("model_type", "");
+  const DecoderFamily* family = find_decoder_family(type);
+  if (!family) {
+    std::string known;
+    for (const auto& name : decoder_family_names()) known += (known.empty() ? "" : ", ") + name;
+    throw InputError(config_file, "model_type '" + type + "' is not a decoder family amalgam runs (" + known +
+                                      "); data-free merging works on any architecture");
+  }
+  DecoderConfig config = family->read_config(json, config_file.string());
+  config.model_type = type;
+
+  DecoderModel model(std::move(config), std::move(ckpt));
+  const auto& c = model.config_;
+  const auto& r = *model.checkpoint_;
+  model.embed_name_ = "model.embed_tokens.weight";
+  check_shape(r, model.embed_name_, {c.vocab_size, c.hidden_size});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (const auto& [name, shape] : block_tensors(c, l)) check_shape(r, name, shape);
+  check_shape(r, "model.norm.weight", {c.hidden_size});
+  // Tied: the embeddings are the output layer, whatever lm_head a checkpoint also stores
+  // (transformers ties them on load).
+  model.head_name_ = c.tie_word_embeddings ? model.embed_name_ : "lm_head.weight";
+  check_shape(r, model.head_name_, {c.vocab_size, c.hidden_size});
+  return model;
+}
+
+DecoderBlockWeights DecoderModel::load_block(int64_t layer) const {
+  const auto& c = config_;
+  const auto& r = *checkpoint_;
+  const std::string p = layer_prefix(layer);
+  DecoderBlockWeights b;
+  b.input_norm = read_f32(r, p + "input_layernorm.weight");
+  b.post_attention_norm = read_f32(r, p + "post_attention_layernorm.weight");
+  b.q = read_linear(r, p + "self_attn.q_proj", c.attention_bias);
+  b.k = read_linear(r, p + "self_attn.k_proj", c.attention_bias);
+  b.v = read_linear(r, p + "self_attn.v_proj", c.attention_bias);
+  b.o = read_linear(r, p + "self_attn.o_proj", c.output_bias);
+  if (c.qk_norm) {
+    b.q_norm = read_f32(r, p + "self_attn.q_norm.weight");
+    b.k_norm = read_f32(r, p + "self_attn.k_norm.weight");
+  }
+  b.gate = read_linear(r, p + "mlp.gate_proj", c.mlp_bias);
+  b.up = read_linear(r, p + "mlp.up_proj", c.mlp_bias);
+  b.down = read_linear(r, p + "mlp.down_proj", c.mlp_bias);
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+
+TokenStream DecoderModel::embed(const std::vector<std::vector<int32_t>>& sequences) const {
+  const auto& c = config_;
+  TokenStream s;
+  s.width = c.hidden_size;
+  for (const auto& seq : sequences) s.offsets.push_back(s.offsets.back() + static_cast<int64_t>(seq.size()));
+  s.data.resize(static_cast<size_t>(s.rows() * s.width));
+  const Tensor table = checkpoint_->tensor(embed_name_);
+  const size_t row_bytes = static_cast<size_t>(c.hidden_size) * dtype_size(table.dtype());
+  for (size_t q = 0; q < sequences.size(); ++q)
+    for (size_t t = 0; t < sequences[q].size(); ++t) {
+      const int32_t id = sequences[q][t];
+      if (id < 0 || id >= c.vocab_size)
+        throw InputError("token id " + std::to_string(id) + " is outside the vocabulary (vocab_size " +
+                         std::to_string(c.vocab_size) + ")");
+      const auto row = static_cast<size_t>(s.offsets[q]) + t;
+      convert_to_f32(table.dtype(), table.bytes().data() + static_cast<size_t>(id) * row_bytes,
+                     s.data.data() + row * static_cast<size_t>(s.width), static_cast<size_t>(s.width));
+    }
+  return s;
+}
+
+namespace {
+
+// x[:, head * hd + i] rotated by position * inv_freq[i] (HF's rotate_half convention: the
+// first half of each head pairs with the second).
+void apply_rope(float* x, int64_t heads, int64_t hd, int64_t row_stride, const TokenStream& s,
+                const std::vector<double>& inv_freq) {
+  const int64_t half = hd / 2;
+  parallel_chunks(s.offsets.size() - 1, 1, [&](size_t begin, size_t end) {
+    std::vector<float> cos_t(static_cast<size_t>(half)), sin_t(static_cast<size_t>(half));
+    for (size_t q = begin; q < end; ++q)
+      for (int64_t r = s.offsets[q]; r < s.offsets[q + 1]; ++r) {
+        const auto position = static_cast<double>(r - s.offsets[q]);
+        for (int64_t i = 0; i < half; ++i) {
+          const double angle = position * inv_freq[static_cast<size_t>(i)];
+          cos_t[static_cast<size_t>(i)] = static_cast<float>(std::cos(angle));
+          sin_t[static_cast<size_t>(i)] = static_cast<float>(std::sin(angle));
+        }
+        for (int64_t h = 0; h < heads; ++h) {
+          float* v = x + r * row_stride + h * hd;
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = v[i], b = v[i + half], cs = cos_t[static_cast<size_t>(i)],
+                        sn = sin_t[static_cast<size_t>(i)];
+            v[i] = a * cs - b * sn;
+            v[i + half] = b * cs + a * sn;
+          }
+        }
+      }
+  });
+}
+
+// context[seq, head] = softmax(q k^T / sqrt(hd), causal and windowed) v for every sequence
+// and head; key/value head h / (heads / kv_heads) serves query head h (grouped-query attention).
+void causal_attention(const float* q, const float* k, const float* v, float* context, const TokenStream& s,
+                      const DecoderConfig& c) {
+  const int64_t heads = c.num_attention_heads, hd = c.head_dim, group = heads / c.num_key_value_heads;
+  const int64_t q_stride = heads * hd, kv_stride = c.num_key_value_heads * hd;
+  const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t sequences = static_cast<int64_t>(s.offsets.size()) - 1, pairs = sequences * heads;
+#pragma omp parallel
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t seq = p / heads, h = p % heads, kvh = h / group;
+      const int64_t first = s.offsets[static_cast<size_t>(seq)], len = s.offsets[static_cast<size_t>(seq) + 1] - first;
+      if (len == 0) continue;
+      scores.assign(static_cast<size_t>(len * len), 0.0f);
+      sgemm(false, true, len, len, hd, scale, q + first * q_stride + h * hd, q_stride, k + first * kv_stride + kvh * hd,
+            kv_stride, 0.0f, scores.data(), len);
+      for (int64_t i = 0; i < len; ++i) {
+        float* row = scores.data() + i * len;
+        const int64_t lo = c.sliding_window ? std::max<int64_t>(0, i - *c.sliding_window + 1) : 0;
+        std::fill(row, row + lo, 0.0f);
+        softmax_rows(row + lo, 1, i + 1 - lo);
+        std::fill(row + i + 1, row + len, 0.0f);
+      }
+      sgemm(false, false, len, hd, len, 1.0f, scores.data(), len, v + first * kv_stride + kvh * hd, kv_stride, 0.0f,
+            context + first * q_stride + h * hd, q_stride);
+    }
+  }
+}
+
+void call_tap(const DecoderTap& tap, int64_t layer, DecoderSite site, const float* data, int64_t rows, int64_t width) {
+  if (tap && rows > 0) tap(DecoderSiteInput{layer, site, data, rows, width});
+}
+
+}  // namespace
+
+void DecoderModel::run_block(int64_t layer, const DecoderBlockWeights& w, TokenStream& s, const DecoderTap& tap) const {
+  const auto& c = config_;
+  const int64_t n = s.rows(), d = c.hidden_size;
+  const int64_t q_width = c.num_attention_heads * c.head_dim, kv_width = c.num_key_value_heads * c.head_dim;
+  if (n == 0) return;
+  std::vector<float> x(static_cast<size_t>(n * d));
+  rms_norm(s.data.data(), x.data(), n, d, w.input_norm, c.rms_norm_eps);
+  call_tap(tap, layer, DecoderSite::AttentionInput, x.data(), n, d);
+  std::vector<float> q(static_cast<size_t>(n * q_width)), k(static_cast<size_t>(n * kv_width)),
+      v(static_cast<size_t>(n * kv_width));
+  linear(x.data(), n, w.q, q.data(), false);
+  linear(x.data(), n, w.k, k.data(), false);
+  linear(x.data(), n, w.v, v.data(), false);
+  if (c.qk_norm) {
+    rms_norm(q.data(), q.data(), n * c.num_attention_heads, c.head_dim, w.q_norm, c.rms_norm_eps);
+    rms_norm(k.data(), k.data(), n * c.num_key_value_heads, c.head_dim, w.k_norm, c.rms_norm_eps);
+  }
+  apply_rope(q.data(), c.num_attention_heads, c.head_dim, q_width, s, inv_freq_);
+  apply_rope(k.data(), c.num_key_value_heads, c.head_dim, kv_width, s, inv_freq_);
+  std::vector<float> context(static_cast<size_t>(n * q_width));
+  causal_attention(q.data(), k.data(), v.data(), context.data(), s, c);
+  call_tap(tap, layer, DecoderSite::AttentionOutput, context.data(), n, q_width);
+  linear(context.data(), n, w.o, s.data.data(), true);
+
+  rms_norm(s.data.data(), x.data(), n, d, w.post_attention_norm, c.rms_norm_eps);
+  call_tap(tap, layer, DecoderSite::MlpInput, x.data(), n, d);
+  const int64_t inter = c.intermediate_size;
+  std::vector<float> gate(static_cast<size_t>(n * inter)), up(static_cast<size_t>(n * inter));
+  linear(x.data(), n, w.gate, gate.data(), false);
+  linear(x.data(), n, w.up, up.data(), false);
+  activate(gate.data(), gate.size(), Activation::Silu);
+  parallel_chunks(gate.size(), 1 << 14, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) gate[i] *= up[i];
+  });
+  call_tap(tap, layer, DecoderSite::MlpOutput, gate.data(), n, inter);
+  linear(gate.data(), n, w.down, s.data.data(), true);
+}
+
+std::vector<float> DecoderModel::final_normed(const TokenStream& s) const {
+  const auto weight = read_f32(*checkpoint_, "model.norm.weight");
+  std::vector<float> normed(s.data.size());
+  rms_norm(s.data.data(), normed.data(), s.rows(), s.width, weight, config_.rms_norm_eps);
+  return normed;
+}
+
+void DecoderModel::for_vocab_slices(const std::vector<float>& normed, int64_t rows,
+                                    const std::function<void(int64_t, int64_t, const float*)>& body) const {
+  const auto& c = config_;
+  const Tensor head = checkpoint_->tensor(head_name_);
+  const size_t row_bytes = static_cast<size_t>(c.hidden_size) * dtype_size(head.dtype());
+  // 4,096 vocabulary rows a slice: 32 MB of F32 weights at width 2048, and logits of
+  // [rows, 4096]; the products stay large enough for BLAS to run near its peak.
+  constexpr int64_t kSlice = 4096;
+  std::vector<float> weights, logits;
+  for (int64_t first = 0; first < c.vocab_size; first += kSlice) {
+    const int64_t count = std::min(kSlice, c.vocab_size - first);
+    weights.resize(static_cast<size_t>(count * c.hidden_size));
+    convert_to_f32(head.dtype(), head.bytes().data() + static_cast<size_t>(first) * row_bytes, weights.data(),
+                   weights.size());
+    logits.resize(static_cast<size_t>(rows * count));
+    sgemm_fixed_blocks(false, true, rows, count, c.hidden_size, 1.0f, normed.data(), c.hidden_size, weights.data(),
+                       c.hidden_size, 0.0f, logits.data(), count);
+    body(first, count, logits.data());
+  }
+}
+
+Matrix DecoderModel::logits(const TokenStream& s) const {
+  const auto normed = final_normed(s);
+  Matrix out(s.rows(), config_.vocab_size);
+  for_vocab_slices(normed, s.rows(), [&](int64_t first, int64_t count, const float* logits) {
+    for (int64_t r = 0; r < s.rows(); ++r) std::copy_n(logits + r * count, count, out.row(r) + first);
+  });
+  return out;
+}
+
+std::vector<double> DecoderModel::negative_log_likelihood(const TokenStream& s,
+                                                          const std::vector<int32_t>& targets) const {
+  const int64_t rows = s.rows();
+  if (static_cast<int64_t>(targets.size()) != rows) throw std::logic_error("negative_log_likelihood: one target a row");
+  const auto normed = final_normed(s);
+  // Per row: running maximum and sum of exp(logit - maximum), in double, and the target's logit.
+  std::vector<double> maximum(static_cast<size_t>(rows), -std::numeric_limits<double>::infinity());
+  std::vector<double> sum(static_cast<size_t>(rows), 0.0), target_logit(static_cast<size_t>(rows), 0.0);
+  for_vocab_slices(normed, rows, [&](int64_t first, int64_t count, const float* logits) {
+    parallel_chunks(static_cast<size_t>(rows), 16, [&](size_t begin, size_t end) {
+      for (size_t r = begin; r < end; ++r) {
+        if (targets[r] < 0) continue;
+        const float* row = logits + r * static_cast<size_t>(count);
+        const double slice_max = *std::max_element(row, row + count);
+        if (slice_max > maximum[r]) {
+          sum[r] *= std::exp(maximum[r] - slice_max);
+          maximum[r] = slice_max;
+        }
+        double s_sum = 0;
+        for (int64_t j = 0; j < count; ++j) s_sum += std::exp(static_cast<double>(row[j]) - maximum[r]);
+        sum[r] += s_sum;
+        if (targets[r] >= first && targets[r] < first + count) target_logit[r] = row[targets[r] - first];
+      }
+    });
+  });
+  std::vector<double> nll(static_cast<size_t>(rows), 0.0);
+  for (size_t r = 0; r < nll.size(); ++r)
+    if (targets[r] >= 0) nll[r] = maximum[r] + std::log(sum[r]) - target_logit[r];
+  return nll;
+}
+
+}  // namespace amalgam

@@ -1,0 +1,130 @@
+// Decoder-only language models (Llama, Mistral, Qwen 2 and 3), computed as Hugging Face's
+// modeling code computes them, in F32 on the CPU from F32, F16 or BF16 weights.
+//
+//   ids -> embed_tokens -> L x block -> final norm -> lm_head (or the embeddings, tied)
+//   block: h += o_proj(attention(rope(q), rope(k), v) of norm1(h));  h += mlp(norm2(h))
+//
+// A family is a table: how its config.json reads (decoder_config_from_json) and what its
+// tensors are called; each registers itself from its own file (model/families/) under its
+// config.json model_type, and nothing else names it.
+//
+// Sequences of different lengths are packed: the stream holds each sequence's tokens one
+// after another, no padding rows, so every linear layer runs on valid tokens only and its
+// tap sees nothing else; attention runs per sequence under the causal (and, for Mistral,
+// sliding-window) mask. The model keeps its checkpoint mapped and converts one block at a
+// time (load_block), so memory holds one block of F32 weights beside the activations.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "model/kernels.h"
+
+namespace amalgam {
+
+// Rotary position embedding: inverse frequencies theta^(-2i/d), optionally rescaled.
+struct RopeConfig {
+  double theta = 10000.0;
+  enum class Scaling { None, Linear, Llama3 } scaling = Scaling::None;
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // Llama 3
+  int64_t original_max_position_embeddings = 8192;       // Llama 3
+};
+
+struct DecoderConfig {
+  std::string model_type;
+  int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_hidden_layers = 0;
+  int64_t num_attention_heads = 0, num_key_value_heads = 0, head_dim = 0;
+  double rms_norm_eps = 1e-6;
+  RopeConfig rope;
+  bool attention_bias = false;  // q, k, v (and o, for Llama's attention_bias) biases
+  bool output_bias = false;     // o_proj bias
+  bool mlp_bias = false;
+  bool qk_norm = false;  // Qwen 3: RMSNorm over each head of q and k before rope
+  bool tie_word_embeddings = false;
+  std::optional<int64_t> sliding_window;  // Mistral: a token sees the last `window` tokens
+};
+
+// One family: its config reader, registered under its model_type.
+struct DecoderFamily {
+  std::string model_type;
+  std::function<DecoderConfig(const nlohmann::json& config, const std::string& where)> read_config;
+};
+// Registers a family (from a static initialiser in its file); returns true.
+bool register_decoder_family(DecoderFamily family);
+// The family of config.json's model_type, or nullptr.
+const DecoderFamily* find_decoder_family(const std::string& model_type);
+std::vector<std::string> decoder_family_names();
+
+// Shared by the Llama-like families: the Llama fields of config.json (hidden_size, heads,
+// rope_theta and rope_scaling, ...), InputError naming the key otherwise.
+DecoderConfig read_llama_like_config(const nlohmann::json& config, const std::string& where);
+
+struct DecoderBlockWeights {
+  std::vector<float> input_norm, post_attention_norm;  // RMSNorm weights [D]
+  LinearParams q, k, v, o;
+  std::vector<float> q_norm, k_norm;  // [head_dim], Qwen 3 only
+  LinearParams gate, up, down;
+};
+
+// The residual stream of a batch of sequences, packed: sequence s holds rows
+// [offsets[s], offsets[s + 1]) of data [rows, width].
+struct TokenStream {
+  std::vector<int64_t> offsets{0};
+  int64_t width = 0;
+  std::vector<float> data;
+  int64_t rows() const { return offsets.back(); }
+};
+
+// What a tap sees: one linear site's input rows (every valid token of the batch).
+enum class DecoderSite { AttentionInput, AttentionOutput, MlpInput, MlpOutput };
+struct DecoderSiteInput {
+  int64_t layer;
+  DecoderSite site;
+  const float* data;
+  int64_t rows, width;
+};
+using DecoderTap = std::function<void(const DecoderSiteInput&)>;
+
+class DecoderModel {
+ public:
+  // A checkpoint directory with config.json (a known model_type, else InputError naming it)
+  // and its safetensors; shapes are checked against the config, naming the tensor.
+  static DecoderModel open(const std::filesystem::path& dir);
+
+  const DecoderConfig& config() const { return config_; }
+  const CheckpointReader& checkpoint() const { return *checkpoint_; }
+
+  TokenStream embed(const std::vector<std::vector<int32_t>>& sequences) const;
+  DecoderBlockWeights load_block(int64_t layer) const;
+  void run_block(int64_t layer, const DecoderBlockWeights& block, TokenStream& stream,
+                 const DecoderTap& tap = {}) const;
+  // The final norm, then lm_head over `rows` of the stream ([rows.size(), vocab]); lm_head
+  // is converted a slice of the vocabulary at a time.
+  Matrix logits(const TokenStream& stream) const;
+  // -log p(target_r | stream row r) for each row r with targets[r] >= 0 (else 0), without
+  // holding the [rows, vocab] logits: slices of the vocabulary with a running log-sum-exp.
+  std::vector<double> negative_log_likelihood(const TokenStream& stream, const std::vector<int32_t>& targets) const;
+
+ private:
+  DecoderModel(DecoderConfig config, std::unique_ptr<CheckpointReader> checkpoint);
+  // The final norm applied to a copy of the stream.
+  std::vector<float> final_normed(const TokenStream& stream) const;
+  // Calls body(first_token, count, logits [rows, count]) for slices of the vocabulary.
+  void for_vocab_slices(const std::vector<float>& normed, int64_t rows,
+                        const std::function<void(int64_t, int64_t, const float*)>& body) const;
+
+  DecoderConfig config_;
+  std::unique_ptr<CheckpointReader> checkpoint_;
+  std::string embed_name_, head_name_;
+  std::vector<double> inv_freq_;  // rope, [head_dim / 2]
+};
+
+}  // namespace amalgam

@@ -1,0 +1,156 @@
+// An independent double-precision forward of the Llama-like decoders (Llama, Mistral, Qwen 2,
+// Qwen 3), written from Hugging Face's modeling code (modeling_llama.py and its relatives):
+// plain loops, one sequence at a time, no BLAS and no code shared with amalgam's model.
+#pragma once
+
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <numbers>
+#include <string>
+#include <vector>
+
+namespace amalgam::testing {
+
+using Weights = std::map<std::string, std::vector<double>>;
+using Rows = std::vector<std::vector<double>>;
+
+// x W^T + b with W stored [out, in] row-major.
+inline Rows reference_linear(const Rows& x, const std::vector<double>& w, const std::vector<double>* b, size_t out) {
+  Rows y(x.size(), std::vector<double>(out, 0.0));
+  for (size_t r = 0; r < x.size(); ++r)
+    for (size_t o = 0; o < out; ++o) {
+      double s = b ? (*b)[o] : 0.0;
+      for (size_t i = 0; i < x[r].size(); ++i) s += x[r][i] * w[o * x[r].size() + i];
+      y[r][o] = s;
+    }
+  return y;
+}
+
+inline std::vector<double> reference_rms_norm(const std::vector<double>& x, const std::vector<double>& w, double eps) {
+  double ms = 0;
+  for (double v : x) ms += v * v;
+  ms /= static_cast<double>(x.size());
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] / std::sqrt(ms + eps) * w[i];
+  return y;
+}
+
+// transformers' rope init: default, "linear" (positions divided by factor) and "llama3".
+inline std::vector<double> reference_inv_freq(const nlohmann::json& c, size_t head_dim) {
+  const double theta = c.value("rope_theta", 10000.0);
+  std::vector<double> inv(head_dim / 2);
+  for (size_t i = 0; i < inv.size(); ++i) inv[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / head_dim);
+  if (!c.contains("rope_scaling") || c["rope_scaling"].is_null()) return inv;
+  const auto& s = c["rope_scaling"];
+  const std::string type = s.value("rope_type", s.value("type", std::string("default")));
+  const double factor = s.value("factor", 1.0);
+  if (type == "linear")
+    for (auto& f : inv) f /= factor;
+  if (type == "llama3") {
+    const double low = s.value("low_freq_factor", 1.0), high = s.value("high_freq_factor", 4.0);
+    const double old_len = s.value("original_max_position_embeddings", 8192.0);
+    const double low_freq_wavelen = old_len / low, high_freq_wavelen = old_len / high;
+    for (auto& f : inv) {
+      const double wavelen = 2 * std::numbers::pi / f;
+      // inv_freq_llama = where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq), then
+      // the medium band interpolated between the two.
+      const double scaled = wavelen > low_freq_wavelen ? f / factor : f;
+      const double smooth = (old_len / wavelen - low) / (high - low);
+      const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+      f = medium ? (1 - smooth) * scaled / factor + smooth * scaled : scaled;
+    }
+  }
+  return inv;
+}
+
+// Logits [tokens][vocab] of one sequence. `c` is config.json; the family's quirks are read
+// from model_type as the modeling files hard-code them.
+inline Rows reference_decoder_logits(const nlohmann::json& c, const Weights& w, const std::vector<int32_t>& ids) {
+  const std::string type = c["model_type"];
+  const size_t d = c["hidden_size"], heads = c["num_attention_heads"], layers = c["num_hidden_layers"];
+  const size_t kv_heads = c.value("num_key_value_heads", heads);
+  const size_t hd = c.value("head_dim", d / heads), inter = c["intermediate_size"], vocab = c["vocab_size"];
+  const double eps = c.value("rms_norm_eps", 1e-6);
+  const bool qkv_bias = type == "qwen2" || c.value("attention_bias", false);
+  const bool o_bias = type != "qwen2" && c.value("attention_bias", false);
+  const bool qk_norm = type == "qwen3";
+  const long window = type == "mistral" && c.contains("sliding_window") && !c["sliding_window"].is_null()
+                          ? c["sliding_window"].get<long>()
+                          : 1L << 30;
+  const auto inv_freq = reference_inv_freq(c, hd);
+  const size_t n = ids.size();
+  auto at = [&](const std::string& name) -> const std::vector<double>& { return w.at(name); };
+
+  Rows h(n);
+  for (size_t t = 0; t < n; ++t)
+    h[t].assign(at("model.embed_tokens.weight").begin() + static_cast<long>(ids[t] * d),
+                at("model.embed_tokens.weight").begin() + static_cast<long>((ids[t] + 1) * d));
+  for (size_t l = 0; l < layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Rows x(n);
+    for (size_t t = 0; t < n; ++t) x[t] = reference_rms_norm(h[t], at(p + "input_layernorm.weight"), eps);
+    auto proj = [&](const std::string& name, size_t out, bool bias) {
+      return reference_linear(x, at(p + name + ".weight"), bias ? &at(p + name + ".bias") : nullptr, out);
+    };
+    Rows q = proj("self_attn.q_proj", heads * hd, qkv_bias), k = proj("self_attn.k_proj", kv_heads * hd, qkv_bias),
+         v = proj("self_attn.v_proj", kv_heads * hd, qkv_bias);
+    auto per_head = [&](Rows& m, size_t count, const std::string& norm) {
+      for (size_t t = 0; t < n; ++t)
+        for (size_t hh = 0; hh < count; ++hh) {
+          std::vector<double> head(m[t].begin() + static_cast<long>(hh * hd),
+                                   m[t].begin() + static_cast<long>((hh + 1) * hd));
+          if (qk_norm) head = reference_rms_norm(head, at(p + norm), eps);
+          // q * cos + rotate_half(q) * sin, rotate_half(x) = cat(-x2, x1), position t.
+          std::vector<double> rotated(hd);
+          for (size_t i = 0; i < hd / 2; ++i) {
+            const double angle = static_cast<double>(t) * inv_freq[i];
+            rotated[i] = head[i] * std::cos(angle) - head[i + hd / 2] * std::sin(angle);
+            rotated[i + hd / 2] = head[i + hd / 2] * std::cos(angle) + head[i] * std::sin(angle);
+          }
+          std::copy(rotated.begin(), rotated.end(), m[t].begin() + static_cast<long>(hh * hd));
+        }
+    };
+    per_head(q, heads, "self_attn.q_norm.weight");
+    per_head(k, kv_heads, "self_attn.k_norm.weight");
+    Rows context(n, std::vector<double>(heads * hd, 0.0));
+    for (size_t hh = 0; hh < heads; ++hh) {
+      const size_t kh = hh / (heads / kv_heads);  // repeat_kv
+      for (size_t i = 0; i < n; ++i) {
+        std::vector<double> score(n, -INFINITY);
+        double mx = -INFINITY;
+        for (size_t j = 0; j <= i; ++j) {
+          if (static_cast<long>(i) - static_cast<long>(j) >= window) continue;
+          double s = 0;
+          for (size_t e = 0; e < hd; ++e) s += q[i][hh * hd + e] * k[j][kh * hd + e];
+          score[j] = s / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, score[j]);
+        }
+        double z = 0;
+        for (size_t j = 0; j <= i; ++j) z += std::isinf(score[j]) ? 0.0 : std::exp(score[j] - mx);
+        for (size_t j = 0; j <= i; ++j) {
+          if (std::isinf(score[j])) continue;
+          const double pr = std::exp(score[j] - mx) / z;
+          for (size_t e = 0; e < hd; ++e) context[i][hh * hd + e] += pr * v[j][kh * hd + e];
+        }
+      }
+    }
+    const Rows o = reference_linear(context, at(p + "self_attn.o_proj.weight"),
+                                    o_bias ? &at(p + "self_attn.o_proj.bias") : nullptr, d);
+    for (size_t t = 0; t < n; ++t)
+      for (size_t i = 0; i < d; ++i) h[t][i] += o[t][i];
+    for (size_t t = 0; t < n; ++t) x[t] = reference_rms_norm(h[t], at(p + "post_attention_layernorm.weight"), eps);
+    Rows gate = proj("mlp.gate_proj", inter, false), up = proj("mlp.up_proj", inter, false);
+    for (size_t t = 0; t < n; ++t)
+      for (size_t i = 0; i < inter; ++i) gate[t][i] = gate[t][i] / (1 + std::exp(-gate[t][i])) * up[t][i];
+    const Rows down = reference_linear(gate, at(p + "mlp.down_proj.weight"), nullptr, d);
+    for (size_t t = 0; t < n; ++t)
+      for (size_t i = 0; i < d; ++i) h[t][i] += down[t][i];
+  }
+  Rows normed(n);
+  for (size_t t = 0; t < n; ++t) normed[t] = reference_rms_norm(h[t], at("model.norm.weight"), eps);
+  const auto& head = c.value("tie_word_embeddings", false) ? at("model.embed_tokens.weight") : at("lm_head.weight");
+  return reference_linear(normed, head, nullptr, vocab);
+}
+
+}  // namespace amalgam::testing
