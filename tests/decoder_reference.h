@@ -153,4 +153,76 @@ inline Rows reference_decoder_logits(const nlohmann::json& c, const Weights& w, 
   return reference_linear(normed, head, nullptr, vocab);
 }
 
+inline std::vector<double> reference_layer_norm(const std::vector<double>& x, const std::vector<double>& w,
+                                                const std::vector<double>& b, double eps) {
+  double mean = 0, var = 0;
+  for (double v : x) mean += v;
+  mean /= static_cast<double>(x.size());
+  for (double v : x) var += (v - mean) * (v - mean);
+  var /= static_cast<double>(x.size());
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = (x[i] - mean) / std::sqrt(var + eps) * w[i] + b[i];
+  return y;
+}
+
+// GPT-2 (modeling_gpt2.py): h = wte[ids] + wpe[positions]; per block h += c_proj(attn(ln_1 h)),
+// h += mlp.c_proj(gelu_new(mlp.c_fc(ln_2 h))); ln_f; logits against wte. Conv1D: y = x W + b
+// with W stored [in, out].
+inline Rows reference_gpt2_logits(const nlohmann::json& c, const Weights& w, const std::vector<int32_t>& ids) {
+  const size_t d = c["n_embd"], heads = c["n_head"], layers = c["n_layer"], vocab = c["vocab_size"];
+  const size_t inter = c.value("n_inner", 4 * d), hd = d / heads, n = ids.size();
+  const double eps = c.value("layer_norm_epsilon", 1e-5);
+  auto at = [&](const std::string& name) -> const std::vector<double>& { return w.at("transformer." + name); };
+  auto conv1d = [&](const Rows& x, const std::string& name, size_t out) {
+    const auto& W = at(name + ".weight");
+    const auto& b = at(name + ".bias");
+    Rows y(x.size(), std::vector<double>(out));
+    for (size_t r = 0; r < x.size(); ++r)
+      for (size_t o = 0; o < out; ++o) {
+        double s = b[o];
+        for (size_t i = 0; i < x[r].size(); ++i) s += x[r][i] * W[i * out + o];
+        y[r][o] = s;
+      }
+    return y;
+  };
+  Rows h(n, std::vector<double>(d));
+  for (size_t t = 0; t < n; ++t)
+    for (size_t i = 0; i < d; ++i) h[t][i] = at("wte.weight")[ids[t] * d + i] + at("wpe.weight")[t * d + i];
+  for (size_t l = 0; l < layers; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    Rows x(n);
+    for (size_t t = 0; t < n; ++t) x[t] = reference_layer_norm(h[t], at(p + "ln_1.weight"), at(p + "ln_1.bias"), eps);
+    const Rows qkv = conv1d(x, p + "attn.c_attn", 3 * d);
+    Rows context(n, std::vector<double>(d, 0.0));
+    for (size_t hh = 0; hh < heads; ++hh)
+      for (size_t i = 0; i < n; ++i) {
+        std::vector<double> score(i + 1);
+        double mx = -INFINITY, z = 0;
+        for (size_t j = 0; j <= i; ++j) {
+          double s = 0;
+          for (size_t e = 0; e < hd; ++e) s += qkv[i][hh * hd + e] * qkv[j][d + hh * hd + e];
+          score[j] = s / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, score[j]);
+        }
+        for (size_t j = 0; j <= i; ++j) z += std::exp(score[j] - mx);
+        for (size_t j = 0; j <= i; ++j)
+          for (size_t e = 0; e < hd; ++e)
+            context[i][hh * hd + e] += std::exp(score[j] - mx) / z * qkv[j][2 * d + hh * hd + e];
+      }
+    const Rows o = conv1d(context, p + "attn.c_proj", d);
+    for (size_t t = 0; t < n; ++t)
+      for (size_t i = 0; i < d; ++i) h[t][i] += o[t][i];
+    for (size_t t = 0; t < n; ++t) x[t] = reference_layer_norm(h[t], at(p + "ln_2.weight"), at(p + "ln_2.bias"), eps);
+    Rows mid = conv1d(x, p + "mlp.c_fc", inter);
+    for (auto& row : mid)
+      for (auto& v : row) v = 0.5 * v * (1 + std::tanh(std::sqrt(2 / std::numbers::pi) * (v + 0.044715 * v * v * v)));
+    const Rows down = conv1d(mid, p + "mlp.c_proj", d);
+    for (size_t t = 0; t < n; ++t)
+      for (size_t i = 0; i < d; ++i) h[t][i] += down[t][i];
+  }
+  Rows normed(n);
+  for (size_t t = 0; t < n; ++t) normed[t] = reference_layer_norm(h[t], at("ln_f.weight"), at("ln_f.bias"), eps);
+  return reference_linear(normed, at("wte.weight"), nullptr, vocab);
+}
+
 }  // namespace amalgam::testing

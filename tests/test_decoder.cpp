@@ -87,6 +87,48 @@ Matrix forward(const DecoderModel& m, const std::vector<std::vector<int32_t>>& s
   return m.logits(s);
 }
 
+// A random GPT-2 checkpoint (GPT2LMHeadModel's names, optionally without "transformer.").
+Weights write_random_gpt2(const fs::path& dir, const Json& c, DType dtype, uint64_t seed, bool prefixed) {
+  const int64_t d = c["n_embd"], layers = c["n_layer"], vocab = c["vocab_size"], positions = c["n_positions"];
+  const int64_t inter = 4 * d;
+  std::vector<std::pair<std::string, Shape>> shapes = {{"wte.weight", {vocab, d}}, {"wpe.weight", {positions, d}}};
+  for (int64_t l = 0; l < layers; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    for (const auto& [name, shape] : std::vector<std::pair<std::string, Shape>>{{"ln_1.weight", {d}},
+                                                                                {"ln_1.bias", {d}},
+                                                                                {"attn.c_attn.weight", {d, 3 * d}},
+                                                                                {"attn.c_attn.bias", {3 * d}},
+                                                                                {"attn.c_proj.weight", {d, d}},
+                                                                                {"attn.c_proj.bias", {d}},
+                                                                                {"ln_2.weight", {d}},
+                                                                                {"ln_2.bias", {d}},
+                                                                                {"mlp.c_fc.weight", {d, inter}},
+                                                                                {"mlp.c_fc.bias", {inter}},
+                                                                                {"mlp.c_proj.weight", {inter, d}},
+                                                                                {"mlp.c_proj.bias", {d}}})
+      shapes.push_back({p + name, shape});
+  }
+  shapes.push_back({"ln_f.weight", {d}});
+  shapes.push_back({"ln_f.bias", {d}});
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  Weights stored;
+  for (const auto& [name, shape] : shapes) {
+    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+    const bool norm_weight = name.find("ln_") != std::string::npos && name.ends_with(".weight");
+    for (auto& x : v) x = (norm_weight ? 1.0f : 0.0f) + 0.3f * normal(rng);
+    const Tensor t = Tensor::from_f32(shape, v).to(dtype);
+    const Tensor back = t.to(DType::F32);
+    stored["transformer." + name].assign(back.data<float>().begin(), back.data<float>().end());
+    tensors.emplace_back((prefixed ? "transformer." : "") + name, t);
+  }
+  fs::create_directories(dir);
+  write_bytes(dir / "config.json", c.dump());
+  save_safetensors(dir / "model.safetensors", tensors);
+  return stored;
+}
+
 // Every family variant against the reference: max |amalgam - reference| over the largest
 // reference logit (F32 arithmetic on O(1) values: about 1e-6).
 void expect_matches_reference(const Json& c, DType dtype) {
@@ -149,6 +191,35 @@ TEST(Decoder, Qwen3HeadNormsAndExplicitHeadDim) {
   c["num_key_value_heads"] = 2;
   c["head_dim"] = 16;  // 4 heads of 16 on a width of 32
   expect_matches_reference(c, DType::F32);
+}
+
+TEST(Decoder, Gpt2LearnedPositionsConv1dAndTiedOutput) {
+  const Json c = {{"model_type", "gpt2"},
+                  {"vocab_size", 61},
+                  {"n_embd", 32},
+                  {"n_layer", 2},
+                  {"n_head", 4},
+                  {"n_positions", 16},
+                  {"activation_function", "gelu_new"}};
+  for (const bool prefixed : {true, false}) {
+    TempDir dir;
+    const Weights w = write_random_gpt2(dir.path(), c, prefixed ? DType::F32 : DType::BF16, 9, prefixed);
+    const DecoderModel model = DecoderModel::open(dir.path());
+    const Matrix logits = forward(model, kSequences);
+    int64_t row = 0;
+    for (const auto& seq : kSequences) {
+      const Rows ref = reference_gpt2_logits(c, w, seq);
+      double err = 0, scale = 0;
+      for (size_t t = 0; t < seq.size(); ++t, ++row)
+        for (size_t j = 0; j < ref[t].size(); ++j) {
+          err = std::max(err, std::abs(static_cast<double>(logits(row, static_cast<int64_t>(j))) - ref[t][j]));
+          scale = std::max(scale, std::abs(ref[t][j]));
+        }
+      EXPECT_LT(err / scale, 2e-5) << "prefixed " << prefixed << ", sequence of " << seq.size() << ": " << err;
+    }
+    // More tokens than positions: an input error.
+    EXPECT_THROW(model.embed({std::vector<int32_t>(17, 1)}), InputError);
+  }
 }
 
 // Packed sequences do not see each other: the batch's logits are each sequence's alone (to

@@ -23,8 +23,10 @@ std::map<std::string, DecoderFamily>& families() {
   return registry;
 }
 
-int64_t positive_int(const nlohmann::json& j, const char* key, std::optional<int64_t> fallback,
-                     const std::string& where) {
+}  // namespace
+
+int64_t config_int(const nlohmann::json& j, const char* key, std::optional<int64_t> fallback,
+                   const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) {
     if (fallback) return *fallback;
     throw InputError(where, std::string("config key '") + key + "' is missing");
@@ -34,36 +36,38 @@ int64_t positive_int(const nlohmann::json& j, const char* key, std::optional<int
   return j[key].get<int64_t>();
 }
 
-double positive_number(const nlohmann::json& j, const char* key, double fallback, const std::string& where) {
+double config_number(const nlohmann::json& j, const char* key, double fallback, const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
   if (!j[key].is_number() || !(j[key].get<double>() > 0))
     throw InputError(where, std::string("config key '") + key + "' must be a positive number, got " + j[key].dump());
   return j[key].get<double>();
 }
 
-bool flag(const nlohmann::json& j, const char* key, bool fallback, const std::string& where) {
+bool config_flag(const nlohmann::json& j, const char* key, bool fallback, const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
   if (!j[key].is_boolean()) throw InputError(where, std::string("config key '") + key + "' must be true or false");
   return j[key].get<bool>();
 }
 
+namespace {
+
 RopeConfig read_rope(const nlohmann::json& j, const std::string& where) {
   RopeConfig rope;
-  rope.theta = positive_number(j, "rope_theta", 10000.0, where);
+  rope.theta = config_number(j, "rope_theta", 10000.0, where);
   if (!j.contains("rope_scaling") || j["rope_scaling"].is_null()) return rope;
   const auto& s = j["rope_scaling"];
   if (!s.is_object()) throw InputError(where, "config key 'rope_scaling' must be an object");
   // "rope_type" since transformers 4.43; "type" before.
   const std::string type = s.value("rope_type", s.value("type", std::string("default")));
   if (type == "default") return rope;
-  rope.factor = positive_number(s, "factor", 1.0, where);
+  rope.factor = config_number(s, "factor", 1.0, where);
   if (type == "linear") {
     rope.scaling = RopeConfig::Scaling::Linear;
   } else if (type == "llama3") {
     rope.scaling = RopeConfig::Scaling::Llama3;
-    rope.low_freq_factor = positive_number(s, "low_freq_factor", 1.0, where);
-    rope.high_freq_factor = positive_number(s, "high_freq_factor", 4.0, where);
-    rope.original_max_position_embeddings = positive_int(s, "original_max_position_embeddings", 8192, where);
+    rope.low_freq_factor = config_number(s, "low_freq_factor", 1.0, where);
+    rope.high_freq_factor = config_number(s, "high_freq_factor", 4.0, where);
+    rope.original_max_position_embeddings = config_int(s, "original_max_position_embeddings", 8192, where);
     if (rope.high_freq_factor <= rope.low_freq_factor)
       throw InputError(where, "config key 'rope_scaling': high_freq_factor must exceed low_freq_factor");
   } else {
@@ -98,10 +102,6 @@ std::vector<double> inverse_frequencies(const DecoderConfig& c) {
   return inv;
 }
 
-std::string layer_prefix(int64_t layer) {
-  return "model.layers." + std::to_string(layer) + ".";
-}
-
 }  // namespace
 
 bool register_decoder_family(DecoderFamily family) {
@@ -124,26 +124,26 @@ std::vector<std::string> decoder_family_names() {
 DecoderConfig read_llama_like_config(const nlohmann::json& j, const std::string& where) {
   DecoderConfig c;
   c.model_type = j.value("model_type", "");
-  c.vocab_size = positive_int(j, "vocab_size", std::nullopt, where);
-  c.hidden_size = positive_int(j, "hidden_size", std::nullopt, where);
-  c.intermediate_size = positive_int(j, "intermediate_size", std::nullopt, where);
-  c.num_hidden_layers = positive_int(j, "num_hidden_layers", std::nullopt, where);
-  c.num_attention_heads = positive_int(j, "num_attention_heads", std::nullopt, where);
-  c.num_key_value_heads = positive_int(j, "num_key_value_heads", c.num_attention_heads, where);
+  c.vocab_size = config_int(j, "vocab_size", std::nullopt, where);
+  c.hidden_size = config_int(j, "hidden_size", std::nullopt, where);
+  c.intermediate_size = config_int(j, "intermediate_size", std::nullopt, where);
+  c.num_hidden_layers = config_int(j, "num_hidden_layers", std::nullopt, where);
+  c.num_attention_heads = config_int(j, "num_attention_heads", std::nullopt, where);
+  c.num_key_value_heads = config_int(j, "num_key_value_heads", c.num_attention_heads, where);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     throw InputError(where, "config: num_attention_heads (" + std::to_string(c.num_attention_heads) +
                                 ") must be a multiple of num_key_value_heads (" +
                                 std::to_string(c.num_key_value_heads) + ")");
   if (!j.contains("head_dim") && c.hidden_size % c.num_attention_heads != 0)
     throw InputError(where, "config: hidden_size must be a multiple of num_attention_heads, or head_dim given");
-  c.head_dim = positive_int(j, "head_dim", c.hidden_size / c.num_attention_heads, where);
+  c.head_dim = config_int(j, "head_dim", c.hidden_size / c.num_attention_heads, where);
   if (c.head_dim % 2 != 0) throw InputError(where, "config key 'head_dim' must be even (rotary embedding)");
-  c.rms_norm_eps = positive_number(j, "rms_norm_eps", 1e-6, where);
+  c.norm_eps = config_number(j, "rms_norm_eps", 1e-6, where);
   c.rope = read_rope(j, where);
-  c.attention_bias = flag(j, "attention_bias", false, where);
+  c.attention_bias = config_flag(j, "attention_bias", false, where);
   c.output_bias = c.attention_bias;
-  c.mlp_bias = flag(j, "mlp_bias", false, where);
-  c.tie_word_embeddings = flag(j, "tie_word_embeddings", false, where);
+  c.mlp_bias = config_flag(j, "mlp_bias", false, where);
+  c.tie_word_embeddings = config_flag(j, "tie_word_embeddings", false, where);
   return c;
 }
 
@@ -169,32 +169,40 @@ void check_shape(const CheckpointReader& ckpt, const std::string& name, const Sh
                          " is not one a decoder computes from (F32, F16, BF16)");
 }
 
-// The tensors of one block with their shapes (bias entries only where the config has them).
-std::vector<std::pair<std::string, Shape>> block_tensors(const DecoderConfig& c, int64_t layer) {
-  const std::string p = layer_prefix(layer);
+// The tensors of one block with their shapes (biases only where the config has them), named
+// by the family's layout through `name`.
+std::vector<std::pair<std::string, Shape>> block_tensors(const DecoderConfig& c,
+                                                         const std::function<std::string(const std::string&)>& name) {
+  const auto& l = c.layout;
   const int64_t d = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
   const int64_t inter = c.intermediate_size;
-  std::vector<std::pair<std::string, Shape>> t = {
-      {p + "input_layernorm.weight", {d}},      {p + "self_attn.q_proj.weight", {q, d}},
-      {p + "self_attn.k_proj.weight", {kv, d}}, {p + "self_attn.v_proj.weight", {kv, d}},
-      {p + "self_attn.o_proj.weight", {d, q}},  {p + "post_attention_layernorm.weight", {d}},
-      {p + "mlp.gate_proj.weight", {inter, d}}, {p + "mlp.up_proj.weight", {inter, d}},
-      {p + "mlp.down_proj.weight", {d, inter}}};
-  if (c.attention_bias) {
-    t.push_back({p + "self_attn.q_proj.bias", {q}});
-    t.push_back({p + "self_attn.k_proj.bias", {kv}});
-    t.push_back({p + "self_attn.v_proj.bias", {kv}});
-  }
-  if (c.output_bias) t.push_back({p + "self_attn.o_proj.bias", {d}});
-  if (c.mlp_bias) {
-    t.push_back({p + "mlp.gate_proj.bias", {inter}});
-    t.push_back({p + "mlp.up_proj.bias", {inter}});
-    t.push_back({p + "mlp.down_proj.bias", {d}});
+  std::vector<std::pair<std::string, Shape>> t;
+  // A linear module: weight [out, in] ([in, out] for Conv1D), and its bias.
+  auto linear = [&](const std::string& module, int64_t out, int64_t in, bool bias) {
+    t.push_back({name(module + ".weight"), l.conv1d ? Shape{in, out} : Shape{out, in}});
+    if (bias) t.push_back({name(module + ".bias"), {out}});
+  };
+  auto norm = [&](const std::string& module, int64_t width) {
+    t.push_back({name(module + ".weight"), {width}});
+    if (c.norm_bias) t.push_back({name(module + ".bias"), {width}});
+  };
+  norm(l.input_norm, d);
+  if (l.qkv.empty()) {
+    linear(l.q, q, d, c.attention_bias);
+    linear(l.k, kv, d, c.attention_bias);
+    linear(l.v, kv, d, c.attention_bias);
+  } else {
+    linear(l.qkv, q + 2 * kv, d, c.attention_bias);
   }
   if (c.qk_norm) {
-    t.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
-    t.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+    t.push_back({name(l.q_norm + ".weight"), {c.head_dim}});
+    t.push_back({name(l.k_norm + ".weight"), {c.head_dim}});
   }
+  linear(l.o, d, q, c.output_bias);
+  norm(l.post_attention_norm, d);
+  if (!l.gate.empty()) linear(l.gate, inter, d, c.mlp_bias);
+  linear(l.up, inter, d, c.mlp_bias);
+  linear(l.down, d, inter, c.mlp_bias);
   return t;
 }
 
@@ -213,11 +221,29 @@ Matrix read_matrix(const CheckpointReader& ckpt, const std::string& name) {
   return m;
 }
 
-LinearParams read_linear(const CheckpointReader& ckpt, const std::string& name, bool bias) {
+Matrix transposed(const Matrix& m) {
+  Matrix t(m.cols, m.rows);
+  for (int64_t i = 0; i < m.rows; ++i)
+    for (int64_t j = 0; j < m.cols; ++j) t(j, i) = m(i, j);
+  return t;
+}
+
+// A linear module's weight as [out, in] (Conv1D's [in, out] transposed) and its bias.
+LinearParams read_linear(const CheckpointReader& ckpt, const std::string& module, bool bias, bool conv1d) {
   LinearParams l;
-  l.weight = read_matrix(ckpt, name + ".weight");
-  if (bias) l.bias = read_f32(ckpt, name + ".bias");
+  l.weight = read_matrix(ckpt, module + ".weight");
+  if (conv1d) l.weight = transposed(l.weight);
+  if (bias) l.bias = read_f32(ckpt, module + ".bias");
   return l;
+}
+
+// Rows [first, first + count) of a linear module: q, k and v out of a stacked module.
+LinearParams rows_of(const LinearParams& l, int64_t first, int64_t count) {
+  LinearParams part;
+  part.weight = Matrix(count, l.weight.cols);
+  std::copy_n(l.weight.row(first), count * l.weight.cols, part.weight.data.begin());
+  if (!l.bias.empty()) part.bias.assign(l.bias.begin() + first, l.bias.begin() + first + count);
+  return part;
 }
 
 }  // namespace
@@ -238,39 +264,72 @@ DecoderModel DecoderModel::open(const std::filesystem::path& dir) {
   DecoderConfig config = family->read_config(json, config_file.string());
   config.model_type = type;
 
+  // A base-model checkpoint (GPT2Model rather than GPT2LMHeadModel) stores its names
+  // without the prefix.
+  auto& layout = config.layout;
+  if (!layout.prefix.empty() && !ckpt->contains(layout.embed) &&
+      ckpt->contains(layout.embed.substr(layout.prefix.size()))) {
+    for (auto* name : {&layout.embed, &layout.positions, &layout.final_norm, &layout.block})
+      if (name->starts_with(layout.prefix)) name->erase(0, layout.prefix.size());
+  }
+
   DecoderModel model(std::move(config), std::move(ckpt));
   const auto& c = model.config_;
   const auto& r = *model.checkpoint_;
-  model.embed_name_ = "model.embed_tokens.weight";
-  check_shape(r, model.embed_name_, {c.vocab_size, c.hidden_size});
+  check_shape(r, c.layout.embed, {c.vocab_size, c.hidden_size});
+  if (!c.layout.positions.empty()) check_shape(r, c.layout.positions, {c.max_position_embeddings, c.hidden_size});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    for (const auto& [name, shape] : block_tensors(c, l)) check_shape(r, name, shape);
-  check_shape(r, "model.norm.weight", {c.hidden_size});
+    for (const auto& [name, shape] : block_tensors(c, [&](const std::string& m) { return model.block_name(l, m); }))
+      check_shape(r, name, shape);
+  check_shape(r, c.layout.final_norm + ".weight", {c.hidden_size});
+  if (c.norm_bias) check_shape(r, c.layout.final_norm + ".bias", {c.hidden_size});
   // Tied: the embeddings are the output layer, whatever lm_head a checkpoint also stores
   // (transformers ties them on load).
-  model.head_name_ = c.tie_word_embeddings ? model.embed_name_ : "lm_head.weight";
+  model.head_name_ = c.tie_word_embeddings ? c.layout.embed : c.layout.head;
   check_shape(r, model.head_name_, {c.vocab_size, c.hidden_size});
   return model;
 }
 
+std::string DecoderModel::block_name(int64_t layer, const std::string& module) const {
+  std::string prefix = config_.layout.block;
+  const auto at = prefix.find("{}");
+  if (at != std::string::npos) prefix.replace(at, 2, std::to_string(layer));
+  return prefix + module;
+}
+
 DecoderBlockWeights DecoderModel::load_block(int64_t layer) const {
   const auto& c = config_;
+  const auto& l = c.layout;
   const auto& r = *checkpoint_;
-  const std::string p = layer_prefix(layer);
+  auto name = [&](const std::string& module) { return block_name(layer, module); };
+  auto norm = [&](const std::string& module) {
+    LayerNormParams n{read_f32(r, name(module + ".weight")), {}};
+    if (c.norm_bias) n.bias = read_f32(r, name(module + ".bias"));
+    return n;
+  };
+  auto linear = [&](const std::string& module, bool bias) { return read_linear(r, name(module), bias, l.conv1d); };
   DecoderBlockWeights b;
-  b.input_norm = read_f32(r, p + "input_layernorm.weight");
-  b.post_attention_norm = read_f32(r, p + "post_attention_layernorm.weight");
-  b.q = read_linear(r, p + "self_attn.q_proj", c.attention_bias);
-  b.k = read_linear(r, p + "self_attn.k_proj", c.attention_bias);
-  b.v = read_linear(r, p + "self_attn.v_proj", c.attention_bias);
-  b.o = read_linear(r, p + "self_attn.o_proj", c.output_bias);
-  if (c.qk_norm) {
-    b.q_norm = read_f32(r, p + "self_attn.q_norm.weight");
-    b.k_norm = read_f32(r, p + "self_attn.k_norm.weight");
+  b.input_norm = norm(l.input_norm);
+  b.post_attention_norm = norm(l.post_attention_norm);
+  if (l.qkv.empty()) {
+    b.q = linear(l.q, c.attention_bias);
+    b.k = linear(l.k, c.attention_bias);
+    b.v = linear(l.v, c.attention_bias);
+  } else {
+    const auto qkv = linear(l.qkv, c.attention_bias);
+    const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+    b.q = rows_of(qkv, 0, q);
+    b.k = rows_of(qkv, q, kv);
+    b.v = rows_of(qkv, q + kv, kv);
   }
-  b.gate = read_linear(r, p + "mlp.gate_proj", c.mlp_bias);
-  b.up = read_linear(r, p + "mlp.up_proj", c.mlp_bias);
-  b.down = read_linear(r, p + "mlp.down_proj", c.mlp_bias);
+  b.o = linear(l.o, c.output_bias);
+  if (c.qk_norm) {
+    b.q_norm = read_f32(r, name(l.q_norm + ".weight"));
+    b.k_norm = read_f32(r, name(l.k_norm + ".weight"));
+  }
+  if (!l.gate.empty()) b.gate = linear(l.gate, c.mlp_bias);
+  b.up = linear(l.up, c.mlp_bias);
+  b.down = linear(l.down, c.mlp_bias);
   return b;
 }
 
@@ -283,7 +342,7 @@ TokenStream DecoderModel::embed(const std::vector<std::vector<int32_t>>& sequenc
   s.width = c.hidden_size;
   for (const auto& seq : sequences) s.offsets.push_back(s.offsets.back() + static_cast<int64_t>(seq.size()));
   s.data.resize(static_cast<size_t>(s.rows() * s.width));
-  const Tensor table = checkpoint_->tensor(embed_name_);
+  const Tensor table = checkpoint_->tensor(c.layout.embed);
   const size_t row_bytes = static_cast<size_t>(c.hidden_size) * dtype_size(table.dtype());
   for (size_t q = 0; q < sequences.size(); ++q)
     for (size_t t = 0; t < sequences[q].size(); ++t) {
@@ -295,6 +354,19 @@ TokenStream DecoderModel::embed(const std::vector<std::vector<int32_t>>& sequenc
       convert_to_f32(table.dtype(), table.bytes().data() + static_cast<size_t>(id) * row_bytes,
                      s.data.data() + row * static_cast<size_t>(s.width), static_cast<size_t>(s.width));
     }
+  if (c.layout.positions.empty()) return s;
+  // Learned positions: row t of the table added to each sequence's token t.
+  const std::vector<float> positions = read_f32(*checkpoint_, c.layout.positions);
+  for (size_t q = 0; q < sequences.size(); ++q) {
+    if (static_cast<int64_t>(sequences[q].size()) > c.max_position_embeddings)
+      throw InputError("a sequence of " + std::to_string(sequences[q].size()) + " tokens is longer than the " +
+                       std::to_string(c.max_position_embeddings) + " positions the model has");
+    for (size_t t = 0; t < sequences[q].size(); ++t) {
+      float* row = s.data.data() + (static_cast<size_t>(s.offsets[q]) + t) * static_cast<size_t>(s.width);
+      const float* p = positions.data() + t * static_cast<size_t>(s.width);
+      for (int64_t i = 0; i < s.width; ++i) row[i] += p[i];
+    }
+  }
   return s;
 }
 
@@ -372,7 +444,13 @@ void DecoderModel::run_block(int64_t layer, const DecoderBlockWeights& w, TokenS
   const int64_t q_width = c.num_attention_heads * c.head_dim, kv_width = c.num_key_value_heads * c.head_dim;
   if (n == 0) return;
   std::vector<float> x(static_cast<size_t>(n * d));
-  rms_norm(s.data.data(), x.data(), n, d, w.input_norm, c.rms_norm_eps);
+  auto norm = [&](const LayerNormParams& params) {
+    if (c.layer_norm)
+      layer_norm(s.data.data(), x.data(), n, d, params, c.norm_eps);
+    else
+      rms_norm(s.data.data(), x.data(), n, d, params.weight, c.norm_eps);
+  };
+  norm(w.input_norm);
   call_tap(tap, layer, DecoderSite::AttentionInput, x.data(), n, d);
   std::vector<float> q(static_cast<size_t>(n * q_width)), k(static_cast<size_t>(n * kv_width)),
       v(static_cast<size_t>(n * kv_width));
@@ -380,34 +458,47 @@ void DecoderModel::run_block(int64_t layer, const DecoderBlockWeights& w, TokenS
   linear(x.data(), n, w.k, k.data(), false);
   linear(x.data(), n, w.v, v.data(), false);
   if (c.qk_norm) {
-    rms_norm(q.data(), q.data(), n * c.num_attention_heads, c.head_dim, w.q_norm, c.rms_norm_eps);
-    rms_norm(k.data(), k.data(), n * c.num_key_value_heads, c.head_dim, w.k_norm, c.rms_norm_eps);
+    rms_norm(q.data(), q.data(), n * c.num_attention_heads, c.head_dim, w.q_norm, c.norm_eps);
+    rms_norm(k.data(), k.data(), n * c.num_key_value_heads, c.head_dim, w.k_norm, c.norm_eps);
   }
-  apply_rope(q.data(), c.num_attention_heads, c.head_dim, q_width, s, inv_freq_);
-  apply_rope(k.data(), c.num_key_value_heads, c.head_dim, kv_width, s, inv_freq_);
+  if (c.layout.positions.empty()) {
+    apply_rope(q.data(), c.num_attention_heads, c.head_dim, q_width, s, inv_freq_);
+    apply_rope(k.data(), c.num_key_value_heads, c.head_dim, kv_width, s, inv_freq_);
+  }
   std::vector<float> context(static_cast<size_t>(n * q_width));
   causal_attention(q.data(), k.data(), v.data(), context.data(), s, c);
   call_tap(tap, layer, DecoderSite::AttentionOutput, context.data(), n, q_width);
   linear(context.data(), n, w.o, s.data.data(), true);
 
-  rms_norm(s.data.data(), x.data(), n, d, w.post_attention_norm, c.rms_norm_eps);
+  norm(w.post_attention_norm);
   call_tap(tap, layer, DecoderSite::MlpInput, x.data(), n, d);
+  // Gated (SwiGLU): act(gate x) * (up x); plain (GPT-2): act(up x).
   const int64_t inter = c.intermediate_size;
-  std::vector<float> gate(static_cast<size_t>(n * inter)), up(static_cast<size_t>(n * inter));
-  linear(x.data(), n, w.gate, gate.data(), false);
-  linear(x.data(), n, w.up, up.data(), false);
-  activate(gate.data(), gate.size(), Activation::Silu);
-  parallel_chunks(gate.size(), 1 << 14, [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) gate[i] *= up[i];
-  });
-  call_tap(tap, layer, DecoderSite::MlpOutput, gate.data(), n, inter);
-  linear(gate.data(), n, w.down, s.data.data(), true);
+  std::vector<float> hidden(static_cast<size_t>(n * inter));
+  linear(x.data(), n, w.up, hidden.data(), false);
+  if (w.gate.weight.rows > 0) {
+    std::vector<float> gate(hidden.size());
+    linear(x.data(), n, w.gate, gate.data(), false);
+    activate(gate.data(), gate.size(), c.activation);
+    parallel_chunks(gate.size(), 1 << 14, [&](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) hidden[i] *= gate[i];
+    });
+  } else {
+    activate(hidden.data(), hidden.size(), c.activation);
+  }
+  call_tap(tap, layer, DecoderSite::MlpOutput, hidden.data(), n, inter);
+  linear(hidden.data(), n, w.down, s.data.data(), true);
 }
 
 std::vector<float> DecoderModel::final_normed(const TokenStream& s) const {
-  const auto weight = read_f32(*checkpoint_, "model.norm.weight");
+  const auto& c = config_;
+  LayerNormParams norm{read_f32(*checkpoint_, c.layout.final_norm + ".weight"), {}};
+  if (c.norm_bias) norm.bias = read_f32(*checkpoint_, c.layout.final_norm + ".bias");
   std::vector<float> normed(s.data.size());
-  rms_norm(s.data.data(), normed.data(), s.rows(), s.width, weight, config_.rms_norm_eps);
+  if (c.layer_norm)
+    layer_norm(s.data.data(), normed.data(), s.rows(), s.width, norm, c.norm_eps);
+  else
+    rms_norm(s.data.data(), normed.data(), s.rows(), s.width, norm.weight, c.norm_eps);
   return normed;
 }
 

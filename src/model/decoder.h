@@ -1,4 +1,4 @@
-// Decoder-only language models (Llama, Mistral, Qwen 2 and 3), computed as Hugging Face's
+// Decoder-only language models (Llama, Mistral, Qwen 2 and 3, GPT-2), computed as Hugging Face's
 // modeling code computes them, in F32 on the CPU from F32, F16 or BF16 weights.
 //
 //   ids -> embed_tokens -> L x block -> final norm -> lm_head (or the embeddings, tied)
@@ -38,16 +38,39 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 8192;       // Llama 3
 };
 
+// Where a family keeps its tensors: module names ("self_attn.q_proj": its ".weight" and,
+// where the config has biases, ".bias"), blocks under `block` with "{}" for the layer. The
+// defaults are Llama's; a family changes what differs.
+struct DecoderLayout {
+  std::string prefix;  // dropped from every name when the checkpoint stores them without it
+  std::string embed = "model.embed_tokens.weight";
+  std::string positions;  // learned position table (GPT-2), or empty: rotary embeddings
+  std::string final_norm = "model.norm", head = "lm_head.weight";
+  std::string block = "model.layers.{}.";
+  std::string input_norm = "input_layernorm", post_attention_norm = "post_attention_layernorm";
+  std::string q = "self_attn.q_proj", k = "self_attn.k_proj", v = "self_attn.v_proj";
+  std::string qkv;  // one module holding q, k and v stacked (GPT-2's c_attn) instead of three
+  std::string o = "self_attn.o_proj";
+  std::string q_norm = "self_attn.q_norm", k_norm = "self_attn.k_norm";
+  std::string gate = "mlp.gate_proj", up = "mlp.up_proj", down = "mlp.down_proj";  // no gate: a plain MLP
+  bool conv1d = false;  // weights stored [in, out] (GPT-2's Conv1D), transposed on loading
+};
+
 struct DecoderConfig {
   std::string model_type;
+  DecoderLayout layout;
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_hidden_layers = 0;
   int64_t num_attention_heads = 0, num_key_value_heads = 0, head_dim = 0;
-  double rms_norm_eps = 1e-6;
+  double norm_eps = 1e-6;
+  bool layer_norm = false;                   // LayerNorm with bias (GPT-2), else RMSNorm
+  Activation activation = Activation::Silu;  // of the MLP (gated: SwiGLU)
+  int64_t max_position_embeddings = 0;       // learned positions: the table's length
   RopeConfig rope;
   bool attention_bias = false;  // q, k, v (and o, for Llama's attention_bias) biases
   bool output_bias = false;     // o_proj bias
   bool mlp_bias = false;
-  bool qk_norm = false;  // Qwen 3: RMSNorm over each head of q and k before rope
+  bool norm_bias = false;  // LayerNorm's bias
+  bool qk_norm = false;    // Qwen 3: RMSNorm over each head of q and k before rope
   bool tie_word_embeddings = false;
   std::optional<int64_t> sliding_window;  // Mistral: a token sees the last `window` tokens
 };
@@ -63,12 +86,18 @@ bool register_decoder_family(DecoderFamily family);
 const DecoderFamily* find_decoder_family(const std::string& model_type);
 std::vector<std::string> decoder_family_names();
 
+// config.json readers for the families' files: a missing key takes `fallback` (none: an
+// InputError naming the key), a value of the wrong kind is an InputError naming it.
+int64_t config_int(const nlohmann::json& j, const char* key, std::optional<int64_t> fallback, const std::string& where);
+double config_number(const nlohmann::json& j, const char* key, double fallback, const std::string& where);
+bool config_flag(const nlohmann::json& j, const char* key, bool fallback, const std::string& where);
+
 // Shared by the Llama-like families: the Llama fields of config.json (hidden_size, heads,
 // rope_theta and rope_scaling, ...), InputError naming the key otherwise.
 DecoderConfig read_llama_like_config(const nlohmann::json& config, const std::string& where);
 
 struct DecoderBlockWeights {
-  std::vector<float> input_norm, post_attention_norm;  // RMSNorm weights [D]
+  LayerNormParams input_norm, post_attention_norm;  // bias empty for RMSNorm
   LinearParams q, k, v, o;
   std::vector<float> q_norm, k_norm;  // [head_dim], Qwen 3 only
   LinearParams gate, up, down;
@@ -117,13 +146,14 @@ class DecoderModel {
   DecoderModel(DecoderConfig config, std::unique_ptr<CheckpointReader> checkpoint);
   // The final norm applied to a copy of the stream.
   std::vector<float> final_normed(const TokenStream& stream) const;
+  std::string block_name(int64_t layer, const std::string& module) const;
   // Calls body(first_token, count, logits [rows, count]) for slices of the vocabulary.
   void for_vocab_slices(const std::vector<float>& normed, int64_t rows,
                         const std::function<void(int64_t, int64_t, const float*)>& body) const;
 
   DecoderConfig config_;
   std::unique_ptr<CheckpointReader> checkpoint_;
-  std::string embed_name_, head_name_;
+  std::string head_name_;
   std::vector<double> inv_freq_;  // rope, [head_dim / 2]
 };
 
