@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numbers>
@@ -64,9 +65,15 @@ inline std::vector<double> reference_inv_freq(const nlohmann::json& c, size_t he
   return inv;
 }
 
+// Sees each block's linear site inputs as the forward computes them: site 0 the attention's
+// input (after the first norm), 1 the attention context (o_proj's input), 2 the MLP's input,
+// 3 down_proj's input.
+using SiteObserver = std::function<void(size_t layer, int site, const Rows& input)>;
+
 // Logits [tokens][vocab] of one sequence. `c` is config.json; the family's quirks are read
 // from model_type as the modeling files hard-code them.
-inline Rows reference_decoder_logits(const nlohmann::json& c, const Weights& w, const std::vector<int32_t>& ids) {
+inline Rows reference_decoder_logits(const nlohmann::json& c, const Weights& w, const std::vector<int32_t>& ids,
+                                     const SiteObserver& observe = {}) {
   const std::string type = c["model_type"];
   const size_t d = c["hidden_size"], heads = c["num_attention_heads"], layers = c["num_hidden_layers"];
   const size_t kv_heads = c.value("num_key_value_heads", heads);
@@ -90,6 +97,7 @@ inline Rows reference_decoder_logits(const nlohmann::json& c, const Weights& w, 
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Rows x(n);
     for (size_t t = 0; t < n; ++t) x[t] = reference_rms_norm(h[t], at(p + "input_layernorm.weight"), eps);
+    if (observe) observe(l, 0, x);
     auto proj = [&](const std::string& name, size_t out, bool bias) {
       return reference_linear(x, at(p + name + ".weight"), bias ? &at(p + name + ".bias") : nullptr, out);
     };
@@ -135,14 +143,17 @@ inline Rows reference_decoder_logits(const nlohmann::json& c, const Weights& w, 
         }
       }
     }
+    if (observe) observe(l, 1, context);
     const Rows o = reference_linear(context, at(p + "self_attn.o_proj.weight"),
                                     o_bias ? &at(p + "self_attn.o_proj.bias") : nullptr, d);
     for (size_t t = 0; t < n; ++t)
       for (size_t i = 0; i < d; ++i) h[t][i] += o[t][i];
     for (size_t t = 0; t < n; ++t) x[t] = reference_rms_norm(h[t], at(p + "post_attention_layernorm.weight"), eps);
+    if (observe) observe(l, 2, x);
     Rows gate = proj("mlp.gate_proj", inter, false), up = proj("mlp.up_proj", inter, false);
     for (size_t t = 0; t < n; ++t)
       for (size_t i = 0; i < inter; ++i) gate[t][i] = gate[t][i] / (1 + std::exp(-gate[t][i])) * up[t][i];
+    if (observe) observe(l, 3, gate);
     const Rows down = reference_linear(gate, at(p + "mlp.down_proj.weight"), nullptr, d);
     for (size_t t = 0; t < n; ++t)
       for (size_t i = 0; i < d; ++i) h[t][i] += down[t][i];
@@ -168,7 +179,8 @@ inline std::vector<double> reference_layer_norm(const std::vector<double>& x, co
 // GPT-2 (modeling_gpt2.py): h = wte[ids] + wpe[positions]; per block h += c_proj(attn(ln_1 h)),
 // h += mlp.c_proj(gelu_new(mlp.c_fc(ln_2 h))); ln_f; logits against wte. Conv1D: y = x W + b
 // with W stored [in, out].
-inline Rows reference_gpt2_logits(const nlohmann::json& c, const Weights& w, const std::vector<int32_t>& ids) {
+inline Rows reference_gpt2_logits(const nlohmann::json& c, const Weights& w, const std::vector<int32_t>& ids,
+                                  const SiteObserver& observe = {}) {
   const size_t d = c["n_embd"], heads = c["n_head"], layers = c["n_layer"], vocab = c["vocab_size"];
   const size_t inter = c.value("n_inner", 4 * d), hd = d / heads, n = ids.size();
   const double eps = c.value("layer_norm_epsilon", 1e-5);
@@ -192,6 +204,7 @@ inline Rows reference_gpt2_logits(const nlohmann::json& c, const Weights& w, con
     const std::string p = "h." + std::to_string(l) + ".";
     Rows x(n);
     for (size_t t = 0; t < n; ++t) x[t] = reference_layer_norm(h[t], at(p + "ln_1.weight"), at(p + "ln_1.bias"), eps);
+    if (observe) observe(l, 0, x);
     const Rows qkv = conv1d(x, p + "attn.c_attn", 3 * d);
     Rows context(n, std::vector<double>(d, 0.0));
     for (size_t hh = 0; hh < heads; ++hh)
@@ -209,13 +222,16 @@ inline Rows reference_gpt2_logits(const nlohmann::json& c, const Weights& w, con
           for (size_t e = 0; e < hd; ++e)
             context[i][hh * hd + e] += std::exp(score[j] - mx) / z * qkv[j][2 * d + hh * hd + e];
       }
+    if (observe) observe(l, 1, context);
     const Rows o = conv1d(context, p + "attn.c_proj", d);
     for (size_t t = 0; t < n; ++t)
       for (size_t i = 0; i < d; ++i) h[t][i] += o[t][i];
     for (size_t t = 0; t < n; ++t) x[t] = reference_layer_norm(h[t], at(p + "ln_2.weight"), at(p + "ln_2.bias"), eps);
+    if (observe) observe(l, 2, x);
     Rows mid = conv1d(x, p + "mlp.c_fc", inter);
     for (auto& row : mid)
       for (auto& v : row) v = 0.5 * v * (1 + std::tanh(std::sqrt(2 / std::numbers::pi) * (v + 0.044715 * v * v * v)));
+    if (observe) observe(l, 3, mid);
     const Rows down = conv1d(mid, p + "mlp.c_proj", d);
     for (size_t t = 0; t < n; ++t)
       for (size_t i = 0; i < d; ++i) h[t][i] += down[t][i];

@@ -1,5 +1,6 @@
 // `amalgam stats MODEL --data TASK [...] -o STATS`: RegMean's measurement step, the Gram of
-// every linear layer's input on seeded training examples.
+// every linear layer's input on seeded training examples: image task directories for a
+// CLIP vision model, JSONL text files for a decoder language model (chosen by config.json).
 // `amalgam stats --sum A B ... -o STATS`: pools statistics of runs over parts of the data.
 #include <cstdio>
 
@@ -7,23 +8,56 @@
 #include "core/error.h"
 #include "io/atomic_output.h"
 #include "merge/statistics.h"
+#include "merge/text_statistics.h"
+#include "model/decoder.h"
 
 namespace amalgam::cli {
 
+namespace {
+
+struct StatsArgs {
+  std::string model, output;
+  std::vector<std::string> data, sum;
+  CalibrationOptions options;
+  int64_t max_length = 512;
+  int64_t batch_size = 0;  // 0: the model kind's default
+  bool force = false;
+};
+
+// A decoder language model on JSONL texts, written block by block into the staged output.
+void measure_text_statistics(const StatsArgs& a, const std::vector<std::filesystem::path>& files) {
+  TextCalibrationOptions options;
+  options.examples = a.options.examples;
+  options.max_length = a.max_length;
+  if (a.batch_size > 0) options.batch_size = a.batch_size;
+  options.seed = a.options.seed;
+  options.quiet = a.options.quiet;
+  const DecoderModel model = DecoderModel::open(a.model);
+  const CalibrationTexts texts = load_calibration_texts(a.model, files, options);
+  AtomicOutput output(a.output, a.force, AtomicOutput::Kind::File);
+  write_text_statistics(model, texts, options, output.staging(), a.model);
+  output.commit();
+  if (!a.options.quiet)
+    std::fprintf(stderr, "amalgam: %lld blocks' Grams over %lld tokens of %zu texts -> %s\n",
+                 static_cast<long long>(model.config().num_hidden_layers), static_cast<long long>(texts.tokens),
+                 texts.sequences.size(), a.output.c_str());
+}
+
+}  // namespace
+
 void add_stats_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("stats", "Measure the Gram matrices RegMean needs (or pool several runs with --sum)");
-  struct Args {
-    std::string model, output;
-    std::vector<std::string> data, sum;
-    CalibrationOptions options;
-    bool force = false;
-  };
+  using Args = StatsArgs;
   auto a = std::make_shared<Args>();
-  cmd->add_option("model", a->model, "checkpoint directory (CLIP vision model)");
-  cmd->add_option("--data", a->data, "task directory; repeat to draw the examples from several tasks in equal shares");
+  cmd->add_option("model", a->model, "checkpoint directory (CLIP vision model or decoder language model)");
+  cmd->add_option("--data", a->data,
+                  "task directory (images) or JSONL file (texts); repeat to draw the examples from several in equal "
+                  "shares");
   cmd->add_option("--examples", a->options.examples, "calibration examples from the training split (default 256)")
       ->check(CLI::Range(1, 1 << 30));
-  cmd->add_option("--batch-size", a->options.batch_size, "images per forward (default 32)")
+  cmd->add_option("--max-length", a->max_length, "texts: tokens per record, longer ones are cut (default 512)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--batch-size", a->batch_size, "images per forward (default 32), or texts per block call (default 8)")
       ->check(CLI::Range(1, 65536));
   cmd->add_option("--seed", a->options.seed, "seed of the example draw (default 0)")->check(non_negative_number());
   cmd->add_option("--sum", a->sum, "statistics files to pool (weighted by their row counts) instead of measuring")
@@ -43,11 +77,16 @@ void add_stats_command(CLI::App& app) {
       return;
     }
     if (a->model.empty() || a->data.empty())
-      throw InputError("stats: give a MODEL and at least one --data TASK_DIR (or --sum)");
+      throw InputError("stats: give a MODEL and at least one --data TASK_DIR or TEXTS.jsonl (or --sum)");
+    std::vector<std::filesystem::path> inputs(a->data.begin(), a->data.end());
+    if (is_decoder_checkpoint(a->model)) {
+      measure_text_statistics(*a, inputs);
+      return;
+    }
+    if (a->batch_size > 0) a->options.batch_size = a->batch_size;
     const ClipVisionModel model = ClipVisionModel::load(a->model);
-    std::vector<std::filesystem::path> tasks(a->data.begin(), a->data.end());
     const CalibrationImages images =
-        load_calibration_images(tasks, load_image_processor_config(a->model), model.config(), a->options);
+        load_calibration_images(inputs, load_image_processor_config(a->model), model.config(), a->options);
     const GramStatistics stats = measure_statistics(model, images, a->options, a->model);
     save_statistics(a->output, stats, a->force);
     if (!a->options.quiet)

@@ -172,13 +172,10 @@ class RegMeanPlusPlus final : public MergeMethod {
         header.tasks.insert(header.tasks.end(), s.tasks.begin(), s.tasks.end());
       }
       std::vector<TensorSpec> plan;
-      auto add = [&](int64_t layer, LinearSite site, int64_t dim) {
-        plan.push_back({clip_gram_name(layer, site), DType::F32, {dim, dim}});
-        for (const auto& w : linear_site_weights(layer, site)) header.weight_grams[w] = plan.back().name;
-      };
-      for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-        for (LinearSite site : kBlockSites) add(l, site, site == LinearSite::Fc2 ? c.intermediate_size : c.hidden_size);
-      if (projection) add(-1, LinearSite::Projection, c.hidden_size);
+      for (const LinearSiteSpec& site : clip_linear_sites(c, projection)) {
+        plan.push_back({site.gram, DType::F32, {site.width, site.width}});
+        for (const auto& w : site.weights) header.weight_grams[w] = site.gram;
+      }
       writer_ =
           std::make_unique<SafetensorsWriter>(ctx.staging / "stats.safetensors", plan, statistics_metadata(header));
     }

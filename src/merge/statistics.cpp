@@ -45,23 +45,6 @@ Tensor GramAccumulator::mean() const {
   return out;
 }
 
-std::string clip_gram_name(int64_t layer, LinearSite site) {
-  const std::string p = layer >= 0 ? clip_layer_prefix(layer) : "";
-  switch (site) {
-    case LinearSite::Qkv:
-      return p + "self_attn.qkv.gram";
-    case LinearSite::OutProj:
-      return p + "self_attn.out_proj.gram";
-    case LinearSite::Fc1:
-      return p + "mlp.fc1.gram";
-    case LinearSite::Fc2:
-      return p + "mlp.fc2.gram";
-    case LinearSite::Projection:
-      return "visual_projection.gram";
-  }
-  return {};
-}
-
 CalibrationImages load_calibration_images(const std::vector<fs::path>& task_dirs,
                                           const ImageProcessorConfig& preprocess, const ClipVisionConfig& config,
                                           const CalibrationOptions& options) {
@@ -92,40 +75,27 @@ CalibrationImages load_calibration_images(const std::vector<fs::path>& task_dirs
   return out;
 }
 
-ClipGramCollector::ClipGramCollector(const ClipVisionModel& model) {
-  const auto& c = model.config();
-  auto add = [&](int64_t layer, LinearSite site, int64_t dim) {
-    const auto key = std::make_pair(layer, static_cast<int>(site));
-    sites_[key] = {clip_gram_name(layer, site), linear_site_weights(layer, site),
-                   std::make_unique<GramAccumulator>(dim)};
-    order_.push_back(key);
-  };
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    add(l, LinearSite::Qkv, c.hidden_size);
-    add(l, LinearSite::OutProj, c.hidden_size);
-    add(l, LinearSite::Fc1, c.hidden_size);
-    add(l, LinearSite::Fc2, c.intermediate_size);
+GramCollector::GramCollector(std::vector<LinearSiteSpec> sites) : sites_(std::move(sites)) {
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    if (!index_.emplace(std::pair{sites_[i].layer, sites_[i].site}, i).second)
+      throw std::logic_error("GramCollector: site listed twice: " + sites_[i].gram);
+    accumulators_.emplace_back(sites_[i].width);
   }
-  if (model.weights().visual_projection) add(-1, LinearSite::Projection, c.hidden_size);
 }
 
-LinearTap ClipGramCollector::tap() {
-  return [this](const LinearInput& in) {
-    const auto it = sites_.find({in.layer, static_cast<int>(in.site)});
-    if (it == sites_.end()) throw std::logic_error("ClipGramCollector: a tap from an unknown site");
-    it->second.accumulator->add(in.data, in.rows, in.width);
-  };
+void GramCollector::add(int64_t layer, int site, const float* rows, int64_t count, int64_t ld) {
+  const auto it = index_.find({layer, site});
+  if (it == index_.end()) throw std::logic_error("GramCollector: a tap from a site the table does not list");
+  accumulators_[it->second].add(rows, count, ld);
 }
 
-GramStatistics ClipGramCollector::finish(int64_t examples, std::vector<std::string> tasks, std::string model) const {
+GramStatistics GramCollector::finish(int64_t examples, std::vector<std::string> tasks, std::string model) const {
   GramStatistics s;
-  for (const auto& key : order_) {
-    const Site& site = sites_.at(key);
-    s.grams.emplace_back(site.gram, site.accumulator->mean());
-    for (const auto& w : site.weights) s.weight_grams[w] = site.gram;
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    s.grams.emplace_back(sites_[i].gram, accumulators_[i].mean());
+    for (const auto& w : sites_[i].weights) s.weight_grams[w] = sites_[i].gram;
   }
-  // Every token row of every image; the projection alone sees only the CLS rows.
-  s.rows = order_.empty() ? 0 : sites_.at(order_.front()).accumulator->rows();
+  s.rows = accumulators_.empty() ? 0 : accumulators_.front().rows();
   s.examples = examples;
   s.tasks = std::move(tasks);
   s.model = std::move(model);
@@ -134,9 +104,11 @@ GramStatistics ClipGramCollector::finish(int64_t examples, std::vector<std::stri
 
 GramStatistics measure_statistics(const ClipVisionModel& model, const CalibrationImages& images,
                                   const CalibrationOptions& options, const std::string& model_name) {
-  ClipGramCollector collector(model);
-  const LinearTap tap = collector.tap();
   const auto& c = model.config();
+  GramCollector collector(clip_linear_sites(c, model.weights().visual_projection.has_value()));
+  const LinearTap tap = [&](const LinearInput& in) {
+    collector.add(in.layer, static_cast<int>(in.site), in.data, in.rows, in.width);
+  };
   const int64_t image_floats = c.num_channels * c.image_size * c.image_size;
   const int64_t bs = std::max<int64_t>(1, options.batch_size);
   Progress progress("stats", static_cast<uint64_t>(images.count), 0, options.quiet, "images");

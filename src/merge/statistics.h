@@ -25,6 +25,7 @@
 #include "data/preprocess.h"
 #include "io/safetensors.h"
 #include "model/clip_vision.h"
+#include "model/linear_sites.h"
 
 namespace amalgam {
 
@@ -56,10 +57,6 @@ struct GramStatistics {
   std::string model;  // what was measured, for the record
 };
 
-// The Gram of each linear input site of a CLIP vision model: "<layer prefix>self_attn.qkv.gram",
-// "...self_attn.out_proj.gram", "...mlp.fc1.gram", "...mlp.fc2.gram", "visual_projection.gram".
-std::string clip_gram_name(int64_t layer, LinearSite site);
-
 // Calibration images for a model: `examples` seeded training examples drawn from the tasks
 // (split equally between them, the first ones taking the remainder), preprocessed for the
 // model, [count, C, H, W]. The same (task, count, seed) always draws the same examples, so
@@ -79,22 +76,20 @@ CalibrationImages load_calibration_images(const std::vector<std::filesystem::pat
                                           const ImageProcessorConfig& preprocess, const ClipVisionConfig& config,
                                           const CalibrationOptions& options);
 
-// Collects the Grams of every linear input site while the model runs (a LinearTap).
-class ClipGramCollector {
+// Accumulates one Gram per linear site of a model's site table (any family) while the model
+// runs: add() takes a site's input rows as the family's tap reports them.
+class GramCollector {
  public:
-  explicit ClipGramCollector(const ClipVisionModel& model);
-  LinearTap tap();
-  // Finishes into statistics (means over rows).
+  explicit GramCollector(std::vector<LinearSiteSpec> sites);
+  void add(int64_t layer, int site, const float* rows, int64_t count, int64_t ld);
+  // Finishes into statistics (means over rows). `rows` is the first site's row count: every
+  // token of every example (CLIP's projection alone sees only the CLS rows).
   GramStatistics finish(int64_t examples, std::vector<std::string> tasks, std::string model) const;
 
  private:
-  struct Site {
-    std::string gram;
-    std::vector<std::string> weights;
-    std::unique_ptr<GramAccumulator> accumulator;
-  };
-  std::map<std::pair<int64_t, int>, Site> sites_;
-  std::vector<std::pair<int64_t, int>> order_;
+  std::vector<LinearSiteSpec> sites_;
+  std::map<std::pair<int64_t, int>, size_t> index_;  // (layer, site) -> position in sites_
+  std::vector<GramAccumulator> accumulators_;
 };
 
 // Runs the model over the calibration images in batches and returns its Grams.

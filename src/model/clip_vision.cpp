@@ -129,6 +129,39 @@ std::vector<std::string> linear_site_weights(int64_t layer, LinearSite site) {
   return {};
 }
 
+std::string clip_gram_name(int64_t layer, LinearSite site) {
+  const std::string p = layer >= 0 ? clip_layer_prefix(layer) : "";
+  switch (site) {
+    case LinearSite::Qkv:
+      return p + "self_attn.qkv.gram";
+    case LinearSite::OutProj:
+      return p + "self_attn.out_proj.gram";
+    case LinearSite::Fc1:
+      return p + "mlp.fc1.gram";
+    case LinearSite::Fc2:
+      return p + "mlp.fc2.gram";
+    case LinearSite::Projection:
+      return "visual_projection.gram";
+  }
+  return {};
+}
+
+std::vector<LinearSiteSpec> clip_linear_sites(const ClipVisionConfig& config, bool with_projection) {
+  std::vector<LinearSiteSpec> sites;
+  auto add = [&](int64_t layer, LinearSite site, int64_t width) {
+    sites.push_back(
+        {layer, static_cast<int>(site), clip_gram_name(layer, site), linear_site_weights(layer, site), width});
+  };
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    add(l, LinearSite::Qkv, config.hidden_size);
+    add(l, LinearSite::OutProj, config.hidden_size);
+    add(l, LinearSite::Fc1, config.hidden_size);
+    add(l, LinearSite::Fc2, config.intermediate_size);
+  }
+  if (with_projection) add(-1, LinearSite::Projection, config.hidden_size);
+  return sites;
+}
+
 // ---------------------------------------------------------------------------------------
 // Shapes: one table of every tensor the model has, used to check, load, save and randomise.
 

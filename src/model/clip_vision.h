@@ -25,6 +25,7 @@
 #include "io/checkpoint.h"
 #include "linalg/linalg.h"
 #include "model/kernels.h"
+#include "model/linear_sites.h"
 
 namespace amalgam {
 
@@ -99,6 +100,11 @@ std::string clip_layer_prefix(int64_t layer);  // "vision_model.encoder.layers.{
 enum class LinearSite { Qkv, OutProj, Fc1, Fc2, Projection };
 // The weight tensors that read a site's input ("...self_attn.q_proj.weight", ...).
 std::vector<std::string> linear_site_weights(int64_t layer, LinearSite site);
+// The Gram a statistics file keeps for a site: "<layer prefix>self_attn.qkv.gram",
+// "...self_attn.out_proj.gram", "...mlp.fc1.gram", "...mlp.fc2.gram", "visual_projection.gram".
+std::string clip_gram_name(int64_t layer, LinearSite site);
+// Every site of the model in forward order (blocks, then the projection when there is one).
+std::vector<LinearSiteSpec> clip_linear_sites(const ClipVisionConfig& config, bool with_projection);
 
 // What a tap sees: the input rows of one linear layer for the whole batch, [rows, width],
 // row-major, valid only during the call. `layer` is -1 for the projection.

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/tensor.h"
+#include "io/json_file.h"
 
 namespace amalgam {
 
@@ -113,6 +114,14 @@ bool register_decoder_family(DecoderFamily family) {
 const DecoderFamily* find_decoder_family(const std::string& model_type) {
   const auto it = families().find(model_type);
   return it == families().end() ? nullptr : &it->second;
+}
+
+bool is_decoder_checkpoint(const std::filesystem::path& checkpoint) {
+  const auto dir = std::filesystem::is_directory(checkpoint) ? checkpoint : checkpoint.parent_path();
+  if (!std::filesystem::is_regular_file(dir / "config.json")) return false;
+  const auto config = read_json_file(dir / "config.json");
+  return config.is_object() && config.contains("model_type") && config["model_type"].is_string() &&
+         find_decoder_family(config["model_type"].get<std::string>()) != nullptr;
 }
 
 std::vector<std::string> decoder_family_names() {
@@ -331,6 +340,32 @@ DecoderBlockWeights DecoderModel::load_block(int64_t layer) const {
   b.up = linear(l.up, c.mlp_bias);
   b.down = linear(l.down, c.mlp_bias);
   return b;
+}
+
+std::vector<LinearSiteSpec> DecoderModel::linear_sites(int64_t layer) const {
+  const auto& c = config_;
+  const auto& l = c.layout;
+  // A site's Gram is named for the module that reads it, or, where several do, for their
+  // parent module and what they are: "model.layers.3.self_attn.qkv.gram".
+  auto parent = [](const std::string& module) { return module.substr(0, module.rfind('.') + 1); };
+  auto weight = [&](const std::string& module) { return block_name(layer, module + ".weight"); };
+  auto site = [&](DecoderSite id, std::string gram, std::vector<std::string> weights, int64_t width) {
+    return LinearSiteSpec{layer, static_cast<int>(id), block_name(layer, gram + ".gram"), std::move(weights), width};
+  };
+  std::vector<LinearSiteSpec> sites;
+  if (l.qkv.empty())
+    sites.push_back(
+        site(DecoderSite::AttentionInput, parent(l.q) + "qkv", {weight(l.q), weight(l.k), weight(l.v)}, c.hidden_size));
+  else
+    sites.push_back(site(DecoderSite::AttentionInput, l.qkv, {weight(l.qkv)}, c.hidden_size));
+  sites.push_back(site(DecoderSite::AttentionOutput, l.o, {weight(l.o)}, c.num_attention_heads * c.head_dim));
+  if (l.gate.empty())
+    sites.push_back(site(DecoderSite::MlpInput, l.up, {weight(l.up)}, c.hidden_size));
+  else
+    sites.push_back(
+        site(DecoderSite::MlpInput, parent(l.gate) + "gate_up", {weight(l.gate), weight(l.up)}, c.hidden_size));
+  sites.push_back(site(DecoderSite::MlpOutput, l.down, {weight(l.down)}, c.intermediate_size));
+  return sites;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@
 
 #include "io/checkpoint.h"
 #include "model/kernels.h"
+#include "model/linear_sites.h"
 
 namespace amalgam {
 
@@ -85,6 +86,9 @@ bool register_decoder_family(DecoderFamily family);
 // The family of config.json's model_type, or nullptr.
 const DecoderFamily* find_decoder_family(const std::string& model_type);
 std::vector<std::string> decoder_family_names();
+// Whether a checkpoint (a directory, or a file in one) has a config.json whose model_type is
+// a decoder family amalgam runs. A config.json that is not JSON is an InputError naming it.
+bool is_decoder_checkpoint(const std::filesystem::path& checkpoint);
 
 // config.json readers for the families' files: a missing key takes `fallback` (none: an
 // InputError naming the key), a value of the wrong kind is an InputError naming it.
@@ -130,6 +134,11 @@ class DecoderModel {
 
   const DecoderConfig& config() const { return config_; }
   const CheckpointReader& checkpoint() const { return *checkpoint_; }
+
+  // Block `layer`'s linear sites, in the order its tap reports them: q/k/v (or GPT-2's
+  // c_attn), o_proj, gate/up (or up alone), down_proj. The weights are the checkpoint's names
+  // (GPT-2's Conv1D weights are stored [in, out]).
+  std::vector<LinearSiteSpec> linear_sites(int64_t layer) const;
 
   TokenStream embed(const std::vector<std::vector<int32_t>>& sequences) const;
   DecoderBlockWeights load_block(int64_t layer) const;

@@ -1,0 +1,214 @@
+// `amalgam stats` on decoder language models: every linear site's Gram against the Grams of
+// the double-precision reference forward's own site inputs (tests/decoder_reference.h), for a
+// Llama with grouped-query attention and for GPT-2's Conv1D layout; the statistics file's
+// metadata; batching, thread counts and splitting the data change nothing beyond float
+// rounding (threads: not even that); truncation; errors.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "decoder_fixtures.h"
+#include "decoder_reference.h"
+#include "merge/statistics.h"
+#include "test_util.h"
+
+namespace amalgam::testing {
+namespace {
+
+// The char tokenizer's ids: <s> then a-z as 0-25, space 26.
+std::vector<int32_t> char_ids(const std::string& text) {
+  std::vector<int32_t> ids = {60};
+  for (char ch : text) ids.push_back(ch == ' ' ? 26 : ch - 'a');
+  return ids;
+}
+
+// Sum over every token of x^T x for each (layer, site), in double, and the row count.
+struct ReferenceGrams {
+  std::map<std::pair<size_t, int>, std::vector<double>> sums;
+  std::map<std::pair<size_t, int>, size_t> widths;
+  size_t rows = 0;
+  SiteObserver observer() {
+    return [this](size_t layer, int site, const Rows& x) {
+      const size_t w = x.front().size();
+      auto& sum = sums[{layer, site}];
+      sum.resize(w * w, 0.0);
+      widths[{layer, site}] = w;
+      for (const auto& row : x)
+        for (size_t i = 0; i < w; ++i)
+          for (size_t j = 0; j < w; ++j) sum[i * w + j] += row[i] * row[j];
+    };
+  }
+};
+
+// max |amalgam - reference| over the largest reference entry.
+double relative_error(const Tensor& gram, const std::vector<double>& sum, size_t rows) {
+  const auto values = gram.to(DType::F32).data<float>();
+  double err = 0, scale = 0;
+  for (size_t k = 0; k < sum.size(); ++k) {
+    const double expected = sum[k] / static_cast<double>(rows);
+    err = std::max(err, std::abs(static_cast<double>(values[k]) - expected));
+    scale = std::max(scale, std::abs(expected));
+  }
+  return err / scale;
+}
+
+const std::vector<std::string> kTexts = {"ab cab", "hello world", "the quick brown fox"};
+
+void write_texts(const fs::path& file, const std::vector<std::string>& texts) {
+  std::string jsonl;
+  for (const auto& t : texts) jsonl += Json{{"text", t}}.dump() + "\n";
+  write_bytes(file, jsonl);
+}
+
+CliResult stats(const fs::path& model, const std::string& args) {
+  return run_amalgam("stats " + model.string() + " " + args + " -q");
+}
+
+TEST(TextStatistics, LlamaGramsOfEverySiteMatchTheReference) {
+  TempDir dir;
+  Json c = tiny_config("llama");
+  c["num_key_value_heads"] = 2;
+  c["intermediate_size"] = 48;
+  const Weights w = write_random_decoder(dir / "model", c, DType::F32, 21);
+  write_char_tokenizer(dir / "model");
+  write_texts(dir / "data.jsonl", kTexts);
+  const auto r = stats(dir / "model", "--data " + (dir / "data.jsonl").string() + " --examples 3 --batch-size 2 -o " +
+                                          (dir / "s.safetensors").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+
+  ReferenceGrams ref;
+  for (const auto& t : kTexts) {
+    const auto ids = char_ids(t);
+    reference_decoder_logits(c, w, ids, ref.observer());
+    ref.rows += ids.size();
+  }
+  const StatisticsFile s(dir / "s.safetensors");
+  EXPECT_EQ(s.rows(), static_cast<int64_t>(ref.rows));  // every token, nothing else
+  EXPECT_EQ(s.examples(), 3);
+  EXPECT_EQ(s.tasks(), std::vector<std::string>{"data"});
+  const char* grams[] = {"self_attn.qkv.gram", "self_attn.o_proj.gram", "mlp.gate_up.gram", "mlp.down_proj.gram"};
+  ASSERT_EQ(s.gram_names().size(), 8u);
+  for (size_t l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    for (int site = 0; site < 4; ++site) {
+      const std::string name = p + grams[site];
+      const size_t width = ref.widths.at({l, site});
+      EXPECT_EQ(s.gram_shape(name), (Shape{static_cast<int64_t>(width), static_cast<int64_t>(width)})) << name;
+      EXPECT_LT(relative_error(s.gram(name), ref.sums.at({l, site}), ref.rows), 1e-5) << name;
+    }
+    const auto& map = s.weight_grams();
+    for (const char* m : {"q_proj", "k_proj", "v_proj"})
+      EXPECT_EQ(map.at(p + "self_attn." + m + ".weight"), p + "self_attn.qkv.gram");
+    EXPECT_EQ(map.at(p + "self_attn.o_proj.weight"), p + "self_attn.o_proj.gram");
+    EXPECT_EQ(map.at(p + "mlp.gate_proj.weight"), p + "mlp.gate_up.gram");
+    EXPECT_EQ(map.at(p + "mlp.up_proj.weight"), p + "mlp.gate_up.gram");
+    EXPECT_EQ(map.at(p + "mlp.down_proj.weight"), p + "mlp.down_proj.gram");
+  }
+  EXPECT_EQ(s.weight_grams().size(), 14u);  // seven linear weights a block, no embeddings or head
+  EXPECT_EQ(s.gram_shape("model.layers.1.mlp.down_proj.gram"), (Shape{48, 48}));
+}
+
+TEST(TextStatistics, Gpt2Conv1dSitesMatchTheReference) {
+  TempDir dir;
+  const Json c = {{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_embd", 32},
+                  {"n_layer", 2},         {"n_head", 4},      {"n_positions", 24}};
+  const Weights w = write_random_gpt2(dir / "model", c, DType::BF16, 5, /*prefixed=*/true);
+  write_char_tokenizer(dir / "model");
+  write_texts(dir / "data.jsonl", kTexts);
+  const auto r = stats(dir / "model", "--data " + (dir / "data.jsonl").string() + " --examples 3 -o " +
+                                          (dir / "s.safetensors").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  ReferenceGrams ref;
+  for (const auto& t : kTexts) {
+    const auto ids = char_ids(t);
+    reference_gpt2_logits(c, w, ids, ref.observer());
+    ref.rows += ids.size();
+  }
+  const StatisticsFile s(dir / "s.safetensors");
+  EXPECT_EQ(s.rows(), static_cast<int64_t>(ref.rows));
+  const char* modules[] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+  for (size_t l = 0; l < 2; ++l)
+    for (int site = 0; site < 4; ++site) {
+      const std::string p = "transformer.h." + std::to_string(l) + "." + modules[site];
+      EXPECT_EQ(s.weight_grams().at(p + ".weight"), p + ".gram");
+      EXPECT_LT(relative_error(s.gram(p + ".gram"), ref.sums.at({l, site}), ref.rows), 1e-5) << p;
+    }
+  EXPECT_EQ(s.gram_shape("transformer.h.0.mlp.c_proj.gram"), (Shape{128, 128}));
+}
+
+std::vector<float> gram_values(const StatisticsFile& s, const std::string& name) {
+  const Tensor g = s.gram(name).to(DType::F32);
+  return {g.data<float>().begin(), g.data<float>().end()};
+}
+
+void expect_same_grams(const fs::path& a, const fs::path& b, double tolerance) {
+  const StatisticsFile x(a), y(b);
+  ASSERT_EQ(x.gram_names(), y.gram_names());
+  EXPECT_EQ(x.rows(), y.rows());
+  EXPECT_EQ(x.examples(), y.examples());
+  EXPECT_EQ(x.weight_grams(), y.weight_grams());
+  for (const auto& name : x.gram_names()) {
+    const auto u = gram_values(x, name), v = gram_values(y, name);
+    double err = 0, scale = 0;
+    for (size_t k = 0; k < u.size(); ++k) {
+      err = std::max(err, std::abs(static_cast<double>(u[k]) - v[k]));
+      scale = std::max(scale, std::abs(static_cast<double>(u[k])));
+    }
+    EXPECT_LE(err, tolerance * scale) << name;
+  }
+}
+
+// Packed sequences leave no padding to count, so how the texts are batched moves a Gram by
+// float rounding only; threads not at all; and statistics of two halves pooled by --sum equal
+// one run over both.
+TEST(TextStatistics, BatchingThreadsAndSplitsAgree) {
+  TempDir dir;
+  const Json c = tiny_config("qwen2");
+  write_random_decoder(dir / "model", c, DType::BF16, 8);
+  write_char_tokenizer(dir / "model");
+  write_texts(dir / "a.jsonl", {"ab cab", "hello world"});
+  write_texts(dir / "b.jsonl", {"the quick brown fox", "jumps over"});
+  const std::string both =
+      "--data " + (dir / "a.jsonl").string() + " --data " + (dir / "b.jsonl").string() + " --examples 4 -o ";
+  ASSERT_EQ(stats(dir / "model", both + (dir / "b1.st").string() + " --batch-size 1").code, 0);
+  ASSERT_EQ(stats(dir / "model", both + (dir / "b4.st").string() + " --batch-size 4").code, 0);
+  expect_same_grams(dir / "b1.st", dir / "b4.st", 1e-6);
+  EXPECT_EQ(StatisticsFile(dir / "b4.st").tasks(), (std::vector<std::string>{"a", "b"}));
+
+  ASSERT_EQ(stats(dir / "model", both + (dir / "t1.st").string() + " --threads 1").code, 0);
+  ASSERT_EQ(stats(dir / "model", both + (dir / "t3.st").string() + " --threads 3").code, 0);
+  EXPECT_EQ(read_bytes(dir / "t1.st"), read_bytes(dir / "t3.st"));
+
+  for (const char* half : {"a", "b"})
+    ASSERT_EQ(stats(dir / "model", "--data " + (dir / (std::string(half) + ".jsonl")).string() + " --examples 2 -o " +
+                                       (dir / (std::string(half) + ".st")).string())
+                  .code,
+              0);
+  const auto pooled = run_amalgam("stats --sum " + (dir / "a.st").string() + " " + (dir / "b.st").string() + " -o " +
+                                  (dir / "sum.st").string() + " -q");
+  ASSERT_EQ(pooled.code, 0) << pooled.err;
+  expect_same_grams(dir / "sum.st", dir / "b4.st", 1e-6);
+
+  // --max-length 3 keeps <s> and two characters of every record.
+  ASSERT_EQ(stats(dir / "model", both + (dir / "cut.st").string() + " --max-length 3").code, 0);
+  EXPECT_EQ(StatisticsFile(dir / "cut.st").rows(), 12);
+}
+
+TEST(TextStatistics, ErrorsNameTheFileAndLine) {
+  TempDir dir;
+  write_random_decoder(dir / "model", tiny_config("llama"), DType::F32, 1);
+  write_char_tokenizer(dir / "model");
+  write_texts(dir / "two.jsonl", {"ab", "cd"});
+  auto r =
+      stats(dir / "model", "--data " + (dir / "two.jsonl").string() + " --examples 3 -o " + (dir / "s.st").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("two.jsonl: calibration wants 3 records, the file has 2"), std::string::npos) << r.err;
+  write_bytes(dir / "bad.jsonl", "{\"text\": \"ab\"}\n{\"text\": \"a1\"}\n");  // '1' has no token
+  r = stats(dir / "model", "--data " + (dir / "bad.jsonl").string() + " --examples 2 -o " + (dir / "s.st").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("bad.jsonl: line 2:"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "s.st"));
+}
+
+}  // namespace
+}  // namespace amalgam::testing
