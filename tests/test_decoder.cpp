@@ -269,5 +269,55 @@ TEST(Decoder, ErrorsNameTheConfigKeyOrTensor) {
       << open_error(c);
 }
 
+// Each real shape's tensor table gives the model's published parameter count (Hugging Face
+// model cards and num_parameters(), tied embeddings counted once).
+TEST(DecoderShapes, RealShapesHaveThePublishedParameterCounts) {
+  const std::map<std::string, int64_t> published = {
+      {"gpt2", 124'439'808},           {"llama-2-7b", 6'738'415'616}, {"llama-3.1-8b", 8'030'261'248},
+      {"llama-3.2-1b", 1'235'814'400}, {"mistral-7b", 7'241'732'096}, {"qwen2.5-0.5b", 494'032'768},
+      {"llama-3.2-3b", 3'212'749'824}, {"qwen3-0.6b", 596'049'920},
+  };
+  for (const auto& name : decoder_shape_names()) {
+    const auto config = find_decoder_shape(name);
+    ASSERT_TRUE(config) << name;
+    int64_t total = 0;
+    for (const auto& [tensor, shape] : decoder_parameters(read_decoder_config(*config, name)))
+      total += shape_numel(shape);
+    ASSERT_TRUE(published.count(name)) << name << ": a shape without its published count";
+    EXPECT_EQ(total, published.at(name)) << name;
+  }
+  EXPECT_FALSE(find_decoder_shape("llama-9"));
+}
+
+// `amalgam generate --architecture` writes a checkpoint the decoder opens and evaluates:
+// GPT-2's real table (one block of its twelve), a tokenizer copied in, a fine-tune beside it.
+TEST(LmEvalCli, GeneratedArchitectureRunsThroughLmEvalAndStats) {
+  TempDir dir;
+  fs::create_directories(dir / "tok");
+  write_char_tokenizer(dir / "tok");
+  const auto gen = run_amalgam("generate --architecture gpt2 --layers 1 --models 1 --tokenizer " +
+                               (dir / "tok").string() + " -o " + (dir / "family").string());
+  ASSERT_EQ(gen.code, 0) << gen.err;
+  const Json config = read_json_file(dir / "family" / "base" / "config.json");
+  EXPECT_EQ(config["n_layer"], 1);
+  EXPECT_EQ(config["n_embd"], 768);
+  EXPECT_EQ(config["torch_dtype"], "bfloat16");
+  EXPECT_TRUE(fs::exists(dir / "family" / "model_1" / "tokenizer.json"));
+  const DecoderModel model = DecoderModel::open(dir / "family" / "model_1");
+  EXPECT_EQ(model.config().vocab_size, 50257);
+  write_bytes(dir / "data.jsonl", "{\"text\": \"ab cab\"}\n");
+  const auto eval = run_amalgam("lm eval " + (dir / "family" / "base").string() + " --data " +
+                                (dir / "data.jsonl").string() + " --json -q");
+  ASSERT_EQ(eval.code, 0) << eval.err;
+  const double nll = Json::parse(eval.out)["nll"];
+  EXPECT_TRUE(std::isfinite(nll) && nll > 0) << eval.out;
+  const auto bad = run_amalgam("generate --architecture llama-9 -o " + (dir / "x").string());
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("'llama-9' is not a shape amalgam knows (gpt2, "), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(dir / "x"));
+  const auto both = run_amalgam("generate --architecture gpt2 --hidden 64 -o " + (dir / "y").string());
+  EXPECT_NE(both.code, 0);
+}
+
 }  // namespace
 }  // namespace amalgam::testing

@@ -4,12 +4,14 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/parallel.h"
 #include "core/random.h"
 #include "core/tensor.h"
 #include "io/atomic_output.h"
 #include "io/checkpoint.h"
 #include "io/json_file.h"
+#include "model/decoder.h"
 
 namespace amalgam {
 
@@ -20,8 +22,27 @@ float noise(uint64_t key, uint64_t i) {
   return static_cast<float>(static_cast<int64_t>(mix64(key ^ mix64(i))) >> 40) * 0x1p-23f;
 }
 
+// The real model's config.json for an architecture, with the options that override it.
+nlohmann::json architecture_config(const SyntheticFamily& s) {
+  auto config = find_decoder_shape(s.architecture);
+  if (!config) {
+    std::string known;
+    for (const auto& name : decoder_shape_names()) known += (known.empty() ? "" : ", ") + name;
+    throw InputError("--architecture: '" + s.architecture + "' is not a shape amalgam knows (" + known + ")");
+  }
+  if (s.layers > 0) (*config)[config->contains("n_layer") ? "n_layer" : "num_hidden_layers"] = s.layers;
+  (*config)["torch_dtype"] = torch_dtype_name(s.dtype);
+  return *config;
+}
+
 std::vector<TensorSpec> family_layout(const SyntheticFamily& s) {
   const DType d = s.dtype;
+  if (!s.architecture.empty()) {
+    std::vector<TensorSpec> plan;
+    for (const auto& [name, shape] : decoder_parameters(read_decoder_config(architecture_config(s), s.architecture)))
+      plan.push_back({name, d, shape});
+    return plan;
+  }
   const int64_t h = s.hidden, f = s.intermediate;
   std::vector<TensorSpec> plan = {{"model.embed_tokens.weight", d, {s.vocab, h}}};
   for (int l = 0; l < s.layers; ++l) {
@@ -55,7 +76,7 @@ Tensor synthetic_tensor(const TensorSpec& spec, int model, uint64_t seed) {
     for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>(i);
     return t;
   }
-  const bool norm = spec.shape.size() == 1;
+  const bool norm = spec.shape.size() == 1 && !spec.name.ends_with(".bias");
   const size_t n = static_cast<size_t>(shape_numel(spec.shape));
   const size_t cols = spec.shape.size() == 2 ? static_cast<size_t>(spec.shape[1]) : n;
   const uint64_t base_key = name_key(spec.name, seed);
@@ -81,12 +102,23 @@ void write_checkpoint(const std::filesystem::path& dir, const SyntheticFamily& s
   CheckpointWriter writer(dir, plan, s.max_shard_bytes);
   for (const auto& spec : plan) writer.write(spec.name, synthetic_tensor(spec, model, s.seed));
   writer.finish();
-  nlohmann::ordered_json config = {
-      {"architectures", {"LlamaForCausalLM"}},   {"model_type", "llama"},         {"hidden_size", s.hidden},
-      {"intermediate_size", s.intermediate},     {"num_hidden_layers", s.layers}, {"vocab_size", s.vocab},
-      {"torch_dtype", torch_dtype_name(s.dtype)}};
-  write_text_file(dir / "config.json", config.dump(2) + "\n");
-  write_text_file(dir / "tokenizer.json", "{\"note\": \"synthetic family, no real tokenizer\"}\n");
+  if (!s.architecture.empty()) {
+    write_text_file(dir / "config.json", architecture_config(s).dump(2) + "\n");
+  } else {
+    nlohmann::ordered_json config = {
+        {"architectures", {"LlamaForCausalLM"}},   {"model_type", "llama"},         {"hidden_size", s.hidden},
+        {"intermediate_size", s.intermediate},     {"num_hidden_layers", s.layers}, {"vocab_size", s.vocab},
+        {"torch_dtype", torch_dtype_name(s.dtype)}};
+    write_text_file(dir / "config.json", config.dump(2) + "\n");
+  }
+  if (s.tokenizer.empty()) {
+    if (s.architecture.empty())
+      write_text_file(dir / "tokenizer.json", "{\"note\": \"synthetic family, no real tokenizer\"}\n");
+    return;
+  }
+  for (const char* file : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+    if (std::filesystem::exists(s.tokenizer / file))
+      std::filesystem::copy_file(s.tokenizer / file, dir / file, std::filesystem::copy_options::overwrite_existing);
 }
 
 }  // namespace
@@ -98,6 +130,9 @@ uint64_t synthetic_checkpoint_bytes(const SyntheticFamily& s) {
 }
 
 void write_synthetic_family(const std::filesystem::path& dir, const SyntheticFamily& s, bool force) {
+  if (!s.tokenizer.empty() && !std::filesystem::is_regular_file(s.tokenizer / "tokenizer.json"))
+    throw InputError(s.tokenizer / "tokenizer.json", "not found: --tokenizer takes a directory with tokenizer.json");
+  if (!s.architecture.empty()) architecture_config(s);  // an unknown name fails before anything is written
   AtomicOutput out(dir, force);
   write_checkpoint(out.staging() / "base", s, 0);
   for (int m = 1; m <= s.models; ++m) write_checkpoint(out.staging() / ("model_" + std::to_string(m)), s, m);

@@ -116,6 +116,36 @@ const DecoderFamily* find_decoder_family(const std::string& model_type) {
   return it == families().end() ? nullptr : &it->second;
 }
 
+DecoderConfig read_decoder_config(const nlohmann::json& json, const std::string& where) {
+  const std::string type = json.is_object() ? json.value("model_type", "") : "";
+  const DecoderFamily* family = find_decoder_family(type);
+  if (!family) {
+    std::string known;
+    for (const auto& name : decoder_family_names()) known += (known.empty() ? "" : ", ") + name;
+    throw InputError(where, "model_type '" + type + "' is not a decoder family amalgam runs (" + known +
+                                "); data-free merging works on any architecture");
+  }
+  DecoderConfig config = family->read_config(json, where);
+  config.model_type = type;
+  return config;
+}
+
+std::optional<nlohmann::json> find_decoder_shape(const std::string& name) {
+  for (const auto& [type, family] : families()) {
+    const auto it = family.shapes.find(name);
+    if (it != family.shapes.end()) return it->second;
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string> decoder_shape_names() {
+  std::vector<std::string> names;
+  for (const auto& [type, family] : families())
+    for (const auto& [name, config] : family.shapes) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 bool is_decoder_checkpoint(const std::filesystem::path& checkpoint) {
   const auto dir = std::filesystem::is_directory(checkpoint) ? checkpoint : checkpoint.parent_path();
   if (!std::filesystem::is_regular_file(dir / "config.json")) return false;
@@ -176,6 +206,13 @@ void check_shape(const CheckpointReader& ckpt, const std::string& name, const Sh
     throw InputError(ckpt.path(), name,
                      std::string("dtype ") + std::string(dtype_name(info.dtype)) +
                          " is not one a decoder computes from (F32, F16, BF16)");
+}
+
+std::string layout_block_name(const DecoderLayout& layout, int64_t layer, const std::string& module) {
+  std::string prefix = layout.block;
+  const auto at = prefix.find("{}");
+  if (at != std::string::npos) prefix.replace(at, 2, std::to_string(layer));
+  return prefix + module;
 }
 
 // The tensors of one block with their shapes (biases only where the config has them), named
@@ -257,21 +294,25 @@ LinearParams rows_of(const LinearParams& l, int64_t first, int64_t count) {
 
 }  // namespace
 
+std::vector<std::pair<std::string, Shape>> decoder_parameters(const DecoderConfig& c) {
+  const auto& l = c.layout;
+  std::vector<std::pair<std::string, Shape>> t = {{l.embed, {c.vocab_size, c.hidden_size}}};
+  if (!l.positions.empty()) t.push_back({l.positions, {c.max_position_embeddings, c.hidden_size}});
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const auto block = block_tensors(c, [&](const std::string& m) { return layout_block_name(l, layer, m); });
+    t.insert(t.end(), block.begin(), block.end());
+  }
+  t.push_back({l.final_norm + ".weight", {c.hidden_size}});
+  if (c.norm_bias) t.push_back({l.final_norm + ".bias", {c.hidden_size}});
+  if (!c.tie_word_embeddings) t.push_back({l.head, {c.vocab_size, c.hidden_size}});
+  return t;
+}
+
 DecoderModel DecoderModel::open(const std::filesystem::path& dir) {
   auto ckpt = std::make_unique<CheckpointReader>(dir);
   const auto config_file = ckpt->dir() / "config.json";
   if (!ckpt->config()) throw InputError(config_file, "not found: a language model needs its config.json");
-  const auto& json = *ckpt->config();
-  const std::string type = json.value("model_type", "");
-  const DecoderFamily* family = find_decoder_family(type);
-  if (!family) {
-    std::string known;
-    for (const auto& name : decoder_family_names()) known += (known.empty() ? "" : ", ") + name;
-    throw InputError(config_file, "model_type '" + type + "' is not a decoder family amalgam runs (" + known +
-                                      "); data-free merging works on any architecture");
-  }
-  DecoderConfig config = family->read_config(json, config_file.string());
-  config.model_type = type;
+  DecoderConfig config = read_decoder_config(*ckpt->config(), config_file.string());
 
   // A base-model checkpoint (GPT2Model rather than GPT2LMHeadModel) stores its names
   // without the prefix.
@@ -300,10 +341,7 @@ DecoderModel DecoderModel::open(const std::filesystem::path& dir) {
 }
 
 std::string DecoderModel::block_name(int64_t layer, const std::string& module) const {
-  std::string prefix = config_.layout.block;
-  const auto at = prefix.find("{}");
-  if (at != std::string::npos) prefix.replace(at, 2, std::to_string(layer));
-  return prefix + module;
+  return layout_block_name(config_.layout, layer, module);
 }
 
 DecoderBlockWeights DecoderModel::load_block(int64_t layer) const {

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -80,12 +81,25 @@ struct DecoderConfig {
 struct DecoderFamily {
   std::string model_type;
   std::function<DecoderConfig(const nlohmann::json& config, const std::string& where)> read_config;
+  // Real models of the family by name ("llama-3.2-1b"): their config.json as published, for
+  // `amalgam generate --architecture` (random weights of the real shapes).
+  std::map<std::string, nlohmann::json> shapes;
 };
 // Registers a family (from a static initialiser in its file); returns true.
 bool register_decoder_family(DecoderFamily family);
 // The family of config.json's model_type, or nullptr.
 const DecoderFamily* find_decoder_family(const std::string& model_type);
 std::vector<std::string> decoder_family_names();
+// config.json read by its model_type's family: InputError naming `where` and the model_type
+// when no family has it.
+DecoderConfig read_decoder_config(const nlohmann::json& config, const std::string& where);
+// A real model's config.json from any family's shapes, or nullopt; every shape's name.
+std::optional<nlohmann::json> find_decoder_shape(const std::string& name);
+std::vector<std::string> decoder_shape_names();
+// Every tensor a checkpoint of `config` holds, in checkpoint order (before the blocks, each
+// block, after), named by the family's layout, with its stored shape.
+std::vector<std::pair<std::string, Shape>> decoder_parameters(const DecoderConfig& config);
+
 // Whether a checkpoint (a directory, or a file in one) has a config.json whose model_type is
 // a decoder family amalgam runs. A config.json that is not JSON is an InputError naming it.
 bool is_decoder_checkpoint(const std::filesystem::path& checkpoint);

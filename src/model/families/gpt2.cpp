@@ -53,7 +53,19 @@ DecoderConfig read_gpt2_config(const nlohmann::json& j, const std::string& where
   return c;
 }
 
-const bool registered = register_decoder_family({"gpt2", read_gpt2_config});
+// openai-community/gpt2's config.json (124M).
+const nlohmann::json gpt2_small = {{"architectures", {"GPT2LMHeadModel"}},
+                                   {"model_type", "gpt2"},
+                                   {"n_embd", 768},
+                                   {"n_layer", 12},
+                                   {"n_head", 12},
+                                   {"n_positions", 1024},
+                                   {"n_ctx", 1024},
+                                   {"activation_function", "gelu_new"},
+                                   {"layer_norm_epsilon", 1e-5},
+                                   {"vocab_size", 50257}};
+
+const bool registered = register_decoder_family({"gpt2", read_gpt2_config, {{"gpt2", gpt2_small}}});
 
 }  // namespace
 }  // namespace amalgam

@@ -16,7 +16,23 @@ DecoderConfig read_qwen2_config(const nlohmann::json& j, const std::string& wher
   return c;
 }
 
-const bool registered = register_decoder_family({"qwen2", read_qwen2_config});
+// Qwen/Qwen2.5-0.5B's config.json.
+const nlohmann::json qwen25_05b = {{"architectures", {"Qwen2ForCausalLM"}},
+                                   {"model_type", "qwen2"},
+                                   {"hidden_size", 896},
+                                   {"intermediate_size", 4864},
+                                   {"num_hidden_layers", 24},
+                                   {"num_attention_heads", 14},
+                                   {"num_key_value_heads", 2},
+                                   {"hidden_act", "silu"},
+                                   {"rms_norm_eps", 1e-6},
+                                   {"rope_theta", 1000000.0},
+                                   {"max_position_embeddings", 32768},
+                                   {"use_sliding_window", false},
+                                   {"vocab_size", 151936},
+                                   {"tie_word_embeddings", true}};
+
+const bool registered = register_decoder_family({"qwen2", read_qwen2_config, {{"qwen2.5-0.5b", qwen25_05b}}});
 
 }  // namespace
 }  // namespace amalgam

@@ -17,7 +17,23 @@ DecoderConfig read_qwen3_config(const nlohmann::json& j, const std::string& wher
   return c;
 }
 
-const bool registered = register_decoder_family({"qwen3", read_qwen3_config});
+// Qwen/Qwen3-0.6B's config.json.
+const nlohmann::json qwen3_06b = {{"architectures", {"Qwen3ForCausalLM"}},
+                                  {"model_type", "qwen3"},
+                                  {"hidden_size", 1024},
+                                  {"intermediate_size", 3072},
+                                  {"num_hidden_layers", 28},
+                                  {"num_attention_heads", 16},
+                                  {"num_key_value_heads", 8},
+                                  {"head_dim", 128},
+                                  {"hidden_act", "silu"},
+                                  {"rms_norm_eps", 1e-6},
+                                  {"rope_theta", 1000000.0},
+                                  {"max_position_embeddings", 40960},
+                                  {"vocab_size", 151936},
+                                  {"tie_word_embeddings", true}};
+
+const bool registered = register_decoder_family({"qwen3", read_qwen3_config, {{"qwen3-0.6b", qwen3_06b}}});
 
 }  // namespace
 }  // namespace amalgam
