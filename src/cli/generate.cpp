@@ -25,7 +25,7 @@ void add_generate_command(CLI::App& app) {
   auto* architecture = cmd->add_option("--architecture", a->spec.architecture,
                                        "a real model's shape and tensors (" + shapes + "), random weights");
   cmd->add_option("--tokenizer", a->tokenizer, "copy this directory's tokenizer files into every checkpoint");
-  cmd->add_option("--models", a->spec.models, "number of fine-tunes")->check(CLI::Range(1, 1000));
+  cmd->add_option("--models", a->spec.models, "number of fine-tunes (0: the base alone)")->check(CLI::Range(0, 1000));
   auto* layers = cmd->add_option("--layers", a->spec.layers, "transformer layers (with --architecture: its count)")
                      ->check(CLI::Range(1, 1000));
   // The plain layout's sizes; an architecture fixes its own.
