@@ -44,7 +44,11 @@ double forward_flops(const DecoderConfig& c, int64_t sequences, int64_t length) 
 std::vector<double> score(const DecoderModel& model, const std::vector<std::vector<int32_t>>& ids,
                           const std::vector<int32_t>& targets) {
   TokenStream stream = model.embed(ids);
-  for (int64_t l = 0; l < model.config().num_hidden_layers; ++l) model.run_block(l, model.load_block(l), stream);
+  DecoderBlockWeights block;
+  for (int64_t l = 0; l < model.config().num_hidden_layers; ++l) {
+    model.load_block(l, block);
+    model.run_block(l, block, stream);
+  }
   return model.negative_log_likelihood(stream, targets);
 }
 

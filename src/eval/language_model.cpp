@@ -48,6 +48,7 @@ LmEvalResult evaluate_language_model(const std::filesystem::path& model_dir, con
   const auto batches = (records.size() + static_cast<size_t>(options.batch_size) - 1) / options.batch_size;
   Progress progress("lm eval", batches * static_cast<size_t>(model.config().num_hidden_layers), 0, options.quiet,
                     "blocks");
+  DecoderBlockWeights block;  // each block converted into the previous one's buffers
   for (size_t first = 0; first < records.size(); first += static_cast<size_t>(options.batch_size)) {
     const size_t end = std::min(records.size(), first + static_cast<size_t>(options.batch_size));
     std::vector<std::vector<int32_t>> sequences;
@@ -60,7 +61,8 @@ LmEvalResult evaluate_language_model(const std::filesystem::path& model_dir, con
     }
     TokenStream stream = model.embed(sequences);
     for (int64_t l = 0; l < model.config().num_hidden_layers; ++l) {
-      model.run_block(l, model.load_block(l), stream);
+      model.load_block(l, block);
+      model.run_block(l, block, stream);
       progress.advance(1, 0);
     }
     const auto nll = model.negative_log_likelihood(stream, targets);

@@ -31,7 +31,8 @@ Matrix matmul(const Matrix& a, const Matrix& b, bool trans_a = false, bool trans
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 // Double precision: gradient checks run the training ops in double.
-// The same product computed in fixed blocks of 128 rows of C, one block per thread: its bits
+// The same product computed in fixed blocks of rows of C (128, or 512 for a B of 4M floats or
+// more), one block per thread: its bits
 // do not depend on the thread count (OpenBLAS's own threading splits the work by the thread
 // count, and its results differ in the last bits between 1 and 2 threads), and a thread
 // slowed by another process on its core takes fewer blocks instead of holding up the rest.

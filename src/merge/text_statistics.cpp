@@ -72,9 +72,10 @@ void write_text_statistics(const DecoderModel& model, const CalibrationTexts& te
     streams.push_back(model.embed({texts.sequences.begin() + static_cast<std::ptrdiff_t>(first), end}));
   }
   Progress progress("stats", static_cast<uint64_t>(layers) * streams.size(), 0, options.quiet, "block batches");
+  DecoderBlockWeights block;  // each block converted into the previous one's buffers
   for (int64_t l = 0; l < layers; ++l) {
     GramCollector grams(model.linear_sites(l));
-    const DecoderBlockWeights block = model.load_block(l);
+    model.load_block(l, block);
     const DecoderTap tap = [&](const DecoderSiteInput& in) {
       grams.add(in.layer, static_cast<int>(in.site), in.data, in.rows, in.width);
     };

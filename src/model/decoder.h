@@ -128,6 +128,12 @@ struct TokenStream {
   int64_t width = 0;
   std::vector<float> data;
   int64_t rows() const { return offsets.back(); }
+
+  // Buffers the blocks reuse (norm output, q, k, v, attention context, MLP), so that a
+  // forward allocates them once.
+  struct Scratch {
+    std::vector<float> x, q, k, v, context, hidden, gate;
+  } scratch;
 };
 
 // What a tap sees: one linear site's input rows (every valid token of the batch).
@@ -156,6 +162,9 @@ class DecoderModel {
 
   TokenStream embed(const std::vector<std::vector<int32_t>>& sequences) const;
   DecoderBlockWeights load_block(int64_t layer) const;
+  // The same into `into`, reusing its buffers (a loop over blocks converts each into the
+  // last one's memory).
+  void load_block(int64_t layer, DecoderBlockWeights& into) const;
   void run_block(int64_t layer, const DecoderBlockWeights& block, TokenStream& stream,
                  const DecoderTap& tap = {}) const;
   // The final norm, then lm_head over `rows` of the stream ([rows.size(), vocab]); lm_head
