@@ -1,5 +1,5 @@
 // mergekit's newer methods (nearswap, passthrough, karcher, multislerp, nuslerp,
-// model_stock), each against a reference computed here in double straight from its
+// model_stock, arcee_fusion, sce), each against a reference computed here in double straight from its
 // definition in mergekit's code, and against the properties that define it: karcher and
 // multislerp of two equal-norm models equal slerp at t = 0.5; model_stock of identical
 // fine-tunes returns them; copies of one model return it.
@@ -270,6 +270,112 @@ TEST(MergekitMethods, ModelStockMatchesTheReferenceAndIdenticalFineTunesReturnTh
   expect_close(run("model_stock", {tensor(w[1], shape), tensor(w[1], shape)}, tensor(w0, shape), {{}, {}}), w[1], 1e-6);
 }
 
+// mergekit's ArceeFusionMergeTask in double (quantiles from every element, sorted).
+Vec reference_arcee_fusion(const Vec& a, const Vec& b, size_t length) {
+  const size_t n = a.size();
+  Vec importance(n);
+  for (size_t first = 0; first < n; first += length) {
+    auto softmax = [&](const Vec& x) {
+      double mx = -INFINITY, z = 0;
+      for (size_t i = 0; i < length; ++i) mx = std::max(mx, x[first + i]);
+      Vec p(length);
+      for (size_t i = 0; i < length; ++i) z += p[i] = std::exp(x[first + i] - mx);
+      for (auto& v : p) v = v / z + 1e-8;
+      return p;
+    };
+    const Vec p = softmax(b), q = softmax(a);
+    double kl = 0;
+    for (size_t i = 0; i < length; ++i) kl += p[i] * std::log(p[i] / q[i]);
+    for (size_t i = 0; i < length; ++i) importance[first + i] = std::abs(b[first + i] - a[first + i]) * kl;
+  }
+  Vec sorted = importance;
+  std::sort(sorted.begin(), sorted.end());
+  auto quantile = [&](double q) { return sorted[static_cast<size_t>(q * static_cast<double>(n - 1))]; };
+  const double threshold = quantile(0.5) + 1.5 * (quantile(0.75) - quantile(0.25));
+  Vec out(n);
+  for (size_t k = 0; k < n; ++k) out[k] = importance[k] >= threshold ? b[k] : a[k];
+  return out;
+}
+
+TEST(MergekitMethods, ArceeFusionKeepsTheOutlyingChangesOfTheReference) {
+  const size_t rows = 8, cols = 50;
+  const Shape shape = {static_cast<int64_t>(rows), static_cast<int64_t>(cols)};
+  const Vec a = random_vec(rows * cols, 50);
+  Vec b = a;
+  const Vec change = random_vec(rows * cols, 51);
+  for (size_t k = 0; k < b.size(); ++k) b[k] = static_cast<float>(b[k] + 0.05 * change[k] * (k % 7 == 0 ? 10 : 1));
+  const auto got = run("arcee_fusion", {tensor(b, shape)}, tensor(a, shape), {{}});
+  const Vec want = reference_arcee_fusion(a, b, cols);
+  expect_close(got, want, 1e-7);
+  size_t changed = 0;
+  for (size_t k = 0; k < want.size(); ++k) changed += want[k] != a[k];
+  EXPECT_GT(changed, 0u);               // some changes kept ...
+  EXPECT_LT(changed, want.size() / 4);  // ... the outliers only
+}
+
+// mergekit's sce_merge in double.
+Vec reference_sce(const std::vector<Vec>& w, const Vec& w0, double topk) {
+  const size_t n = w0.size(), m = w.size();
+  std::vector<Vec> d(m, Vec(n));
+  for (size_t i = 0; i < m; ++i)
+    for (size_t k = 0; k < n; ++k) d[i][k] = static_cast<float>(w[i][k] - w0[k]);
+  if (topk < 1) {
+    Vec var(n);
+    size_t nonzero = 0;
+    for (size_t k = 0; k < n; ++k) {
+      double mean = 0, sq = 0;
+      for (size_t i = 0; i < m; ++i) mean += d[i][k] / static_cast<double>(m);
+      for (size_t i = 0; i < m; ++i) sq += (d[i][k] - mean) * (d[i][k] - mean);
+      var[k] = sq / static_cast<double>(m);
+      nonzero += var[k] != 0;
+    }
+    const auto keep = static_cast<size_t>(static_cast<double>(nonzero) * topk);
+    std::vector<size_t> order(n);
+    for (size_t k = 0; k < n; ++k) order[k] = k;
+    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return var[x] > var[y]; });
+    std::vector<bool> kept(n, false);
+    for (size_t r = 0; r < keep; ++r) kept[order[r]] = true;
+    for (auto& v : d)
+      for (size_t k = 0; k < n; ++k)
+        if (!kept[k]) v[k] = 0;
+  }
+  Vec weight(m);
+  double total = 0;
+  for (size_t i = 0; i < m; ++i) total += weight[i] = dot(d[i], d[i]) / static_cast<double>(n);
+  for (auto& v : weight) v = std::abs(total) < 1e-6 ? 1.0 / static_cast<double>(m) : v / total;
+  Vec out(n);
+  for (size_t k = 0; k < n; ++k) {
+    double sum = 0;
+    for (size_t i = 0; i < m; ++i) sum += d[i][k];
+    const double elected = sum >= 0 ? 1 : -1;
+    double merged = 0, ws = 0;
+    for (size_t i = 0; i < m; ++i) {
+      const double sign = d[i][k] > 0 ? 1 : d[i][k] < 0 ? -1 : 0;
+      if (sign != elected) continue;
+      merged += weight[i] * d[i][k];
+      ws += weight[i];
+    }
+    out[k] = w0[k] + merged / std::max(ws, 1e-6);
+  }
+  return out;
+}
+
+TEST(MergekitMethods, SceMatchesTheReferenceWithAndWithoutSelection) {
+  const Vec w0 = random_vec(500, 60);
+  std::vector<Vec> w;
+  for (uint64_t s = 0; s < 3; ++s) {
+    Vec v = random_vec(500, 61 + s);
+    for (size_t k = 0; k < v.size(); ++k) v[k] = static_cast<float>(w0[k] + (0.1 + 0.1 * s) * v[k]);
+    w.push_back(v);
+  }
+  const std::vector<Tensor> models = {tensor(w[0]), tensor(w[1]), tensor(w[2])};
+  for (const double topk : {1.0, 0.3, 0.01})
+    expect_close(run("sce", models, tensor(w0), {{}, {}, {}}, {{"select_topk", topk}}), reference_sce(w, w0, topk),
+                 1e-6);
+  // Copies of one fine-tune: every entry elected, equal weights: the fine-tune.
+  expect_close(run("sce", {tensor(w[1]), tensor(w[1])}, tensor(w0), {{}, {}}), w[1], 1e-6);
+}
+
 TEST(MergekitMethods, AreRegisteredWithMergekitsParameterNames) {
   for (const auto& [method, params] :
        std::map<std::string, std::vector<std::string>>{{"nearswap", {"t"}},
@@ -277,7 +383,9 @@ TEST(MergekitMethods, AreRegisteredWithMergekitsParameterNames) {
                                                        {"karcher", {"max_iter", "tol"}},
                                                        {"multislerp", {"weight", "normalize_weights", "eps"}},
                                                        {"nuslerp", {"weight", "nuslerp_flatten", "nuslerp_row_wise"}},
-                                                       {"model_stock", {"filter_wise"}}}) {
+                                                       {"model_stock", {"filter_wise"}},
+                                                       {"arcee_fusion", {}},
+                                                       {"sce", {"select_topk"}}}) {
     const auto m = MethodRegistry::instance().create(method);
     std::vector<std::string> names;
     for (const auto& p : m->spec().params) names.push_back(p.name);
