@@ -1,5 +1,5 @@
 // mergekit's newer methods (nearswap, passthrough, karcher, multislerp, nuslerp,
-// model_stock, arcee_fusion, sce), each against a reference computed here in double straight from its
+// model_stock, arcee_fusion, sce, ram, ramplus_tl), each against a reference computed here in double straight from its
 // definition in mergekit's code, and against the properties that define it: karcher and
 // multislerp of two equal-norm models equal slerp at t = 0.5; model_stock of identical
 // fine-tunes returns them; copies of one model return it.
@@ -376,6 +376,48 @@ TEST(MergekitMethods, SceMatchesTheReferenceWithAndWithoutSelection) {
   expect_close(run("sce", {tensor(w[1]), tensor(w[1])}, tensor(w0), {{}, {}}), w[1], 1e-6);
 }
 
+// mergekit's ram_merge and ramplus_tl_merge in double.
+Vec reference_ram(const std::vector<Vec>& w, const Vec& w0, bool plus, double r, double alpha, double eps) {
+  const size_t n = w0.size(), m = w.size();
+  auto changed = [&](size_t i, size_t k) { return std::abs(w[i][k] - w0[k]) > eps; };
+  std::vector<int> count(n, 0);
+  for (size_t k = 0; k < n; ++k)
+    for (size_t i = 0; i < m; ++i) count[k] += changed(i, k);
+  Vec lambda(m, 1.0);
+  if (plus)
+    for (size_t i = 0; i < m; ++i) {
+      double shared = 0, unique = 0;
+      for (size_t k = 0; k < n; ++k)
+        if (changed(i, k)) (count[k] > 1 ? shared : unique) += 1;
+      lambda[i] = 1 + r * std::clamp(shared / std::max(unique, eps), 0.0, alpha);
+    }
+  Vec out = w0;
+  for (size_t k = 0; k < n; ++k)
+    for (size_t i = 0; i < m; ++i)
+      if (changed(i, k)) out[k] += count[k] == 1 ? lambda[i] * (w[i][k] - w0[k]) : (w[i][k] - w0[k]) / count[k];
+  return out;
+}
+
+TEST(MergekitMethods, RamAndRamPlusMatchTheReference) {
+  // Sparse task vectors: each model changes a third of the entries, so entries are changed by
+  // none, one or several models.
+  const Vec w0 = random_vec(600, 70);
+  std::vector<Vec> w;
+  for (uint64_t s = 0; s < 3; ++s) {
+    Vec v = w0;
+    const Vec change = random_vec(600, 71 + s);
+    for (size_t k = 0; k < v.size(); ++k)
+      if ((k * (s + 3) + s) % 3 == 0) v[k] = static_cast<float>(v[k] + 0.1 * change[k]);
+    w.push_back(v);
+  }
+  const std::vector<Tensor> models = {tensor(w[0]), tensor(w[1]), tensor(w[2])};
+  expect_close(run("ram", models, tensor(w0), {{}, {}, {}}), reference_ram(w, w0, false, 0, 0, 1e-5), 1e-6);
+  expect_close(run("ramplus_tl", models, tensor(w0), {{}, {}, {}}, {{"r", 0.5}, {"alpha", 0.8}}),
+               reference_ram(w, w0, true, 0.5, 0.8, 1e-5), 1e-6);
+  // One model: its task vector whole (RAM), boosted by nothing it shares (RAM+).
+  expect_close(run("ramplus_tl", {tensor(w[0])}, tensor(w0), {{}}), w[0], 1e-6);
+}
+
 TEST(MergekitMethods, AreRegisteredWithMergekitsParameterNames) {
   for (const auto& [method, params] :
        std::map<std::string, std::vector<std::string>>{{"nearswap", {"t"}},
@@ -385,7 +427,9 @@ TEST(MergekitMethods, AreRegisteredWithMergekitsParameterNames) {
                                                        {"nuslerp", {"weight", "nuslerp_flatten", "nuslerp_row_wise"}},
                                                        {"model_stock", {"filter_wise"}},
                                                        {"arcee_fusion", {}},
-                                                       {"sce", {"select_topk"}}}) {
+                                                       {"sce", {"select_topk"}},
+                                                       {"ram", {"epsilon"}},
+                                                       {"ramplus_tl", {"r", "alpha", "epsilon"}}}) {
     const auto m = MethodRegistry::instance().create(method);
     std::vector<std::string> names;
     for (const auto& p : m->spec().params) names.push_back(p.name);
