@@ -864,8 +864,8 @@ TEST(MergeEngineDeterminism, DareTiesSameSeedSameBytes) {
 }
 
 TEST(MergeEngineDeterminism, DareKeepsOrDropsEachEntryAndRescales) {
-  // One candidate: every entry is either the base (dropped) or base + w * D / density (kept),
-  // and about `density` of them are kept.
+  // One candidate: every entry is either the base (dropped) or base + w * D * s (kept), s the
+  // tensor's |D|_1 / |kept D|_1 (mergekit's L1 rescale), and about `density` of them are kept.
   TempDir tmp;
   const Family f = make_family(tmp.path(), DType::F32, 1, kDefaultMaxShardBytes, 52);
   const std::string yaml = "merge_method: dare_ties\nbase_model: " + f.base.string() + "\n" +
@@ -875,9 +875,16 @@ TEST(MergeEngineDeterminism, DareKeepsOrDropsEachEntryAndRescales) {
   size_t kept = 0, changed = 0, total = 0;
   for (const auto& d : f.layout) {
     const Values &b = f.base_values.at(d.name), &x = f.model_values[0].at(d.name), &g = got.at(d.name);
+    double l1 = 0, kept_l1 = 0;
     for (size_t i = 0; i < b.size(); ++i) {
-      const double kept_value = b[i] + 0.5 * (x[i] - b[i]) / 0.25;
-      const bool is_base = g[i] == b[i], is_kept = std::fabs(g[i] - kept_value) <= 1e-6;
+      l1 += std::fabs(x[i] - b[i]);
+      if (g[i] != b[i]) kept_l1 += std::fabs(x[i] - b[i]);
+    }
+    const double scale = kept_l1 > 0 ? l1 / kept_l1 : 1.0;
+    for (size_t i = 0; i < b.size(); ++i) {
+      const double kept_value = b[i] + 0.5 * (x[i] - b[i]) * scale;
+      const bool is_base = g[i] == b[i],
+                 is_kept = std::fabs(g[i] - kept_value) <= 1e-5 * std::max(1.0, std::fabs(kept_value));
       EXPECT_TRUE(is_base || is_kept) << d.name << "[" << i << "] = " << g[i];
       if (x[i] != b[i]) {
         ++changed;

@@ -1,6 +1,6 @@
 // mergekit's newer methods (nearswap, passthrough, karcher, multislerp, nuslerp,
-// model_stock, arcee_fusion, sce, ram, ramplus_tl), each against a reference computed here in double straight from its
-// definition in mergekit's code, and against the properties that define it: karcher and
+// model_stock, arcee_fusion, sce, ram, ramplus_tl, della, della_linear), each against a reference computed here in
+// double straight from its definition in mergekit's code, and against the properties that define it: karcher and
 // multislerp of two equal-norm models equal slerp at t = 0.5; model_stock of identical
 // fine-tunes returns them; copies of one model return it.
 #include <gtest/gtest.h>
@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "merge/task_arithmetic_family.h"
 #include "merge_method_fixtures.h"
 #include "test_util.h"
 
@@ -418,18 +419,108 @@ TEST(MergekitMethods, RamAndRamPlusMatchTheReference) {
   expect_close(run("ramplus_tl", {tensor(w[0])}, tensor(w0), {{}}), w[0], 1e-6);
 }
 
+// mergekit's della_magprune, L1 rescale and (for della) TIES consensus, in double. The
+// Bernoulli draws are amalgam's seeded ones (uniform01 at the job's per-model seed): mergekit
+// draws from torch's unseeded generator, so only the draw's source is shared.
+Vec reference_della(const std::vector<Vec>& w, const Vec& w0, size_t rows, size_t cols, double density, double epsilon,
+                    const std::vector<double>& weight, bool consensus, bool normalize, const TensorJob& job) {
+  const size_t n = w0.size(), m = w.size();
+  std::vector<Vec> d(m, Vec(n, 0.0));
+  for (size_t t = 0; t < m; ++t) {
+    Vec delta(n);
+    for (size_t k = 0; k < n; ++k)
+      delta[k] = static_cast<float>(static_cast<float>(w[t][k]) - static_cast<float>(w0[k]));
+    std::vector<bool> keep(n, false);
+    for (size_t r = 0; r < rows; ++r) {
+      std::vector<size_t> order(cols);
+      for (size_t j = 0; j < cols; ++j) order[j] = j;
+      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t c) {
+        return std::abs(delta[r * cols + a]) < std::abs(delta[r * cols + c]);
+      });
+      for (size_t rank = 0; rank < cols; ++rank) {
+        const size_t k = r * cols + order[rank];
+        const double p = density - epsilon + 2 * epsilon * static_cast<double>(rank) / static_cast<double>(cols - 1);
+        keep[k] = uniform01(job.seed_for(t), k) < p;
+      }
+    }
+    double l1 = 0, kept_l1 = 0;
+    for (size_t k = 0; k < n; ++k) {
+      l1 += std::abs(delta[k]);
+      if (keep[k]) kept_l1 += std::abs(delta[k]);
+    }
+    for (size_t k = 0; k < n; ++k) d[t][k] = keep[k] ? weight[t] * delta[k] * l1 / kept_l1 : 0.0;
+  }
+  Vec out(n);
+  for (size_t k = 0; k < n; ++k) {
+    double vote = 0;
+    for (size_t t = 0; t < m; ++t) vote += d[t][k];
+    double mixed = 0, divisor = 0;
+    for (size_t t = 0; t < m; ++t) {
+      const bool agree = !consensus || d[t][k] * (vote >= 0 ? 1 : -1) > 0;
+      if (!agree) continue;
+      mixed += d[t][k];
+      divisor += weight[t];
+    }
+    if (!consensus) divisor = weight[0] + weight[1];
+    out[k] = w0[k] + (normalize && divisor != 0 ? mixed / divisor : mixed);
+  }
+  return out;
+}
+
+TEST(MergekitMethods, DellaAndDellaLinearMatchTheReference) {
+  const size_t rows = 20, cols = 64, n = rows * cols;
+  const Shape shape = {static_cast<int64_t>(rows), static_cast<int64_t>(cols)};
+  const Vec w0 = random_vec(n, 80);
+  std::vector<Vec> w;
+  for (uint64_t s = 0; s < 2; ++s) {
+    Vec v = random_vec(n, 81 + s);
+    for (size_t k = 0; k < n; ++k) v[k] = static_cast<float>(w0[k] + 0.1 * v[k]);
+    w.push_back(v);
+  }
+  const std::vector<Tensor> models = {tensor(w[0], shape), tensor(w[1], shape)};
+  const std::vector<Params> p = {{{"weight", 1.0}, {"density", 0.4}, {"epsilon", 0.1}},
+                                 {{"weight", 0.5}, {"density", 0.4}, {"epsilon", 0.1}}};
+  const TensorJob job("layers.0.w", models, tensor(w0, shape), p, {}, 5);  // run()'s job: the same seeds
+  expect_close(run("della", models, tensor(w0, shape), p, {}, 5),
+               reference_della(w, w0, rows, cols, 0.4, 0.1, {1.0, 0.5}, true, true, job), 1e-5);
+  expect_close(run("della_linear", models, tensor(w0, shape), p, {}, 5),
+               reference_della(w, w0, rows, cols, 0.4, 0.1, {1.0, 0.5}, false, false, job), 1e-5);
+  // The draw keeps about `density` of the entries, the larger ones more often.
+  const auto one = run("della_linear", {models[0]}, tensor(w0, shape), {p[0]}, {}, 5);
+  size_t kept = 0, kept_large = 0, large = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    Vec row(w[0].begin() + r * cols, w[0].begin() + (r + 1) * cols);
+    for (size_t j = 0; j < cols; ++j) row[j] = std::abs(row[j] - w0[r * cols + j]);
+    Vec sorted = row;
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t j = 0; j < cols; ++j) {
+      const bool k = one[r * cols + j] != static_cast<float>(w0[r * cols + j]);
+      kept += k;
+      if (row[j] >= sorted[cols / 2]) large += 1, kept_large += k;
+    }
+  }
+  EXPECT_NEAR(static_cast<double>(kept) / n, 0.4, 0.05);
+  EXPECT_GT(static_cast<double>(kept_large) / large, static_cast<double>(kept) / n);
+  // density +- epsilon outside (0, 1): an input error naming the tensor.
+  EXPECT_THROW(run("della", models, tensor(w0, shape),
+                   {{{"weight", 1.0}, {"density", 0.1}, {"epsilon", 0.2}}, {{"weight", 1.0}}}),
+               InputError);
+}
+
 TEST(MergekitMethods, AreRegisteredWithMergekitsParameterNames) {
-  for (const auto& [method, params] :
-       std::map<std::string, std::vector<std::string>>{{"nearswap", {"t"}},
-                                                       {"passthrough", {"scale"}},
-                                                       {"karcher", {"max_iter", "tol"}},
-                                                       {"multislerp", {"weight", "normalize_weights", "eps"}},
-                                                       {"nuslerp", {"weight", "nuslerp_flatten", "nuslerp_row_wise"}},
-                                                       {"model_stock", {"filter_wise"}},
-                                                       {"arcee_fusion", {}},
-                                                       {"sce", {"select_topk"}},
-                                                       {"ram", {"epsilon"}},
-                                                       {"ramplus_tl", {"r", "alpha", "epsilon"}}}) {
+  for (const auto& [method, params] : std::map<std::string, std::vector<std::string>>{
+           {"nearswap", {"t"}},
+           {"passthrough", {"scale"}},
+           {"karcher", {"max_iter", "tol"}},
+           {"multislerp", {"weight", "normalize_weights", "eps"}},
+           {"nuslerp", {"weight", "nuslerp_flatten", "nuslerp_row_wise"}},
+           {"model_stock", {"filter_wise"}},
+           {"arcee_fusion", {}},
+           {"sce", {"select_topk"}},
+           {"ram", {"epsilon"}},
+           {"della", {"weight", "density", "epsilon", "lambda", "normalize", "rescale", "int8_mask"}},
+           {"della_linear", {"weight", "density", "epsilon", "lambda", "normalize", "rescale", "int8_mask"}},
+           {"ramplus_tl", {"r", "alpha", "epsilon"}}}) {
     const auto m = MethodRegistry::instance().create(method);
     std::vector<std::string> names;
     for (const auto& p : m->spec().params) names.push_back(p.name);

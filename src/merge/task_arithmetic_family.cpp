@@ -9,8 +9,10 @@
 #include <stdexcept>
 #include <vector>
 
+#include "core/error.h"
 #include "core/parallel.h"
 #include "merge/audit.h"
+#include "merge/reductions.h"
 
 namespace amalgam {
 
@@ -107,10 +109,14 @@ TaskArithmeticFamily::TaskArithmeticFamily(const TaskArithmeticVariant& v) : var
     spec_.params.push_back({"density", S::Model, 1.0, 0, 1, "fraction of the task vector's entries kept"});
   if (v.sparsification == Sparsification::MagnitudeBand)
     spec_.params.push_back({"gamma", S::Model, 0.01, 0, 1, "fraction of the largest entries dropped"});
+  if (v.sparsification == Sparsification::DellaMagprune)
+    spec_.params.push_back({"epsilon", S::Model, 0.15, 0, 1,
+                            "keep probabilities run from density - epsilon (smallest) to density + epsilon"});
   spec_.params.push_back({"lambda", S::Global, 1.0, -1e6, 1e6, "scale of the merged task vector"});
   spec_.params.push_back({"normalize", S::Global, v.default_normalize ? 1.0 : 0.0, 0, 1,
                           "divide by the summed weights (of the agreeing models, with sign consensus)"});
-  spec_.params.push_back({"rescale", S::Global, v.default_rescale ? 1.0 : 0.0, 0, 1, "divide kept entries by density"});
+  spec_.params.push_back({"rescale", S::Global, v.default_rescale ? 1.0 : 0.0, 0, 1,
+                          "scale the kept entries so that the task vector keeps its L1 norm"});
   spec_.params.push_back({"int8_mask", S::Global, 0.0, 0, 1, "accepted for mergekit compatibility; no effect"});
   spec_.needs_base = true;
   spec_.streams = true;
@@ -128,6 +134,10 @@ class TaskArithmeticRanges final : public RangeMerge {
 
  private:
   void merge_chunk(size_t chunk_begin, size_t chunk_end, std::span<std::byte> out, size_t first);
+  // DELLA's keep mask of model t's task vector.
+  std::vector<uint8_t> della_mask(size_t t) const;
+  // |D_t|_1 / |kept D_t|_1, or 1 when either is below 1e-7.
+  float l1_rescale(size_t t) const;
 
   const TaskArithmeticVariant& variant_;
   const TensorJob& job_;
@@ -142,6 +152,9 @@ class TaskArithmeticRanges final : public RangeMerge {
   // sums anyway: the audit takes those rows (scaled by w_t) instead of a copy of the raw ones.
   bool combination_ = false;
   std::vector<MagnitudeBand> bands_;
+  // DELLA: per model, whether each entry is kept (1) or dropped (0), drawn up front because
+  // its probability depends on the entry's rank within its row.
+  std::vector<std::vector<uint8_t>> della_keep_;
   // The audit's counts: entries kept by sparsification and by the sign election per model,
   // and entries whose kept deltas disagree in sign.
   std::vector<uint64_t> kept_, elected_;
@@ -165,8 +178,9 @@ TaskArithmeticRanges::TaskArithmeticRanges(const TaskArithmeticVariant& variant,
   for (size_t t = 0; t < models_; ++t) {
     weight_[t] = static_cast<float>(job.param("weight", t));
     density_[t] = sparsify == Sparsification::None ? 1.0f : static_cast<float>(job.param("density", t));
-    if (job.param("rescale") != 0 && density_[t] > 0) scale_[t] = 1.0f / density_[t];
   }
+  if (sparsify == Sparsification::DellaMagprune)
+    for (size_t t = 0; t < models_; ++t) della_keep_.push_back(della_mask(t));
 
   // Magnitude selection needs each task vector whole once, to find its rank boundaries.
   if (sparsify == Sparsification::Magnitude || sparsify == Sparsification::MagnitudeBand) {
@@ -191,6 +205,11 @@ TaskArithmeticRanges::TaskArithmeticRanges(const TaskArithmeticVariant& variant,
     }
   }
 
+  // mergekit's rescaled_masked_tensor: the kept entries times |D_t|_1 / |kept D_t|_1 (left
+  // as they are when either norm is below 1e-7).
+  if (job.param("rescale") != 0 && sparsify != Sparsification::None)
+    for (size_t t = 0; t < models_; ++t) scale_[t] = l1_rescale(t);
+
   float weight_sum = 0;
   for (float w : weight_) weight_sum += w;
   plain_divisor_ = normalize_ && std::fabs(weight_sum) >= 1e-8f ? weight_sum : 1.0f;
@@ -203,6 +222,88 @@ TaskArithmeticRanges::TaskArithmeticRanges(const TaskArithmeticVariant& variant,
     audit->set_merged_combination(row_scale,
                                   std::vector<double>(models_, static_cast<double>(lambda_) / plain_divisor_));
   }
+}
+
+// mergekit's della_magprune: along dimension 1 (a 1-D tensor is one row), the entries ranked
+// by magnitude from 1 (smallest) to the row's length, rank r kept with probability
+// (density - epsilon) + 2 epsilon (r - 1) / (length - 1), drawn from the merge's seed (ties
+// rank by position). density >= 1 keeps everything, <= 0 nothing.
+std::vector<uint8_t> TaskArithmeticRanges::della_mask(size_t t) const {
+  const TensorJob& job = job_;
+  const size_t n = job.numel();
+  const double density = job.param("density", t), epsilon = job.param("epsilon", t);
+  std::vector<uint8_t> keep(n, density > 0 ? 1 : 0);
+  if (density >= 1 || density <= 0) return keep;
+  if (density + epsilon >= 1 || density - epsilon <= 0)
+    throw InputError(job.config_source(), job.name(),
+                     "della: density " + std::to_string(density) + " and epsilon " + std::to_string(epsilon) +
+                         " put the keep probabilities outside (0, 1); choose epsilon < min(density, 1 - density)");
+  const Shape& shape = job.shape();
+  const size_t length = shape.size() >= 2 ? static_cast<size_t>(shape[1]) : n;
+  size_t inner = 1;
+  for (size_t d = 2; d < shape.size(); ++d) inner *= static_cast<size_t>(shape[d]);
+  const size_t vectors = length == 0 ? 0 : n / length;
+  const Tensor model = job.model_f32(t), base = job.base_f32();
+  const float* x = model.data<float>().data();
+  const float* b0 = base.data<float>().data();
+  const uint64_t seed = job.seed_for(t);
+  parallel_chunks(vectors, 1, [&](size_t begin, size_t end) {
+    std::vector<size_t> order(length);
+    std::vector<float> magnitude(length);
+    for (size_t v = begin; v < end; ++v) {
+      const size_t first = (v / inner) * length * inner + v % inner;  // element 0 of vector v
+      for (size_t j = 0; j < length; ++j) {
+        const size_t k = first + j * inner;
+        const float m = std::fabs(x[k] - b0[k]);
+        magnitude[j] = m == m ? m : 0.0f;
+        order[j] = j;
+      }
+      std::sort(order.begin(), order.end(),
+                [&](size_t a, size_t c) { return magnitude[a] != magnitude[c] ? magnitude[a] < magnitude[c] : a < c; });
+      for (size_t r = 0; r < length; ++r) {
+        const double rank_norm = length > 1 ? static_cast<double>(r) / static_cast<double>(length - 1) : 0.0;
+        const double p = density - epsilon + rank_norm * 2 * epsilon;
+        const size_t k = first + order[r] * inner;
+        keep[k] = uniform01(seed, k) < p ? 1 : 0;
+      }
+    }
+  });
+  return keep;
+}
+
+float TaskArithmeticRanges::l1_rescale(size_t t) const {
+  const TensorJob& job = job_;
+  const uint64_t seed = job.seed_for(t);
+  const auto [before, after] = chunked_sums<2>(job.numel(), [&](size_t b, size_t e, double* s) {
+    thread_local std::vector<float> model, base;
+    model.resize(kStreamChunk);
+    base.resize(kStreamChunk);
+    job.read_model(t, b, e, model.data());
+    job.read_base(b, e, base.data());
+    for (size_t i = 0; i < e - b; ++i) {
+      const float delta = model[i] - base[i];
+      const float magnitude = std::fabs(delta);
+      bool kept = true;
+      switch (variant_.sparsification) {
+        case Sparsification::Random:
+          kept = uniform01(seed, b + i) < density_[t];
+          break;
+        case Sparsification::DellaMagprune:
+          kept = della_keep_[t][b + i] != 0;
+          break;
+        case Sparsification::Magnitude:
+        case Sparsification::MagnitudeBand:
+          kept = bands_[t].contains(magnitude, b + i);
+          break;
+        case Sparsification::None:
+          break;
+      }
+      s[0] += magnitude;
+      if (kept) s[1] += magnitude;
+    }
+  });
+  if (before < 1e-7 || after < 1e-7) return 1.0f;
+  return static_cast<float>(before / after);
 }
 
 void TaskArithmeticRanges::merge_range(size_t begin, size_t end, std::span<std::byte> out) {
@@ -277,6 +378,9 @@ void TaskArithmeticRanges::merge_chunk(size_t chunk_begin, size_t chunk_end, std
       } else if (sparsify == Sparsification::Random) {
         const uint64_t seed = job.seed_for(t);
         for (size_t i = 0; i < len; ++i) d[i] = uniform01(seed, b + i) < density_[t] ? w * (d[i] - base[i]) : 0.0f;
+      } else if (sparsify == Sparsification::DellaMagprune) {
+        const uint8_t* keep = della_keep_[t].data() + b;
+        for (size_t i = 0; i < len; ++i) d[i] = keep[i] ? w * (d[i] - base[i]) : 0.0f;
       } else {
         const MagnitudeBand& band = bands_[t];
         for (size_t i = 0; i < len; ++i) {

@@ -1,12 +1,13 @@
 // The task-vector family, as mergekit's "generalized task arithmetic" defines it:
 //
-//   D_t = W_t - W0, sparsified per model (magnitude top-k, random DARE drop, or
-//   breadcrumbs' band), weighted by w_t; summed, or with TIES sign consensus only the
-//   entries agreeing with the elected sign sign(sum_t w_t D_t); divided by the summed
-//   weights when normalize is set; result W0 + lambda * mixed.
+//   D_t = W_t - W0, sparsified per model (magnitude top-k, random DARE drop, breadcrumbs'
+//   band, or DELLA's drop with probabilities by magnitude rank within each row), with
+//   `rescale` the kept entries scaled so that D_t keeps its L1 norm, weighted by w_t; summed, or with TIES sign
+//   consensus only the entries agreeing with the elected sign sign(sum_t w_t D_t); divided by the summed weights when
+//   normalize is set; result W0 + lambda * mixed.
 //
-// task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs and breadcrumbs_ties are each
-// a file that registers one variant of this kernel.
+// task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della and
+// della_linear are each a file that registers one variant of this kernel.
 #pragma once
 
 #include <cstddef>
@@ -18,7 +19,7 @@
 
 namespace amalgam {
 
-enum class Sparsification { None, Magnitude, Random, MagnitudeBand };
+enum class Sparsification { None, Magnitude, Random, MagnitudeBand, DellaMagprune };
 
 struct TaskArithmeticVariant {
   const char* name;
