@@ -11,27 +11,13 @@ conv patch embedding, pre-LN blocks, q scaled by head_dim^-0.5, post-LN CLS, pro
 Prints one JSON object.
 """
 import json
-import struct
 import sys
 import time
 
 import numpy as np
 import torch
 
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", name
-        b, e = info["data_offsets"]
-        out[name] = torch.from_numpy(np.frombuffer(data[b:e], dtype=np.float32).reshape(info["shape"]).copy())
-    return out
+from torch_safetensors import load_safetensors
 
 
 def act(x, name):

@@ -3,6 +3,7 @@
 // tokenizer over their 61-token vocabulary.
 #pragma once
 
+#include <functional>
 #include <random>
 #include <string>
 
@@ -20,6 +21,33 @@ inline Json tiny_config(const std::string& model_type) {
           {"intermediate_size", 40},     {"num_hidden_layers", 2}, {"num_attention_heads", 4},
           {"num_key_value_heads", 4},    {"rms_norm_eps", 1e-5},   {"rope_theta", 10000.0},
           {"tie_word_embeddings", false}};
+}
+
+// Writes config.json and model.safetensors: each tensor of `shapes` seeded normal values,
+// mean + scale N(0, 1) with (mean, scale) = init(name), stored in `dtype` under
+// written_prefix + name; returns the stored values (after rounding) under stored_prefix + name.
+inline Weights write_random_checkpoint(const fs::path& dir, const Json& c,
+                                       const std::vector<std::pair<std::string, Shape>>& shapes, DType dtype,
+                                       uint64_t seed,
+                                       const std::function<std::pair<float, float>(const std::string&)>& init,
+                                       const std::string& written_prefix = "", const std::string& stored_prefix = "") {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  Weights stored;
+  for (const auto& [name, shape] : shapes) {
+    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+    const auto [mean, scale] = init(name);
+    for (auto& x : v) x = mean + scale * normal(rng);
+    const Tensor t = Tensor::from_f32(shape, v).to(dtype);
+    const Tensor back = t.to(DType::F32);
+    stored[stored_prefix + name].assign(back.data<float>().begin(), back.data<float>().end());
+    tensors.emplace_back(written_prefix + name, t);
+  }
+  fs::create_directories(dir);
+  write_bytes(dir / "config.json", c.dump());
+  save_safetensors(dir / "model.safetensors", tensors);
+  return stored;
 }
 
 // Writes config.json and model.safetensors with seeded random weights of every tensor the
@@ -54,24 +82,10 @@ inline Weights write_random_decoder(const fs::path& dir, const Json& c, DType dt
   shapes.push_back({"model.norm.weight", {d}});
   if (!c.value("tie_word_embeddings", false)) shapes.push_back({"lm_head.weight", {vocab, d}});
 
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  Weights stored;
-  for (const auto& [name, shape] : shapes) {
-    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  return write_random_checkpoint(dir, c, shapes, dtype, seed, [](const std::string& name) {
     const bool norm = name.find("norm") != std::string::npos;
-    const float scale = norm ? 0.2f : name.find("embed") != std::string::npos ? 1.0f : 0.3f;
-    for (auto& x : v) x = (norm ? 1.0f : 0.0f) + scale * normal(rng);
-    const Tensor t = Tensor::from_f32(shape, v).to(dtype);
-    const Tensor back = t.to(DType::F32);
-    stored[name].assign(back.data<float>().begin(), back.data<float>().end());
-    tensors.emplace_back(name, t);
-  }
-  fs::create_directories(dir);
-  write_bytes(dir / "config.json", c.dump());
-  save_safetensors(dir / "model.safetensors", tensors);
-  return stored;
+    return std::pair{norm ? 1.0f : 0.0f, norm ? 0.2f : name.find("embed") != std::string::npos ? 1.0f : 0.3f};
+  });
 }
 
 // A random GPT-2 checkpoint (GPT2LMHeadModel's names, optionally without "transformer.").
@@ -97,23 +111,13 @@ inline Weights write_random_gpt2(const fs::path& dir, const Json& c, DType dtype
   }
   shapes.push_back({"ln_f.weight", {d}});
   shapes.push_back({"ln_f.bias", {d}});
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  Weights stored;
-  for (const auto& [name, shape] : shapes) {
-    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
-    const bool norm_weight = name.find("ln_") != std::string::npos && name.ends_with(".weight");
-    for (auto& x : v) x = (norm_weight ? 1.0f : 0.0f) + 0.3f * normal(rng);
-    const Tensor t = Tensor::from_f32(shape, v).to(dtype);
-    const Tensor back = t.to(DType::F32);
-    stored["transformer." + name].assign(back.data<float>().begin(), back.data<float>().end());
-    tensors.emplace_back((prefixed ? "transformer." : "") + name, t);
-  }
-  fs::create_directories(dir);
-  write_bytes(dir / "config.json", c.dump());
-  save_safetensors(dir / "model.safetensors", tensors);
-  return stored;
+  return write_random_checkpoint(
+      dir, c, shapes, dtype, seed,
+      [](const std::string& name) {
+        const bool norm_weight = name.find("ln_") != std::string::npos && name.ends_with(".weight");
+        return std::pair{norm_weight ? 1.0f : 0.0f, 0.3f};
+      },
+      prefixed ? "transformer." : "", "transformer.");
 }
 
 // A character-level tokenizer over the tiny models' vocabulary: a-z are 0-25, space 26, BOS

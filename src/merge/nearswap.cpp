@@ -7,6 +7,7 @@
 
 #include "core/parallel.h"
 #include "merge/method.h"
+#include "merge/reductions.h"
 
 namespace amalgam {
 namespace {
@@ -31,11 +32,7 @@ class NearSwap final : public MergeMethod {
     Tensor out = Tensor::uninitialized(DType::F32, job.shape());
     float* res = out.mutable_data<float>().data();
     parallel_chunks(job.numel(), kStreamChunk, [&](size_t b, size_t e) {
-      thread_local std::vector<float> base, model;
-      base.resize(kStreamChunk);
-      model.resize(kStreamChunk);
-      job.read_base(b, e, base.data());
-      job.read_model(0, b, e, model.data());
+      const auto [base, model] = base_and_model_chunk(job, b, e);
       for (size_t i = 0; i < e - b; ++i) {
         const double a = base[i], v = model[i];
         const double w = std::clamp(t / std::max(std::abs(v - a), 1e-6), 0.0, 1.0);

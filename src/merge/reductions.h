@@ -1,11 +1,13 @@
 // Sums over a tensor's elements that give the same bits on any thread count: each
 // kStreamChunk chunk is summed in double by whichever thread takes it, and the chunks' sums
 // are added in chunk order. The spherical methods (slerp's relatives, karcher, model_stock)
-// reduce dot products and norms this way.
+// reduce dot products and norms this way. Also how those methods read their inputs in F32:
+// whole, or chunk by chunk.
 #pragma once
 
 #include <array>
 #include <cstddef>
+#include <utility>
 #include <vector>
 
 #include "core/parallel.h"
@@ -37,6 +39,15 @@ inline std::vector<Tensor> job_inputs_f32(const TensorJob& job, bool with_base) 
   for (size_t t = 0; t < job.model_count(); ++t) inputs.push_back(job.model_f32(t));
   if (with_base) inputs.push_back(job.base_f32());
   return inputs;
+}
+
+// Elements [b, e) (at most kStreamChunk) of the base and of candidate 0 in F32, in this
+// thread's buffers: for the two-input methods (slerp, nearswap) that read chunk by chunk.
+inline std::pair<const float*, const float*> base_and_model_chunk(const TensorJob& job, size_t b, size_t e) {
+  thread_local std::vector<float> base(kStreamChunk), model(kStreamChunk);
+  job.read_base(b, e, base.data());
+  job.read_model(0, b, e, model.data());
+  return {base.data(), model.data()};
 }
 
 }  // namespace amalgam

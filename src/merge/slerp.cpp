@@ -7,6 +7,7 @@
 
 #include "core/parallel.h"
 #include "merge/method.h"
+#include "merge/reductions.h"
 
 namespace amalgam {
 namespace {
@@ -33,7 +34,7 @@ class Slerp final : public MergeMethod {
     const size_t chunks = (n + kStreamChunk - 1) / kStreamChunk;
     std::vector<double> dot(chunks), norm0(chunks), norm1(chunks);
     parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
-      const auto [v0, v1] = read_chunk(job, b, e);
+      const auto [v0, v1] = base_and_model_chunk(job, b, e);
       double d = 0, a = 0, c = 0;
       for (size_t i = 0; i < e - b; ++i) {
         d += static_cast<double>(v0[i]) * v1[i];
@@ -59,21 +60,13 @@ class Slerp final : public MergeMethod {
     Tensor out = Tensor::uninitialized(DType::F32, job.shape());
     float* res = out.mutable_data<float>().data();
     parallel_chunks(n, kStreamChunk, [&](size_t b, size_t e) {
-      const auto [v0, v1] = read_chunk(job, b, e);
+      const auto [v0, v1] = base_and_model_chunk(job, b, e);
       for (size_t i = 0; i < e - b; ++i) res[b + i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
     });
     return out;
   }
 
  private:
-  // The base's and the model's elements [b, e) in F32, in this thread's buffers.
-  static std::pair<const float*, const float*> read_chunk(const TensorJob& job, size_t b, size_t e) {
-    thread_local std::vector<float> base(kStreamChunk), model(kStreamChunk);
-    job.read_base(b, e, base.data());
-    job.read_model(0, b, e, model.data());
-    return {base.data(), model.data()};
-  }
-
   static constexpr double kEps = 1e-8;
   static constexpr double kColinear = 0.9995;
 };
