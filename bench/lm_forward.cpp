@@ -43,7 +43,7 @@ double forward_flops(const DecoderConfig& c, int64_t sequences, int64_t length) 
 
 std::vector<double> score(const DecoderModel& model, const std::vector<std::vector<int32_t>>& ids,
                           const std::vector<int32_t>& targets) {
-  TokenStream stream = model.embed(ids);
+  Stream stream = model.embed(ids);
   DecoderBlockWeights block;
   for (int64_t l = 0; l < model.config().num_hidden_layers; ++l) {
     model.load_block(l, block);

@@ -19,12 +19,14 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "calibration/gram.h"
+#include "calibration/images.h"
+#include "calibration/statistics_file.h"
 #include "core/random.h"
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "linalg/linalg.h"
 #include "merge/regmean.h"
-#include "merge/statistics.h"
 #include "model/clip_vision.h"
 
 using namespace amalgam;
@@ -106,7 +108,7 @@ int main(int argc, char** argv) {
   const int64_t batch = 32, image_floats = c.num_channels * c.image_size * c.image_size;
   // The collector (1 GB of double accumulators for a ViT-B/32) is built outside the timing,
   // and reset between runs by building a new one, as `amalgam stats` does once.
-  auto run = [&](const LinearTap& tap) {
+  auto run = [&](const SiteTap& tap) {
     for (int64_t b = 0; b < examples; b += batch) {
       const int64_t n = std::min(batch, examples - b);
       model.features({pixels.data() + b * image_floats, static_cast<size_t>(n * image_floats)}, n, tap);
@@ -117,8 +119,8 @@ int main(int argc, char** argv) {
     auto t0 = Clock::now();
     run({});
     if (r > 0) forward_runs.push_back(seconds_since(t0));
-    ClipGramCollector collector(model);
-    const LinearTap tap = collector.tap();
+    GramCollector collector(model.all_linear_sites());
+    const SiteTap tap = collector.tap();
     t0 = Clock::now();
     run(tap);
     if (r > 0) stats_runs.push_back(seconds_since(t0));
@@ -133,11 +135,11 @@ int main(int argc, char** argv) {
 
   // The closed form of one block's linears for `tasks` candidates (Grams from the statistics
   // of one batch: realistic conditioning).
-  ClipGramCollector collector(model);
+  GramCollector collector(model.all_linear_sites());
   model.features({pixels.data(), static_cast<size_t>(batch * image_floats)}, batch, collector.tap());
-  const GramStatistics stats = collector.finish(batch, {}, "bench");
+  const auto grams = collector.means();
   auto gram_of = [&](const std::string& name) {
-    for (const auto& [n, g] : stats.grams)
+    for (const auto& [n, g] : grams)
       if (n == name) return std::vector<float>(g.data<float>().begin(), g.data<float>().end());
     throw std::runtime_error("no gram " + name);
   };
@@ -145,13 +147,13 @@ int main(int argc, char** argv) {
   struct Kind {
     const char* name;
     const LinearParams* weight;
-    LinearSite site;
+    SiteRole site;
     int count;  // linears of this kind per block
   };
-  const Kind kinds[] = {{"q/k/v", &block.q_proj, LinearSite::Qkv, 3},
-                        {"out_proj", &block.out_proj, LinearSite::OutProj, 1},
-                        {"fc1", &block.fc1, LinearSite::Fc1, 1},
-                        {"fc2", &block.fc2, LinearSite::Fc2, 1}};
+  const Kind kinds[] = {{"q/k/v", &block.q_proj, SiteRole::AttentionInput, 3},
+                        {"out_proj", &block.out_proj, SiteRole::AttentionOutput, 1},
+                        {"fc1", &block.fc1, SiteRole::MlpInput, 1},
+                        {"fc2", &block.fc2, SiteRole::MlpOutput, 1}};
   nlohmann::ordered_json solve_json = nlohmann::ordered_json::object();
   double merge_total = 0, solve_total = 0, audited_total = 0;
   for (const Kind& k : kinds) {

@@ -155,30 +155,30 @@ constexpr double kTol = 1e-4;
 
 struct TapRecord {
   int64_t layer;
-  LinearSite site;
+  SiteRole site;
   int64_t rows, width;
   std::vector<float> data;
 };
 
-LinearTap recorder(std::vector<TapRecord>& out) {
-  return [&out](const LinearInput& in) {
-    out.push_back({in.layer, in.site, in.rows, in.width,
+SiteTap recorder(std::vector<TapRecord>& out) {
+  return [&out](const SiteInput& in) {
+    out.push_back({in.layer, in.role, in.rows, in.width,
                    std::vector<float>(in.data, in.data + static_cast<size_t>(in.rows * in.width))});
   };
 }
 
-const char* site_name(LinearSite s) {
+const char* site_name(SiteRole s) {
   switch (s) {
-    case LinearSite::Qkv:
-      return "Qkv";
-    case LinearSite::OutProj:
-      return "OutProj";
-    case LinearSite::Fc1:
-      return "Fc1";
-    case LinearSite::Fc2:
-      return "Fc2";
-    case LinearSite::Projection:
-      return "Projection";
+    case SiteRole::AttentionInput:
+      return "AttentionInput";
+    case SiteRole::AttentionOutput:
+      return "AttentionOutput";
+    case SiteRole::MlpInput:
+      return "MlpInput";
+    case SiteRole::MlpOutput:
+      return "MlpOutput";
+    case SiteRole::Head:
+      return "Head";
   }
   return "?";
 }
@@ -272,11 +272,11 @@ TEST_P(ClipVisionForward, MatchesReference) {
 
   // Each site once per layer, the projection once when there is one, with the reference's
   // values at that point.
-  std::map<std::pair<int64_t, LinearSite>, int> count;
+  std::map<std::pair<int64_t, SiteRole>, int> count;
   for (const auto& t : taps) {
     const std::string what = std::string(site_name(t.site)) + " layer " + std::to_string(t.layer);
     ++count[{t.layer, t.site}];
-    if (t.site == LinearSite::Projection) {
+    if (t.site == SiteRole::Head) {
       EXPECT_EQ(t.layer, -1);
       ASSERT_EQ(t.rows, B) << what;
       ASSERT_EQ(t.width, D) << what;
@@ -286,28 +286,28 @@ TEST_P(ClipVisionForward, MatchesReference) {
     ASSERT_GE(t.layer, 0) << what;
     ASSERT_LT(t.layer, c.layers) << what;
     const auto& lt = want.layers[static_cast<size_t>(t.layer)];
-    const std::vector<double>& expected = t.site == LinearSite::Qkv       ? lt.ln1
-                                          : t.site == LinearSite::OutProj ? lt.context
-                                          : t.site == LinearSite::Fc1     ? lt.ln2
-                                                                          : lt.act;
+    const std::vector<double>& expected = t.site == SiteRole::AttentionInput    ? lt.ln1
+                                          : t.site == SiteRole::AttentionOutput ? lt.context
+                                          : t.site == SiteRole::MlpInput        ? lt.ln2
+                                                                                : lt.act;
     ASSERT_EQ(t.rows, B * T) << what;
-    ASSERT_EQ(t.width, t.site == LinearSite::Fc2 ? c.intermediate : D) << what;
+    ASSERT_EQ(t.width, t.site == SiteRole::MlpOutput ? c.intermediate : D) << what;
     EXPECT_LT(rel_diff(t.data.data(), expected), kTol) << what;
   }
   for (int64_t l = 0; l < c.layers; ++l)
-    for (LinearSite s : {LinearSite::Qkv, LinearSite::OutProj, LinearSite::Fc1, LinearSite::Fc2})
+    for (SiteRole s : {SiteRole::AttentionInput, SiteRole::AttentionOutput, SiteRole::MlpInput, SiteRole::MlpOutput})
       EXPECT_EQ((count[{l, s}]), 1) << site_name(s) << " layer " << l;
-  EXPECT_EQ((count[{-1, LinearSite::Projection}]), c.projection > 0 ? 1 : 0);
+  EXPECT_EQ((count[{-1, SiteRole::Head}]), c.projection > 0 ? 1 : 0);
   EXPECT_EQ(taps.size(), static_cast<size_t>(4 * c.layers + (c.projection > 0 ? 1 : 0)));
 
   // Block by block: the same bits as features(), and the reference's stream after each step.
-  HiddenStates h = model.embed(pixels, B);
-  EXPECT_EQ(h.batch, B);
-  EXPECT_EQ(h.tokens, T);
+  Stream h = model.embed(pixels, B);
+  EXPECT_EQ(h.sequences(), B);
+  EXPECT_EQ(h.tokens_per_sequence(), T);
   EXPECT_EQ(h.width, D);
   ASSERT_EQ(h.data.size(), static_cast<size_t>(B * T * D));
   EXPECT_LT(rel_diff(h.data.data(), want.embedded), kTol) << "embed";
-  HiddenStates h2 = model.embed(pixels, B);
+  Stream h2 = model.embed(pixels, B);
   for (int64_t l = 0; l < c.layers; ++l) {
     model.run_block(l, h);
     EXPECT_LT(rel_diff(h.data.data(), want.layers[static_cast<size_t>(l)].hidden), kTol) << "after block " << l;
@@ -737,8 +737,8 @@ TEST(ClipVisionDeterminism, LargeBatchSplitAcrossThreads) {
   const std::vector<float> pixels = random_pixels(static_cast<size_t>(batch * c.channels * c.image * c.image), 7);
   const Matrix split = model.features(pixels, batch);
   int64_t tapped_rows = 0;
-  const Matrix whole = model.features(pixels, batch, [&](const LinearInput& in) {
-    if (in.layer == 0 && in.site == LinearSite::Qkv) tapped_rows += in.rows;
+  const Matrix whole = model.features(pixels, batch, [&](const SiteInput& in) {
+    if (in.layer == 0 && in.role == SiteRole::AttentionInput) tapped_rows += in.rows;
   });
   EXPECT_EQ(tapped_rows, batch * config_of(c).tokens());  // one call: the whole batch
   TempDir tmp;
@@ -821,18 +821,18 @@ TEST(ClipVisionConfigTest, ActivationNames) {
 
 TEST(ClipVisionConfigTest, TensorNames) {
   EXPECT_EQ(clip_layer_prefix(3), "vision_model.encoder.layers.3.");
-  const auto qkv = linear_site_weights(2, LinearSite::Qkv);
+  const auto qkv = linear_site_weights(2, SiteRole::AttentionInput);
   EXPECT_EQ(std::set<std::string>(qkv.begin(), qkv.end()),
             (std::set<std::string>{"vision_model.encoder.layers.2.self_attn.q_proj.weight",
                                    "vision_model.encoder.layers.2.self_attn.k_proj.weight",
                                    "vision_model.encoder.layers.2.self_attn.v_proj.weight"}));
-  EXPECT_EQ(linear_site_weights(0, LinearSite::OutProj),
+  EXPECT_EQ(linear_site_weights(0, SiteRole::AttentionOutput),
             std::vector<std::string>{"vision_model.encoder.layers.0.self_attn.out_proj.weight"});
-  EXPECT_EQ(linear_site_weights(1, LinearSite::Fc1),
+  EXPECT_EQ(linear_site_weights(1, SiteRole::MlpInput),
             std::vector<std::string>{"vision_model.encoder.layers.1.mlp.fc1.weight"});
-  EXPECT_EQ(linear_site_weights(1, LinearSite::Fc2),
+  EXPECT_EQ(linear_site_weights(1, SiteRole::MlpOutput),
             std::vector<std::string>{"vision_model.encoder.layers.1.mlp.fc2.weight"});
-  EXPECT_EQ(linear_site_weights(-1, LinearSite::Projection), std::vector<std::string>{"visual_projection.weight"});
+  EXPECT_EQ(linear_site_weights(-1, SiteRole::Head), std::vector<std::string>{"visual_projection.weight"});
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ const std::vector<std::vector<int32_t>> kSequences = {
     {3, 17, 42, 5, 60, 0, 11}, {8}, {59, 1, 2, 3, 4, 5, 6, 7, 9, 33, 21}};
 
 Matrix forward(const DecoderModel& m, const std::vector<std::vector<int32_t>>& sequences) {
-  TokenStream s = m.embed(sequences);
+  Stream s = m.embed(sequences);
   for (int64_t l = 0; l < m.config().num_hidden_layers; ++l) m.run_block(l, m.load_block(l), s);
   return m.logits(s);
 }
@@ -137,9 +137,9 @@ TEST(Decoder, ABatchEqualsEachSequenceAloneAndTapsSeeValidTokensOnly) {
       for (int64_t j = 0; j < alone.cols; ++j) ASSERT_NEAR(alone(t, j), together(row, j), 1e-5) << t << "," << j;
   }
   int64_t rows_seen = 0;
-  TokenStream s = model.embed(kSequences);
-  model.run_block(0, model.load_block(0), s, [&](const DecoderSiteInput& in) {
-    if (in.site == DecoderSite::AttentionInput) rows_seen += in.rows;
+  Stream s = model.embed(kSequences);
+  model.run_block(0, model.load_block(0), s, [&](const SiteInput& in) {
+    if (in.role == SiteRole::AttentionInput) rows_seen += in.rows;
   });
   EXPECT_EQ(rows_seen, 7 + 1 + 11);
 }
@@ -150,7 +150,7 @@ TEST(Decoder, NegativeLogLikelihoodIsTheReferencesLogSoftmax) {
   const Weights w = write_random_decoder(dir.path(), c, DType::F32, 5);
   const DecoderModel model = DecoderModel::open(dir.path());
   const auto& seq = kSequences[2];
-  TokenStream s = model.embed({seq});
+  Stream s = model.embed({seq});
   for (int64_t l = 0; l < 2; ++l) model.run_block(l, model.load_block(l), s);
   std::vector<int32_t> targets(seq.begin() + 1, seq.end());
   targets.push_back(-1);  // the last token predicts nothing

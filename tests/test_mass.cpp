@@ -358,10 +358,11 @@ TEST(MassRouter, InputsInsideOneTasksSubspaceRouteToThatTask) {
 TEST(MassRouter, RoutingTokensAreTheClsRowOrTheMeanOverTokens) {
   // Two images of three tokens, width 2.
   const std::vector<float> rows = {1, 2, 3, 4, 5, 6, /* image 1 */ -1, 0, 0, 1, 4, 8};
-  const LinearInput in{1, LinearSite::Fc1, rows.data(), 6, 2};
-  const Matrix cls = routing_tokens(in, 2, RouteToken::Cls);
+  const SiteInput in{1, SiteRole::MlpInput, rows.data(), 6, 2};
+  const std::vector<int64_t> offsets = {0, 3, 6};
+  const Matrix cls = routing_tokens(in, offsets, RouteToken::Cls);
   EXPECT_EQ(cls.data, (std::vector<float>{1, 2, -1, 0}));
-  const Matrix mean = routing_tokens(in, 2, RouteToken::Mean);
+  const Matrix mean = routing_tokens(in, offsets, RouteToken::Mean);
   EXPECT_EQ(mean.data, (std::vector<float>{3, 4, 1, 3}));
 }
 
@@ -750,8 +751,8 @@ std::vector<Doubles> reference_residuals(const fs::path& bundle, const fs::path&
   const auto pixels = preprocess_batch(split.images, all, testing::identity_preprocess(), 1);
   const int64_t layer = BundleInfo::read(bundle).router.layer, d = first.config().hidden_size;
   std::vector<float> tokens;
-  first.features(pixels, split.size(), [&](const LinearInput& in) {
-    if (in.layer != layer || in.site != LinearSite::Fc1) return;
+  first.features(pixels, split.size(), [&](const SiteInput& in) {
+    if (in.layer != layer || in.role != SiteRole::MlpInput) return;
     const int64_t per_image = in.rows / split.size();
     for (int64_t b = 0; b < split.size(); ++b)
       tokens.insert(tokens.end(), in.data + b * per_image * d, in.data + (b * per_image + 1) * d);

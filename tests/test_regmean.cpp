@@ -14,6 +14,9 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "calibration/gram.h"
+#include "calibration/images.h"
+#include "calibration/statistics_file.h"
 #include "clip_fixtures.h"
 #include "clip_reference.h"
 #include "core/error.h"
@@ -27,7 +30,6 @@
 #include "merge/config.h"
 #include "merge/engine.h"
 #include "merge/regmean.h"
-#include "merge/statistics.h"
 #include "model/classifier_head.h"
 #include "model/clip_vision.h"
 #include "test_util.h"
@@ -327,7 +329,8 @@ struct Zoo {
   CalibrationImages images(size_t t, int64_t examples = kExamples) const {
     CalibrationOptions o;
     o.examples = examples;
-    return load_calibration_images({tasks[t]}, testing::identity_preprocess(), config, o);
+    return load_calibration_images({tasks[t]}, testing::identity_preprocess(),
+                                   ImageInput{config.num_channels, config.image_size}, o);
   }
 
   std::string yaml(const std::string& method, const std::string& source_key, const std::vector<fs::path>& sources,
@@ -397,7 +400,7 @@ TEST(StatsCli, NonFiniteActivationsAreAnErrorNamingTheFirstGramTheyReach) {
                                       " --examples 8 -q -o " + out.string());
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_NE(r.err.find(bad.string()), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(clip_gram_name(1, LinearSite::Fc2)), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(clip_gram_name(1, SiteRole::MlpOutput)), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("not finite"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(out));
 }
@@ -567,7 +570,7 @@ TEST(RegMeanMerge, NonFiniteStatisticsAreAnErrorNamingTheFileAndTheGram) {
                   .code,
               0);
   }
-  const std::string bad_gram = clip_gram_name(1, LinearSite::Fc1);
+  const std::string bad_gram = clip_gram_name(1, SiteRole::MlpInput);
   {
     const StatisticsFile good(stats.back());
     GramStatistics copy{{}, good.weight_grams(), good.rows(), good.examples(), good.tasks(), "damaged"};

@@ -7,9 +7,11 @@
 
 #include <sstream>
 
+#include "calibration/statistics_file.h"
 #include "decoder_fixtures.h"
 #include "decoder_reference.h"
-#include "merge/statistics.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace amalgam::testing {
@@ -106,6 +108,52 @@ TEST(TextStatistics, LlamaGramsOfEverySiteMatchTheReference) {
   }
   EXPECT_EQ(s.weight_grams().size(), 14u);  // seven linear weights a block, no embeddings or head
   EXPECT_EQ(s.gram_shape("model.layers.1.mlp.down_proj.gram"), (Shape{48, 48}));
+}
+
+// RegMean measures a language model's `data:` (JSONL texts, the candidate's own tokenizer)
+// exactly as `amalgam stats` does: the merge from `data:` has the bits of the merge from the
+// statistics files of the same draw and batches.
+TEST(TextStatistics, RegMeanMeasuresJsonlDataAsAmalgamStatsDoes) {
+  TempDir dir;
+  Json c = tiny_config("llama");
+  c["num_key_value_heads"] = 2;
+  for (const char* m : {"a", "b"}) {
+    write_random_decoder(dir / m, c, DType::F32, m[0] == 'a' ? 3 : 4);
+    write_char_tokenizer(dir / m);
+  }
+  write_texts(dir / "data.jsonl", kTexts);
+  std::string from_data = "merge_method: regmean\nparameters: {alpha: 0.9, examples: 3, batch_size: 2}\nmodels:\n";
+  std::string from_stats = from_data;
+  for (const char* m : {"a", "b"}) {
+    const fs::path st = dir / (std::string(m) + ".stats");
+    ASSERT_EQ(
+        stats(dir / m, "--data " + (dir / "data.jsonl").string() + " --examples 3 --batch-size 2 -o " + st.string())
+            .code,
+        0);
+    from_data += "  - model: " + (dir / m).string() + "\n    data: " + (dir / "data.jsonl").string() + "\n";
+    from_stats += "  - model: " + (dir / m).string() + "\n    stats: " + st.string() + "\n";
+  }
+  write_bytes(dir / "data.yaml", from_data);
+  write_bytes(dir / "stats.yaml", from_stats);
+  for (const char* name : {"data", "stats"}) {
+    const auto r = run_amalgam("merge " + (dir / (std::string(name) + ".yaml")).string() + " -o " +
+                               (dir / ("out-" + std::string(name))).string() + " -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  const CheckpointReader x(dir / "out-data"), y(dir / "out-stats");
+  ASSERT_EQ(x.names(), y.names());
+  for (const auto& name : x.names()) {
+    const auto from_data = x.tensor(name).bytes(), from_stats = y.tensor(name).bytes();
+    EXPECT_TRUE(std::equal(from_data.begin(), from_data.end(), from_stats.begin(), from_stats.end())) << name;
+  }
+  // And the merge is not the average: the q projection moved away from (a + b) / 2.
+  const SafetensorsReader a(dir / "a" / "model.safetensors"), b(dir / "b" / "model.safetensors");
+  const std::string q = "model.layers.0.self_attn.q_proj.weight";
+  const auto merged = x.tensor(q).data<float>(), qa = a.tensor(q).data<float>(), qb = b.tensor(q).data<float>();
+  double off_average = 0;
+  for (size_t i = 0; i < merged.size(); ++i)
+    off_average = std::max(off_average, std::abs(merged[i] - (qa[i] + qb[i]) / 2.0));
+  EXPECT_GT(off_average, 1e-3);
 }
 
 TEST(TextStatistics, Gpt2Conv1dSitesMatchTheReference) {

@@ -1,15 +1,16 @@
 // `amalgam stats MODEL --data TASK [...] -o STATS`: RegMean's measurement step, the Gram of
-// every linear layer's input on seeded training examples: image task directories for a
-// CLIP vision model, JSONL text files for a decoder language model (chosen by config.json).
+// every linear layer's input on seeded training examples, for any model family (chosen by
+// config.json's model_type): image task directories for a vision model, JSONL text files
+// for a language model.
 // `amalgam stats --sum A B ... -o STATS`: pools statistics of runs over parts of the data.
 #include <cstdio>
 
+#include "calibration/measure.h"
+#include "calibration/statistics_file.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "io/atomic_output.h"
-#include "merge/statistics.h"
-#include "merge/text_statistics.h"
-#include "model/decoder.h"
+#include "model/model.h"
 
 namespace amalgam::cli {
 
@@ -24,23 +25,25 @@ struct StatsArgs {
   bool force = false;
 };
 
-// A decoder language model on JSONL texts, written block by block into the staged output.
-void measure_text_statistics(const StatsArgs& a, const std::vector<std::filesystem::path>& files) {
+// The model's calibration examples: image task directories for a vision model, JSONL text
+// files for a language model. `images`/`texts` keep what the batches view.
+CalibrationBatches load_calibration(const StatsArgs& a, const Model& model, CalibrationImages& images,
+                                    CalibrationTexts& texts) {
+  const std::vector<std::filesystem::path> inputs(a.data.begin(), a.data.end());
+  if (const auto image = model.image_input()) {
+    CalibrationOptions options = a.options;
+    if (a.batch_size > 0) options.batch_size = a.batch_size;
+    images = load_calibration_images(inputs, load_image_processor_config(a.model), *image, options);
+    return calibration_batches(images, options.batch_size);
+  }
   TextCalibrationOptions options;
   options.examples = a.options.examples;
   options.max_length = a.max_length;
   if (a.batch_size > 0) options.batch_size = a.batch_size;
   options.seed = a.options.seed;
   options.quiet = a.options.quiet;
-  const DecoderModel model = DecoderModel::open(a.model);
-  const CalibrationTexts texts = load_calibration_texts(a.model, files, options);
-  AtomicOutput output(a.output, a.force, AtomicOutput::Kind::File);
-  write_text_statistics(model, texts, options, output.staging(), a.model);
-  output.commit();
-  if (!a.options.quiet)
-    std::fprintf(stderr, "amalgam: %lld blocks' Grams over %lld tokens of %zu texts -> %s\n",
-                 static_cast<long long>(model.config().num_hidden_layers), static_cast<long long>(texts.tokens),
-                 texts.sequences.size(), a.output.c_str());
+  texts = load_calibration_texts(a.model, inputs, options);
+  return calibration_batches(texts, options.batch_size);
 }
 
 }  // namespace
@@ -78,20 +81,17 @@ void add_stats_command(CLI::App& app) {
     }
     if (a->model.empty() || a->data.empty())
       throw InputError("stats: give a MODEL and at least one --data TASK_DIR or TEXTS.jsonl (or --sum)");
-    std::vector<std::filesystem::path> inputs(a->data.begin(), a->data.end());
-    if (is_decoder_checkpoint(a->model)) {
-      measure_text_statistics(*a, inputs);
-      return;
-    }
-    if (a->batch_size > 0) a->options.batch_size = a->batch_size;
-    const ClipVisionModel model = ClipVisionModel::load(a->model);
-    const CalibrationImages images =
-        load_calibration_images(inputs, load_image_processor_config(a->model), model.config(), a->options);
-    const GramStatistics stats = measure_statistics(model, images, a->options, a->model);
-    save_statistics(a->output, stats, a->force);
+    const std::unique_ptr<Model> model = open_model(a->model);
+    CalibrationImages images;
+    CalibrationTexts texts;
+    const CalibrationBatches batches = load_calibration(*a, *model, images, texts);
+    AtomicOutput output(a->output, a->force, AtomicOutput::Kind::File);
+    const MeasuredStatistics done = write_statistics(*model, batches, a->model, output.staging(), a->options.quiet);
+    output.commit();
     if (!a->options.quiet)
-      std::fprintf(stderr, "amalgam: %zu Grams over %lld rows of %lld examples -> %s\n", stats.grams.size(),
-                   static_cast<long long>(stats.rows), static_cast<long long>(stats.examples), a->output.c_str());
+      std::fprintf(stderr, "amalgam: %lld Grams over %lld rows of %lld examples -> %s\n",
+                   static_cast<long long>(done.grams), static_cast<long long>(done.rows),
+                   static_cast<long long>(done.examples), a->output.c_str());
   });
 }
 

@@ -59,7 +59,7 @@ LmEvalResult evaluate_language_model(const std::filesystem::path& model_dir, con
       for (size_t t = 0; t < r.ids.size(); ++t)
         targets.push_back(t + 1 < r.ids.size() && static_cast<int64_t>(t + 1) >= r.first_scored ? r.ids[t + 1] : -1);
     }
-    TokenStream stream = model.embed(sequences);
+    Stream stream = model.embed(sequences);
     for (int64_t l = 0; l < model.config().num_hidden_layers; ++l) {
       model.load_block(l, block);
       model.run_block(l, block, stream);

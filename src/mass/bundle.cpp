@@ -180,7 +180,7 @@ Inputs open_inputs(const MassConfig& config) {
     throw InputError(config.source, "parameters.routing_layer: " + std::to_string(asked) +
                                         " is not a block (the model has " + std::to_string(layers) + ")");
   in.routing_layer = asked >= 0 ? asked : default_routing_layer(layers);
-  const std::string routed = linear_site_weights(in.routing_layer, LinearSite::Fc1).front();
+  const std::string routed = routed_weight(clip_linear_sites(in.clip, false), in.routing_layer);
   if (!in.base->contains(routed) || in.base->info(routed).shape.size() != 2)
     throw InputError(in.base->path(), routed, "missing: the router reads this fc1 weight's subspaces");
   check_heads(config, *in.base, in.clip, in.names);
@@ -432,8 +432,8 @@ RouterConfig router_config(const MassParameters& p, int64_t layer, const std::ve
 }
 
 // The router's rows come from the stored factors: it cannot route on more than were kept.
-void check_routing_rank(const MassConfig& config, const Plans& plans, int64_t layer) {
-  const std::string routed = linear_site_weights(layer, LinearSite::Fc1).front();
+void check_routing_rank(const MassConfig& config, const Plans& plans, const ClipVisionConfig& clip, int64_t layer) {
+  const std::string routed = routed_weight(clip_linear_sites(clip, false), layer);
   const int64_t stored = plans.ranks.at(routed);
   if (config.parameters.routing_rank > stored)
     throw InputError(config.source, "parameters.routing_rank: " + std::to_string(config.parameters.routing_rank) +
@@ -447,7 +447,7 @@ BuildSummary build_bundle(const MassConfig& config, const BuildOptions& options)
   const auto t0 = std::chrono::steady_clock::now();
   const Inputs in = open_inputs(config);
   const Plans plans = make_plans(*in.base, static_cast<int64_t>(in.models.size()), config.parameters.rank_fraction);
-  check_routing_rank(config, plans, in.routing_layer);
+  check_routing_rank(config, plans, in.clip, in.routing_layer);
   AtomicOutput output(options.output, options.force);
   const fs::path stage = output.staging();
   Writers writers = open_writers(stage, in, plans);

@@ -77,7 +77,7 @@ void MassRuntime::set_router(const RouterConfig& router, const fs::path& source)
   if (router.layer < 0 || router.layer >= base_.config().num_hidden_layers)
     throw InputError(file, "layer: " + std::to_string(router.layer) + " is not a block of the base (it has " +
                                std::to_string(base_.config().num_hidden_layers) + ")");
-  const std::string routed = linear_site_weights(router.layer, LinearSite::Fc1).front() + kFactorVt;
+  const std::string routed = routed_weight(base_, router.layer) + kFactorVt;
   std::vector<Matrix> vts;
   for (const auto& factors : factors_) {
     if (!factors->contains(routed)) throw InputError(factors->path(), routed, "missing: the router needs it");
@@ -112,13 +112,13 @@ void MassRuntime::set_routing_model(const fs::path& checkpoint) {
 
 Matrix MassRuntime::routing_tokens(std::span<const float> pixels, int64_t batch) const {
   const ClipVisionModel& model = routing_model_ ? *routing_model_ : first_pass_;
-  HiddenStates h = model.embed(pixels, batch);
+  Stream h = model.embed(pixels, batch);
   const int64_t layer = info_.router.layer;
   for (int64_t l = 0; l < layer; ++l) model.run_block(l, h);
-  // The routing block runs whole (its fc1 input is in the middle of it); nothing after it runs.
+  // The routing block runs whole (its MLP input is in the middle of it); nothing after it runs.
   Matrix tokens;
-  model.run_block(layer, h, [&](const LinearInput& in) {
-    if (in.site == LinearSite::Fc1) tokens = mass::routing_tokens(in, batch, info_.router.token);
+  model.run_block(layer, h, [&](const SiteInput& in) {
+    if (in.role == SiteRole::MlpInput) tokens = mass::routing_tokens(in, h.offsets, info_.router.token);
   });
   return tokens;
 }

@@ -145,25 +145,16 @@ RouteDecision route(std::span<const double> residuals, const RouterConfig& confi
   return d;
 }
 
-Matrix routing_tokens(const LinearInput& input, int64_t batch, RouteToken token) {
-  if (batch <= 0 || input.rows % batch != 0) throw std::invalid_argument("routing_tokens: rows not a batch of images");
-  const int64_t tokens = input.rows / batch, d = input.width;
-  Matrix z(batch, d);
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* first = input.data + b * tokens * d;
-    float* out = z.row(b);
-    if (token == RouteToken::Cls) {
-      std::copy(first, first + d, out);
-      continue;
-    }
-    // The mean in double, so that it does not depend on the order of the tokens' rounding.
-    std::vector<double> sum(static_cast<size_t>(d), 0.0);
-    for (int64_t i = 0; i < tokens; ++i)
-      for (int64_t j = 0; j < d; ++j) sum[static_cast<size_t>(j)] += first[i * d + j];
-    for (int64_t j = 0; j < d; ++j)
-      out[j] = static_cast<float>(sum[static_cast<size_t>(j)] / static_cast<double>(tokens));
-  }
-  return z;
+std::string routed_weight(const std::vector<LinearSiteSpec>& sites, int64_t layer) {
+  for (const auto& s : sites)
+    if (s.layer == layer && s.role == SiteRole::MlpInput && !s.weights.empty()) return s.weights.front();
+  throw std::invalid_argument("routed_weight: block " + std::to_string(layer) + " has no MLP input site");
+}
+
+Matrix routing_tokens(const SiteInput& input, std::span<const int64_t> offsets, RouteToken token) {
+  if (offsets.empty() || offsets.back() != input.rows)
+    throw std::invalid_argument("routing_tokens: the offsets do not cover the tapped rows");
+  return pick_tokens(input.data, input.width, offsets, token == RouteToken::Cls ? TokenPick::First : TokenPick::Mean);
 }
 
 std::vector<double> subspace_residuals(const Matrix& z, std::span<const Matrix> vts) {

@@ -20,7 +20,8 @@
 #include <vector>
 
 #include "linalg/linalg.h"
-#include "model/clip_vision.h"
+#include "model/linear_sites.h"
+#include "model/model.h"
 
 namespace amalgam::mass {
 
@@ -48,6 +49,13 @@ struct RouterConfig {
 // depth, round(5/6 * L) - 1 (block 10 of 12, counting from 1), clamped to [0, L - 1].
 int64_t default_routing_layer(int64_t num_layers);
 
+// The weight whose task subspaces route: the first that reads block `layer`'s MLP input
+// (CLIP's fc1), from a family's site table.
+std::string routed_weight(const std::vector<LinearSiteSpec>& sites, int64_t layer);
+inline std::string routed_weight(const Model& model, int64_t layer) {
+  return routed_weight(model.linear_sites(layer), layer);
+}
+
 // "cls" / "mean", "topk" / "top1".
 std::string to_string(RouteToken token);
 std::string to_string(RouteMode mode);
@@ -66,9 +74,9 @@ struct RouteDecision {
 // One decision from one residual per task (`residuals.size()` tasks, at least one).
 RouteDecision route(std::span<const double> residuals, const RouterConfig& config);
 
-// The routing tokens of a batch from the tapped fc1 input rows ([batch * tokens, width],
-// image-major, token 0 CLS): [batch, width].
-Matrix routing_tokens(const LinearInput& input, int64_t batch, RouteToken token);
+// The routing tokens of a batch from the tapped MLP input rows of a stream with these
+// sequence offsets (an image: token 0 is CLS): [sequences, width].
+Matrix routing_tokens(const SiteInput& input, std::span<const int64_t> offsets, RouteToken token);
 
 // r_t for every row of `z` ([rows, d]) and every task's Vt ([k_t, d], orthonormal rows):
 // [rows * tasks] row-major. Computed as sqrt(max(0, ||z||^2 - ||V_t z||^2)), which equals

@@ -8,12 +8,13 @@
 #include <filesystem>
 #include <memory>
 
+#include "calibration/measure.h"
+#include "calibration/statistics_file.h"
 #include "core/error.h"
 #include "data/preprocess.h"
 #include "merge/config.h"
 #include "merge/regmean.h"
-#include "merge/statistics.h"
-#include "model/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam {
 namespace {
@@ -93,18 +94,32 @@ class RegMean final : public MergeMethod {
     if (entry.stats) return std::make_unique<StatisticsFile>(*entry.stats);
     if (entry.data.empty())
       throw InputError(ctx.config.source, "models: '" + entry.model + "': " + std::string(kName) +
-                                              " needs `stats: FILE` (from amalgam stats) or `data: TASK_DIR`");
+                                              " needs `stats: FILE` (from amalgam stats) or `data:` (task directories "
+                                              "for a vision model, JSONL texts for a language model)");
     CalibrationOptions options;
     options.examples = static_cast<int64_t>(ctx.param("examples", std::nullopt, ""));
     options.batch_size = static_cast<int64_t>(ctx.param("batch_size", std::nullopt, ""));
     options.seed = ctx.seed;
     options.quiet = ctx.quiet;
-    const ClipVisionModel model = ClipVisionModel::load(ctx.candidates[i]);
-    const CalibrationImages images =
-        load_calibration_images(entry.data, load_image_processor_config(ctx.candidates[i]), model.config(), options);
+    // `data:` is what the model reads: task directories for a vision model, JSONL text files
+    // for a language model (tokenized by the candidate's own tokenizer).
+    const std::unique_ptr<Model> model = open_model(ctx.candidates[i]);
+    CalibrationImages images;
+    CalibrationTexts texts;
+    CalibrationBatches batches;
+    if (const auto image = model->image_input()) {
+      images = load_calibration_images(entry.data, load_image_processor_config(ctx.candidates[i]), *image, options);
+      batches = calibration_batches(images, options.batch_size);
+    } else {
+      TextCalibrationOptions text_options;
+      text_options.examples = options.examples;
+      text_options.seed = options.seed;
+      texts = load_calibration_texts(ctx.candidates[i], entry.data, text_options);
+      batches = calibration_batches(texts, options.batch_size);
+    }
     const fs::path file = ctx.staging / ".calibration" / ("model-" + std::to_string(i) + ".safetensors");
     fs::create_directories(file.parent_path());
-    save_statistics(file, measure_statistics(model, images, options, entry.model), /*force=*/false);
+    write_statistics(*model, batches, entry.model, file, options.quiet);
     return std::make_unique<StatisticsFile>(file);
   }
 

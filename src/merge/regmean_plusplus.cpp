@@ -16,6 +16,9 @@
 #include <filesystem>
 #include <memory>
 
+#include "calibration/gram.h"
+#include "calibration/images.h"
+#include "calibration/statistics_file.h"
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/progress.h"
@@ -25,7 +28,6 @@
 #include "merge/audit.h"
 #include "merge/config.h"
 #include "merge/regmean.h"
-#include "merge/statistics.h"
 #include "model/clip_vision.h"
 
 namespace amalgam {
@@ -33,7 +35,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr LinearSite kBlockSites[] = {LinearSite::Qkv, LinearSite::OutProj, LinearSite::Fc1, LinearSite::Fc2};
+constexpr SiteRole kBlockSites[] = {SiteRole::AttentionInput, SiteRole::AttentionOutput, SiteRole::MlpInput,
+                                    SiteRole::MlpOutput};
 
 // One task's hidden states after the merged prefix, [images * tokens, width]: in memory, or
 // in a scratch file (read and written a batch at a time) when they do not fit the budget.
@@ -49,18 +52,15 @@ class TaskStream {
   int64_t images() const { return images_; }
   int64_t rows() const { return images_ * tokens_; }
 
-  void read(int64_t first, int64_t count, HiddenStates& out) const {
-    out.batch = count;
-    out.tokens = tokens_;
-    out.width = width_;
-    out.data.resize(static_cast<size_t>(count) * image_floats_);
+  void read(int64_t first, int64_t count, Stream& out) const {
+    out.set_uniform(count, tokens_, width_);
     if (file_)
       file_->read(offset(first), std::as_writable_bytes(std::span(out.data)));
     else
       std::copy_n(memory_.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(first) * image_floats_),
                   out.data.size(), out.data.begin());
   }
-  void write(int64_t first, const HiddenStates& in) {
+  void write(int64_t first, const Stream& in) {
     if (file_)
       file_->write(offset(first), std::as_bytes(std::span(in.data)));
     else
@@ -81,9 +81,8 @@ class TaskStream {
 // Runs `fn` on consecutive batches of a stream's images (written back when `write_back`):
 // a candidate's block must not disturb the merged stream, and batches keep the scratch
 // buffers small.
-void for_each_batch(TaskStream& stream, int64_t batch_size, bool write_back,
-                    const std::function<void(HiddenStates&)>& fn) {
-  HiddenStates batch;
+void for_each_batch(TaskStream& stream, int64_t batch_size, bool write_back, const std::function<void(Stream&)>& fn) {
+  Stream batch;
   for (int64_t b = 0; b < stream.images(); b += batch_size) {
     check_interrupt();
     stream.read(b, std::min(batch_size, stream.images() - b), batch);
@@ -152,7 +151,7 @@ class RegMeanPlusPlus final : public MergeMethod {
 
  private:
   // Every task's hidden states after the merged prefix, with its calibration metadata.
-  struct Stream {
+  struct TaskState {
     TaskStream hidden;
     int64_t examples = 0;
     std::vector<std::string> tasks;
@@ -163,7 +162,7 @@ class RegMeanPlusPlus final : public MergeMethod {
   class StatisticsOutput {
    public:
     StatisticsOutput(const MergeContext& ctx, const ClipVisionConfig& c, bool projection,
-                     const std::vector<Stream>& streams) {
+                     const std::vector<TaskState>& streams) {
       GramStatistics header;
       header.model = "regmean_plusplus (Grams on the merged stream)";
       for (const auto& s : streams) {
@@ -239,7 +238,7 @@ class RegMeanPlusPlus final : public MergeMethod {
         average_tensor(ctx, p.name, {p.data, static_cast<size_t>(shape_numel(p.shape))});
   }
 
-  std::vector<Stream> embed_calibration_images(const MergeContext& ctx) {
+  std::vector<TaskState> embed_calibration_images(const MergeContext& ctx) {
     CalibrationOptions options;
     options.examples = static_cast<int64_t>(ctx.param("examples", std::nullopt, ""));
     batch_size_ = options.batch_size = static_cast<int64_t>(ctx.param("batch_size", std::nullopt, ""));
@@ -249,7 +248,7 @@ class RegMeanPlusPlus final : public MergeMethod {
     uint64_t hidden_bytes = 0;
     for (size_t t = 0; t < readers_.size(); ++t) {
       images.push_back(load_calibration_images(ctx.entries[t]->data, load_image_processor_config(readers_[t]->dir()),
-                                               config_, options));
+                                               *merged_->image_input(), options));
       hidden_bytes += static_cast<uint64_t>(images.back().count * config_.tokens() * config_.hidden_size) * 4;
     }
     // Half the budget for the hidden states; the rest holds the blocks, Grams and buffers.
@@ -260,10 +259,10 @@ class RegMeanPlusPlus final : public MergeMethod {
         warn("regmean_plusplus: the hidden states (" + std::to_string(hidden_bytes >> 20) +
              " MiB) exceed half of --max-memory; they stay in a scratch file beside the output");
     }
-    std::vector<Stream> streams;
+    std::vector<TaskState> streams;
     const int64_t image_floats = config_.num_channels * config_.image_size * config_.image_size;
     for (const CalibrationImages& im : images) {
-      Stream s{TaskStream(im.count, config_.tokens(), config_.hidden_size, spill), im.count, im.tasks};
+      TaskState s{TaskStream(im.count, config_.tokens(), config_.hidden_size, spill), im.count, im.tasks};
       for (int64_t b = 0; b < im.count; b += batch_size_) {
         const int64_t n = std::min(batch_size_, im.count - b);
         s.hidden.write(b,
@@ -275,21 +274,21 @@ class RegMeanPlusPlus final : public MergeMethod {
   }
 
   // The Grams of candidate t's block l on stream t, one per site (in kBlockSites order).
-  std::vector<Tensor> measure_block(const ClipBlockWeights& block, int64_t l, Stream& stream) const {
+  std::vector<Tensor> measure_block(const ClipBlockWeights& block, int64_t l, TaskState& stream) const {
     std::vector<GramAccumulator> grams;
-    for (LinearSite site : kBlockSites)
-      grams.emplace_back(site == LinearSite::Fc2 ? config_.intermediate_size : config_.hidden_size);
-    const LinearTap tap = [&](const LinearInput& in) {
-      grams[static_cast<size_t>(in.site)].add(in.data, in.rows, in.width);
+    for (SiteRole site : kBlockSites)
+      grams.emplace_back(site == SiteRole::MlpOutput ? config_.intermediate_size : config_.hidden_size);
+    const SiteTap tap = [&](const SiteInput& in) {
+      grams[static_cast<size_t>(in.role)].add(in.data, in.rows, in.width);
     };
     for_each_batch(stream.hidden, batch_size_, /*write_back=*/false,
-                   [&](HiddenStates& batch) { run_clip_block(config_, block, l, batch, tap); });
+                   [&](Stream& batch) { run_clip_block(config_, block, l, batch, tap); });
     std::vector<Tensor> means;
     for (const auto& g : grams) means.push_back(g.mean());
     return means;
   }
 
-  void merge_block(const MergeContext& ctx, int64_t l, std::vector<Stream>& streams, StatisticsOutput& stats) {
+  void merge_block(const MergeContext& ctx, int64_t l, std::vector<TaskState>& streams, StatisticsOutput& stats) {
     const size_t tasks = readers_.size();
     std::vector<ClipBlockWeights> blocks;
     std::vector<std::vector<Tensor>> grams;  // [task][site]
@@ -321,19 +320,19 @@ class RegMeanPlusPlus final : public MergeMethod {
       std::copy(solved.weight.begin(), solved.weight.end(), p.data);
       if (ctx.audit) record_audit(p.name, solved, grams, static_cast<size_t>(*site));
     }
-    for (LinearSite site : kBlockSites) {
+    for (SiteRole site : kBlockSites) {
       std::vector<Tensor> per_task;
       for (size_t t = 0; t < tasks; ++t) per_task.push_back(grams[t][static_cast<size_t>(site)]);
       stats.write(clip_gram_name(l, site), per_task, factors_for(ctx, linear_site_weights(l, site).front()));
     }
     for (auto& s : streams)
       for_each_batch(s.hidden, batch_size_, /*write_back=*/true,
-                     [&](HiddenStates& batch) { run_clip_block(config_, merged, l, batch); });
+                     [&](Stream& batch) { run_clip_block(config_, merged, l, batch); });
   }
 
   // Which linear site a block tensor's weight belongs to (nullopt for biases, LayerNorms).
-  static std::optional<LinearSite> site_of(const std::string& name, int64_t l) {
-    for (LinearSite site : kBlockSites)
+  static std::optional<SiteRole> site_of(const std::string& name, int64_t l) {
+    for (SiteRole site : kBlockSites)
       for (const auto& w : linear_site_weights(l, site))
         if (w == name) return site;
     return std::nullopt;
@@ -341,7 +340,7 @@ class RegMeanPlusPlus final : public MergeMethod {
 
   // The projection reads post_layernorm(CLS): candidate t's own post-LayerNorm of the
   // merged stream, as inside the blocks.
-  void merge_projection(const MergeContext& ctx, std::vector<Stream>& streams, StatisticsOutput& stats) {
+  void merge_projection(const MergeContext& ctx, std::vector<TaskState>& streams, StatisticsOutput& stats) {
     ClipVisionWeights& w = merged_->mutable_weights();
     const LayerNormParams merged_norm = w.post_layernorm;
     const std::string name = "visual_projection.weight";
@@ -352,10 +351,10 @@ class RegMeanPlusPlus final : public MergeMethod {
         field->assign(v.data<float>().begin(), v.data<float>().end());
       }
       GramAccumulator gram(config_.hidden_size);
-      const LinearTap tap = [&](const LinearInput& in) {
-        if (in.site == LinearSite::Projection) gram.add(in.data, in.rows, in.width);
+      const SiteTap tap = [&](const SiteInput& in) {
+        if (in.role == SiteRole::Head) gram.add(in.data, in.rows, in.width);
       };
-      for_each_batch(streams[t].hidden, batch_size_, false, [&](HiddenStates& batch) { merged_->pool(batch, tap); });
+      for_each_batch(streams[t].hidden, batch_size_, false, [&](Stream& batch) { merged_->pool(batch, tap); });
       grams.push_back(gram.mean());
       projections.push_back(readers_[t]->tensor(name).to(DType::F32));
     }
@@ -372,7 +371,7 @@ class RegMeanPlusPlus final : public MergeMethod {
       for (auto& g : grams) per_task.push_back({g});
       record_audit(name, solved, per_task, 0);
     }
-    stats.write(clip_gram_name(-1, LinearSite::Projection), grams, factors);
+    stats.write(clip_gram_name(-1, SiteRole::Head), grams, factors);
   }
 
   // A solved layer's audit fields, handed to the engine's report in merge(). With candidates'

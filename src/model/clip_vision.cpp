@@ -112,35 +112,35 @@ std::string clip_layer_prefix(int64_t layer) {
   return "vision_model.encoder.layers." + std::to_string(layer) + ".";
 }
 
-std::vector<std::string> linear_site_weights(int64_t layer, LinearSite site) {
+std::vector<std::string> linear_site_weights(int64_t layer, SiteRole site) {
   const std::string p = clip_layer_prefix(layer);
   switch (site) {
-    case LinearSite::Qkv:
+    case SiteRole::AttentionInput:
       return {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"};
-    case LinearSite::OutProj:
+    case SiteRole::AttentionOutput:
       return {p + "self_attn.out_proj.weight"};
-    case LinearSite::Fc1:
+    case SiteRole::MlpInput:
       return {p + "mlp.fc1.weight"};
-    case LinearSite::Fc2:
+    case SiteRole::MlpOutput:
       return {p + "mlp.fc2.weight"};
-    case LinearSite::Projection:
+    case SiteRole::Head:
       return {"visual_projection.weight"};
   }
   return {};
 }
 
-std::string clip_gram_name(int64_t layer, LinearSite site) {
+std::string clip_gram_name(int64_t layer, SiteRole site) {
   const std::string p = layer >= 0 ? clip_layer_prefix(layer) : "";
   switch (site) {
-    case LinearSite::Qkv:
+    case SiteRole::AttentionInput:
       return p + "self_attn.qkv.gram";
-    case LinearSite::OutProj:
+    case SiteRole::AttentionOutput:
       return p + "self_attn.out_proj.gram";
-    case LinearSite::Fc1:
+    case SiteRole::MlpInput:
       return p + "mlp.fc1.gram";
-    case LinearSite::Fc2:
+    case SiteRole::MlpOutput:
       return p + "mlp.fc2.gram";
-    case LinearSite::Projection:
+    case SiteRole::Head:
       return "visual_projection.gram";
   }
   return {};
@@ -148,17 +148,16 @@ std::string clip_gram_name(int64_t layer, LinearSite site) {
 
 std::vector<LinearSiteSpec> clip_linear_sites(const ClipVisionConfig& config, bool with_projection) {
   std::vector<LinearSiteSpec> sites;
-  auto add = [&](int64_t layer, LinearSite site, int64_t width) {
-    sites.push_back(
-        {layer, static_cast<int>(site), clip_gram_name(layer, site), linear_site_weights(layer, site), width});
+  auto add = [&](int64_t layer, SiteRole site, int64_t width) {
+    sites.push_back({layer, site, clip_gram_name(layer, site), linear_site_weights(layer, site), width});
   };
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    add(l, LinearSite::Qkv, config.hidden_size);
-    add(l, LinearSite::OutProj, config.hidden_size);
-    add(l, LinearSite::Fc1, config.hidden_size);
-    add(l, LinearSite::Fc2, config.intermediate_size);
+    add(l, SiteRole::AttentionInput, config.hidden_size);
+    add(l, SiteRole::AttentionOutput, config.hidden_size);
+    add(l, SiteRole::MlpInput, config.hidden_size);
+    add(l, SiteRole::MlpOutput, config.intermediate_size);
   }
-  if (with_projection) add(-1, LinearSite::Projection, config.hidden_size);
+  if (with_projection) add(-1, SiteRole::Head, config.hidden_size);
   return sites;
 }
 
@@ -425,15 +424,15 @@ void attention(const float* qkv, float* context, int64_t batch, int64_t tokens, 
 // closer to the machine's peak than three of a third the size. Hugging Face scales q
 // (bias included) by head_dim^-0.5 before the attention product.
 void qkv_projection(const ClipVisionConfig& c, const ClipBlockWeights& w, const float* x, int64_t rows,
-                    HiddenStates::Scratch& s) {
+                    Stream::Scratch& s) {
   const int64_t d = c.hidden_size;
   const size_t dd = static_cast<size_t>(d * d);
-  resize(s.qkv_weight, 3 * dd);
-  std::copy(w.q_proj.weight.data.begin(), w.q_proj.weight.data.end(), s.qkv_weight.begin());
-  std::copy(w.k_proj.weight.data.begin(), w.k_proj.weight.data.end(), s.qkv_weight.begin() + static_cast<long>(dd));
-  std::copy(w.v_proj.weight.data.begin(), w.v_proj.weight.data.end(), s.qkv_weight.begin() + static_cast<long>(2 * dd));
+  resize(s.weights, 3 * dd);
+  std::copy(w.q_proj.weight.data.begin(), w.q_proj.weight.data.end(), s.weights.begin());
+  std::copy(w.k_proj.weight.data.begin(), w.k_proj.weight.data.end(), s.weights.begin() + static_cast<long>(dd));
+  std::copy(w.v_proj.weight.data.begin(), w.v_proj.weight.data.end(), s.weights.begin() + static_cast<long>(2 * dd));
   resize(s.qkv, static_cast<size_t>(rows * 3 * d));
-  sgemm_fixed_blocks(false, true, rows, 3 * d, d, 1.0f, x, d, s.qkv_weight.data(), d, 0.0f, s.qkv.data(), 3 * d);
+  sgemm_fixed_blocks(false, true, rows, 3 * d, d, 1.0f, x, d, s.weights.data(), d, 0.0f, s.qkv.data(), 3 * d);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
   const float *bq = w.q_proj.bias.data(), *bk = w.k_proj.bias.data(), *bv = w.v_proj.bias.data();
   parallel_chunks(static_cast<size_t>(rows), 256, [&](size_t begin, size_t end) {
@@ -449,19 +448,15 @@ void qkv_projection(const ClipVisionConfig& c, const ClipBlockWeights& w, const 
   });
 }
 
-void call_tap(const LinearTap& tap, int64_t layer, LinearSite site, const float* data, int64_t rows, int64_t width) {
-  if (tap) tap(LinearInput{layer, site, data, rows, width});
-}
-
 }  // namespace
 
-HiddenStates ClipVisionModel::embed(std::span<const float> pixels, int64_t batch) const {
-  HiddenStates h;
+Stream ClipVisionModel::embed(std::span<const float> pixels, int64_t batch) const {
+  Stream h;
   embed(pixels, batch, h);
   return h;
 }
 
-void ClipVisionModel::embed(std::span<const float> pixels, int64_t batch, HiddenStates& h) const {
+void ClipVisionModel::embed(std::span<const float> pixels, int64_t batch, Stream& h) const {
   const auto& c = config_;
   const int64_t g = c.patches_per_side(), p = c.patch_size, ch = c.num_channels, side = c.image_size;
   const int64_t d = c.hidden_size, tokens = c.tokens(), kernel = ch * p * p;
@@ -469,16 +464,13 @@ void ClipVisionModel::embed(std::span<const float> pixels, int64_t batch, Hidden
     throw std::invalid_argument("ClipVisionModel::embed: " + std::to_string(pixels.size()) + " pixel values for " +
                                 std::to_string(batch) + " images of " + std::to_string(ch) + "x" +
                                 std::to_string(side) + "x" + std::to_string(side));
-  h.batch = batch;
-  h.tokens = tokens;
-  h.width = d;
-  resize(h.data, static_cast<size_t>(batch * tokens * d));
+  h.set_uniform(batch, tokens, d);
   if (batch == 0) return;
 
   // The stride-P convolution is one GEMM over every patch of the batch (im2col), with the
   // patch flattened in the kernel's (channel, y, x) order.
   const int64_t patches = batch * g * g;
-  auto& cols = h.scratch.mlp;
+  auto& cols = h.scratch.hidden;
   resize(cols, static_cast<size_t>(patches * kernel));
   im2col_patches(pixels.data(), batch, ch, side, p, cols.data());
   auto& out = h.scratch.normed;
@@ -498,47 +490,67 @@ void ClipVisionModel::embed(std::span<const float> pixels, int64_t batch, Hidden
   layer_norm(h.data.data(), h.data.data(), batch * tokens, d, weights_.pre_layrnorm, c.layer_norm_eps);
 }
 
-void run_clip_block(const ClipVisionConfig& c, const ClipBlockWeights& w, int64_t layer, HiddenStates& h,
-                    const LinearTap& tap) {
-  const int64_t rows = h.batch * h.tokens, d = h.width, f = c.intermediate_size;
+void run_clip_block(const ClipVisionConfig& c, const ClipBlockWeights& w, int64_t layer, Stream& h,
+                    const SiteTap& tap) {
+  const int64_t rows = h.rows(), d = h.width, f = c.intermediate_size;
+  if (h.sequences() * c.tokens() != rows)
+    throw std::invalid_argument("run_clip_block: a stream that is not a batch of whole images");
   if (d != c.hidden_size) throw std::invalid_argument("run_clip_block: hidden states of the wrong width");
   if (rows == 0) return;
   auto& s = h.scratch;
   const size_t n = static_cast<size_t>(rows * d);
   resize(s.normed, n);
   resize(s.context, n);
-  resize(s.mlp, static_cast<size_t>(rows * f));
+  resize(s.hidden, static_cast<size_t>(rows * f));
 
   layer_norm(h.data.data(), s.normed.data(), rows, d, w.layer_norm1, c.layer_norm_eps);
-  call_tap(tap, layer, LinearSite::Qkv, s.normed.data(), rows, d);
+  call_tap(tap, layer, SiteRole::AttentionInput, s.normed.data(), rows, d);
   qkv_projection(c, w, s.normed.data(), rows, s);
-  attention(s.qkv.data(), s.context.data(), h.batch, h.tokens, d, c.num_attention_heads);
-  call_tap(tap, layer, LinearSite::OutProj, s.context.data(), rows, d);
+  attention(s.qkv.data(), s.context.data(), h.sequences(), c.tokens(), d, c.num_attention_heads);
+  call_tap(tap, layer, SiteRole::AttentionOutput, s.context.data(), rows, d);
   linear(s.context.data(), rows, w.out_proj, h.data.data(), true);
 
   layer_norm(h.data.data(), s.normed.data(), rows, d, w.layer_norm2, c.layer_norm_eps);
-  call_tap(tap, layer, LinearSite::Fc1, s.normed.data(), rows, d);
-  linear(s.normed.data(), rows, w.fc1, s.mlp.data(), false);
-  activate(s.mlp.data(), s.mlp.size(), c.hidden_act);
-  call_tap(tap, layer, LinearSite::Fc2, s.mlp.data(), rows, f);
-  linear(s.mlp.data(), rows, w.fc2, h.data.data(), true);
+  call_tap(tap, layer, SiteRole::MlpInput, s.normed.data(), rows, d);
+  linear(s.normed.data(), rows, w.fc1, s.hidden.data(), false);
+  activate(s.hidden.data(), s.hidden.size(), c.hidden_act);
+  call_tap(tap, layer, SiteRole::MlpOutput, s.hidden.data(), rows, f);
+  linear(s.hidden.data(), rows, w.fc2, h.data.data(), true);
 }
 
-void ClipVisionModel::run_block(int64_t layer, HiddenStates& h, const LinearTap& tap) const {
+void ClipVisionModel::run_block(int64_t layer, Stream& h, const SiteTap& tap) const {
   run_clip_block(config_, weights_.layers.at(static_cast<size_t>(layer)), layer, h, tap);
 }
 
-Matrix ClipVisionModel::pool(const HiddenStates& h, const LinearTap& tap) const {
+void ClipVisionModel::run_block(int64_t layer, const BlockWeights& block, Stream& h, const SiteTap& tap) const {
+  run_clip_block(config_, dynamic_cast<const ClipBlockWeights&>(block), layer, h, tap);
+}
+
+std::vector<LinearSiteSpec> ClipVisionModel::linear_sites(int64_t layer) const {
+  std::vector<LinearSiteSpec> sites;
+  for (auto& s : clip_linear_sites(config_, weights_.visual_projection.has_value()))
+    if (s.layer == layer) sites.push_back(std::move(s));
+  return sites;
+}
+
+std::unique_ptr<BlockWeights> ClipVisionModel::read_block(int64_t layer) const {
+  return std::make_unique<ClipBlockWeights>(weights_.layers.at(static_cast<size_t>(layer)));
+}
+
+std::unique_ptr<BlockWeights> ClipVisionModel::read_block(const CheckpointReader& checkpoint, int64_t layer) const {
+  return std::make_unique<ClipBlockWeights>(load_clip_block(checkpoint, config_, layer));
+}
+
+Matrix ClipVisionModel::pool(const Stream& h, const SiteTap& tap) const {
   const int64_t d = config_.hidden_size;
-  Matrix cls(h.batch, d);
-  for (int64_t b = 0; b < h.batch; ++b) std::copy(h.row(b * h.tokens), h.row(b * h.tokens) + d, cls.row(b));
-  layer_norm(cls.data.data(), cls.data.data(), h.batch, d, weights_.post_layernorm, config_.layer_norm_eps);
+  Matrix cls = pick_tokens(h, TokenPick::First);
+  layer_norm(cls.data.data(), cls.data.data(), cls.rows, d, weights_.post_layernorm, config_.layer_norm_eps);
   if (!weights_.visual_projection) return cls;
-  call_tap(tap, -1, LinearSite::Projection, cls.data.data(), h.batch, d);
+  call_tap(tap, -1, SiteRole::Head, cls.data.data(), cls.rows, d);
   return matmul(cls, *weights_.visual_projection, false, true);
 }
 
-Matrix ClipVisionModel::features(std::span<const float> pixels, int64_t batch, const LinearTap& tap) const {
+Matrix ClipVisionModel::features(std::span<const float> pixels, int64_t batch, const SiteTap& tap) const {
   // Without a tap (which sees whole-batch activations in order), a large batch runs as
   // shards of kShardImages images, one per thread with single-threaded BLAS inside, each
   // thread reusing one set of buffers: threaded GEMMs of a zoo-sized model spent more time
@@ -554,11 +566,11 @@ Matrix ClipVisionModel::features(std::span<const float> pixels, int64_t batch, c
       throw std::invalid_argument("ClipVisionModel::features: " + std::to_string(pixels.size()) + " pixel values for " +
                                   std::to_string(batch) + " images");
     Matrix out(batch, feature_dim());
-    std::vector<HiddenStates> states(static_cast<size_t>(threads));
+    std::vector<Stream> states(static_cast<size_t>(threads));
     const int64_t shards = (batch + kShardImages - 1) / kShardImages;
     parallel_for(static_cast<size_t>(shards), [&](size_t s) {
       const int64_t first = static_cast<int64_t>(s) * kShardImages, n = std::min(kShardImages, batch - first);
-      HiddenStates& h = states[static_cast<size_t>(thread_index())];
+      Stream& h = states[static_cast<size_t>(thread_index())];
       embed(pixels.subspan(static_cast<size_t>(first) * image_floats, static_cast<size_t>(n) * image_floats), n, h);
       for (int64_t l = 0; l < config_.num_hidden_layers; ++l) run_block(l, h);
       const Matrix f = pool(h);
@@ -566,7 +578,7 @@ Matrix ClipVisionModel::features(std::span<const float> pixels, int64_t batch, c
     });
     return out;
   }
-  HiddenStates h = embed(pixels, batch);
+  Stream h = embed(pixels, batch);
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) run_block(l, h, tap);
   return pool(h, tap);
 }
@@ -619,5 +631,15 @@ void save_clip_vision(const std::filesystem::path& dir, const ClipVisionConfig& 
     write_text_file(output.staging() / "preprocessor_config.json", preprocessor_config->dump(2) + "\n");
   output.commit();
 }
+
+namespace {
+
+const bool registered = register_model_family(
+    {"CLIP vision", [](const std::string& type) { return type == "clip_vision_model" || type == "clip"; },
+     [](const std::filesystem::path& checkpoint) -> std::unique_ptr<Model> {
+       return std::make_unique<ClipVisionModel>(ClipVisionModel::load(checkpoint));
+     }});
+
+}  // namespace
 
 }  // namespace amalgam

@@ -5,10 +5,10 @@
 //   -> pre_layrnorm -> L x block -> post_layernorm(CLS) -> visual_projection (optional)
 //   block: h += out_proj(attention(LN1(h)));  h += fc2(act(fc1(LN2(h))))
 //
-// Every product is a BLAS call on all tokens of the batch at once. The forward is exposed
-// block by block (embed, run_clip_block, pool) because RegMean++ runs candidate blocks on a
-// merged model's hidden states, and every linear layer's input can be observed through a
-// tap, which is how the statistics step accumulates Gram matrices without copying.
+// Every product is a BLAS call on all tokens of the batch at once. The model is a family
+// behind the Model interface (model/model.h): embed, run_block, head (= pool) and its table
+// of linear sites; it registers itself for config.json's model_type "clip_vision_model" and
+// "clip" (a CLIPModel, whose text tower is ignored).
 #pragma once
 
 #include <cstdint>
@@ -26,6 +26,8 @@
 #include "linalg/linalg.h"
 #include "model/kernels.h"
 #include "model/linear_sites.h"
+#include "model/model.h"
+#include "model/stream.h"
 
 namespace amalgam {
 
@@ -56,7 +58,7 @@ struct ClipVisionConfig {
 
 std::string activation_name(Activation act);
 
-struct ClipBlockWeights {
+struct ClipBlockWeights : BlockWeights {
   LayerNormParams layer_norm1;
   LinearParams q_proj, k_proj, v_proj, out_proj;
   LayerNormParams layer_norm2;
@@ -96,44 +98,17 @@ std::vector<ClipParameter> clip_block_parameters(const ClipVisionConfig& config,
 // every CLIP checkpoint class; the projection is "visual_projection.weight".
 std::string clip_layer_prefix(int64_t layer);  // "vision_model.encoder.layers.{i}."
 
-// Where a linear layer's input is observed. q, k and v read the same input: one site.
-enum class LinearSite { Qkv, OutProj, Fc1, Fc2, Projection };
+// CLIP's linear sites: AttentionInput (q, k, v), AttentionOutput (out_proj), MlpInput (fc1),
+// MlpOutput (fc2), Head (visual_projection, layer -1).
 // The weight tensors that read a site's input ("...self_attn.q_proj.weight", ...).
-std::vector<std::string> linear_site_weights(int64_t layer, LinearSite site);
+std::vector<std::string> linear_site_weights(int64_t layer, SiteRole role);
 // The Gram a statistics file keeps for a site: "<layer prefix>self_attn.qkv.gram",
 // "...self_attn.out_proj.gram", "...mlp.fc1.gram", "...mlp.fc2.gram", "visual_projection.gram".
-std::string clip_gram_name(int64_t layer, LinearSite site);
+std::string clip_gram_name(int64_t layer, SiteRole role);
 // Every site of the model in forward order (blocks, then the projection when there is one).
 std::vector<LinearSiteSpec> clip_linear_sites(const ClipVisionConfig& config, bool with_projection);
 
-// What a tap sees: the input rows of one linear layer for the whole batch, [rows, width],
-// row-major, valid only during the call. `layer` is -1 for the projection.
-struct LinearInput {
-  int64_t layer;
-  LinearSite site;
-  const float* data;
-  int64_t rows;
-  int64_t width;
-};
-using LinearTap = std::function<void(const LinearInput&)>;
-
-// The residual stream of a batch: [batch * tokens, width], image-major, token 0 is CLS.
-// It also owns the scratch buffers the blocks reuse, so a forward allocates once.
-struct HiddenStates {
-  int64_t batch = 0;
-  int64_t tokens = 0;
-  int64_t width = 0;
-  std::vector<float> data;
-
-  struct Scratch {
-    std::vector<float> normed, qkv_weight, qkv, context, mlp;
-  } scratch;
-
-  float* row(int64_t i) { return data.data() + i * width; }
-  const float* row(int64_t i) const { return data.data() + i * width; }
-};
-
-class ClipVisionModel {
+class ClipVisionModel final : public Model {
  public:
   // Checks every shape against the config (InputError naming the tensor).
   ClipVisionModel(ClipVisionConfig config, ClipVisionWeights weights);
@@ -150,15 +125,29 @@ class ClipVisionModel {
   // Width of what features() returns: projection_dim with a projection, else hidden_size.
   int64_t feature_dim() const;
 
+  // The family interface (model/model.h). head() is pool().
+  std::string model_type() const override { return "clip_vision_model"; }
+  int64_t num_layers() const override { return config_.num_hidden_layers; }
+  std::optional<ImageInput> image_input() const override {
+    return ImageInput{config_.num_channels, config_.image_size};
+  }
+  std::vector<LinearSiteSpec> linear_sites(int64_t layer) const override;
+  Stream embed(const ModelInput& batch) const override { return embed(batch.pixels, batch.images); }
+  std::unique_ptr<BlockWeights> read_block(int64_t layer) const override;
+  std::unique_ptr<BlockWeights> read_block(const CheckpointReader& checkpoint, int64_t layer) const override;
+  void run_block(int64_t layer, const BlockWeights& block, Stream& h, const SiteTap& tap = {}) const override;
+  Matrix head(const Stream& h, const SiteTap& tap = {}) const override { return pool(h, tap); }
+
   // pixels: [batch, C, H, W], already normalized (Hugging Face's pixel_values).
-  HiddenStates embed(std::span<const float> pixels, int64_t batch) const;
+  Stream embed(std::span<const float> pixels, int64_t batch) const;
   // The same into `h`, reusing its buffers (fresh pages cost more than a small model's math).
-  void embed(std::span<const float> pixels, int64_t batch, HiddenStates& h) const;
-  void run_block(int64_t layer, HiddenStates& h, const LinearTap& tap = {}) const;
+  void embed(std::span<const float> pixels, int64_t batch, Stream& h) const;
+  // Block `layer` of this model's own weights.
+  void run_block(int64_t layer, Stream& h, const SiteTap& tap = {}) const;
   // post_layernorm of the CLS tokens, then the projection when there is one: [batch, feature_dim].
-  Matrix pool(const HiddenStates& h, const LinearTap& tap = {}) const;
+  Matrix pool(const Stream& h, const SiteTap& tap = {}) const;
   // All of the above.
-  Matrix features(std::span<const float> pixels, int64_t batch, const LinearTap& tap = {}) const;
+  Matrix features(std::span<const float> pixels, int64_t batch, const SiteTap& tap = {}) const;
 
  private:
   ClipVisionConfig config_;
@@ -171,8 +160,8 @@ ClipBlockWeights load_clip_block(const CheckpointReader& checkpoint, const ClipV
 
 // One encoder block with the given weights on `h`, in place: RegMean++ runs a candidate's
 // block on the merged model's stream. `layer` is what the tap reports.
-void run_clip_block(const ClipVisionConfig& config, const ClipBlockWeights& block, int64_t layer, HiddenStates& h,
-                    const LinearTap& tap = {});
+void run_clip_block(const ClipVisionConfig& config, const ClipBlockWeights& block, int64_t layer, Stream& h,
+                    const SiteTap& tap = {});
 
 // Seeded random weights of the right shapes and scales (LayerNorms near identity): for
 // tests, benchmarks and the zoo's initialisation. Same config and seed, same bits.

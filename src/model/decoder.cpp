@@ -363,9 +363,24 @@ DecoderBlockWeights DecoderModel::load_block(int64_t layer) const {
 }
 
 void DecoderModel::load_block(int64_t layer, DecoderBlockWeights& b) const {
+  load_block(*checkpoint_, layer, b);
+}
+
+std::unique_ptr<BlockWeights> DecoderModel::read_block(int64_t layer) const {
+  return std::make_unique<DecoderBlockWeights>(load_block(layer));
+}
+
+std::unique_ptr<BlockWeights> DecoderModel::read_block(const CheckpointReader& checkpoint, int64_t layer) const {
+  auto block = std::make_unique<DecoderBlockWeights>();
+  load_block(checkpoint, layer, *block);
+  return block;
+}
+
+void DecoderModel::load_block(const CheckpointReader& r, int64_t layer, DecoderBlockWeights& b) const {
+  if (layer < 0 || layer >= config_.num_hidden_layers)
+    throw std::out_of_range("DecoderModel::load_block: layer " + std::to_string(layer) + " is not a block");
   const auto& c = config_;
   const auto& l = c.layout;
-  const auto& r = *checkpoint_;
   auto name = [&](const std::string& module) { return block_name(layer, module); };
   auto norm = [&](const std::string& module, LayerNormParams& n) {
     read_f32_into(r, name(module + ".weight"), n.weight);
@@ -407,31 +422,36 @@ std::vector<LinearSiteSpec> DecoderModel::linear_sites(int64_t layer) const {
   // parent module and what they are: "model.layers.3.self_attn.qkv.gram".
   auto parent = [](const std::string& module) { return module.substr(0, module.rfind('.') + 1); };
   auto weight = [&](const std::string& module) { return block_name(layer, module + ".weight"); };
-  auto site = [&](DecoderSite id, std::string gram, std::vector<std::string> weights, int64_t width) {
-    return LinearSiteSpec{layer, static_cast<int>(id), block_name(layer, gram + ".gram"), std::move(weights), width};
+  auto site = [&](SiteRole role, std::string gram, std::vector<std::string> weights, int64_t width) {
+    return LinearSiteSpec{layer, role, block_name(layer, gram + ".gram"), std::move(weights), width};
   };
   std::vector<LinearSiteSpec> sites;
+  if (layer < 0 || layer >= c.num_hidden_layers) return sites;
   if (l.qkv.empty())
     sites.push_back(
-        site(DecoderSite::AttentionInput, parent(l.q) + "qkv", {weight(l.q), weight(l.k), weight(l.v)}, c.hidden_size));
+        site(SiteRole::AttentionInput, parent(l.q) + "qkv", {weight(l.q), weight(l.k), weight(l.v)}, c.hidden_size));
   else
-    sites.push_back(site(DecoderSite::AttentionInput, l.qkv, {weight(l.qkv)}, c.hidden_size));
-  sites.push_back(site(DecoderSite::AttentionOutput, l.o, {weight(l.o)}, c.num_attention_heads * c.head_dim));
+    sites.push_back(site(SiteRole::AttentionInput, l.qkv, {weight(l.qkv)}, c.hidden_size));
+  sites.push_back(site(SiteRole::AttentionOutput, l.o, {weight(l.o)}, c.num_attention_heads * c.head_dim));
   if (l.gate.empty())
-    sites.push_back(site(DecoderSite::MlpInput, l.up, {weight(l.up)}, c.hidden_size));
+    sites.push_back(site(SiteRole::MlpInput, l.up, {weight(l.up)}, c.hidden_size));
   else
     sites.push_back(
-        site(DecoderSite::MlpInput, parent(l.gate) + "gate_up", {weight(l.gate), weight(l.up)}, c.hidden_size));
-  sites.push_back(site(DecoderSite::MlpOutput, l.down, {weight(l.down)}, c.intermediate_size));
+        site(SiteRole::MlpInput, parent(l.gate) + "gate_up", {weight(l.gate), weight(l.up)}, c.hidden_size));
+  sites.push_back(site(SiteRole::MlpOutput, l.down, {weight(l.down)}, c.intermediate_size));
   return sites;
 }
 
 // ---------------------------------------------------------------------------------------
 // Forward
 
-TokenStream DecoderModel::embed(const std::vector<std::vector<int32_t>>& sequences) const {
+Stream DecoderModel::embed(const std::vector<std::vector<int32_t>>& sequences) const {
+  return embed_sequences(sequences);
+}
+
+Stream DecoderModel::embed_sequences(std::span<const std::vector<int32_t>> sequences) const {
   const auto& c = config_;
-  TokenStream s;
+  Stream s;
   s.width = c.hidden_size;
   for (const auto& seq : sequences) s.offsets.push_back(s.offsets.back() + static_cast<int64_t>(seq.size()));
   s.data.resize(static_cast<size_t>(s.rows() * s.width));
@@ -467,7 +487,7 @@ namespace {
 
 // x[:, head * hd + i] rotated by position * inv_freq[i] (HF's rotate_half convention: the
 // first half of each head pairs with the second).
-void apply_rope(float* x, int64_t heads, int64_t hd, int64_t row_stride, const TokenStream& s,
+void apply_rope(float* x, int64_t heads, int64_t hd, int64_t row_stride, const Stream& s,
                 const std::vector<double>& inv_freq) {
   const int64_t half = hd / 2;
   parallel_chunks(s.offsets.size() - 1, 1, [&](size_t begin, size_t end) {
@@ -495,7 +515,7 @@ void apply_rope(float* x, int64_t heads, int64_t hd, int64_t row_stride, const T
 
 // context[seq, head] = softmax(q k^T / sqrt(hd), causal and windowed) v for every sequence
 // and head; key/value head h / (heads / kv_heads) serves query head h (grouped-query attention).
-void causal_attention(const float* q, const float* k, const float* v, float* context, const TokenStream& s,
+void causal_attention(const float* q, const float* k, const float* v, float* context, const Stream& s,
                       const DecoderConfig& c) {
   const int64_t heads = c.num_attention_heads, hd = c.head_dim, group = heads / c.num_key_value_heads;
   const int64_t q_stride = heads * hd, kv_stride = c.num_key_value_heads * hd;
@@ -525,13 +545,16 @@ void causal_attention(const float* q, const float* k, const float* v, float* con
   }
 }
 
-void call_tap(const DecoderTap& tap, int64_t layer, DecoderSite site, const float* data, int64_t rows, int64_t width) {
-  if (tap && rows > 0) tap(DecoderSiteInput{layer, site, data, rows, width});
-}
-
 }  // namespace
 
-void DecoderModel::run_block(int64_t layer, const DecoderBlockWeights& w, TokenStream& s, const DecoderTap& tap) const {
+Stream DecoderModel::embed(const ModelInput& batch) const {
+  if (batch.images > 0 || !batch.pixels.empty())
+    throw std::invalid_argument("DecoderModel::embed: a language model takes token ids, not images");
+  return embed_sequences(batch.sequences);
+}
+
+void DecoderModel::run_block(int64_t layer, const BlockWeights& block, Stream& s, const SiteTap& tap) const {
+  const auto& w = dynamic_cast<const DecoderBlockWeights&>(block);
   const auto& c = config_;
   const int64_t n = s.rows(), d = c.hidden_size;
   const int64_t q_width = c.num_attention_heads * c.head_dim, kv_width = c.num_key_value_heads * c.head_dim;
@@ -544,7 +567,7 @@ void DecoderModel::run_block(int64_t layer, const DecoderBlockWeights& w, TokenS
     v.resize(static_cast<size_t>(size));
     return v;
   };
-  auto& x = sized(scratch.x, n * d);
+  auto& x = sized(scratch.normed, n * d);
   auto norm = [&](const LayerNormParams& params) {
     if (c.layer_norm)
       layer_norm(s.data.data(), x.data(), n, d, params, c.norm_eps);
@@ -552,7 +575,7 @@ void DecoderModel::run_block(int64_t layer, const DecoderBlockWeights& w, TokenS
       rms_norm(s.data.data(), x.data(), n, d, params.weight, c.norm_eps);
   };
   norm(w.input_norm);
-  call_tap(tap, layer, DecoderSite::AttentionInput, x.data(), n, d);
+  call_tap(tap, layer, SiteRole::AttentionInput, x.data(), n, d);
   auto& q = sized(scratch.q, n * q_width);
   auto& k = sized(scratch.k, n * kv_width);
   auto& v = sized(scratch.v, n * kv_width);
@@ -569,11 +592,11 @@ void DecoderModel::run_block(int64_t layer, const DecoderBlockWeights& w, TokenS
   }
   auto& context = sized(scratch.context, n * q_width);
   causal_attention(q.data(), k.data(), v.data(), context.data(), s, c);
-  call_tap(tap, layer, DecoderSite::AttentionOutput, context.data(), n, q_width);
+  call_tap(tap, layer, SiteRole::AttentionOutput, context.data(), n, q_width);
   linear(context.data(), n, w.o, s.data.data(), true);
 
   norm(w.post_attention_norm);
-  call_tap(tap, layer, DecoderSite::MlpInput, x.data(), n, d);
+  call_tap(tap, layer, SiteRole::MlpInput, x.data(), n, d);
   // Gated (SwiGLU): act(gate x) * (up x); plain (GPT-2): act(up x).
   const int64_t inter = c.intermediate_size;
   auto& hidden = sized(scratch.hidden, n * inter);
@@ -588,11 +611,11 @@ void DecoderModel::run_block(int64_t layer, const DecoderBlockWeights& w, TokenS
   } else {
     activate(hidden.data(), hidden.size(), c.activation);
   }
-  call_tap(tap, layer, DecoderSite::MlpOutput, hidden.data(), n, inter);
+  call_tap(tap, layer, SiteRole::MlpOutput, hidden.data(), n, inter);
   linear(hidden.data(), n, w.down, s.data.data(), true);
 }
 
-std::vector<float> DecoderModel::final_normed(const TokenStream& s) const {
+std::vector<float> DecoderModel::final_normed(const Stream& s) const {
   const auto& c = config_;
   LayerNormParams norm{read_f32(*checkpoint_, c.layout.final_norm + ".weight"), {}};
   if (c.norm_bias) norm.bias = read_f32(*checkpoint_, c.layout.final_norm + ".bias");
@@ -625,7 +648,7 @@ void DecoderModel::for_vocab_slices(const std::vector<float>& normed, int64_t ro
   }
 }
 
-Matrix DecoderModel::logits(const TokenStream& s) const {
+Matrix DecoderModel::logits(const Stream& s) const {
   const auto normed = final_normed(s);
   Matrix out(s.rows(), config_.vocab_size);
   for_vocab_slices(normed, s.rows(), [&](int64_t first, int64_t count, const float* logits) {
@@ -634,8 +657,7 @@ Matrix DecoderModel::logits(const TokenStream& s) const {
   return out;
 }
 
-std::vector<double> DecoderModel::negative_log_likelihood(const TokenStream& s,
-                                                          const std::vector<int32_t>& targets) const {
+std::vector<double> DecoderModel::negative_log_likelihood(const Stream& s, const std::vector<int32_t>& targets) const {
   const int64_t rows = s.rows();
   if (static_cast<int64_t>(targets.size()) != rows) throw std::logic_error("negative_log_likelihood: one target a row");
   const auto normed = final_normed(s);
@@ -664,5 +686,16 @@ std::vector<double> DecoderModel::negative_log_likelihood(const TokenStream& s,
     if (targets[r] >= 0) nll[r] = maximum[r] + std::log(sum[r]) - target_logit[r];
   return nll;
 }
+
+namespace {
+
+const bool registered = register_model_family(
+    {"decoder language model", [](const std::string& type) { return find_decoder_family(type) != nullptr; },
+     [](const std::filesystem::path& checkpoint) -> std::unique_ptr<Model> {
+       const auto dir = std::filesystem::is_directory(checkpoint) ? checkpoint : checkpoint.parent_path();
+       return std::make_unique<DecoderModel>(DecoderModel::open(dir));
+     }});
+
+}  // namespace
 
 }  // namespace amalgam

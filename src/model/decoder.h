@@ -22,12 +22,15 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "io/checkpoint.h"
 #include "model/kernels.h"
 #include "model/linear_sites.h"
+#include "model/model.h"
+#include "model/stream.h"
 
 namespace amalgam {
 
@@ -114,39 +117,14 @@ bool config_flag(const nlohmann::json& j, const char* key, bool fallback, const 
 // rope_theta and rope_scaling, ...), InputError naming the key otherwise.
 DecoderConfig read_llama_like_config(const nlohmann::json& config, const std::string& where);
 
-struct DecoderBlockWeights {
+struct DecoderBlockWeights : BlockWeights {
   LayerNormParams input_norm, post_attention_norm;  // bias empty for RMSNorm
   LinearParams q, k, v, o;
   std::vector<float> q_norm, k_norm;  // [head_dim], Qwen 3 only
   LinearParams gate, up, down;
 };
 
-// The residual stream of a batch of sequences, packed: sequence s holds rows
-// [offsets[s], offsets[s + 1]) of data [rows, width].
-struct TokenStream {
-  std::vector<int64_t> offsets{0};
-  int64_t width = 0;
-  std::vector<float> data;
-  int64_t rows() const { return offsets.back(); }
-
-  // Buffers the blocks reuse (norm output, q, k, v, attention context, MLP), so that a
-  // forward allocates them once.
-  struct Scratch {
-    std::vector<float> x, q, k, v, context, hidden, gate;
-  } scratch;
-};
-
-// What a tap sees: one linear site's input rows (every valid token of the batch).
-enum class DecoderSite { AttentionInput, AttentionOutput, MlpInput, MlpOutput };
-struct DecoderSiteInput {
-  int64_t layer;
-  DecoderSite site;
-  const float* data;
-  int64_t rows, width;
-};
-using DecoderTap = std::function<void(const DecoderSiteInput&)>;
-
-class DecoderModel {
+class DecoderModel final : public Model {
  public:
   // A checkpoint directory with config.json (a known model_type, else InputError naming it)
   // and its safetensors; shapes are checked against the config, naming the tensor.
@@ -158,26 +136,36 @@ class DecoderModel {
   // Block `layer`'s linear sites, in the order its tap reports them: q/k/v (or GPT-2's
   // c_attn), o_proj, gate/up (or up alone), down_proj. The weights are the checkpoint's names
   // (GPT-2's Conv1D weights are stored [in, out]).
-  std::vector<LinearSiteSpec> linear_sites(int64_t layer) const;
+  // With layer -1: none (lm_head is not merged by its input statistics).
+  std::vector<LinearSiteSpec> linear_sites(int64_t layer) const override;
 
-  TokenStream embed(const std::vector<std::vector<int32_t>>& sequences) const;
+  // The family interface (model/model.h). head() is logits().
+  std::string model_type() const override { return config_.model_type; }
+  int64_t num_layers() const override { return config_.num_hidden_layers; }
+  Stream embed(const ModelInput& batch) const override;
+  std::unique_ptr<BlockWeights> read_block(int64_t layer) const override;
+  std::unique_ptr<BlockWeights> read_block(const CheckpointReader& checkpoint, int64_t layer) const override;
+  void run_block(int64_t layer, const BlockWeights& block, Stream& stream, const SiteTap& tap = {}) const override;
+  Matrix head(const Stream& stream, const SiteTap& /*tap*/ = {}) const override { return logits(stream); }
+
+  Stream embed(const std::vector<std::vector<int32_t>>& sequences) const;
   DecoderBlockWeights load_block(int64_t layer) const;
   // The same into `into`, reusing its buffers (a loop over blocks converts each into the
   // last one's memory).
   void load_block(int64_t layer, DecoderBlockWeights& into) const;
-  void run_block(int64_t layer, const DecoderBlockWeights& block, TokenStream& stream,
-                 const DecoderTap& tap = {}) const;
   // The final norm, then lm_head over `rows` of the stream ([rows.size(), vocab]); lm_head
   // is converted a slice of the vocabulary at a time.
-  Matrix logits(const TokenStream& stream) const;
+  Matrix logits(const Stream& stream) const;
   // -log p(target_r | stream row r) for each row r with targets[r] >= 0 (else 0), without
   // holding the [rows, vocab] logits: slices of the vocabulary with a running log-sum-exp.
-  std::vector<double> negative_log_likelihood(const TokenStream& stream, const std::vector<int32_t>& targets) const;
+  std::vector<double> negative_log_likelihood(const Stream& stream, const std::vector<int32_t>& targets) const;
 
  private:
   DecoderModel(DecoderConfig config, std::unique_ptr<CheckpointReader> checkpoint);
+  Stream embed_sequences(std::span<const std::vector<int32_t>> sequences) const;
+  void load_block(const CheckpointReader& checkpoint, int64_t layer, DecoderBlockWeights& into) const;
   // The final norm applied to a copy of the stream.
-  std::vector<float> final_normed(const TokenStream& stream) const;
+  std::vector<float> final_normed(const Stream& stream) const;
   std::string block_name(int64_t layer, const std::string& module) const;
   // Calls body(first_token, count, logits [rows, count]) for slices of the vocabulary.
   void for_vocab_slices(const std::vector<float>& normed, int64_t rows,

@@ -1,4 +1,4 @@
-// RegMean's measurement step: Gram matrices of every linear layer's input.
+// The statistics file: Gram matrices of every linear layer's input, as RegMean reads them.
 //
 // For a linear layer that sees input rows x (every token of every calibration image is a
 // row), the statistic is G = (1/n) sum x^T x, [d_in, d_in]: the mean over rows, so tasks
@@ -22,30 +22,9 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "data/preprocess.h"
 #include "io/safetensors.h"
-#include "model/clip_vision.h"
-#include "model/linear_sites.h"
 
 namespace amalgam {
-
-// Accumulates sum x^T x over batches of rows: each batch through ssyrk in float, the
-// running sum in double, so a long run loses no precision.
-class GramAccumulator {
- public:
-  explicit GramAccumulator(int64_t dim);
-  // rows: [count, dim] with leading dimension `ld`.
-  void add(const float* rows, int64_t count, int64_t ld);
-  int64_t dim() const { return dim_; }
-  int64_t rows() const { return rows_; }
-  // The mean (1/rows) sum x^T x as a full symmetric F32 [dim, dim] tensor.
-  Tensor mean() const;
-
- private:
-  int64_t dim_;
-  int64_t rows_ = 0;
-  std::vector<double> sum_;  // upper triangle valid
-};
 
 // The Grams of one model, in memory, in the order they are written.
 struct GramStatistics {
@@ -56,45 +35,6 @@ struct GramStatistics {
   std::vector<std::string> tasks;
   std::string model;  // what was measured, for the record
 };
-
-// Calibration images for a model: `examples` seeded training examples drawn from the tasks
-// (split equally between them, the first ones taking the remainder), preprocessed for the
-// model, [count, C, H, W]. The same (task, count, seed) always draws the same examples, so
-// RegMean and RegMean++ calibrate on the same images.
-struct CalibrationOptions {
-  int64_t examples = 256;
-  int64_t batch_size = 32;
-  uint64_t seed = 0;
-  bool quiet = false;
-};
-struct CalibrationImages {
-  std::vector<float> pixels;
-  int64_t count = 0;
-  std::vector<std::string> tasks;
-};
-CalibrationImages load_calibration_images(const std::vector<std::filesystem::path>& task_dirs,
-                                          const ImageProcessorConfig& preprocess, const ClipVisionConfig& config,
-                                          const CalibrationOptions& options);
-
-// Accumulates one Gram per linear site of a model's site table (any family) while the model
-// runs: add() takes a site's input rows as the family's tap reports them.
-class GramCollector {
- public:
-  explicit GramCollector(std::vector<LinearSiteSpec> sites);
-  void add(int64_t layer, int site, const float* rows, int64_t count, int64_t ld);
-  // Finishes into statistics (means over rows). `rows` is the first site's row count: every
-  // token of every example (CLIP's projection alone sees only the CLS rows).
-  GramStatistics finish(int64_t examples, std::vector<std::string> tasks, std::string model) const;
-
- private:
-  std::vector<LinearSiteSpec> sites_;
-  std::map<std::pair<int64_t, int>, size_t> index_;  // (layer, site) -> position in sites_
-  std::vector<GramAccumulator> accumulators_;
-};
-
-// Runs the model over the calibration images in batches and returns its Grams.
-GramStatistics measure_statistics(const ClipVisionModel& model, const CalibrationImages& images,
-                                  const CalibrationOptions& options, const std::string& model_name);
 
 // The metadata of a statistics file (everything in `stats` but its Grams), for writers that
 // stream the Grams themselves.

@@ -1,0 +1,121 @@
+// The one interface every model family implements, and the registry that picks a family
+// from config.json's model_type.
+//
+//   stream = embed(batch)                          images or token sequences -> Stream
+//   for each block l: run_block(l, read_block(l), stream, tap)
+//   out = head(stream, tap)                        CLIP: pooled features; decoders: logits
+//
+// The forward is exposed block by block because RegMean++ runs candidates' blocks on a
+// merged model's stream, and the statistics step measures a block at a time. The tap sees
+// every linear site's input rows (valid tokens only); linear_sites() is the table that says
+// which weights read them and which Gram a statistics file keeps for them. Code that
+// measures, merges or routes reads that table and this interface, and nothing else about an
+// architecture.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "linalg/linalg.h"
+#include "model/linear_sites.h"
+#include "model/stream.h"
+
+namespace amalgam {
+
+// One batch for embed(): `images` preprocessed images ([images, C, H, W] pixel values) for a
+// vision family, or token sequences for a language model.
+struct ModelInput {
+  std::span<const float> pixels;
+  int64_t images = 0;
+  std::span<const std::vector<int32_t>> sequences;
+};
+
+// What images a vision family takes: channels and side, square.
+struct ImageInput {
+  int64_t channels = 0;
+  int64_t size = 0;
+};
+
+// One block's weights in F32, as a family lays them out (what read_block returns and
+// run_block takes).
+class BlockWeights {
+ public:
+  BlockWeights() = default;
+  BlockWeights(const BlockWeights&) = default;
+  BlockWeights(BlockWeights&&) = default;
+  BlockWeights& operator=(const BlockWeights&) = default;
+  BlockWeights& operator=(BlockWeights&&) = default;
+  virtual ~BlockWeights() = default;
+};
+
+class Model {
+ public:
+  Model() = default;
+  Model(const Model&) = default;
+  Model(Model&&) = default;
+  Model& operator=(const Model&) = default;
+  Model& operator=(Model&&) = default;
+  virtual ~Model() = default;
+
+  // config.json's model_type ("clip_vision_model", "llama", ...).
+  virtual std::string model_type() const = 0;
+  virtual int64_t num_layers() const = 0;
+  // The images a vision family takes, or nullopt: a language model takes token ids.
+  virtual std::optional<ImageInput> image_input() const { return std::nullopt; }
+  // Block `layer`'s linear sites in the order its tap reports them, or with layer -1 the
+  // sites after the blocks (CLIP's projection; none for a decoder).
+  virtual std::vector<LinearSiteSpec> linear_sites(int64_t layer) const = 0;
+  // Every site, blocks first.
+  std::vector<LinearSiteSpec> all_linear_sites() const;
+
+  // A stream for one batch (the vision families take pixels, the language families ids;
+  // the other kind is an std::invalid_argument).
+  virtual Stream embed(const ModelInput& batch) const = 0;
+  // Block `layer` of this model, or of another checkpoint of the same shapes (a candidate
+  // RegMean++ runs on the merged stream), converted to F32; errors name the checkpoint and
+  // the tensor.
+  virtual std::unique_ptr<BlockWeights> read_block(int64_t layer) const = 0;
+  virtual std::unique_ptr<BlockWeights> read_block(const CheckpointReader& checkpoint, int64_t layer) const = 0;
+  // One block on the stream, in place; `layer` is what the tap reports.
+  virtual void run_block(int64_t layer, const BlockWeights& block, Stream& stream, const SiteTap& tap = {}) const = 0;
+  // What follows the blocks: one row per sequence for a vision model (its pooled features),
+  // one row per token for a language model (its logits).
+  virtual Matrix head(const Stream& stream, const SiteTap& tap = {}) const = 0;
+};
+
+// Which token of each sequence stands for it: the first (CLIP's CLS), the mean of all of
+// them (in double, so the result does not depend on the rows' order of rounding), or the
+// last (a decoder's summary of the sequence).
+enum class TokenPick { First, Mean, Last };
+// rows [offsets.back(), width] -> [sequences, width].
+Matrix pick_tokens(const float* rows, int64_t width, std::span<const int64_t> offsets, TokenPick pick);
+inline Matrix pick_tokens(const Stream& stream, TokenPick pick) {
+  return pick_tokens(stream.data.data(), stream.width, stream.offsets, pick);
+}
+
+// A family: the model_types it runs and how it opens a checkpoint directory of one.
+struct ModelFamily {
+  std::string name;  // for messages: "CLIP vision", "decoder language model"
+  std::function<bool(const std::string& model_type)> runs;
+  std::function<std::unique_ptr<Model>(const std::filesystem::path& checkpoint)> open;
+};
+// Registers a family (from a static initialiser in its file); returns true.
+bool register_model_family(ModelFamily family);
+
+// config.json's model_type of a checkpoint (a directory, or a file in one): InputError naming
+// the file when it is missing or not JSON. A CLIPConfig's model_type is "clip".
+std::string checkpoint_model_type(const std::filesystem::path& checkpoint);
+// The family that runs a checkpoint's model_type, or nullptr.
+const ModelFamily* find_model_family(const std::string& model_type);
+// Opens a checkpoint with its family: InputError naming config.json and its model_type
+// when no family runs it (data-free merging needs none).
+std::unique_ptr<Model> open_model(const std::filesystem::path& checkpoint);
+
+}  // namespace amalgam

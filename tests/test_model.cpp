@@ -1,0 +1,141 @@
+// The model-family interface (model/model.h): the registry picks a family from config.json's
+// model_type; a forward through the interface (embed, read_block, run_block, head) gives the
+// bits of each family's own forward; blocks read from another checkpoint are that
+// checkpoint's; token picking by hand-worked values.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+
+#include "core/error.h"
+#include "decoder_fixtures.h"
+#include "io/checkpoint.h"
+#include "io/json_file.h"
+#include "model/clip_vision.h"
+#include "model/decoder.h"
+#include "model/model.h"
+#include "test_util.h"
+
+namespace amalgam::testing {
+namespace {
+
+using Json = nlohmann::json;
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+std::string input_error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "(no InputError)";
+}
+
+TEST(TokenPick, FirstMeanAndLastOfSequencesOfDifferentLengths) {
+  // Two sequences of width 2: rows 0-1, then rows 2-4.
+  const std::vector<float> rows = {1, 2, 3, 6, /* second */ -1, 0, 0, 1, 4, 8};
+  const std::vector<int64_t> offsets = {0, 2, 5};
+  EXPECT_EQ(pick_tokens(rows.data(), 2, offsets, TokenPick::First).data, (std::vector<float>{1, 2, -1, 0}));
+  EXPECT_EQ(pick_tokens(rows.data(), 2, offsets, TokenPick::Mean).data, (std::vector<float>{2, 4, 1, 3}));
+  EXPECT_EQ(pick_tokens(rows.data(), 2, offsets, TokenPick::Last).data, (std::vector<float>{3, 6, 4, 8}));
+  const std::vector<int64_t> with_empty = {0, 2, 2};
+  EXPECT_THROW(pick_tokens(rows.data(), 2, with_empty, TokenPick::First), std::invalid_argument);
+}
+
+ClipVisionConfig tiny_clip() {
+  ClipVisionConfig c;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.image_size = 8;
+  c.patch_size = 4;
+  c.num_channels = 3;
+  c.projection_dim = 6;
+  return c;
+}
+
+std::vector<float> seeded_pixels(size_t n) {
+  std::vector<float> p(n);
+  for (size_t i = 0; i < n; ++i) p[i] = static_cast<float>((i * 37) % 23) / 11.0f - 1.0f;
+  return p;
+}
+
+TEST(ModelFamilies, ClipThroughTheInterfaceIsItsOwnForward) {
+  TempDir dir;
+  const ClipVisionConfig c = tiny_clip();
+  save_clip_vision(dir.path() / "clip", c, random_clip_vision_weights(c, 3, true), DType::F32, false);
+  const std::unique_ptr<Model> model = open_model(dir.path() / "clip");
+  EXPECT_EQ(model->model_type(), "clip_vision_model");
+  EXPECT_EQ(model->num_layers(), 2);
+  ASSERT_TRUE(model->image_input());
+  EXPECT_EQ(model->image_input()->channels, 3);
+  EXPECT_EQ(model->image_input()->size, 8);
+  // Four sites a block, and the projection's after the blocks.
+  EXPECT_EQ(model->linear_sites(1).size(), 4U);
+  ASSERT_EQ(model->linear_sites(-1).size(), 1U);
+  EXPECT_EQ(model->linear_sites(-1)[0].role, SiteRole::Head);
+  EXPECT_EQ(model->linear_sites(-1)[0].weights, std::vector<std::string>{"visual_projection.weight"});
+  EXPECT_EQ(model->all_linear_sites().size(), 9U);
+
+  const int64_t images = 3;
+  const std::vector<float> pixels = seeded_pixels(static_cast<size_t>(images * 3 * 8 * 8));
+  Stream s = model->embed(ModelInput{pixels, images, {}});
+  EXPECT_EQ(s.sequences(), images);
+  EXPECT_EQ(s.rows(), images * c.tokens());
+  int64_t tapped = 0;
+  for (int64_t l = 0; l < model->num_layers(); ++l)
+    model->run_block(l, *model->read_block(l), s, [&](const SiteInput& in) { tapped += in.rows; });
+  EXPECT_EQ(tapped, 2 * 4 * images * c.tokens());  // every site sees every token, never more
+  const Matrix through_interface = model->head(s);
+  const Matrix own = ClipVisionModel::load(dir.path() / "clip").features(pixels, images);
+  EXPECT_TRUE(same_bits(through_interface.data, own.data));
+}
+
+TEST(ModelFamilies, DecoderThroughTheInterfaceIsItsOwnForwardAndReadsOtherCheckpointsBlocks) {
+  TempDir dir;
+  const Json c = tiny_config("qwen2");
+  write_random_decoder(dir.path() / "a", c, DType::BF16, 1);
+  write_random_decoder(dir.path() / "b", c, DType::BF16, 2);
+  const std::unique_ptr<Model> model = open_model(dir.path() / "a");
+  EXPECT_EQ(model->model_type(), "qwen2");
+  EXPECT_FALSE(model->image_input());
+  EXPECT_TRUE(model->linear_sites(-1).empty());  // lm_head is not merged from its input's statistics
+  EXPECT_EQ(model->linear_sites(0).size(), 4U);
+  EXPECT_THROW(model->embed(ModelInput{std::vector<float>(3), 1, {}}), std::invalid_argument);
+
+  const std::vector<std::vector<int32_t>> sequences = {{3, 17, 42, 5}, {8}, {59, 1, 2}};
+  const DecoderModel a = DecoderModel::open(dir.path() / "a"), b = DecoderModel::open(dir.path() / "b");
+  // Model a's blocks through the interface; then b's blocks, read by a from b's checkpoint.
+  const CheckpointReader b_checkpoint(dir.path() / "b");
+  Stream via_a = model->embed(ModelInput{{}, 0, sequences}), via_b = b.embed(sequences);
+  Stream own_a = a.embed(sequences), own_b = b.embed(sequences);
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    model->run_block(l, *model->read_block(l), via_a);
+    a.run_block(l, a.load_block(l), own_a);
+    b.run_block(l, *model->read_block(b_checkpoint, l), via_b);
+    b.run_block(l, b.load_block(l), own_b);
+  }
+  EXPECT_TRUE(same_bits(model->head(via_a).data, a.logits(own_a).data));
+  EXPECT_TRUE(same_bits(via_b.data, own_b.data));
+  EXPECT_FALSE(same_bits(via_a.data, via_b.data));  // the two checkpoints differ
+}
+
+TEST(ModelFamilies, AnUnknownOrMissingModelTypeIsAnInputErrorNamingConfigJson) {
+  TempDir dir;
+  write_bytes(dir.path() / "config.json", R"({"model_type": "mamba"})");
+  const std::string unknown = input_error_of([&] { (void)open_model(dir.path()); });
+  EXPECT_NE(unknown.find("config.json"), std::string::npos) << unknown;
+  EXPECT_NE(unknown.find("model_type 'mamba' is not an architecture amalgam runs"), std::string::npos) << unknown;
+  write_bytes(dir.path() / "config.json", R"({"hidden_size": 8})");
+  const std::string missing = input_error_of([&] { (void)open_model(dir.path()); });
+  EXPECT_NE(missing.find("no string 'model_type'"), std::string::npos) << missing;
+  fs::create_directories(dir.path() / "empty");
+  EXPECT_NE(input_error_of([&] { (void)open_model(dir.path() / "empty"); }).find("no config.json"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace amalgam::testing
