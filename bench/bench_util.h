@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "linalg/linalg.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam::bench {
 

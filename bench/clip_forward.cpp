@@ -22,7 +22,7 @@
 #include "bench_util.h"
 #include "core/parallel.h"
 #include "linalg/linalg.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 using namespace amalgam;
 using namespace amalgam::bench;

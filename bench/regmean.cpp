@@ -27,7 +27,7 @@
 #include "data/task.h"
 #include "linalg/linalg.h"
 #include "merge/regmean.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 using namespace amalgam;
 using namespace amalgam::bench;

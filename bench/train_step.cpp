@@ -15,8 +15,8 @@
 
 #include "bench_util.h"
 #include "core/parallel.h"
-#include "eval/zoo_build.h"
 #include "train/trainer.h"
+#include "zoo/build.h"
 
 using namespace amalgam;
 using namespace amalgam::bench;

@@ -4,7 +4,7 @@
 # recovers at least a third of that gap). Each lever is one `amalgam zoo build` with one
 # option changed from the reference recipe (the pretrain-18+ ones: one more on top of
 # pretrain-epochs-18); zoo.json's "regime" section holds the figures
-# (eval/zoo_regime.h), and this script tabulates them. Judged by R1, R2 and build time only:
+# (zoo/regime.h), and this script tabulates them. Judged by R1, R2 and build time only:
 # no RegMean, TSV-M or MASS run here.
 #
 # The study fine-tunes on a reduced budget (20,000 train images per task at most, 40,000

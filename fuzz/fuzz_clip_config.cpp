@@ -6,7 +6,7 @@
 
 #include "clip_fixtures.h"
 #include "fuzz_util.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace {
 

@@ -7,7 +7,7 @@
 
 #include "data/preprocess.h"
 #include "io/checkpoint.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam::testing {
 

@@ -14,8 +14,8 @@
 #include <set>
 #include <sstream>
 
+#include "bench/runner.h"
 #include "core/child_process.h"
-#include "eval/bench_runner.h"
 #include "io/json_file.h"
 #include "test_util.h"
 #include "zoo_fixtures.h"

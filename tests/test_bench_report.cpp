@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "bench/report.h"
 #include "core/error.h"
-#include "eval/bench_report.h"
 #include "test_util.h"
 
 namespace amalgam {

@@ -15,7 +15,7 @@
 #include "io/checkpoint.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 #include "test_util.h"
 
 namespace amalgam {

@@ -1,4 +1,4 @@
-// Corruptions (data/zoo_corruptions): each corruption's defining property checked against an
+// Corruptions (zoo/corruptions): each corruption's defining property checked against an
 // independent computation, determinism and seeding, severity ordering, and `amalgam task
 // corrupt` end to end.
 #include <gtest/gtest.h>
@@ -12,10 +12,10 @@
 
 #include "core/error.h"
 #include "data/task.h"
-#include "data/zoo_corruptions.h"
-#include "data/zoo_procedural.h"
 #include "io/json_file.h"
 #include "test_util.h"
+#include "zoo/corruptions.h"
+#include "zoo/procedural.h"
 
 namespace amalgam {
 namespace {

@@ -13,7 +13,7 @@
 #include "eval/evaluate.h"
 #include "io/safetensors.h"
 #include "model/classifier_head.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 #include "test_util.h"
 
 namespace amalgam {

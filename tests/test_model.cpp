@@ -11,8 +11,8 @@
 #include "decoder_fixtures.h"
 #include "io/checkpoint.h"
 #include "io/json_file.h"
-#include "model/clip_vision.h"
 #include "model/decoder.h"
+#include "model/families/clip_vision.h"
 #include "model/model.h"
 #include "test_util.h"
 

@@ -23,7 +23,6 @@
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "eval/evaluate.h"
-#include "eval/zoo_build.h"
 #include "io/checkpoint.h"
 #include "io/json_file.h"
 #include "linalg/linalg.h"
@@ -31,8 +30,9 @@
 #include "merge/engine.h"
 #include "merge/regmean.h"
 #include "model/classifier_head.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 #include "test_util.h"
+#include "zoo/build.h"
 #include "zoo_fixtures.h"
 
 namespace amalgam {

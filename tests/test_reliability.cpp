@@ -23,7 +23,7 @@
 #include "io/safetensors.h"
 #include "mass/bundle.h"
 #include "mass/router.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 #include "test_util.h"
 
 namespace amalgam {

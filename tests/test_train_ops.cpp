@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 #include "core/parallel.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 #include "test_util.h"
 #include "train/clip_graph.h"
 #include "train/ops.h"

@@ -7,10 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "eval/zoo_build.h"
 #include "io/json_file.h"
 #include "model/classifier_head.h"
 #include "test_util.h"
+#include "zoo/build.h"
 #include "zoo_fixtures.h"
 
 namespace amalgam {

@@ -17,14 +17,14 @@
 
 #include "core/error.h"
 #include "data/task.h"
-#include "data/zoo_letters.h"
-#include "data/zoo_procedural.h"
-#include "data/zoo_raster.h"
-#include "data/zoo_sources.h"
-#include "data/zoo_tasks.h"
 #include "io/json_file.h"
 #include "io/run_inputs.h"
 #include "test_util.h"
+#include "zoo/letters.h"
+#include "zoo/procedural.h"
+#include "zoo/raster.h"
+#include "zoo/sources.h"
+#include "zoo/tasks.h"
 
 namespace amalgam {
 namespace {

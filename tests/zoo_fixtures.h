@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <stdexcept>
 
-#include "eval/zoo_build.h"
+#include "zoo/build.h"
 
 namespace amalgam::testing {
 

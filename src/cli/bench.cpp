@@ -1,10 +1,10 @@
 // `amalgam bench ZOO -o REPORT/`: every method on the zoo, the papers' experiments, a report
-// with charts (eval/bench.h).
+// with charts (bench/bench.h).
 #include <cstdio>
 #include <memory>
 
+#include "bench/bench.h"
 #include "cli/commands.h"
-#include "eval/bench.h"
 
 namespace amalgam::cli {
 

@@ -8,9 +8,9 @@
 #include "core/error.h"
 #include "data/importers.h"
 #include "data/task.h"
-#include "data/zoo_corruptions.h"
 #include "io/atomic_output.h"
 #include "io/json_file.h"
+#include "zoo/corruptions.h"
 
 namespace amalgam::cli {
 

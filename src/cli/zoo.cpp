@@ -5,8 +5,8 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "data/zoo_tasks.h"
-#include "eval/zoo_build.h"
+#include "zoo/build.h"
+#include "zoo/tasks.h"
 
 namespace amalgam::cli {
 

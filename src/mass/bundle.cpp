@@ -17,7 +17,7 @@
 #include "mass/factors.h"
 #include "merge/audit.h"
 #include "model/classifier_head.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam::mass {
 

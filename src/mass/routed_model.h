@@ -23,7 +23,7 @@
 #include "mass/bundle.h"
 #include "mass/router.h"
 #include "model/classifier_head.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam::mass {
 

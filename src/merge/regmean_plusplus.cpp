@@ -28,7 +28,7 @@
 #include "merge/audit.h"
 #include "merge/config.h"
 #include "merge/regmean.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam {
 namespace {

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam::train {
 

@@ -15,7 +15,7 @@
 
 #include "linalg/linalg.h"
 #include "model/activations.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam::train {
 

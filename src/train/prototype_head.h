@@ -15,7 +15,7 @@
 #include "core/tensor.h"
 #include "data/preprocess.h"
 #include "model/classifier_head.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam::train {
 

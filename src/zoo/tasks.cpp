@@ -1,4 +1,4 @@
-#include "data/zoo_tasks.h"
+#include "zoo/tasks.h"
 
 #include <algorithm>
 #include <chrono>
@@ -8,12 +8,12 @@
 #include <stdexcept>
 
 #include "core/error.h"
-#include "data/zoo_letters.h"
-#include "data/zoo_procedural.h"
-#include "data/zoo_raster.h"
-#include "data/zoo_sources.h"
 #include "io/atomic_output.h"
 #include "io/json_file.h"
+#include "zoo/letters.h"
+#include "zoo/procedural.h"
+#include "zoo/raster.h"
+#include "zoo/sources.h"
 
 namespace amalgam {
 

@@ -1,4 +1,4 @@
-// The zoo's four procedural tasks, drawn from seeded generators (data/zoo_raster.h):
+// The zoo's four procedural tasks, drawn from seeded generators (zoo/raster.h):
 //
 //   shapes    8 shapes (circle, triangle, square, pentagon, hexagon, star, cross, crescent):
 //             random size, position, rotation, fill or outline, intensities and noise.
@@ -19,7 +19,7 @@
 #include <string_view>
 #include <vector>
 
-#include "data/zoo_raster.h"
+#include "zoo/raster.h"
 
 namespace amalgam::zoo {
 

@@ -1,4 +1,4 @@
-#include "data/zoo_raster.h"
+#include "zoo/raster.h"
 
 namespace amalgam::zoo {
 

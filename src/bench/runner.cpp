@@ -1,4 +1,4 @@
-#include "eval/bench_runner.h"
+#include "bench/runner.h"
 
 #include <algorithm>
 #include <chrono>
@@ -10,7 +10,7 @@
 #include "core/interrupt.h"
 #include "eval/evaluate.h"
 #include "io/json_file.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam {
 

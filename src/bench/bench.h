@@ -4,9 +4,9 @@
 //
 //   in_domain    per-task test accuracy of every method on all tasks; each method's
 //                hyperparameters chosen on a sample of the validation splits from its grid
-//                (eval/bench_runner.h), the same calibration examples for every data-aware one
+//                (bench/runner.h), the same calibration examples for every data-aware one
 //   unseen       merge all tasks but two, evaluate the two held-out tasks with their own heads
-//   corruptions  four tasks' test splits under the seven corruptions (data/zoo_corruptions.h)
+//   corruptions  four tasks' test splits under the seven corruptions (zoo/corruptions.h)
 //   sequential   tasks arrive two at a time in seeded orders; the previous merge joins the next
 //                as one candidate (the RegMean++ paper's protocol; RegMean carries its summed
 //                statistics); normalized accuracy over the tasks seen so far after each step
@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "eval/bench_runner.h"
+#include "bench/runner.h"
 
 namespace amalgam {
 

@@ -1,4 +1,4 @@
-#include "eval/zoo_regime.h"
+#include "zoo/regime.h"
 
 #include <algorithm>
 

@@ -22,7 +22,7 @@
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "model/classifier_head.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam {
 

@@ -1,4 +1,4 @@
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "data/zoo_sources.h"
+#include "zoo/sources.h"
 
 #include <zlib.h>
 

@@ -5,7 +5,7 @@
 //             carved from the official train split, test the official test split
 //   letters   A-Z rendered from TrueType fonts, test and val fonts unseen in training
 //   digits8   scikit-learn's 1,797 8x8 digits upsampled: 1,259 / 179 / 359
-//   shapes, gratings, count, textures   procedural (data/zoo_procedural.h)
+//   shapes, gratings, count, textures   procedural (zoo/procedural.h)
 //
 // Everything is a function of (seed, task): the same seed gives the same bytes, and the
 // real-data tasks' splits are seeded shuffles of their sources. Generated tasks use

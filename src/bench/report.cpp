@@ -1,4 +1,4 @@
-#include "eval/bench_report.h"
+#include "bench/report.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "data/zoo_letters.h"
+#include "zoo/letters.h"
 
 #include <ft2build.h>
 #include FT_FREETYPE_H
@@ -9,7 +9,7 @@
 #include <type_traits>
 
 #include "core/error.h"
-#include "data/zoo_raster.h"
+#include "zoo/raster.h"
 
 namespace amalgam::zoo {
 

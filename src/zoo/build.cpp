@@ -1,4 +1,4 @@
-#include "eval/zoo_build.h"
+#include "zoo/build.h"
 
 #include <algorithm>
 #include <chrono>
@@ -7,9 +7,9 @@
 
 #include "core/error.h"
 #include "eval/evaluate.h"
-#include "eval/zoo_regime.h"
 #include "io/atomic_output.h"
 #include "io/json_file.h"
+#include "zoo/regime.h"
 
 namespace amalgam {
 

@@ -1,4 +1,4 @@
-#include "eval/bench.h"
+#include "bench/bench.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,16 +9,16 @@
 #include <optional>
 #include <set>
 
+#include "bench/report.h"
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/parallel.h"
-#include "data/zoo_corruptions.h"
-#include "eval/bench_report.h"
 #include "io/atomic_output.h"
 #include "io/run_inputs.h"
 #include "mass/mass_eval.h"
 #include "mass/routed_model.h"
 #include "merge/audit.h"
+#include "zoo/corruptions.h"
 
 namespace amalgam {
 

@@ -1,4 +1,4 @@
-#include "data/zoo_corruptions.h"
+#include "zoo/corruptions.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,7 +10,7 @@
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/parallel.h"
-#include "data/zoo_raster.h"
+#include "zoo/raster.h"
 
 // The JPEG encoder is stb_image_write's, compiled here (static, so that nothing clashes
 // with another copy), in this file's no-FMA mode: it works in floats, and a fused

@@ -1,4 +1,4 @@
-// The building blocks of `amalgam bench` (eval/bench.h runs the experiments with them):
+// The building blocks of `amalgam bench` (bench/bench.h runs the experiments with them):
 //
 //   - the methods compared and their validation grids (`bench_methods`);
 //   - `BenchRunner`, which owns a zoo's tasks, heads and evaluation splits and turns
@@ -22,7 +22,7 @@
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "model/classifier_head.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 
 namespace amalgam {
 

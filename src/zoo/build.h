@@ -1,5 +1,5 @@
 // `amalgam zoo build`: the embedded benchmark's models, made the way the merging papers make
-// theirs, from the zoo's eight tasks (data/zoo_tasks.h):
+// theirs, from the zoo's eight tasks (zoo/tasks.h):
 //
 //   1. data      the eight tasks, written under zoo/data/<task>/
 //   2. base      a CLIP-style ViT (CLIPVisionModel layout) pretrained without any task label:
@@ -13,7 +13,7 @@
 //   4. finetuned one fine-tune per task from the base through its frozen head,
 //                zoo/finetuned/<task>/
 //   5. zoo.json  the options, every accuracy measured (base + head and fine-tuned, on val
-//                and test), the regime figures (eval/zoo_regime.h: the gap, what simple
+//                and test), the regime figures (zoo/regime.h: the gap, what simple
 //                averaging recovers, weight disentanglement) and the time of each stage
 //
 // Deterministic (same options, same bits on the same machine and thread count) and cached:
@@ -23,10 +23,10 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "data/zoo_tasks.h"
-#include "model/clip_vision.h"
+#include "model/families/clip_vision.h"
 #include "train/prototype_head.h"
 #include "train/trainer.h"
+#include "zoo/tasks.h"
 
 namespace amalgam {
 

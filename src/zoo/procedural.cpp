@@ -1,4 +1,4 @@
-#include "data/zoo_procedural.h"
+#include "zoo/procedural.h"
 
 #include <algorithm>
 #include <cmath>
