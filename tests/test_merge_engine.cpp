@@ -619,15 +619,15 @@ TEST(MergeEngineGradient, FilteredGradientAndFallback) {
   // clang-format on
   run_merge(load_merge_config(write_config(tmp, yaml)), quiet_options(tmp / "out"));
   // Hand-worked: models[0] is 0 / 1 on the mlp of layer 0 / 1 and 0.5 elsewhere; models[1]'s
-  // gradient is 1 at t = 0 (layer 0, the embedding before the layers) and 0 at t = 1 (layer 1,
-  // the final norm after them).
+  // gradient is 1 at t = 0 (layer 0, and the embedding and the final norm outside the layers:
+  // current mergekit plans both at t = 0) and 0 at t = 1 (layer 1).
   const std::map<std::string, std::pair<double, double>> weights = {
       {"model.embed.weight", {0.5, 1.0}},
       {"model.layers.0.self_attn.q_proj.weight", {0.5, 1.0}},
       {"model.layers.0.mlp.fc1.weight", {0.0, 1.0}},
       {"model.layers.1.self_attn.q_proj.weight", {0.5, 0.0}},
       {"model.layers.1.mlp.fc1.weight", {1.0, 0.0}},
-      {"model.norm.weight", {0.5, 0.0}},
+      {"model.norm.weight", {0.5, 1.0}},
   };
   ModelValues want;
   for (const auto& [name, w] : weights)
@@ -640,7 +640,8 @@ TEST(MergeEngineGradient, GlobalGradientInterpolatesAcrossFiveLayers) {
   TempDir tmp;
   const Family f = make_family(tmp.path(), DType::F32, 1, kDefaultMaxShardBytes, 22, /*layers=*/5);
   // A model without its own weight falls back to the global gradient [0, 1, 0.5]; layer i of 5
-  // sits at t = i / 4: weights 0, 0.5, 1, 0.75, 0.5; the embedding (t = 0) 0, the norm (t = 1) 0.5.
+  // sits at t = i / 4: weights 0, 0.5, 1, 0.75, 0.5; the embedding and the final norm (both at
+  // t = 0, as current mergekit plans the weights outside the layers) 0.
   const std::string yaml = "merge_method: task_arithmetic\nbase_model: " + f.base.string() +
                            "\nmodels:\n  - model: " + f.models[0].string() +
                            "\nparameters:\n  weight: [0.0, 1.0, 0.5]\n";
@@ -648,7 +649,7 @@ TEST(MergeEngineGradient, GlobalGradientInterpolatesAcrossFiveLayers) {
   const double layer_weight[] = {0.0, 0.5, 1.0, 0.75, 0.5};
   ModelValues want;
   for (const auto& d : f.layout) {
-    double w = d.name == "model.embed.weight" ? 0.0 : 0.5;
+    double w = 0.0;
     for (int l = 0; l < 5; ++l)
       if (d.name.starts_with("model.layers." + std::to_string(l) + ".")) w = layer_weight[l];
     want[d.name] = ref_task_arithmetic(f.base_values.at(d.name), {&f.model_values[0].at(d.name)}, {w}, 1.0);
@@ -691,10 +692,11 @@ TEST(MergeEngineLayers, TwoStacksOfDifferentDepth) {
                         "text_model.embeddings.position_embedding.weight", "vision_model.embeddings.class_embedding",
                         "vision_model.embeddings.patch_embedding.weight", "vision_model.pre_layrnorm.weight"})
     EXPECT_EQ(layer_position(n, stacks), 0.0) << n;
-  // After them: final norms, projections, everything else.
+  // After them: final norms, projections, everything else: also the gradient's first value,
+  // as current mergekit plans them (post_weights at t = 0).
   for (const char* n : {"text_model.final_layer_norm.weight", "vision_model.post_layernorm.weight",
                         "visual_projection.weight", "text_projection.weight", "logit_scale"})
-    EXPECT_EQ(layer_position(n, stacks), 1.0) << n;
+    EXPECT_EQ(layer_position(n, stacks), 0.0) << n;
 }
 
 TEST(MergeEngineLayers, DecoderNames) {
@@ -709,8 +711,8 @@ TEST(MergeEngineLayers, DecoderNames) {
   EXPECT_EQ(layer_position("model.embed_tokens.weight", stacks), 0.0);
   EXPECT_DOUBLE_EQ(layer_position("model.layers.3.self_attn.o_proj.weight", stacks), 3.0 / 7);
   EXPECT_EQ(layer_position("model.layers.7.mlp.down_proj.weight", stacks), 1.0);
-  EXPECT_EQ(layer_position("model.norm.weight", stacks), 1.0);
-  EXPECT_EQ(layer_position("lm_head.weight", stacks), 1.0);
+  EXPECT_EQ(layer_position("model.norm.weight", stacks), 0.0);
+  EXPECT_EQ(layer_position("lm_head.weight", stacks), 0.0);
 
   const std::vector<std::string> gpt2 = {"transformer.wte.weight", "transformer.wpe.weight",
                                          "transformer.h.0.attn.c_attn.weight", "transformer.h.11.mlp.c_fc.weight",
@@ -720,23 +722,23 @@ TEST(MergeEngineLayers, DecoderNames) {
   EXPECT_EQ(layer_position("transformer.wte.weight", gpt2_stacks), 0.0);
   EXPECT_EQ(layer_position("transformer.wpe.weight", gpt2_stacks), 0.0);
   EXPECT_DOUBLE_EQ(layer_position("transformer.h.5.attn.c_attn.weight", gpt2_stacks), 5.0 / 11);
-  EXPECT_EQ(layer_position("transformer.ln_f.weight", gpt2_stacks), 1.0);
+  EXPECT_EQ(layer_position("transformer.ln_f.weight", gpt2_stacks), 0.0);
 
   // One layer: mergekit puts a lone layer at t = 1.
   EXPECT_EQ(layer_position("model.layers.0.mlp.fc1.weight", {{"model.layers.", 1}}), 1.0);
 }
 
-TEST(MergeEngineLayers, GptNeoXOutputHeadIsAfterTheLayers) {
-  // GPT-NeoX (Pythia) names its LM head embed_out: a head, after the layers, so t = 1 (mergekit
-  // lists it among GPTNeoX's post_weights). Its embedding is embed_in, before them.
+TEST(MergeEngineLayers, GptNeoXTensorsOutsideTheLayersTakeTheFirstValue) {
+  // GPT-NeoX (Pythia): embed_in before the layers, the final norm and embed_out (its LM head)
+  // after them; mergekit plans all three at t = 0.
   const std::vector<std::string> neox = {"gpt_neox.embed_in.weight", "gpt_neox.layers.0.mlp.dense_h_to_4h.weight",
                                          "gpt_neox.layers.5.mlp.dense_h_to_4h.weight",
                                          "gpt_neox.final_layer_norm.weight", "embed_out.weight"};
   const auto stacks = find_layer_stacks(neox);
   EXPECT_EQ(layer_position("gpt_neox.embed_in.weight", stacks), 0.0);
-  EXPECT_EQ(layer_position("gpt_neox.final_layer_norm.weight", stacks), 1.0);
-  // Regression: "embed_out" contains "embed" but is the output head, after the layers.
-  EXPECT_EQ(layer_position("embed_out.weight", stacks), 1.0);
+  EXPECT_EQ(layer_position("gpt_neox.final_layer_norm.weight", stacks), 0.0);
+  EXPECT_EQ(layer_position("embed_out.weight", stacks), 0.0);
+  EXPECT_DOUBLE_EQ(layer_position("gpt_neox.layers.5.mlp.dense_h_to_4h.weight", stacks), 1.0);
 }
 
 // ---- 4. Properties -------------------------------------------------------------------------------

@@ -41,15 +41,6 @@ std::optional<std::pair<std::string, int>> layer_of(const std::string& name) {
   return std::nullopt;
 }
 
-bool comes_before_layers(const std::string& name) {
-  // Output heads first: GPT-NeoX's "embed_out" is a head although it says "embed".
-  for (const char* key : {"lm_head", "embed_out", "head", "score", "classifier"})
-    if (name.find(key) != std::string::npos) return false;
-  for (const char* key : {"embed", "pre_", "wte", "wpe", "patch", "class_emb", "position"})
-    if (name.find(key) != std::string::npos) return true;
-  return false;
-}
-
 // Every path the config names exists, or an error names the config and the key that gave it
 // (a CheckpointReader would name only the path, leaving the user to find where it came from).
 void check_config_paths_exist(const MergeConfig& config) {
@@ -174,7 +165,9 @@ double layer_position(const std::string& name, const std::map<std::string, int>&
     const int n = it == stack_sizes.end() ? 1 : it->second;
     return n > 1 ? static_cast<double>(l->second) / (n - 1) : 1.0;
   }
-  return comes_before_layers(name) ? 0.0 : 1.0;
+  // mergekit plans the weights before and after the layers (embeddings, final norm, lm_head)
+  // with t = 0: the gradient's first value on both sides.
+  return 0.0;
 }
 
 namespace {

@@ -46,8 +46,9 @@ struct MergeSummary {
 MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options);
 
 // Where a tensor sits in the depth of its model, for mergekit gradients: layer i of n in
-// its stack ("...layers.i..." and the like) is i / (n - 1); tensors outside the layers are
-// 0 when they come before them (embeddings, pre-norms) and 1 otherwise (final norms, heads).
+// its stack ("...layers.i..." and the like) is i / (n - 1) (a lone layer: 1); tensors
+// outside the layers, before them (embeddings) or after (final norms, heads), are 0, as
+// mergekit's planner gives every weight outside its slices.
 // `stack_sizes` maps a stack's name prefix (the name up to the layer number) to its layer count.
 double layer_position(const std::string& tensor_name, const std::map<std::string, int>& stack_sizes);
 std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names);
