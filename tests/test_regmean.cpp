@@ -573,7 +573,8 @@ TEST(RegMeanMerge, NonFiniteStatisticsAreAnErrorNamingTheFileAndTheGram) {
   const std::string bad_gram = clip_gram_name(1, SiteRole::MlpInput);
   {
     const StatisticsFile good(stats.back());
-    GramStatistics copy{{}, good.weight_grams(), good.rows(), good.examples(), good.tasks(), "damaged"};
+    GramStatistics copy{{},           good.weight_grams(), good.rows(),      good.examples(),
+                        good.tasks(), "damaged",           good.transposed()};
     for (const auto& name : good.gram_names()) {
       Tensor g = good.gram(name).clone();
       if (name == bad_gram) g.mutable_data<float>()[5] = std::numeric_limits<float>::quiet_NaN();

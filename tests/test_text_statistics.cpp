@@ -156,6 +156,84 @@ TEST(TextStatistics, RegMeanMeasuresJsonlDataAsAmalgamStatsDoes) {
   EXPECT_GT(off_average, 1e-3);
 }
 
+// x = A^-1 B in double (Gauss-Jordan with partial pivoting); A [n, n], B [n, m].
+std::vector<double> solve(std::vector<double> a, std::vector<double> b, size_t n, size_t m) {
+  for (size_t col = 0; col < n; ++col) {
+    size_t pivot = col;
+    for (size_t r = col + 1; r < n; ++r)
+      if (std::abs(a[r * n + col]) > std::abs(a[pivot * n + col])) pivot = r;
+    for (size_t k = 0; k < n; ++k) std::swap(a[col * n + k], a[pivot * n + k]);
+    for (size_t k = 0; k < m; ++k) std::swap(b[col * m + k], b[pivot * m + k]);
+    for (size_t r = 0; r < n; ++r) {
+      if (r == col) continue;
+      const double f = a[r * n + col] / a[col * n + col];
+      for (size_t k = 0; k < n; ++k) a[r * n + k] -= f * a[col * n + k];
+      for (size_t k = 0; k < m; ++k) b[r * m + k] -= f * b[col * m + k];
+    }
+  }
+  for (size_t r = 0; r < n; ++r)
+    for (size_t k = 0; k < m; ++k) b[r * m + k] /= a[r * n + r];
+  return b;
+}
+
+// GPT-2 stores its linear weights [in, out] (Conv1D). RegMean on them, from `data:`, against
+// the closed form in double on the reference forward's own Grams: in the stored layout the
+// merge is S* = (sum_t G~_t)^-1 sum_t G~_t S_t, G~ = alpha G + (1 - alpha) diag(G). (Solved
+// as if stored [out, in], the square attn.c_proj merges to something else without an error.)
+TEST(TextStatistics, RegMeanSolvesGpt2Conv1dWeightsInTheirStoredLayout) {
+  TempDir dir;
+  const Json c = {{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_embd", 16},
+                  {"n_layer", 2},         {"n_head", 2},      {"n_positions", 24}};
+  const double alpha = 0.8;
+  std::vector<Weights> weights;
+  std::string yaml = "merge_method: regmean\nparameters: {alpha: 0.8, examples: 3}\nmodels:\n";
+  for (const char* m : {"a", "b"}) {
+    weights.push_back(write_random_gpt2(dir / m, c, DType::F32, m[0] == 'a' ? 8 : 9, /*prefixed=*/true));
+    write_char_tokenizer(dir / m);
+    yaml += "  - model: " + (dir / m).string() + "\n    data: " + (dir / "data.jsonl").string() + "\n";
+  }
+  write_texts(dir / "data.jsonl", kTexts);
+  write_bytes(dir / "merge.yaml", yaml);
+  const auto r = run_amalgam("merge " + (dir / "merge.yaml").string() + " -o " + (dir / "out").string() + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const CheckpointReader out(dir / "out");
+  // Each model's Grams from the reference forward on its own weights.
+  std::vector<ReferenceGrams> grams(2);
+  for (size_t t = 0; t < 2; ++t)
+    for (const auto& text : kTexts) {
+      const auto ids = char_ids(text);
+      reference_gpt2_logits(c, weights[t], ids, grams[t].observer());
+      grams[t].rows += ids.size();
+    }
+  const std::pair<const char*, int> cases[] = {{"attn.c_attn", 0}, {"attn.c_proj", 1}, {"mlp.c_proj", 3}};
+  for (size_t l = 0; l < 2; ++l)
+    for (const auto& [module, site] : cases) {
+      const std::string name = "transformer.h." + std::to_string(l) + "." + module + ".weight";
+      const size_t in = grams[0].widths.at({l, site}), cols = weights[0].at(name).size() / in;
+      std::vector<double> system(in * in, 0.0), rhs(in * cols, 0.0);
+      for (size_t t = 0; t < 2; ++t) {
+        std::vector<double> g = grams[t].sums.at({l, site});
+        for (size_t i = 0; i < in; ++i)
+          for (size_t j = 0; j < in; ++j) g[i * in + j] *= (i == j ? 1.0 : alpha) / static_cast<double>(grams[t].rows);
+        const auto& stored = weights[t].at(name);  // [in, out]
+        for (size_t i = 0; i < in; ++i)
+          for (size_t j = 0; j < in; ++j) {
+            system[i * in + j] += g[i * in + j];
+            for (size_t o = 0; o < cols; ++o) rhs[i * cols + o] += g[i * in + j] * stored[j * cols + o];
+          }
+      }
+      const std::vector<double> want = solve(system, rhs, in, cols);
+      const auto got = out.tensor(name).to(DType::F32);
+      ASSERT_EQ(got.shape(), (Shape{static_cast<int64_t>(in), static_cast<int64_t>(cols)})) << name;
+      double err = 0, scale = 0;
+      for (size_t k = 0; k < want.size(); ++k) {
+        err = std::max(err, std::abs(got.data<float>()[k] - want[k]));
+        scale = std::max(scale, std::abs(want[k]));
+      }
+      EXPECT_LT(err / scale, 1e-4) << name;
+    }
+}
+
 TEST(TextStatistics, Gpt2Conv1dSitesMatchTheReference) {
   TempDir dir;
   const Json c = {{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_embd", 32},

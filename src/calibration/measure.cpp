@@ -65,7 +65,10 @@ MeasuredStatistics write_statistics(const Model& model, const CalibrationBatches
   std::vector<TensorSpec> plan;
   for (const LinearSiteSpec& site : model.all_linear_sites()) {
     plan.push_back({site.gram, DType::F32, {site.width, site.width}});
-    for (const auto& w : site.weights) header.weight_grams[w] = site.gram;
+    for (const auto& w : site.weights) {
+      header.weight_grams[w] = site.gram;
+      if (site.stored_transposed) header.transposed.insert(w);
+    }
   }
   SafetensorsWriter writer(file, plan, statistics_metadata(header), WriteOrder::Plan);
 

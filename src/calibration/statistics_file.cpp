@@ -18,12 +18,14 @@ namespace fs = std::filesystem;
 Metadata statistics_metadata(const GramStatistics& s) {
   nlohmann::json weights = nlohmann::json::object();
   for (const auto& [w, g] : s.weight_grams) weights[w] = g;
-  return {{"format", "amalgam-stats"},
-          {"rows", std::to_string(s.rows)},
-          {"examples", std::to_string(s.examples)},
-          {"tasks", nlohmann::json(s.tasks).dump()},
-          {"weights", weights.dump()},
-          {"model", s.model}};
+  Metadata meta = {{"format", "amalgam-stats"},
+                   {"rows", std::to_string(s.rows)},
+                   {"examples", std::to_string(s.examples)},
+                   {"tasks", nlohmann::json(s.tasks).dump()},
+                   {"weights", weights.dump()},
+                   {"model", s.model}};
+  if (!s.transposed.empty()) meta["transposed"] = nlohmann::json(s.transposed).dump();
+  return meta;
 }
 
 namespace {
@@ -64,6 +66,8 @@ StatisticsFile::StatisticsFile(const fs::path& path) : reader_(path) {
     const auto weights = meta.find("weights");
     if (weights == meta.end()) throw InputError(path, "statistics metadata lacks 'weights'");
     weight_grams_ = nlohmann::json::parse(weights->second).get<std::map<std::string, std::string>>();
+    if (const auto transposed = meta.find("transposed"); transposed != meta.end())
+      transposed_ = nlohmann::json::parse(transposed->second).get<std::set<std::string>>();
   } catch (const nlohmann::json::exception& e) {
     throw InputError(path, std::string("statistics metadata is not valid: ") + e.what());
   }
@@ -107,9 +111,11 @@ void write_combined_statistics(const fs::path& file, const std::vector<const Sta
   const StatisticsFile& first = *inputs.front();
   GramStatistics header;  // everything but the Grams
   header.weight_grams = first.weight_grams();
+  header.transposed = first.transposed();
   header.model = "combined";
   for (const StatisticsFile* s : inputs) {
-    if (s->gram_names() != first.gram_names() || s->weight_grams() != first.weight_grams())
+    if (s->gram_names() != first.gram_names() || s->weight_grams() != first.weight_grams() ||
+        s->transposed() != first.transposed())
       throw InputError(s->path(), "covers different Grams than " + first.path().string());
     header.rows += s->rows();
     header.examples += s->examples();

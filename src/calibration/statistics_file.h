@@ -10,6 +10,9 @@
 //   vision_model.encoder.layers.3.self_attn.qkv.gram   F32 [768, 768]
 //   __metadata__: {"format": "amalgam-stats", "rows": "12800", "examples": "256",
 //                  "tasks": "[\"mnist\"]", "weights": "{\"...q_proj.weight\": \"...qkv.gram\", ...}"}
+//
+// and, where a family stores weights [in, out] (GPT-2's Conv1D), "transposed": their names,
+// so that RegMean solves on their transpose.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,7 +37,8 @@ struct GramStatistics {
   int64_t rows = 0;
   int64_t examples = 0;
   std::vector<std::string> tasks;
-  std::string model;  // what was measured, for the record
+  std::string model;                 // what was measured, for the record
+  std::set<std::string> transposed;  // weights stored [in, out] (GPT-2's Conv1D)
 };
 
 // The metadata of a statistics file (everything in `stats` but its Grams), for writers that
@@ -53,6 +58,8 @@ class StatisticsFile {
   int64_t examples() const { return examples_; }
   const std::vector<std::string>& tasks() const { return tasks_; }
   const std::map<std::string, std::string>& weight_grams() const { return weight_grams_; }
+  // Weights stored [in, out] (GPT-2's Conv1D): their Gram is of their first dimension.
+  const std::set<std::string>& transposed() const { return transposed_; }
   const std::vector<std::string>& gram_names() const { return gram_names_; }
   // The Gram read by linear weight `weight_name`, or nullopt when it is not a linear weight
   // these statistics cover.
@@ -67,6 +74,7 @@ class StatisticsFile {
   int64_t examples_ = 0;
   std::vector<std::string> tasks_;
   std::map<std::string, std::string> weight_grams_;
+  std::set<std::string> transposed_;
   std::vector<std::string> gram_names_;
 };
 

@@ -21,6 +21,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// [rows, cols] row-major -> [cols, rows].
+std::vector<float> transpose(std::span<const float> m, int64_t rows, int64_t cols) {
+  std::vector<float> t(m.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[static_cast<size_t>(c * rows + r)] = m[static_cast<size_t>(r * cols + c)];
+  return t;
+}
+
 class RegMean final : public MergeMethod {
  public:
   static constexpr const char* kName = "regmean";
@@ -54,7 +62,13 @@ class RegMean final : public MergeMethod {
         throw InputError(stats_[t]->path(), job.name(),
                          "no Gram for this weight, while other models' statistics have one");
     if (job.shape().size() != 2) throw InputError(stats_[0]->path(), job.name(), "has a Gram but is not a matrix");
-    const int64_t out = job.shape()[0], in = job.shape()[1];
+    // A weight stored [in, out] (GPT-2's Conv1D) is solved as its transpose [out, in] and
+    // written back as stored; every model's statistics must say so alike.
+    const bool transposed = stats_[0]->transposed().contains(job.name());
+    for (const auto& st : stats_)
+      if (st->transposed().contains(job.name()) != transposed)
+        throw InputError(st->path(), job.name(), "is stored [in, out] in one model's statistics and not in another's");
+    const int64_t out = job.shape()[transposed ? 1 : 0], in = job.shape()[transposed ? 0 : 1];
     std::vector<std::vector<float>> weights, gram_values;
     std::vector<RegMeanCandidate> candidates;
     for (size_t t = 0; t < grams.size(); ++t) {
@@ -63,7 +77,8 @@ class RegMean final : public MergeMethod {
                          "Gram " + shape_to_string(grams[t]->shape()) + " does not fit a weight of shape " +
                              shape_to_string(job.shape()));
       const Tensor w = job.model_f32(t);
-      weights.emplace_back(w.data<float>().begin(), w.data<float>().end());
+      weights.push_back(transposed ? transpose(w.data<float>(), in, out)
+                                   : std::vector<float>(w.data<float>().begin(), w.data<float>().end()));
       gram_values.emplace_back(static_cast<size_t>(in * in));
       grams[t]->read_bytes(0, std::as_writable_bytes(std::span(gram_values.back())));
     }
@@ -71,7 +86,7 @@ class RegMean final : public MergeMethod {
       candidates.push_back({weights[t], gram_values[t], job.param("weight", t)});
     const RegMeanLinear merged = regmean_linear(candidates, out, in, job.param("alpha"), job.name(), job.audit());
     if (job.audit()) record_regmean_audit(*job.audit(), merged);
-    return Tensor::from_f32(job.shape(), merged.weight);
+    return Tensor::from_f32(job.shape(), transposed ? transpose(merged.weight, out, in) : merged.weight);
   }
 
   void finish(const MergeContext& ctx) override {

@@ -423,7 +423,7 @@ std::vector<LinearSiteSpec> DecoderModel::linear_sites(int64_t layer) const {
   auto parent = [](const std::string& module) { return module.substr(0, module.rfind('.') + 1); };
   auto weight = [&](const std::string& module) { return block_name(layer, module + ".weight"); };
   auto site = [&](SiteRole role, std::string gram, std::vector<std::string> weights, int64_t width) {
-    return LinearSiteSpec{layer, role, block_name(layer, gram + ".gram"), std::move(weights), width};
+    return LinearSiteSpec{layer, role, block_name(layer, gram + ".gram"), std::move(weights), width, l.conv1d};
   };
   std::vector<LinearSiteSpec> sites;
   if (layer < 0 || layer >= c.num_hidden_layers) return sites;

@@ -28,6 +28,7 @@ struct LinearSiteSpec {
   std::string gram;                  // the Gram's tensor name: the weights' common module, then ".gram"
   std::vector<std::string> weights;  // checkpoint names of the weights that read this input
   int64_t width = 0;                 // the input's width: the Gram is [width, width]
+  bool stored_transposed = false;    // the weights are stored [in, out] (GPT-2's Conv1D), not [out, in]
 };
 
 // What a tap sees while a model runs: one site's input rows for the whole batch, [rows,
