@@ -20,6 +20,7 @@ void add_audit_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_lm_command(CLI::App& app);
+void add_extract_lora_command(CLI::App& app);
 
 // "5GB", "500MB", "2GiB", "1000" -> bytes; InputError otherwise.
 uint64_t parse_byte_size(const std::string& text);

@@ -88,6 +88,7 @@ int main(int argc, char** argv) {
   amalgam::cli::add_bench_command(app);
   amalgam::cli::add_tokenize_command(app);
   amalgam::cli::add_lm_command(app);
+  amalgam::cli::add_extract_lora_command(app);
 
   // Every shard of every input stays open for pread: a merge of many sharded checkpoints
   // can need more descriptors than the default soft limit of 1024.

@@ -1,0 +1,184 @@
+// `amalgam extract-lora`: on a Qwen 2 fine-tune whose q_proj difference has known singular
+// values, the adapter's layout (PEFT's names and shapes, adapter_config.json), the bias
+// difference, full-rank modules, and the adapter applied back: W_base + B A differs from the
+// fine-tune by exactly the discarded singular values; rank patterns from --sv-epsilon; the
+// unscaled B of --no-distribute-scale has orthonormal columns; errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "decoder_fixtures.h"
+#include "io/checkpoint.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+
+namespace amalgam::testing {
+namespace {
+
+const std::string kQ = "model.layers.0.self_attn.q_proj";
+const std::vector<double> kSingular = {8, 4, 2, 1, 0.5, 0.25};
+
+// n orthonormal columns of length m (Gram-Schmidt in double on seeded normal vectors).
+std::vector<std::vector<double>> orthonormal(size_t m, size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<std::vector<double>> q;
+  while (q.size() < n) {
+    std::vector<double> v(m);
+    for (auto& x : v) x = normal(rng);
+    for (const auto& u : q) {
+      double d = 0;
+      for (size_t i = 0; i < m; ++i) d += u[i] * v[i];
+      for (size_t i = 0; i < m; ++i) v[i] -= d * u[i];
+    }
+    double norm = 0;
+    for (double x : v) norm += x * x;
+    for (auto& x : v) x /= std::sqrt(norm);
+    q.push_back(v);
+  }
+  return q;
+}
+
+struct Pair {
+  TempDir dir;
+  Weights base;
+  Weights finetune;
+};
+
+// A Qwen 2 base (q, k, v biases) and a fine-tune: q_proj of layer 0 moved by
+// U diag(kSingular) V^T, its bias by 0.1 each, every other matrix by small noise, one norm.
+void make_pair(Pair& p) {
+  p.base = write_random_decoder(p.dir.path() / "base", tiny_config("qwen2"), DType::F32, 11);
+  p.finetune = p.base;
+  const size_t d = 32;
+  const auto u = orthonormal(d, kSingular.size(), 1), v = orthonormal(d, kSingular.size(), 2);
+  auto& q = p.finetune.at(kQ + ".weight");
+  for (size_t k = 0; k < kSingular.size(); ++k)
+    for (size_t r = 0; r < d; ++r)
+      for (size_t c = 0; c < d; ++c) q[r * d + c] += kSingular[k] * u[k][r] * v[k][c];
+  for (auto& x : p.finetune.at(kQ + ".bias")) x += 0.1;
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> noise(0.0, 0.01);
+  for (auto& [name, values] : p.finetune)
+    if (name != kQ + ".weight" && name.find("proj.weight") != std::string::npos)
+      for (auto& x : values) x += noise(rng);
+  for (auto& x : p.finetune.at("model.layers.1.input_layernorm.weight")) x += 0.5;
+  const CheckpointReader base(p.dir.path() / "base");
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& name : base.names()) {
+    const auto& values = p.finetune.at(name);
+    tensors.emplace_back(name,
+                         Tensor::from_f32(base.info(name).shape, std::vector<float>(values.begin(), values.end())));
+  }
+  fs::create_directories(p.dir.path() / "ft");
+  fs::copy_file(p.dir.path() / "base" / "config.json", p.dir.path() / "ft" / "config.json");
+  save_safetensors(p.dir.path() / "ft" / "model.safetensors", tensors);
+}
+
+std::vector<double> values(const CheckpointReader& r, const std::string& name) {
+  const Tensor t = r.tensor(name).to(DType::F32);
+  return {t.data<float>().begin(), t.data<float>().end()};
+}
+
+CliResult extract(const Pair& p, const std::string& args, const std::string& out = "adapter") {
+  return run_amalgam("extract-lora " + (p.dir.path() / "ft").string() + " --base " + (p.dir.path() / "base").string() +
+                     " -o " + (p.dir.path() / out).string() + " -q " + args);
+}
+
+TEST(ExtractLora, PeftLayoutAndTheDiscardedSingularValues) {
+  Pair p;
+  make_pair(p);
+  const auto r = extract(p, "--rank 3");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const fs::path dir = p.dir.path() / "adapter";
+  const CheckpointReader a(dir / "adapter_model.safetensors");
+  const std::string pre = "base_model.model." + kQ;
+  EXPECT_EQ(a.info(pre + ".lora_A.weight").shape, (Shape{3, 32}));
+  EXPECT_EQ(a.info(pre + ".lora_B.weight").shape, (Shape{32, 3}));
+  // The bias difference, exactly.
+  for (double x : values(a, pre + ".lora_B.bias")) EXPECT_NEAR(x, 0.1, 1e-6);
+  // Applied back: W_base + B A; its error is the discarded singular values 1, 0.5, 0.25.
+  const auto A = values(a, pre + ".lora_A.weight"), B = values(a, pre + ".lora_B.weight");
+  const auto& w_base = p.base.at(kQ + ".weight");
+  const auto& w_ft = p.finetune.at(kQ + ".weight");
+  double err2 = 0;
+  for (size_t r_ = 0; r_ < 32; ++r_)
+    for (size_t c = 0; c < 32; ++c) {
+      double w = w_base[r_ * 32 + c];
+      for (size_t k = 0; k < 3; ++k) w += B[r_ * 3 + k] * A[k * 32 + c];
+      err2 += (w - w_ft[r_ * 32 + c]) * (w - w_ft[r_ * 32 + c]);
+    }
+  EXPECT_NEAR(std::sqrt(err2), std::sqrt(1 + 0.25 + 0.0625), 1e-4);
+  // Scale distributed: A A^T = B^T B = diag(8, 4, 2).
+  for (size_t i = 0; i < 3; ++i) {
+    double aa = 0, bb = 0;
+    for (size_t c = 0; c < 32; ++c) aa += A[i * 32 + c] * A[i * 32 + c], bb += B[c * 3 + i] * B[c * 3 + i];
+    EXPECT_NEAR(aa, kSingular[i], 1e-4);
+    EXPECT_NEAR(bb, kSingular[i], 1e-4);
+  }
+  // Full rank: the embeddings, lm_head and the norms, as the fine-tune has them.
+  EXPECT_EQ(values(a, "base_model.model.model.embed_tokens.weight"),
+            values(CheckpointReader(p.dir.path() / "ft"), "model.embed_tokens.weight"));
+  EXPECT_TRUE(a.contains("base_model.model.lm_head.weight"));
+  EXPECT_EQ(values(a, "base_model.model.model.layers.1.input_layernorm.weight"),
+            values(CheckpointReader(p.dir.path() / "ft"), "model.layers.1.input_layernorm.weight"));
+  EXPECT_FALSE(a.contains("base_model.model.model.layers.0.self_attn.q_proj.weight"));
+
+  const auto config = read_json_file(dir / "adapter_config.json");
+  EXPECT_EQ(config["peft_type"], "LORA");
+  EXPECT_EQ(config["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(config["r"], 3);
+  EXPECT_EQ(config["lora_alpha"], 3);
+  EXPECT_EQ(config["fan_in_fan_out"], false);
+  EXPECT_EQ(config["target_modules"],
+            (Json{"down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"}));
+  EXPECT_EQ(config["modules_to_save"],
+            (Json{"embed_tokens", "input_layernorm", "lm_head", "norm", "post_attention_layernorm"}));
+  EXPECT_TRUE(config["rank_pattern"].empty());
+  EXPECT_TRUE(fs::exists(dir / "README.md"));
+}
+
+TEST(ExtractLora, SingularValueThresholdGivesARankPatternAndUnscaledBIsOrthonormal) {
+  Pair p;
+  make_pair(p);
+  const auto r = extract(p, "--rank 4 --sv-epsilon 3 --no-distribute-scale --include-regex q_proj");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const fs::path dir = p.dir.path() / "adapter";
+  const auto config = read_json_file(dir / "adapter_config.json");
+  // q_proj of layer 0 keeps 8 and 4; layer 1's (noise of 0.01) keeps none above 3, but one.
+  EXPECT_EQ(config["target_modules"], Json{"q_proj"});
+  EXPECT_EQ(config["r"], 2);
+  EXPECT_EQ(config["rank_pattern"], (Json{{"model.layers.1.self_attn.q_proj", 1}}));
+  const CheckpointReader a(dir / "adapter_model.safetensors");
+  EXPECT_FALSE(a.contains("base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"));
+  const auto B = values(a, "base_model.model." + kQ + ".lora_B.weight");
+  for (size_t i = 0; i < 2; ++i)
+    for (size_t j = 0; j < 2; ++j) {
+      double dot = 0;
+      for (size_t c = 0; c < 32; ++c) dot += B[c * 2 + i] * B[c * 2 + j];
+      EXPECT_NEAR(dot, i == j ? 1.0 : 0.0, 1e-5);
+    }
+}
+
+TEST(ExtractLora, AMismatchedBaseIsAnInputErrorNamingTheTensor) {
+  Pair p;
+  make_pair(p);
+  Json c = tiny_config("qwen2");
+  c["intermediate_size"] = 48;
+  write_random_decoder(p.dir.path() / "other", c, DType::F32, 5);
+  const auto r = run_amalgam("extract-lora " + (p.dir.path() / "ft").string() + " --base " +
+                             (p.dir.path() / "other").string() + " -o " + (p.dir.path() / "bad").string() + " -q");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("mlp.gate_proj.weight': has shape [40, 32], the base has [48, 32]"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(p.dir.path() / "bad"));
+  // An existing output is kept without --force.
+  fs::create_directories(p.dir.path() / "mine");
+  write_bytes(p.dir.path() / "mine" / "notes.txt", "keep");
+  EXPECT_EQ(extract(p, "--rank 2", "mine").code, 2);
+  EXPECT_EQ(read_bytes(p.dir.path() / "mine" / "notes.txt"), "keep");
+}
+
+}  // namespace
+}  // namespace amalgam::testing
