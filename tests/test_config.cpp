@@ -355,10 +355,22 @@ TEST(ConfigErrors, UnsupportedMergekitKeys) {
                      "tokenizer_source: 'union' not supported: amalgam copies the base model's tokenizer files");
   EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer_source: {model: b}\n",
                      "not supported: amalgam copies the base model's tokenizer files");
-  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a+lora]\n",
-                     "models[0]: 'a+lora': LoRA adapters (mergekit's model+lora syntax) are not supported");
-  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [{model: 'a+b'}]\n", "models[0].model: 'a+b': LoRA adapters");
-  EXPECT_PARSE_ERROR("merge_method: linear\nbase_model: x+y\nmodels: [a]\n", "base_model: 'x+y': LoRA adapters");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a+b+c]\n",
+                     "models[0]: 'a+b+c': one '+' joins a base and its LoRA adapter, this has more");
+  EXPECT_PARSE_ERROR("merge_method: linear\nbase_model: x+y\nmodels: [a]\n",
+                     "base_model: 'x+y': a LoRA adapter on the base model (mergekit's base+lora syntax) is not "
+                     "supported; on a model it is");
+}
+
+TEST(ConfigMergekit, ModelPlusAdapterNamesABaseAndItsLoraAdapter) {
+  const MergeConfig c = parse("merge_method: linear\nmodels: [a+lora, {model: b+adapters/x}, c]\n");
+  ASSERT_TRUE(c.models[0].adapter);
+  EXPECT_EQ(c.models[0].path, fs::path("a"));
+  EXPECT_EQ(*c.models[0].adapter, fs::path("lora"));
+  EXPECT_EQ(c.models[1].path, fs::path("b"));
+  EXPECT_EQ(*c.models[1].adapter, fs::path("adapters/x"));
+  EXPECT_FALSE(c.models[2].adapter);
+  EXPECT_EQ(c.models[0].model, "a+lora");  // as written, for messages
 }
 
 TEST(ConfigErrors, Models) {

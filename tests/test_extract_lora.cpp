@@ -162,6 +162,64 @@ TEST(ExtractLora, SingularValueThresholdGivesARankPatternAndUnscaledBIsOrthonorm
     }
 }
 
+// mergekit's `model: BASE+ADAPTER`: the adapter applied to its base as a candidate. A linear
+// merge of that one candidate is W_base + s B A on every LoRA module (s = lora_alpha / r),
+// the fine-tune's own values on the modules saved at full rank and its biases; nothing is
+// left beside the output.
+TEST(ExtractLora, BasePlusAdapterMergesAsTheAdapterAppliedToItsBase) {
+  Pair p;
+  make_pair(p);
+  ASSERT_EQ(extract(p, "--rank 3").code, 0);
+  const fs::path adapter = p.dir.path() / "adapter";
+  // A second copy of the adapter with lora_alpha 6: the update counts twice.
+  fs::create_directories(p.dir.path() / "doubled");
+  fs::copy_file(adapter / "adapter_model.safetensors", p.dir.path() / "doubled" / "adapter_model.safetensors");
+  Json config = read_json_file(adapter / "adapter_config.json");
+  config["lora_alpha"] = 6;
+  write_bytes(p.dir.path() / "doubled" / "adapter_config.json", config.dump());
+  for (const auto& [name, scale] : {std::pair{"adapter", 1.0}, {"doubled", 2.0}}) {
+    const std::string yaml =
+        "merge_method: linear\ndtype: float32\nmodels:\n  - model: " + (p.dir.path() / "base").string() + "+" +
+        (p.dir.path() / name).string() + "\n    parameters: {weight: 1.0}\n";
+    write_bytes(p.dir.path() / "m.yaml", yaml);
+    const fs::path out = p.dir.path() / ("merged-" + std::string(name));
+    const auto r = run_amalgam("merge " + (p.dir.path() / "m.yaml").string() + " -o " + out.string() + " -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+    const CheckpointReader merged(out), a(adapter / "adapter_model.safetensors"), ft(p.dir.path() / "ft");
+    const auto A = values(a, "base_model.model." + kQ + ".lora_A.weight");
+    const auto B = values(a, "base_model.model." + kQ + ".lora_B.weight");
+    const auto got = values(merged, kQ + ".weight");
+    const auto& w_base = p.base.at(kQ + ".weight");
+    double err = 0;
+    for (size_t r_ = 0; r_ < 32; ++r_)
+      for (size_t c = 0; c < 32; ++c) {
+        double w = w_base[r_ * 32 + c];
+        for (size_t k = 0; k < 3; ++k) w += scale * B[r_ * 3 + k] * A[k * 32 + c];
+        err = std::max(err, std::abs(w - got[r_ * 32 + c]));
+      }
+    EXPECT_LT(err, 1e-5) << name;
+    const auto bias = values(merged, kQ + ".bias"), base_bias = p.base.at(kQ + ".bias");
+    for (size_t i = 0; i < bias.size(); ++i) EXPECT_NEAR(bias[i], base_bias[i] + scale * 0.1, 1e-6) << name;
+    EXPECT_EQ(values(merged, "model.layers.1.input_layernorm.weight"),
+              values(ft, "model.layers.1.input_layernorm.weight"));
+    EXPECT_EQ(values(merged, "model.embed_tokens.weight"), values(ft, "model.embed_tokens.weight"));
+    std::string recorded(1, '+');  // appended piecewise: GCC 12 warns falsely on "+" + string
+    recorded.append(fs::absolute(p.dir.path() / name).string());
+    EXPECT_NE(read_bytes(out / "amalgam_config.yaml").find(recorded), std::string::npos);
+  }
+  for (const auto& entry : fs::directory_iterator(p.dir.path()))
+    EXPECT_EQ(entry.path().filename().string().find(".lora-"), std::string::npos) << entry.path();
+  // An adapter directory without its config is an input error naming the file.
+  fs::create_directories(p.dir.path() / "broken");
+  write_bytes(p.dir.path() / "m.yaml", "merge_method: linear\nmodels:\n  - model: " + (p.dir.path() / "base").string() +
+                                           "+" + (p.dir.path() / "broken").string() + "\n");
+  const auto r =
+      run_amalgam("merge " + (p.dir.path() / "m.yaml").string() + " -o " + (p.dir.path() / "never").string() + " -q");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("adapter_config.json: missing"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(p.dir.path() / "never"));
+}
+
 TEST(ExtractLora, AMismatchedBaseIsAnInputErrorNamingTheTensor) {
   Pair p;
   make_pair(p);

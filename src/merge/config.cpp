@@ -119,7 +119,7 @@ class ConfigParser : YamlConfigReader {
  private:
   void parse_top_key(MergeConfig& c, const std::string& key, const YAML::Node& v) const;
   std::string parse_string(const YAML::Node& n, const std::string& path) const;
-  std::string parse_model_name(const YAML::Node& n, const std::string& path) const;
+  std::string parse_model_name(const YAML::Node& n, const std::string& path, bool adapter_allowed) const;
   fs::path parse_path(const YAML::Node& n, const std::string& path) const;
   std::vector<ModelEntry> parse_models(const YAML::Node& n) const;
   ModelEntry parse_model(const YAML::Node& n, const std::string& path) const;
@@ -168,7 +168,7 @@ void ConfigParser::parse_top_key(MergeConfig& c, const std::string& key, const Y
   } else if (v.IsNull()) {
     return;
   } else if (key == "base_model") {
-    c.base_model = parse_model_name(v, key);
+    c.base_model = parse_model_name(v, key, /*adapter_allowed=*/false);
     c.base_path = resolve_path(*c.base_model, source_);
   } else if (key == "parameters") {
     c.parameters = parse_params(v, key);
@@ -186,13 +186,16 @@ std::string ConfigParser::parse_string(const YAML::Node& n, const std::string& p
   return n.Scalar();
 }
 
-// mergekit reads "model+lora" as a model with a LoRA adapter applied; amalgam does not apply
-// adapters, and treating the string as a plain path would merge the wrong weights.
-std::string ConfigParser::parse_model_name(const YAML::Node& n, const std::string& path) const {
+// mergekit reads "model+lora" as a model with a LoRA adapter applied: a model entry takes it
+// (parse_model splits it); on the base it is refused, since treating the string as a plain
+// path would merge the wrong weights.
+std::string ConfigParser::parse_model_name(const YAML::Node& n, const std::string& path, bool adapter_allowed) const {
   std::string name = parse_string(n, path);
   if (name.empty()) fail(path, "must not be empty");
-  if (name.find('+') != std::string::npos)
-    fail(path, "'" + name + "': LoRA adapters (mergekit's model+lora syntax) are not supported");
+  if (!adapter_allowed && name.find('+') != std::string::npos)
+    fail(path, "'" + name +
+                   "': a LoRA adapter on the base model (mergekit's base+lora syntax) is not supported; "
+                   "on a model it is");
   return name;
 }
 
@@ -213,11 +216,11 @@ std::vector<ModelEntry> ConfigParser::parse_models(const YAML::Node& n) const {
 ModelEntry ConfigParser::parse_model(const YAML::Node& n, const std::string& path) const {
   ModelEntry m;
   if (n.IsScalar()) {
-    m.model = parse_model_name(n, path);
+    m.model = parse_model_name(n, path, true);
   } else if (n.IsMap()) {
     for_each_entry(n, path, [&](const std::string& key, const YAML::Node& v) {
       if (key == "model") {
-        m.model = parse_model_name(v, key_path(path, key));
+        m.model = parse_model_name(v, key_path(path, key), true);
       } else if (key != "parameters" && key != "data" && key != "stats") {
         fail(path, "unknown key '" + key + "'");
       } else if (v.IsNull()) {
@@ -237,6 +240,15 @@ ModelEntry ConfigParser::parse_model(const YAML::Node& n, const std::string& pat
     fail(path, "expected a map with 'model', got " + describe(n));
   }
   m.path = resolve_path(m.model, source_);
+  // mergekit's "BASE+ADAPTER": a PEFT LoRA adapter applied to its base, as one candidate (a
+  // path that exists as written, '+' and all, is a path).
+  std::error_code ec;
+  if (const size_t plus = m.model.find('+'); plus != std::string::npos && !fs::exists(m.path, ec)) {
+    if (m.model.find('+', plus + 1) != std::string::npos)
+      fail(path, "'" + m.model + "': one '+' joins a base and its LoRA adapter, this has more");
+    m.path = resolve_path(m.model.substr(0, plus), source_);
+    m.adapter = resolve_path(m.model.substr(plus + 1), source_);
+  }
   return m;
 }
 

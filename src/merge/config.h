@@ -74,6 +74,8 @@ struct ModelEntry {
   std::string model;           // as written in the config
   std::filesystem::path path;  // resolved: relative to the working directory if it exists there,
                                // else relative to the config file's directory
+  // "BASE+ADAPTER" (mergekit's syntax): `path` is the base, this its PEFT LoRA adapter.
+  std::optional<std::filesystem::path> adapter;
   ParamMap parameters;
   // Data-aware extensions (RegMean and later): calibration data (one task directory, or a
   // list of them whose examples are drawn in equal shares) or precomputed statistics.

@@ -1,4 +1,5 @@
 #include "merge/engine.h"
+#include "lora/apply.h"
 
 #include <unistd.h>
 
@@ -56,6 +57,7 @@ void check_config_paths_exist(const MergeConfig& config) {
   for (size_t i = 0; i < config.models.size(); ++i) {
     const ModelEntry& m = config.models[i];
     const std::string key = "models[" + std::to_string(i) + "]";
+    if (m.adapter) check(*m.adapter, key + ".model", m.model.substr(m.model.find('+') + 1));
     check(m.path, key + ".model", m.model);
     for (size_t d = 0; d < m.data.size(); ++d) check(m.data[d], key + ".data[" + std::to_string(d) + "]", m.data[d]);
     if (m.stats) check(*m.stats, key + ".stats", m.stats->string());
@@ -68,11 +70,15 @@ struct Candidates {
   std::vector<size_t> config_index;
 };
 
-Candidates open_candidates(const MergeConfig& config, const MethodSpec& spec, const CheckpointReader* base) {
+// `applied` holds the candidates given as BASE+ADAPTER, their adapters applied (by index in
+// config.models).
+Candidates open_candidates(const MergeConfig& config, const MethodSpec& spec, const CheckpointReader* base,
+                           const std::map<size_t, std::unique_ptr<AppliedAdapter>>& applied) {
   Candidates c;
   std::error_code ec;
   for (size_t i = 0; i < config.models.size(); ++i) {
-    const auto& path = config.models[i].path;
+    const auto found = applied.find(i);
+    const fs::path& path = found != applied.end() ? found->second->path() : config.models[i].path;
     // A task-vector method's base listed among the models adds a zero task vector: skip it.
     if (spec.needs_base && base && fs::equivalent(path, base->path(), ec)) continue;
     c.readers.push_back(std::make_unique<CheckpointReader>(path));
@@ -178,6 +184,9 @@ struct MergeInputs {
   const MergeOptions& options;
   std::unique_ptr<MergeMethod> method;
   std::unique_ptr<CheckpointReader> base;
+  // BASE+ADAPTER candidates, applied beside the output for the run (before `candidates`,
+  // whose readers map them, so that they outlive them).
+  std::map<size_t, std::unique_ptr<AppliedAdapter>> applied;
   Candidates candidates;
   const CheckpointReader* reference = nullptr;  // the base, or the first model without one
   std::map<std::string, int> stacks;
@@ -407,7 +416,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   } catch (const InputError& e) {
     throw InputError(config.source, std::string("merge_method: ") + e.what());
   }
-  MergeInputs in{config, options, std::move(method), nullptr, {}, nullptr, {}, 0};
+  MergeInputs in{config, options, std::move(method), nullptr, {}, {}, nullptr, {}, 0};
   const MethodSpec& spec = in.method->spec();
   check_parameter_names(config, spec);
   if (!spec.data_aware)
@@ -420,7 +429,10 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     throw InputError(config.source, "base_model: " + spec.name + " needs a base model");
   check_config_paths_exist(config);
   if (config.base_path) in.base = std::make_unique<CheckpointReader>(*config.base_path);
-  in.candidates = open_candidates(config, spec, in.base.get());
+  for (size_t i = 0; i < config.models.size(); ++i)
+    if (const auto& m = config.models[i]; m.adapter)
+      in.applied[i] = std::make_unique<AppliedAdapter>(m.path, *m.adapter, options.output, i);
+  in.candidates = open_candidates(config, spec, in.base.get(), in.applied);
   in.reference = in.base ? in.base.get() : in.candidates.readers.front().get();
   in.seed = options.seed.value_or(config.seed.value_or(0));
   in.stacks = find_layer_stacks(in.reference->names());
@@ -459,6 +471,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   std::error_code ec;
   for (auto& m : resolved.models) {
     m.model = fs::absolute(m.path, ec).lexically_normal().string();
+    if (m.adapter) m.model += "+" + fs::absolute(*m.adapter, ec).lexically_normal().string();
     for (auto& d : m.data) d = fs::absolute(d, ec).lexically_normal();
     if (m.stats) m.stats = fs::absolute(*m.stats, ec).lexically_normal();
   }
