@@ -348,7 +348,7 @@ TEST(ConfigErrors, TopLevel) {
 }
 
 TEST(ConfigErrors, UnsupportedMergekitKeys) {
-  for (const std::string key : {"slices", "modules", "tokenizer", "chat_template"})
+  for (const std::string key : {"slices", "modules", "tokenizer"})
     EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\n" + key + ": x\n",
                        "merge.yaml: " + key + ": not supported by amalgam");
   EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer_source: union\n",
@@ -371,6 +371,16 @@ TEST(ConfigMergekit, ModelPlusAdapterNamesABaseAndItsLoraAdapter) {
   EXPECT_EQ(*c.models[1].adapter, fs::path("adapters/x"));
   EXPECT_FALSE(c.models[2].adapter);
   EXPECT_EQ(c.models[0].model, "a+lora");  // as written, for messages
+}
+
+TEST(ConfigMergekit, ChatTemplateIsAutoANameOrJinja) {
+  for (const std::string t : {"auto", "chatml", "llama3", "alpaca", "mistral", "exaone"})
+    EXPECT_EQ(parse("merge_method: linear\nmodels: [a]\nchat_template: " + t + "\n").chat_template, t);
+  const std::string jinja = "{% for m in messages %}{{ m.content }}{% endfor %}";
+  EXPECT_EQ(parse("merge_method: linear\nmodels: [a]\nchat_template: \"" + jinja + "\"\n").chat_template, jinja);
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\nchat_template: vicuna\n",
+                     "chat_template: 'vicuna' is neither auto, a template name (alpaca, chatml, exaone, llama3, "
+                     "mistral) nor a Jinja template");
 }
 
 TEST(ConfigErrors, Models) {

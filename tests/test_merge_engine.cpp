@@ -23,6 +23,7 @@
 
 #include "core/error.h"
 #include "io/checkpoint.h"
+#include "io/json_file.h"
 #include "merge/config.h"
 #include "merge/engine.h"
 #include "test_util.h"
@@ -655,6 +656,39 @@ TEST(MergeEngineGradient, GlobalGradientInterpolatesAcrossFiveLayers) {
     want[d.name] = ref_task_arithmetic(f.base_values.at(d.name), {&f.model_values[0].at(d.name)}, {w}, 1.0);
   }
   expect_near_all(read_float_tensors(tmp / "out"), want, 1e-6);
+}
+
+// ---- mergekit's chat_template -------------------------------------------------------------------
+
+std::string written_template(const fs::path& out) {
+  return read_json_file(out / "tokenizer_config.json").value("chat_template", "(none)");
+}
+
+TEST(MergeEngineChatTemplate, NamedAutoAndLiteralTemplatesGoIntoTokenizerConfig) {
+  TempDir tmp;
+  const Family f = make_family(tmp.path(), DType::F32, 3, kDefaultMaxShardBytes, 41);
+  // The base's tokenizer config (which the output carries) has its own template and a field
+  // that must survive; two of the three models share a template, the third has another.
+  write_bytes(f.base / "tokenizer_config.json", R"({"model_max_length": 77, "chat_template": "base {{ x }}"})");
+  write_bytes(f.models[0] / "tokenizer_config.json", R"({"chat_template": "  shared {{ messages }}\n"})");
+  write_bytes(f.models[1] / "tokenizer_config.json", R"({"chat_template": "other {{ messages }}"})");
+  write_bytes(f.models[2] / "tokenizer_config.json", R"({"chat_template": "shared {{ messages }}"})");
+  auto merge = [&](const std::string& chat_template, const std::string& out) {
+    const std::string yaml = "merge_method: task_arithmetic\nbase_model: " + f.base.string() +
+                             "\nmodels:\n  - model: " + f.models[0].string() + "\n  - model: " + f.models[1].string() +
+                             "\n  - model: " + f.models[2].string() +
+                             "\nparameters: {weight: 0.3}\nchat_template: " + chat_template + "\n";
+    run_merge(load_merge_config(write_config(tmp, yaml)), quiet_options(tmp / out));
+    return written_template(tmp / out);
+  };
+  EXPECT_NE(merge("chatml", "named").find("<|im_start|>"), std::string::npos);
+  EXPECT_EQ(read_json_file(tmp / "named" / "tokenizer_config.json")["model_max_length"], 77);
+  // auto: the plurality, trimmed; the base's counts as one vote.
+  EXPECT_EQ(merge("auto", "auto"), "shared {{ messages }}");
+  EXPECT_EQ(merge("\"{% for m in messages %}{{ m.content }}{% endfor %}\"", "literal"),
+            "{% for m in messages %}{{ m.content }}{% endfor %}");
+  // The recorded config keeps the choice.
+  EXPECT_NE(read_bytes(tmp / "auto" / "amalgam_config.yaml").find("chat_template: auto"), std::string::npos);
 }
 
 // ---- 3. Layer positions ------------------------------------------------------------------------

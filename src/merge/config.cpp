@@ -1,4 +1,5 @@
 #include "merge/config.h"
+#include "merge/chat_template.h"
 
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/parser.h>
@@ -145,12 +146,12 @@ MergeConfig ConfigParser::parse(const YAML::Node& root) const {
 }
 
 bool is_unsupported_key(const std::string& key) {
-  return key == "slices" || key == "modules" || key == "tokenizer" || key == "chat_template";
+  return key == "slices" || key == "modules" || key == "tokenizer";
 }
 
 bool is_known_key(const std::string& key) {
   return key == "merge_method" || key == "models" || key == "base_model" || key == "parameters" || key == "dtype" ||
-         key == "out_dtype" || key == "seed" || key == "tokenizer_source";
+         key == "out_dtype" || key == "seed" || key == "tokenizer_source" || key == "chat_template";
 }
 
 // A key set to null counts as absent, as in mergekit, where every optional field is Optional.
@@ -176,6 +177,11 @@ void ConfigParser::parse_top_key(MergeConfig& c, const std::string& key, const Y
     (key == "dtype" ? c.dtype : c.out_dtype) = parse_dtype_value(v, key);
   } else if (key == "seed") {
     c.seed = parse_seed(v);
+  } else if (key == "chat_template") {
+    c.chat_template = parse_string(v, key);
+    if (!is_chat_template_choice(*c.chat_template))
+      fail(key, "'" + *c.chat_template + "' is neither auto, a template name (" + chat_template_names() +
+                    ") nor a Jinja template");
   } else if (!v.IsScalar() || v.Scalar() != "base") {  // tokenizer_source
     fail(key, describe(v) + " " + std::string(kTokenizerNote));
   }
@@ -572,6 +578,7 @@ std::string merge_config_to_yaml(const MergeConfig& config) {
   if (config.dtype) root["dtype"] = dtype_config_name(*config.dtype);
   if (config.out_dtype) root["out_dtype"] = dtype_config_name(*config.out_dtype);
   if (config.seed) root["seed"] = std::to_string(*config.seed);
+  if (config.chat_template) root["chat_template"] = text_node(*config.chat_template);
   YAML::Emitter out;
   emit(out, root);
   if (!out.good()) throw std::logic_error("merge_config_to_yaml: " + out.GetLastError());

@@ -93,12 +93,14 @@ struct MergeConfig {
   std::optional<DType> dtype;
   std::optional<DType> out_dtype;
   std::optional<uint64_t> seed;  // amalgam extension; --seed on the command line overrides it
+  // mergekit's chat_template: "auto", a template name or a Jinja template (merge/chat_template.h).
+  std::optional<std::string> chat_template;
 };
 
 // Parses YAML text. Errors are InputError naming `source` and the key, e.g.
 // "merge.yaml: models[1].parameters.weight: expected a number, a list of numbers, or a list of
 // {filter, value}, got 'abc'". Unknown keys are errors; mergekit keys amalgam does not act on
-// (tokenizer_source other than "base", tokenizer, chat_template, slices, modules) are
+// (tokenizer_source other than "base", tokenizer, slices, modules) are
 // errors saying they are not supported. Numbers must be plain YAML scalars (a quoted "0.5" is
 // a string, an error) and finite. An optional key set to null counts as absent, and a models
 // entry may be a bare string, short for {model: STRING}.

@@ -1,5 +1,4 @@
 #include "merge/engine.h"
-#include "lora/apply.h"
 
 #include <unistd.h>
 
@@ -17,7 +16,9 @@
 #include "core/progress.h"
 #include "io/atomic_output.h"
 #include "io/json_file.h"
+#include "lora/apply.h"
 #include "merge/audit.h"
+#include "merge/chat_template.h"
 #include "merge/method.h"
 #include "merge/model_card.h"
 
@@ -200,6 +201,21 @@ struct MergeInputs {
     return out;
   }
 };
+
+// mergekit's chat_template, into the output's tokenizer_config.json (from the reference's
+// tokenizer files); "auto" looks at every input model's.
+void set_chat_template(const MergeInputs& in, const fs::path& staging) {
+  std::vector<fs::path> models;
+  if (in.base) models.push_back(in.base->dir());
+  for (const auto& r : in.candidates.readers) models.push_back(r->dir());
+  const auto text = resolve_chat_template(*in.config.chat_template, models);
+  if (!text) {
+    if (!in.options.quiet) std::cerr << "amalgam: note: chat_template: auto: no input model has a chat template\n";
+    return;
+  }
+  if (!write_chat_template(staging, *text) && !in.options.quiet)
+    std::cerr << "amalgam: warning: chat_template: the output has no tokenizer_config.json to hold it; not saved\n";
+}
 
 MergeContext make_context(const MergeInputs& in, const fs::path& staging) {
   MergeContext c{in.config,        {}, {}, std::nullopt, staging, in.seed, in.options.max_memory, in.options.quiet,
@@ -488,6 +504,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
       carried.push_back(f);
   }
   copy_files_into(carried, output.staging());
+  if (config.chat_template) set_chat_template(in, output.staging());
   if (ref.config())
     write_text_file(output.staging() / "config.json",
                     config_for_output(nlohmann::ordered_json(*ref.config()), weights).dump(2) + "\n");
