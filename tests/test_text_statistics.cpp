@@ -5,6 +5,7 @@
 // rounding (threads: not even that); truncation; errors.
 #include <gtest/gtest.h>
 
+#include <random>
 #include <sstream>
 
 #include "calibration/statistics_file.h"
@@ -232,6 +233,76 @@ TEST(TextStatistics, RegMeanSolvesGpt2Conv1dWeightsInTheirStoredLayout) {
       }
       EXPECT_LT(err / scale, 1e-4) << name;
     }
+}
+
+// Two fine-tunes that differ from their base in block 1 only: RegMean++'s merged stream after
+// block 0 is each candidate's own, so its block 1 is RegMean's from the candidates' own
+// statistics (amalgam stats), and everything else comes back as it was. Llama (q/k/v apart)
+// and GPT-2 (one c_attn, Conv1D weights stored [in, out]).
+void expect_regmean_plus_plus_block_one_is_regmeans(const Json& c, const std::string& block_one) {
+  TempDir dir;
+  const Weights base = c["model_type"] == "gpt2" ? write_random_gpt2(dir / "base", c, DType::F32, 1, true)
+                                                 : write_random_decoder(dir / "base", c, DType::F32, 1);
+  const CheckpointReader base_reader(dir / "base");
+  std::string plus = "merge_method: regmean_plusplus\nparameters: {alpha: 0.9, examples: 3, batch_size: 2}\nmodels:\n";
+  std::string plain = "merge_method: regmean\nparameters: {alpha: 0.9}\nmodels:\n";
+  write_texts(dir / "data.jsonl", kTexts);
+  for (const char* m : {"a", "b"}) {
+    std::mt19937_64 rng(m[0]);
+    std::normal_distribution<float> noise(0.0f, 0.05f);
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const auto& name : base_reader.names()) {
+      Tensor t = base_reader.tensor(name).to(DType::F32).clone();
+      if (name.starts_with(block_one))
+        for (auto& x : t.mutable_data<float>()) x += noise(rng);
+      tensors.emplace_back(name, std::move(t));
+    }
+    fs::create_directories(dir / m);
+    fs::copy_file(dir / "base" / "config.json", dir / m / "config.json");
+    save_safetensors(dir / m / "model.safetensors", tensors);
+    write_char_tokenizer(dir / m);
+    const fs::path st = dir / (std::string(m) + ".stats");
+    ASSERT_EQ(
+        stats(dir / m, "--data " + (dir / "data.jsonl").string() + " --examples 3 --batch-size 2 -o " + st.string())
+            .code,
+        0);
+    plus += "  - model: " + (dir / m).string() + "\n    data: " + (dir / "data.jsonl").string() + "\n";
+    plain += "  - model: " + (dir / m).string() + "\n    stats: " + st.string() + "\n";
+  }
+  write_bytes(dir / "plus.yaml", plus);
+  write_bytes(dir / "plain.yaml", plain);
+  for (const char* name : {"plus", "plain"}) {
+    const auto r = run_amalgam("merge " + (dir / (std::string(name) + ".yaml")).string() + " -o " +
+                               (dir / ("out-" + std::string(name))).string() + " -q");
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  const CheckpointReader x(dir / "out-plus"), y(dir / "out-plain");
+  ASSERT_EQ(x.names(), y.names());
+  for (const auto& name : x.names()) {
+    const Tensor a = x.tensor(name).to(DType::F32), b = y.tensor(name).to(DType::F32);
+    double err = 0, scale = 1e-12;
+    for (size_t k = 0; k < a.data<float>().size(); ++k) {
+      err = std::max(err, static_cast<double>(std::abs(a.data<float>()[k] - b.data<float>()[k])));
+      scale = std::max(scale, static_cast<double>(std::abs(b.data<float>()[k])));
+    }
+    EXPECT_LT(err / scale, 1e-4) << name;  // float rounding through the merged block 0 and a solve
+    if (!name.starts_with(block_one)) {    // untouched: the base's own values
+      const Tensor w = base_reader.tensor(name).to(DType::F32);
+      for (size_t k = 0; k < w.data<float>().size(); ++k)
+        ASSERT_NEAR(a.data<float>()[k], w.data<float>()[k], 1e-4 * scale) << name;
+    }
+  }
+  EXPECT_TRUE(fs::exists(dir / "out-plus" / "stats.safetensors"));
+  EXPECT_FALSE(fs::exists(dir / "out-plus" / ".regmean_plusplus"));
+}
+
+TEST(TextStatistics, RegMeanPlusPlusOnLlamaAndGpt2) {
+  Json llama = tiny_config("llama");
+  llama["num_key_value_heads"] = 2;
+  expect_regmean_plus_plus_block_one_is_regmeans(llama, "model.layers.1.");
+  const Json gpt2 = {{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_embd", 16},
+                     {"n_layer", 2},         {"n_head", 2},      {"n_positions", 24}};
+  expect_regmean_plus_plus_block_one_is_regmeans(gpt2, "transformer.h.1.");
 }
 
 TEST(TextStatistics, Gpt2Conv1dSitesMatchTheReference) {

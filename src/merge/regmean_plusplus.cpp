@@ -1,91 +1,108 @@
 // regmean_plusplus (RegMean++, Nguyen et al., 2025): RegMean's closed form, with each
-// block's Grams measured on the merged model's own stream (methods.md, "RegMean++"):
+// block's Grams measured on the merged model's own stream (methods.md, "RegMean++"), for any
+// model family (model/model.h):
 //
-//   embeddings and pre-LayerNorm: the weighted mean; H_t = merged embedding of task t's images
+//   tensors outside the blocks (embeddings, norms, heads): the weighted mean
+//   H_t = the merged model's embedding of task t's calibration examples
 //   for each block l: run candidate t's block l on H_t, measuring the Grams of its linear
-//     inputs; merge block l (linear weights by the closed form, the rest by the mean);
+//     sites; merge block l (linear weights by the closed form, the rest by the mean);
 //     H_t <- merged block l applied to H_t
-//   post_layernorm: the weighted mean (the reference code leaves it at the base's value, an
-//     accident amalgam does not copy); visual_projection (when present) by the closed form
-//     on each candidate's own post-LayerNorm of the merged stream's CLS token.
+//   sites after the blocks (CLIP's visual_projection): the closed form on each candidate's
+//     own head input on the merged stream (its own post_layernorm of the CLS token)
 //
-// CLIP vision models only (a CLIPModel's text tower, which no image reaches, is averaged).
-// The whole merge happens in prepare(), block by block, holding the candidates' current
-// block, that block's Grams and every task's hidden states; merge() hands out the result.
-// The Grams it measured are written to stats.safetensors (their weighted mean) for audit.
+// The final norm is the weighted mean (the reference code leaves CLIP's post_layernorm at
+// the base's value, an accident amalgam does not copy). The merged model lives in a scratch
+// checkpoint in the output's staging directory: the averaged tensors outside the blocks, so
+// that its embedding is the merged one, and each merged block, written as it is solved and
+// read back as the family reads any block. The whole merge happens in prepare(), holding the
+// candidates' current block, its Grams and every task's hidden states (in memory, or in a
+// scratch file past half of --max-memory); merge() hands out the result. The Grams it
+// measured are written to stats.safetensors (their weighted mean) for audit.
 #include <filesystem>
 #include <memory>
+#include <set>
 
 #include "calibration/gram.h"
 #include "calibration/images.h"
+#include "calibration/measure.h"
 #include "calibration/statistics_file.h"
+#include "calibration/texts.h"
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/progress.h"
 #include "data/preprocess.h"
 #include "io/checkpoint.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
 #include "io/scratch_file.h"
 #include "merge/audit.h"
 #include "merge/config.h"
 #include "merge/regmean.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam {
 namespace {
 
 namespace fs = std::filesystem;
 
-constexpr SiteRole kBlockSites[] = {SiteRole::AttentionInput, SiteRole::AttentionOutput, SiteRole::MlpInput,
-                                    SiteRole::MlpOutput};
-
-// One task's hidden states after the merged prefix, [images * tokens, width]: in memory, or
-// in a scratch file (read and written a batch at a time) when they do not fit the budget.
+// One task's hidden states after the merged prefix, batch by batch (each batch keeps its
+// sequence offsets): in memory, or in a scratch file, read and written a batch at a time.
 class TaskStream {
  public:
-  TaskStream(int64_t images, int64_t tokens, int64_t width, const std::optional<fs::path>& spill_dir)
-      : images_(images), image_floats_(static_cast<size_t>(tokens * width)), tokens_(tokens), width_(width) {
-    if (spill_dir)
-      file_.emplace(*spill_dir);
-    else
-      memory_.resize(static_cast<size_t>(images) * image_floats_);
+  explicit TaskStream(const std::optional<fs::path>& spill_dir) {
+    if (spill_dir) file_.emplace(*spill_dir);
   }
-  int64_t images() const { return images_; }
-  int64_t rows() const { return images_ * tokens_; }
+  size_t batches() const { return batches_.size(); }
+  int64_t rows() const { return rows_; }
 
-  void read(int64_t first, int64_t count, Stream& out) const {
-    out.set_uniform(count, tokens_, width_);
+  void append(const Stream& s) {
+    Batch b{s.offsets, s.width, end_, {}};
     if (file_)
-      file_->read(offset(first), std::as_writable_bytes(std::span(out.data)));
+      file_->write(end_, std::as_bytes(std::span(s.data)));
     else
-      std::copy_n(memory_.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(first) * image_floats_),
-                  out.data.size(), out.data.begin());
+      b.memory = s.data;
+    end_ += s.data.size() * sizeof(float);
+    rows_ += s.rows();
+    batches_.push_back(std::move(b));
   }
-  void write(int64_t first, const Stream& in) {
+  void read(size_t i, Stream& out) const {
+    const Batch& b = batches_[i];
+    out.offsets = b.offsets;
+    out.width = b.width;
+    out.data.resize(static_cast<size_t>(b.offsets.back() * b.width));
     if (file_)
-      file_->write(offset(first), std::as_bytes(std::span(in.data)));
+      file_->read(b.offset, std::as_writable_bytes(std::span(out.data)));
     else
-      std::copy(in.data.begin(), in.data.end(),
-                memory_.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(first) * image_floats_));
+      out.data = b.memory;
+  }
+  void write(size_t i, const Stream& in) {
+    Batch& b = batches_[i];
+    if (file_)
+      file_->write(b.offset, std::as_bytes(std::span(in.data)));
+    else
+      b.memory = in.data;
   }
 
  private:
-  uint64_t offset(int64_t first) const { return static_cast<uint64_t>(first) * image_floats_ * sizeof(float); }
-
-  int64_t images_;
-  size_t image_floats_;
-  int64_t tokens_, width_;
-  std::vector<float> memory_;
+  struct Batch {
+    std::vector<int64_t> offsets;
+    int64_t width = 0;
+    uint64_t offset = 0;  // in the scratch file
+    std::vector<float> memory;
+  };
+  std::vector<Batch> batches_;
+  uint64_t end_ = 0;
+  int64_t rows_ = 0;
   std::optional<ScratchFile> file_;
 };
 
-// Runs `fn` on consecutive batches of a stream's images (written back when `write_back`):
-// a candidate's block must not disturb the merged stream, and batches keep the scratch
-// buffers small.
-void for_each_batch(TaskStream& stream, int64_t batch_size, bool write_back, const std::function<void(Stream&)>& fn) {
+// Runs `fn` on every batch of a task's stream (written back when `write_back`): a candidate's
+// block must not disturb the merged stream.
+void for_each_batch(TaskStream& stream, bool write_back, const std::function<void(Stream&)>& fn) {
   Stream batch;
-  for (int64_t b = 0; b < stream.images(); b += batch_size) {
+  for (size_t b = 0; b < stream.batches(); ++b) {
     check_interrupt();
-    stream.read(b, std::min(batch_size, stream.images() - b), batch);
+    stream.read(b, batch);
     fn(batch);
     if (write_back) stream.write(b, batch);
   }
@@ -104,6 +121,14 @@ void weighted_average(const std::vector<std::span<const float>>& inputs, const s
   }
 }
 
+// [rows, cols] row-major -> [cols, rows].
+std::vector<float> transposed(std::span<const float> m, int64_t rows, int64_t cols) {
+  std::vector<float> t(m.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[static_cast<size_t>(c * rows + r)] = m[static_cast<size_t>(r * cols + c)];
+  return t;
+}
+
 class RegMeanPlusPlus final : public MergeMethod {
  public:
   static constexpr const char* kName = "regmean_plusplus";
@@ -111,7 +136,7 @@ class RegMeanPlusPlus final : public MergeMethod {
   const MethodSpec& spec() const override {
     static const MethodSpec s{kName,
                               "RegMean++: RegMean with each block's statistics measured on the merged model's own "
-                              "stream (CLIP vision models; needs per-model data)",
+                              "stream (needs per-model data)",
                               regmean_params(),
                               /*needs_base=*/false,
                               1,
@@ -122,31 +147,30 @@ class RegMeanPlusPlus final : public MergeMethod {
 
   void prepare(const MergeContext& ctx) override {
     open_candidates(ctx);
-    average_outside_blocks(ctx);
-    auto streams = embed_calibration_images(ctx);
-    StatisticsOutput stats(ctx, config_, merged_->weights().visual_projection.has_value(), streams);
-    Progress progress("regmean++", static_cast<uint64_t>(config_.num_hidden_layers), 0, ctx.quiet, "layers");
-    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    write_merged_prefix(ctx);
+    auto tasks = embed_calibration(ctx);
+    StatisticsOutput stats(ctx, *merged_, tasks);
+    Progress progress("regmean++", static_cast<uint64_t>(merged_->num_layers()), 0, ctx.quiet, "layers");
+    for (int64_t l = 0; l < merged_->num_layers(); ++l) {
       check_interrupt();
-      merge_block(ctx, l, streams, stats);
+      merge_block(ctx, l, tasks, stats);
       progress.advance(1, 0);
     }
-    if (merged_->weights().visual_projection) merge_projection(ctx, streams, stats);
+    if (!merged_->linear_sites(-1).empty()) merge_head(ctx, tasks, stats);
     stats.finish();
-    for (const auto& p :
-         clip_parameters(config_, merged_->mutable_weights(), merged_->weights().visual_projection.has_value()))
-      results_.emplace(p.name, p);
+    merged_.reset();
     readers_.clear();
     own_stats_.clear();
+    std::error_code ec;
+    fs::remove_all(scratch_, ec);
   }
 
   Tensor merge(const TensorJob& job) const override {
     const auto it = results_.find(job.name());
-    if (it == results_.end()) return weighted_mean(job);  // outside the vision tower
+    if (it == results_.end()) return weighted_mean(job);  // what the model does not read (a CLIP text tower)
     if (const auto audit = audits_.find(job.name()); audit != audits_.end() && job.audit())
       for (const auto& [key, value] : audit->second.items()) job.audit()->set(key, value);
-    const ClipParameter& p = it->second;
-    return Tensor::from_f32(p.shape, {p.data, static_cast<size_t>(shape_numel(p.shape))});
+    return it->second;
   }
 
  private:
@@ -161,27 +185,30 @@ class RegMeanPlusPlus final : public MergeMethod {
   // them) and written as the merge goes, so nothing is kept.
   class StatisticsOutput {
    public:
-    StatisticsOutput(const MergeContext& ctx, const ClipVisionConfig& c, bool projection,
-                     const std::vector<TaskState>& streams) {
+    StatisticsOutput(const MergeContext& ctx, const Model& model, const std::vector<TaskState>& tasks) {
       GramStatistics header;
       header.model = "regmean_plusplus (Grams on the merged stream)";
-      for (const auto& s : streams) {
+      for (const auto& s : tasks) {
         header.rows += s.hidden.rows();
         header.examples += s.examples;
         header.tasks.insert(header.tasks.end(), s.tasks.begin(), s.tasks.end());
       }
       std::vector<TensorSpec> plan;
-      for (const LinearSiteSpec& site : clip_linear_sites(c, projection)) {
+      for (const LinearSiteSpec& site : model.all_linear_sites()) {
         plan.push_back({site.gram, DType::F32, {site.width, site.width}});
-        for (const auto& w : site.weights) header.weight_grams[w] = site.gram;
+        for (const auto& w : site.weights) {
+          header.weight_grams[w] = site.gram;
+          if (site.stored_transposed) header.transposed.insert(w);
+        }
       }
-      writer_ =
-          std::make_unique<SafetensorsWriter>(ctx.staging / "stats.safetensors", plan, statistics_metadata(header));
+      writer_ = std::make_unique<SafetensorsWriter>(ctx.staging / "stats.safetensors", plan,
+                                                    statistics_metadata(header), WriteOrder::Plan);
     }
-    void write(const std::string& gram, const std::vector<Tensor>& per_task, const std::vector<double>& factors) {
+    void write(const std::string& gram, const std::vector<const Tensor*>& per_task,
+               const std::vector<double>& factors) {
       std::vector<std::span<const float>> inputs;
-      for (const auto& g : per_task) inputs.push_back(g.data<float>());
-      Tensor out = Tensor::uninitialized(DType::F32, per_task.front().shape());
+      for (const Tensor* g : per_task) inputs.push_back(g->data<float>());
+      Tensor out = Tensor::uninitialized(DType::F32, per_task.front()->shape());
       weighted_average(inputs, factors, out.mutable_data<float>());
       writer_->write(gram, out);
     }
@@ -195,21 +222,14 @@ class RegMeanPlusPlus final : public MergeMethod {
     for (size_t t = 0; t < ctx.candidates.size(); ++t) {
       if (ctx.entries[t]->data.empty())
         throw InputError(ctx.config.source, "models: '" + ctx.entries[t]->model + "': " + std::string(kName) +
-                                                " needs `data: TASK_DIR` (it measures its statistics on the merged "
-                                                "model, so precomputed `stats` cannot stand in)");
+                                                " needs `data:` (it measures its statistics on the merged model, so "
+                                                "precomputed `stats` cannot stand in)");
       readers_.push_back(std::make_unique<CheckpointReader>(ctx.candidates[t]));
       if (ctx.audit && ctx.entries[t]->stats) {
         own_stats_.resize(ctx.candidates.size());
         own_stats_[t] = std::make_unique<StatisticsFile>(*ctx.entries[t]->stats);
       }
     }
-    const CheckpointReader& first = *readers_.front();
-    if (!first.config())
-      throw InputError(first.path(), "no config.json (RegMean++ runs the model, it needs its config)");
-    config_ = ClipVisionConfig::from_json(*first.config(), (first.dir() / "config.json").string());
-    ClipVisionWeights weights;
-    clip_parameters(config_, weights, first.contains("visual_projection.weight"));
-    merged_ = std::make_unique<ClipVisionModel>(config_, std::move(weights));
   }
 
   std::vector<double> factors_for(const MergeContext& ctx, const std::string& tensor) const {
@@ -218,38 +238,88 @@ class RegMeanPlusPlus final : public MergeMethod {
     return f;
   }
 
-  // Averages one tensor of the candidates into `out`.
-  void average_tensor(const MergeContext& ctx, const std::string& name, std::span<float> out) const {
+  // The candidates' weighted mean of one tensor, in F32.
+  Tensor average_tensor(const MergeContext& ctx, const std::string& name) const {
     std::vector<Tensor> values;
     std::vector<std::span<const float>> inputs;
     for (const auto& r : readers_) {
       values.push_back(r->tensor(name).to(DType::F32));
       inputs.push_back(values.back().data<float>());
-      if (inputs.back().size() != out.size()) throw InputError(r->path(), name, "has the wrong size");
+      if (values.back().shape() != values.front().shape())
+        throw InputError(r->path(), name, "has another shape than in " + readers_.front()->path().string());
     }
-    weighted_average(inputs, factors_for(ctx, name), out);
+    Tensor out = Tensor::uninitialized(DType::F32, values.front().shape());
+    weighted_average(inputs, factors_for(ctx, name), out.mutable_data<float>());
+    return out;
   }
 
-  // Embeddings, pre_layrnorm and post_layernorm: the weighted mean.
-  void average_outside_blocks(const MergeContext& ctx) {
-    ClipVisionWeights& w = merged_->mutable_weights();
-    for (const auto& p : clip_parameters(config_, w, w.visual_projection.has_value()))
-      if (!p.name.starts_with("vision_model.encoder.layers.") && p.name != "visual_projection.weight")
-        average_tensor(ctx, p.name, {p.data, static_cast<size_t>(shape_numel(p.shape))});
+  // The merged model's checkpoint before any block is merged: every floating tensor outside
+  // the blocks averaged (its results too), the blocks as the first candidate has them (they
+  // are only there to be a complete checkpoint; each is replaced before it is run).
+  void write_merged_prefix(const MergeContext& ctx) {
+    const CheckpointReader& first = *readers_.front();
+    const std::unique_ptr<Model> shape = open_model(first.dir());
+    std::set<std::string> in_blocks;
+    for (int64_t l = 0; l < shape->num_layers(); ++l)
+      for (auto& n : shape->block_tensor_names(l)) in_blocks.insert(std::move(n));
+    scratch_ = ctx.staging / ".regmean_plusplus";
+    fs::create_directories(scratch_);
+    std::vector<TensorSpec> plan;
+    for (const auto& name : first.names()) {
+      const TensorInfo& info = first.info(name);
+      const bool averaged = !in_blocks.contains(name) && is_floating(info.dtype);
+      plan.push_back({name, averaged ? DType::F32 : info.dtype, info.shape});
+    }
+    SafetensorsWriter writer(scratch_ / "model.safetensors", plan, {{"format", "pt"}}, WriteOrder::Plan);
+    for (const auto& spec : plan) {
+      if (in_blocks.contains(spec.name) || !is_floating(first.info(spec.name).dtype)) {
+        writer.write(spec.name, first.tensor(spec.name));
+        continue;
+      }
+      Tensor mean = average_tensor(ctx, spec.name);
+      writer.write(spec.name, mean);
+      results_.emplace(spec.name, std::move(mean));
+    }
+    writer.finish();
+    for (const auto& f : first.auxiliary_files())
+      if (f.filename() == "config.json") fs::copy_file(f, scratch_ / "config.json");
+    merged_ = open_model(scratch_);
   }
 
-  std::vector<TaskState> embed_calibration_images(const MergeContext& ctx) {
+  // Each task's calibration examples (images or texts, as the model reads), embedded by the
+  // merged model.
+  std::vector<TaskState> embed_calibration(const MergeContext& ctx) {
     CalibrationOptions options;
     options.examples = static_cast<int64_t>(ctx.param("examples", std::nullopt, ""));
-    batch_size_ = options.batch_size = static_cast<int64_t>(ctx.param("batch_size", std::nullopt, ""));
+    options.batch_size = static_cast<int64_t>(ctx.param("batch_size", std::nullopt, ""));
     options.seed = ctx.seed;
     options.quiet = ctx.quiet;
-    std::vector<CalibrationImages> images;
+    struct Loaded {
+      CalibrationImages images;
+      CalibrationTexts texts;
+      CalibrationBatches batches;
+    };
+    std::vector<Loaded> loaded(readers_.size());
     uint64_t hidden_bytes = 0;
     for (size_t t = 0; t < readers_.size(); ++t) {
-      images.push_back(load_calibration_images(ctx.entries[t]->data, load_image_processor_config(readers_[t]->dir()),
-                                               *merged_->image_input(), options));
-      hidden_bytes += static_cast<uint64_t>(images.back().count * config_.tokens() * config_.hidden_size) * 4;
+      Loaded& l = loaded[t];
+      if (const auto image = merged_->image_input()) {
+        l.images = load_calibration_images(ctx.entries[t]->data, load_image_processor_config(readers_[t]->dir()),
+                                           *image, options);
+        l.batches = calibration_batches(l.images, options.batch_size);
+      } else {
+        TextCalibrationOptions text;
+        text.examples = options.examples;
+        text.seed = options.seed;
+        l.texts = load_calibration_texts(readers_[t]->dir(), ctx.entries[t]->data, text);
+        l.batches = calibration_batches(l.texts, options.batch_size);
+      }
+      // The first batch's rows per example give the whole task's, for images and texts alike
+      // (texts: an estimate).
+      const Stream first = merged_->embed(l.batches.batches.front());
+      const auto first_examples = static_cast<double>(first.sequences());
+      hidden_bytes += static_cast<uint64_t>(static_cast<double>(first.data.size()) * 4.0 *
+                                            static_cast<double>(l.batches.examples) / first_examples);
     }
     // Half the budget for the hidden states; the rest holds the blocks, Grams and buffers.
     std::optional<fs::path> spill;
@@ -259,119 +329,104 @@ class RegMeanPlusPlus final : public MergeMethod {
         warn("regmean_plusplus: the hidden states (" + std::to_string(hidden_bytes >> 20) +
              " MiB) exceed half of --max-memory; they stay in a scratch file beside the output");
     }
-    std::vector<TaskState> streams;
-    const int64_t image_floats = config_.num_channels * config_.image_size * config_.image_size;
-    for (const CalibrationImages& im : images) {
-      TaskState s{TaskStream(im.count, config_.tokens(), config_.hidden_size, spill), im.count, im.tasks};
-      for (int64_t b = 0; b < im.count; b += batch_size_) {
-        const int64_t n = std::min(batch_size_, im.count - b);
-        s.hidden.write(b,
-                       merged_->embed({im.pixels.data() + b * image_floats, static_cast<size_t>(n * image_floats)}, n));
-      }
-      streams.push_back(std::move(s));
+    std::vector<TaskState> tasks;
+    for (const Loaded& l : loaded) {
+      TaskState s{TaskStream(spill), l.batches.examples, l.batches.tasks};
+      for (const ModelInput& batch : l.batches.batches) s.hidden.append(merged_->embed(batch));
+      tasks.push_back(std::move(s));
     }
-    return streams;
+    return tasks;
   }
 
-  // The Grams of candidate t's block l on stream t, one per site (in kBlockSites order).
-  std::vector<Tensor> measure_block(const ClipBlockWeights& block, int64_t l, TaskState& stream) const {
-    std::vector<GramAccumulator> grams;
-    for (SiteRole site : kBlockSites)
-      grams.emplace_back(site == SiteRole::MlpOutput ? config_.intermediate_size : config_.hidden_size);
-    const SiteTap tap = [&](const SiteInput& in) {
-      grams[static_cast<size_t>(in.role)].add(in.data, in.rows, in.width);
-    };
-    for_each_batch(stream.hidden, batch_size_, /*write_back=*/false,
-                   [&](Stream& batch) { run_clip_block(config_, block, l, batch, tap); });
+  // The Grams of one block (its sites, in table order) of candidate t on task t's stream.
+  std::vector<Tensor> measure_block(const BlockWeights& block, int64_t l, TaskState& task) const {
+    GramCollector grams(merged_->linear_sites(l));
+    for_each_batch(task.hidden, /*write_back=*/false,
+                   [&](Stream& batch) { merged_->run_block(l, block, batch, grams.tap()); });
     std::vector<Tensor> means;
-    for (const auto& g : grams) means.push_back(g.mean());
+    for (auto& [name, gram] : grams.means()) means.push_back(std::move(gram));
     return means;
   }
 
-  void merge_block(const MergeContext& ctx, int64_t l, std::vector<TaskState>& streams, StatisticsOutput& stats) {
-    const size_t tasks = readers_.size();
-    std::vector<ClipBlockWeights> blocks;
+  // A linear weight of candidate t as [out, in] F32 (a weight stored [in, out] transposed).
+  std::vector<float> candidate_weight(size_t t, const std::string& name, bool stored_transposed) const {
+    const Tensor w = readers_[t]->tensor(name).to(DType::F32);
+    if (!stored_transposed) return {w.data<float>().begin(), w.data<float>().end()};
+    return transposed(w.data<float>(), w.shape()[0], w.shape()[1]);
+  }
+
+  // Solves every weight of `sites` from per-task Grams (grams[t][site index]) into results_.
+  void solve_sites(const MergeContext& ctx, const std::vector<LinearSiteSpec>& sites,
+                   const std::vector<std::vector<Tensor>>& grams) {
+    for (size_t s = 0; s < sites.size(); ++s)
+      for (const std::string& name : sites[s].weights) {
+        const Shape shape = readers_.front()->info(name).shape;
+        const bool tr = sites[s].stored_transposed;
+        const int64_t out = shape[tr ? 1 : 0], in = shape[tr ? 0 : 1];
+        const std::vector<double> factors = factors_for(ctx, name);
+        std::vector<std::vector<float>> weights;
+        std::vector<RegMeanCandidate> candidates;
+        for (size_t t = 0; t < readers_.size(); ++t) weights.push_back(candidate_weight(t, name, tr));
+        for (size_t t = 0; t < readers_.size(); ++t)
+          candidates.push_back({weights[t], grams[t][s].data<float>(), factors[t]});
+        const RegMeanLinear solved =
+            regmean_linear(candidates, out, in, ctx.param("alpha", std::nullopt, name), name, ctx.audit);
+        if (ctx.audit) record_audit(name, solved, grams, s);
+        results_.insert_or_assign(name,
+                                  Tensor::from_f32(shape, tr ? transposed(solved.weight, out, in) : solved.weight));
+      }
+  }
+
+  void merge_block(const MergeContext& ctx, int64_t l, std::vector<TaskState>& tasks, StatisticsOutput& stats) {
+    const std::vector<LinearSiteSpec> sites = merged_->linear_sites(l);
     std::vector<std::vector<Tensor>> grams;  // [task][site]
-    for (size_t t = 0; t < tasks; ++t) {
-      blocks.push_back(load_clip_block(*readers_[t], config_, l));
-      grams.push_back(measure_block(blocks.back(), l, streams[t]));
-    }
-    ClipBlockWeights& merged = merged_->mutable_weights().layers[static_cast<size_t>(l)];
-    const auto table = clip_block_parameters(config_, merged, l);
-    std::vector<std::vector<ClipParameter>> candidate_tables;
-    for (auto& b : blocks) candidate_tables.push_back(clip_block_parameters(config_, b, l));
-    for (size_t i = 0; i < table.size(); ++i) {
-      const ClipParameter& p = table[i];
-      const size_t numel = static_cast<size_t>(shape_numel(p.shape));
-      const std::vector<double> factors = factors_for(ctx, p.name);
-      const auto site = site_of(p.name, l);
-      if (!site) {  // biases and LayerNorms
-        std::vector<std::span<const float>> inputs;
-        for (const auto& ct : candidate_tables) inputs.push_back({ct[i].data, numel});
-        weighted_average(inputs, factors, {p.data, numel});
-        continue;
-      }
-      std::vector<RegMeanCandidate> candidates;
-      for (size_t t = 0; t < tasks; ++t)
-        candidates.push_back(
-            {{candidate_tables[t][i].data, numel}, grams[t][static_cast<size_t>(*site)].data<float>(), factors[t]});
-      const RegMeanLinear solved = regmean_linear(candidates, p.shape[0], p.shape[1],
-                                                  ctx.param("alpha", std::nullopt, p.name), p.name, ctx.audit);
-      std::copy(solved.weight.begin(), solved.weight.end(), p.data);
-      if (ctx.audit) record_audit(p.name, solved, grams, static_cast<size_t>(*site));
-    }
-    for (SiteRole site : kBlockSites) {
-      std::vector<Tensor> per_task;
-      for (size_t t = 0; t < tasks; ++t) per_task.push_back(grams[t][static_cast<size_t>(site)]);
-      stats.write(clip_gram_name(l, site), per_task, factors_for(ctx, linear_site_weights(l, site).front()));
-    }
-    for (auto& s : streams)
-      for_each_batch(s.hidden, batch_size_, /*write_back=*/true,
-                     [&](Stream& batch) { run_clip_block(config_, merged, l, batch); });
-  }
-
-  // Which linear site a block tensor's weight belongs to (nullopt for biases, LayerNorms).
-  static std::optional<SiteRole> site_of(const std::string& name, int64_t l) {
-    for (SiteRole site : kBlockSites)
-      for (const auto& w : linear_site_weights(l, site))
-        if (w == name) return site;
-    return std::nullopt;
-  }
-
-  // The projection reads post_layernorm(CLS): candidate t's own post-LayerNorm of the
-  // merged stream, as inside the blocks.
-  void merge_projection(const MergeContext& ctx, std::vector<TaskState>& streams, StatisticsOutput& stats) {
-    ClipVisionWeights& w = merged_->mutable_weights();
-    const LayerNormParams merged_norm = w.post_layernorm;
-    const std::string name = "visual_projection.weight";
-    std::vector<Tensor> grams, projections;
-    for (size_t t = 0; t < readers_.size(); ++t) {
-      for (auto [field, suffix] : {std::pair{&w.post_layernorm.weight, ".weight"}, {&w.post_layernorm.bias, ".bias"}}) {
-        const Tensor v = readers_[t]->tensor(std::string("vision_model.post_layernorm") + suffix).to(DType::F32);
-        field->assign(v.data<float>().begin(), v.data<float>().end());
-      }
-      GramAccumulator gram(config_.hidden_size);
-      const SiteTap tap = [&](const SiteInput& in) {
-        if (in.role == SiteRole::Head) gram.add(in.data, in.rows, in.width);
-      };
-      for_each_batch(streams[t].hidden, batch_size_, false, [&](Stream& batch) { merged_->pool(batch, tap); });
-      grams.push_back(gram.mean());
-      projections.push_back(readers_[t]->tensor(name).to(DType::F32));
-    }
-    w.post_layernorm = merged_norm;
-    const std::vector<double> factors = factors_for(ctx, name);
-    std::vector<RegMeanCandidate> candidates;
     for (size_t t = 0; t < readers_.size(); ++t)
-      candidates.push_back({projections[t].data<float>(), grams[t].data<float>(), factors[t]});
-    const RegMeanLinear solved = regmean_linear(candidates, config_.projection_dim, config_.hidden_size,
-                                                ctx.param("alpha", std::nullopt, name), name, ctx.audit);
-    std::copy(solved.weight.begin(), solved.weight.end(), w.visual_projection->data.begin());
-    if (ctx.audit) {
-      std::vector<std::vector<Tensor>> per_task;
-      for (auto& g : grams) per_task.push_back({g});
-      record_audit(name, solved, per_task, 0);
+      grams.push_back(measure_block(*merged_->read_block(*readers_[t], l), l, tasks[t]));
+    solve_sites(ctx, sites, grams);
+    for (size_t s = 0; s < sites.size(); ++s) {
+      std::vector<const Tensor*> per_task;
+      for (const auto& g : grams) per_task.push_back(&g[s]);
+      stats.write(sites[s].gram, per_task, factors_for(ctx, sites[s].weights.front()));
     }
-    stats.write(clip_gram_name(-1, SiteRole::Head), grams, factors);
+    // The block's other tensors (biases, norms) averaged; then the merged block, written
+    // and read back as the family reads a block, runs on every task's stream.
+    std::set<std::string> solved;
+    for (const auto& site : sites) solved.insert(site.weights.begin(), site.weights.end());
+    std::vector<std::pair<std::string, Tensor>> block;
+    for (const std::string& name : merged_->block_tensor_names(l)) {
+      if (!solved.contains(name)) results_.insert_or_assign(name, average_tensor(ctx, name));
+      block.emplace_back(name, results_.at(name));
+    }
+    const fs::path file = scratch_ / "block.safetensors";
+    save_safetensors(file, block);
+    {
+      const CheckpointReader reader(file);
+      const auto merged_block = merged_->read_block(reader, l);
+      for (auto& task : tasks)
+        for_each_batch(task.hidden, /*write_back=*/true,
+                       [&](Stream& batch) { merged_->run_block(l, *merged_block, batch); });
+    }
+    fs::remove(file);
+  }
+
+  // Sites after the blocks (CLIP's projection) read each candidate's own head input: its own
+  // post-LayerNorm of the merged stream, as the blocks' sites read its own blocks.
+  void merge_head(const MergeContext& ctx, std::vector<TaskState>& tasks, StatisticsOutput& stats) {
+    const std::vector<LinearSiteSpec> sites = merged_->linear_sites(-1);
+    std::vector<std::vector<Tensor>> grams;
+    for (size_t t = 0; t < readers_.size(); ++t) {
+      const std::unique_ptr<Model> own = open_model(ctx.candidates[t]);
+      GramCollector collector(sites);
+      for_each_batch(tasks[t].hidden, false, [&](Stream& batch) { (void)own->head(batch, collector.tap()); });
+      grams.emplace_back();
+      for (auto& [name, gram] : collector.means()) grams.back().push_back(std::move(gram));
+    }
+    solve_sites(ctx, sites, grams);
+    for (size_t s = 0; s < sites.size(); ++s) {
+      std::vector<const Tensor*> per_task;
+      for (const auto& g : grams) per_task.push_back(&g[s]);
+      stats.write(sites[s].gram, per_task, factors_for(ctx, sites[s].weights.front()));
+    }
   }
 
   // A solved layer's audit fields, handed to the engine's report in merge(). With candidates'
@@ -407,10 +462,9 @@ class RegMeanPlusPlus final : public MergeMethod {
   std::vector<std::unique_ptr<CheckpointReader>> readers_;
   std::vector<std::unique_ptr<StatisticsFile>> own_stats_;  // optional, for the audit's input shift
   std::map<std::string, nlohmann::json> audits_;
-  ClipVisionConfig config_;
-  std::unique_ptr<ClipVisionModel> merged_;
-  int64_t batch_size_ = 32;
-  std::map<std::string, ClipParameter> results_;
+  fs::path scratch_;               // the merged model's checkpoint, in the staging directory
+  std::unique_ptr<Model> merged_;  // opened on it
+  std::map<std::string, Tensor> results_;
 };
 
 AMALGAM_REGISTER_METHOD(RegMeanPlusPlus);

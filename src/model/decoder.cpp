@@ -415,6 +415,13 @@ void DecoderModel::load_block(const CheckpointReader& r, int64_t layer, DecoderB
   linear(l.down, c.mlp_bias, b.down);
 }
 
+std::vector<std::string> DecoderModel::block_tensor_names(int64_t layer) const {
+  std::vector<std::string> names;
+  for (const auto& [name, shape] : block_tensors(config_, [&](const std::string& m) { return block_name(layer, m); }))
+    names.push_back(name);
+  return names;
+}
+
 std::vector<LinearSiteSpec> DecoderModel::linear_sites(int64_t layer) const {
   const auto& c = config_;
   const auto& l = c.layout;

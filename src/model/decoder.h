@@ -138,6 +138,7 @@ class DecoderModel final : public Model {
   // (GPT-2's Conv1D weights are stored [in, out]).
   // With layer -1: none (lm_head is not merged by its input statistics).
   std::vector<LinearSiteSpec> linear_sites(int64_t layer) const override;
+  std::vector<std::string> block_tensor_names(int64_t layer) const override;
 
   // The family interface (model/model.h). head() is logits().
   std::string model_type() const override { return config_.model_type; }

@@ -74,6 +74,9 @@ class Model {
   virtual std::vector<LinearSiteSpec> linear_sites(int64_t layer) const = 0;
   // Every site, blocks first.
   std::vector<LinearSiteSpec> all_linear_sites() const;
+  // The checkpoint names of block `layer`'s tensors (everything read_block reads); a
+  // checkpoint's other tensors come before or after the blocks.
+  virtual std::vector<std::string> block_tensor_names(int64_t layer) const = 0;
 
   // A stream for one batch (the vision families take pixels, the language families ids;
   // the other kind is an std::invalid_argument).

@@ -533,6 +533,13 @@ std::vector<LinearSiteSpec> ClipVisionModel::linear_sites(int64_t layer) const {
   return sites;
 }
 
+std::vector<std::string> ClipVisionModel::block_tensor_names(int64_t layer) const {
+  ClipBlockWeights shapes;
+  std::vector<std::string> names;
+  for (const auto& p : clip_block_parameters(config_, shapes, layer)) names.push_back(p.name);
+  return names;
+}
+
 std::unique_ptr<BlockWeights> ClipVisionModel::read_block(int64_t layer) const {
   return std::make_unique<ClipBlockWeights>(weights_.layers.at(static_cast<size_t>(layer)));
 }

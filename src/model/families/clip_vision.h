@@ -132,6 +132,7 @@ class ClipVisionModel final : public Model {
     return ImageInput{config_.num_channels, config_.image_size};
   }
   std::vector<LinearSiteSpec> linear_sites(int64_t layer) const override;
+  std::vector<std::string> block_tensor_names(int64_t layer) const override;
   Stream embed(const ModelInput& batch) const override { return embed(batch.pixels, batch.images); }
   std::unique_ptr<BlockWeights> read_block(int64_t layer) const override;
   std::unique_ptr<BlockWeights> read_block(const CheckpointReader& checkpoint, int64_t layer) const override;
