@@ -357,9 +357,8 @@ TEST(ConfigErrors, UnsupportedMergekitKeys) {
                      "not supported: amalgam copies the base model's tokenizer files");
   EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a+b+c]\n",
                      "models[0]: 'a+b+c': one '+' joins a base and its LoRA adapter, this has more");
-  EXPECT_PARSE_ERROR("merge_method: linear\nbase_model: x+y\nmodels: [a]\n",
-                     "base_model: 'x+y': a LoRA adapter on the base model (mergekit's base+lora syntax) is not "
-                     "supported; on a model it is");
+  EXPECT_PARSE_ERROR("merge_method: linear\nbase_model: x+y+z\nmodels: [a]\n",
+                     "base_model: 'x+y+z': one '+' joins a base and its LoRA adapter, this has more");
 }
 
 TEST(ConfigMergekit, ModelPlusAdapterNamesABaseAndItsLoraAdapter) {
@@ -371,6 +370,9 @@ TEST(ConfigMergekit, ModelPlusAdapterNamesABaseAndItsLoraAdapter) {
   EXPECT_EQ(*c.models[1].adapter, fs::path("adapters/x"));
   EXPECT_FALSE(c.models[2].adapter);
   EXPECT_EQ(c.models[0].model, "a+lora");  // as written, for messages
+  const MergeConfig b = parse("merge_method: task_arithmetic\nbase_model: base+lora\nmodels: [a]\n");
+  EXPECT_EQ(*b.base_path, fs::path("base"));
+  EXPECT_EQ(*b.base_adapter, fs::path("lora"));
 }
 
 TEST(ConfigMergekit, ChatTemplateIsAutoANameOrJinja) {

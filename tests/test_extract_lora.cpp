@@ -220,6 +220,35 @@ TEST(ExtractLora, BasePlusAdapterMergesAsTheAdapterAppliedToItsBase) {
   EXPECT_FALSE(fs::exists(p.dir.path() / "never"));
 }
 
+// The base may carry an adapter too: task arithmetic from base' = BASE+ADAPTER at weight 0.5
+// is base' + 0.5 (ft - base').
+TEST(ExtractLora, BaseModelPlusAdapterIsTheTaskVectorsOrigin) {
+  Pair p;
+  make_pair(p);
+  ASSERT_EQ(extract(p, "--rank 2").code, 0);
+  const fs::path adapter = p.dir.path() / "adapter";
+  write_bytes(p.dir.path() / "t.yaml",
+              "merge_method: task_arithmetic\ndtype: float32\nbase_model: " + (p.dir.path() / "base").string() + "+" +
+                  adapter.string() + "\nmodels:\n  - model: " + (p.dir.path() / "ft").string() +
+                  "\n    parameters: {weight: 0.5}\n");
+  const auto r =
+      run_amalgam("merge " + (p.dir.path() / "t.yaml").string() + " -o " + (p.dir.path() / "out").string() + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const CheckpointReader merged(p.dir.path() / "out"), a(adapter / "adapter_model.safetensors");
+  const auto A = values(a, "base_model.model." + kQ + ".lora_A.weight");
+  const auto B = values(a, "base_model.model." + kQ + ".lora_B.weight");
+  const auto got = values(merged, kQ + ".weight");
+  const auto &w_base = p.base.at(kQ + ".weight"), &w_ft = p.finetune.at(kQ + ".weight");
+  double err = 0;
+  for (size_t r_ = 0; r_ < 32; ++r_)
+    for (size_t c = 0; c < 32; ++c) {
+      double base = w_base[r_ * 32 + c];
+      for (size_t k = 0; k < 2; ++k) base += B[r_ * 2 + k] * A[k * 32 + c];
+      err = std::max(err, std::abs(base + 0.5 * (w_ft[r_ * 32 + c] - base) - got[r_ * 32 + c]));
+    }
+  EXPECT_LT(err, 1e-5);
+}
+
 TEST(ExtractLora, AMismatchedBaseIsAnInputErrorNamingTheTensor) {
   Pair p;
   make_pair(p);

@@ -29,8 +29,8 @@ struct LoraConfig {
   // PEFT's pattern keys match a module by its whole name or a dotted suffix of it.
   static std::optional<double> lookup(const std::map<std::string, double>& patterns, const std::string& module) {
     for (const auto& [key, value] : patterns)
-      if (module == key || (module.size() > key.size() && module.ends_with(key) &&
-                            module[module.size() - key.size() - 1] == '.'))
+      if (module == key ||
+          (module.size() > key.size() && module.ends_with(key) && module[module.size() - key.size() - 1] == '.'))
         return value;
     return std::nullopt;
   }
@@ -201,17 +201,18 @@ void apply_lora(const fs::path& base_path, const fs::path& adapter_dir, const fs
 namespace {
 
 // ".OUTPUT.lora-i" beside the output.
-fs::path scratch_target(const fs::path& output, size_t index) {
+fs::path scratch_target(const fs::path& output, const std::string& tag) {
   const fs::path parent = output.has_parent_path() ? output.parent_path() : fs::path(".");
   std::string name(1, '.');  // appended piecewise: GCC 12 warns falsely on "." + string
-  name.append(output.filename().string()).append(".lora-").append(std::to_string(index));
+  name.append(output.filename().string()).append(".lora-").append(tag);
   return parent / name;
 }
 
 }  // namespace
 
-AppliedAdapter::AppliedAdapter(const fs::path& base, const fs::path& adapter, const fs::path& output, size_t index)
-    : scratch_(scratch_target(output, index), /*force=*/false) {
+AppliedAdapter::AppliedAdapter(const fs::path& base, const fs::path& adapter, const fs::path& output,
+                               const std::string& tag)
+    : scratch_(scratch_target(output, tag), /*force=*/false) {
   apply_lora(base, adapter, scratch_.staging());
 }
 

@@ -29,8 +29,9 @@ void apply_lora(const std::filesystem::path& base, const std::filesystem::path& 
 // by the next one).
 class AppliedAdapter {
  public:
+  // `tag` tells a run's applied models apart ("base", "0", ...).
   AppliedAdapter(const std::filesystem::path& base, const std::filesystem::path& adapter,
-                 const std::filesystem::path& output, size_t index);
+                 const std::filesystem::path& output, const std::string& tag);
   const std::filesystem::path& path() const { return scratch_.staging(); }
 
  private:

@@ -120,7 +120,9 @@ class ConfigParser : YamlConfigReader {
  private:
   void parse_top_key(MergeConfig& c, const std::string& key, const YAML::Node& v) const;
   std::string parse_string(const YAML::Node& n, const std::string& path) const;
-  std::string parse_model_name(const YAML::Node& n, const std::string& path, bool adapter_allowed) const;
+  std::string parse_model_name(const YAML::Node& n, const std::string& path) const;
+  std::filesystem::path resolve_model(const std::string& given, const std::string& path,
+                                      std::optional<std::filesystem::path>& adapter) const;
   fs::path parse_path(const YAML::Node& n, const std::string& path) const;
   std::vector<ModelEntry> parse_models(const YAML::Node& n) const;
   ModelEntry parse_model(const YAML::Node& n, const std::string& path) const;
@@ -169,8 +171,8 @@ void ConfigParser::parse_top_key(MergeConfig& c, const std::string& key, const Y
   } else if (v.IsNull()) {
     return;
   } else if (key == "base_model") {
-    c.base_model = parse_model_name(v, key, /*adapter_allowed=*/false);
-    c.base_path = resolve_path(*c.base_model, source_);
+    c.base_model = parse_model_name(v, key);
+    c.base_path = resolve_model(*c.base_model, key, c.base_adapter);
   } else if (key == "parameters") {
     c.parameters = parse_params(v, key);
   } else if (key == "dtype" || key == "out_dtype") {
@@ -192,17 +194,24 @@ std::string ConfigParser::parse_string(const YAML::Node& n, const std::string& p
   return n.Scalar();
 }
 
-// mergekit reads "model+lora" as a model with a LoRA adapter applied: a model entry takes it
-// (parse_model splits it); on the base it is refused, since treating the string as a plain
-// path would merge the wrong weights.
-std::string ConfigParser::parse_model_name(const YAML::Node& n, const std::string& path, bool adapter_allowed) const {
+std::string ConfigParser::parse_model_name(const YAML::Node& n, const std::string& path) const {
   std::string name = parse_string(n, path);
   if (name.empty()) fail(path, "must not be empty");
-  if (!adapter_allowed && name.find('+') != std::string::npos)
-    fail(path, "'" + name +
-                   "': a LoRA adapter on the base model (mergekit's base+lora syntax) is not supported; "
-                   "on a model it is");
   return name;
+}
+
+// mergekit's "BASE+ADAPTER": a PEFT LoRA adapter applied to its base (a path that exists as
+// written, '+' and all, is a path). Returns the checkpoint's path, and sets `adapter`.
+fs::path ConfigParser::resolve_model(const std::string& given, const std::string& path,
+                                     std::optional<fs::path>& adapter) const {
+  fs::path resolved = resolve_path(given, source_);
+  std::error_code ec;
+  const size_t plus = given.find('+');
+  if (plus == std::string::npos || fs::exists(resolved, ec)) return resolved;
+  if (given.find('+', plus + 1) != std::string::npos)
+    fail(path, "'" + given + "': one '+' joins a base and its LoRA adapter, this has more");
+  adapter = resolve_path(given.substr(plus + 1), source_);
+  return resolve_path(given.substr(0, plus), source_);
 }
 
 fs::path ConfigParser::parse_path(const YAML::Node& n, const std::string& path) const {
@@ -222,11 +231,11 @@ std::vector<ModelEntry> ConfigParser::parse_models(const YAML::Node& n) const {
 ModelEntry ConfigParser::parse_model(const YAML::Node& n, const std::string& path) const {
   ModelEntry m;
   if (n.IsScalar()) {
-    m.model = parse_model_name(n, path, true);
+    m.model = parse_model_name(n, path);
   } else if (n.IsMap()) {
     for_each_entry(n, path, [&](const std::string& key, const YAML::Node& v) {
       if (key == "model") {
-        m.model = parse_model_name(v, key_path(path, key), true);
+        m.model = parse_model_name(v, key_path(path, key));
       } else if (key != "parameters" && key != "data" && key != "stats") {
         fail(path, "unknown key '" + key + "'");
       } else if (v.IsNull()) {
@@ -245,16 +254,7 @@ ModelEntry ConfigParser::parse_model(const YAML::Node& n, const std::string& pat
   } else {
     fail(path, "expected a map with 'model', got " + describe(n));
   }
-  m.path = resolve_path(m.model, source_);
-  // mergekit's "BASE+ADAPTER": a PEFT LoRA adapter applied to its base, as one candidate (a
-  // path that exists as written, '+' and all, is a path).
-  std::error_code ec;
-  if (const size_t plus = m.model.find('+'); plus != std::string::npos && !fs::exists(m.path, ec)) {
-    if (m.model.find('+', plus + 1) != std::string::npos)
-      fail(path, "'" + m.model + "': one '+' joins a base and its LoRA adapter, this has more");
-    m.path = resolve_path(m.model.substr(0, plus), source_);
-    m.adapter = resolve_path(m.model.substr(plus + 1), source_);
-  }
+  m.path = resolve_model(m.model, path, m.adapter);
   return m;
 }
 

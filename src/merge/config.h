@@ -87,7 +87,8 @@ struct MergeConfig {
   std::filesystem::path source;  // the file it came from, for messages
   std::string merge_method;
   std::optional<std::string> base_model;
-  std::optional<std::filesystem::path> base_path;  // resolved like ModelEntry::path
+  std::optional<std::filesystem::path> base_path;     // resolved like ModelEntry::path
+  std::optional<std::filesystem::path> base_adapter;  // "BASE+ADAPTER", as for a model
   std::vector<ModelEntry> models;
   ParamMap parameters;
   std::optional<DType> dtype;

@@ -55,6 +55,8 @@ void check_config_paths_exist(const MergeConfig& config) {
                                               "directory, then beside the config)"));
   };
   if (config.base_path) check(*config.base_path, "base_model", config.base_model.value_or(""));
+  if (config.base_adapter)
+    check(*config.base_adapter, "base_model", config.base_model->substr(config.base_model->find('+') + 1));
   for (size_t i = 0; i < config.models.size(); ++i) {
     const ModelEntry& m = config.models[i];
     const std::string key = "models[" + std::to_string(i) + "]";
@@ -184,10 +186,11 @@ struct MergeInputs {
   const MergeConfig& config;
   const MergeOptions& options;
   std::unique_ptr<MergeMethod> method;
-  std::unique_ptr<CheckpointReader> base;
-  // BASE+ADAPTER candidates, applied beside the output for the run (before `candidates`,
-  // whose readers map them, so that they outlive them).
+  // BASE+ADAPTER models, applied beside the output for the run (before the readers that map
+  // them, so that they outlive them).
+  std::unique_ptr<AppliedAdapter> applied_base;
   std::map<size_t, std::unique_ptr<AppliedAdapter>> applied;
+  std::unique_ptr<CheckpointReader> base;
   Candidates candidates;
   const CheckpointReader* reference = nullptr;  // the base, or the first model without one
   std::map<std::string, int> stacks;
@@ -432,7 +435,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   } catch (const InputError& e) {
     throw InputError(config.source, std::string("merge_method: ") + e.what());
   }
-  MergeInputs in{config, options, std::move(method), nullptr, {}, {}, nullptr, {}, 0};
+  MergeInputs in{config, options, std::move(method), nullptr, {}, nullptr, {}, nullptr, {}, 0};
   const MethodSpec& spec = in.method->spec();
   check_parameter_names(config, spec);
   if (!spec.data_aware)
@@ -444,10 +447,15 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   if (spec.needs_base && !config.base_path)
     throw InputError(config.source, "base_model: " + spec.name + " needs a base model");
   check_config_paths_exist(config);
-  if (config.base_path) in.base = std::make_unique<CheckpointReader>(*config.base_path);
+  if (config.base_adapter) {
+    in.applied_base = std::make_unique<AppliedAdapter>(*config.base_path, *config.base_adapter, options.output, "base");
+    in.base = std::make_unique<CheckpointReader>(in.applied_base->path());
+  } else if (config.base_path) {
+    in.base = std::make_unique<CheckpointReader>(*config.base_path);
+  }
   for (size_t i = 0; i < config.models.size(); ++i)
     if (const auto& m = config.models[i]; m.adapter)
-      in.applied[i] = std::make_unique<AppliedAdapter>(m.path, *m.adapter, options.output, i);
+      in.applied[i] = std::make_unique<AppliedAdapter>(m.path, *m.adapter, options.output, std::to_string(i));
   in.candidates = open_candidates(config, spec, in.base.get(), in.applied);
   in.reference = in.base ? in.base.get() : in.candidates.readers.front().get();
   in.seed = options.seed.value_or(config.seed.value_or(0));
@@ -492,6 +500,10 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     if (m.stats) m.stats = fs::absolute(*m.stats, ec).lexically_normal();
   }
   if (resolved.base_path) resolved.base_model = fs::absolute(*resolved.base_path, ec).lexically_normal().string();
+  if (resolved.base_adapter) {
+    resolved.base_model->push_back('+');
+    resolved.base_model->append(fs::absolute(*resolved.base_adapter, ec).lexically_normal().string());
+  }
   const std::string config_yaml = merge_config_to_yaml(resolved);
   write_text_file(output.staging() / "amalgam_config.yaml", config_yaml);
   // The base's tokenizer and other files come along; its config.json is rewritten to say
