@@ -14,7 +14,9 @@
 // the base's value, an accident amalgam does not copy). The merged model lives in a scratch
 // checkpoint in the output's staging directory: the averaged tensors outside the blocks, so
 // that its embedding is the merged one, and each merged block, written as it is solved and
-// read back as the family reads any block. The whole merge happens in prepare(), holding the
+// read back as the family reads any block. The results merge() hands out are views of those
+// files (unlinked at the end of prepare(), mapped until the engine has written them), so
+// memory holds one block's results, never the model's. The whole merge happens in prepare(), holding the
 // candidates' current block, its Grams and every task's hidden states (in memory, or in a
 // scratch file past half of --max-memory); merge() hands out the result. The Grams it
 // measured are written to stats.safetensors (their weighted mean) for audit.
@@ -276,11 +278,15 @@ class RegMeanPlusPlus final : public MergeMethod {
         writer.write(spec.name, first.tensor(spec.name));
         continue;
       }
-      Tensor mean = average_tensor(ctx, spec.name);
-      writer.write(spec.name, mean);
-      results_.emplace(spec.name, std::move(mean));
+      writer.write(spec.name, average_tensor(ctx, spec.name));
     }
     writer.finish();
+    // The results are the file's tensors (mapped views, which keep the file mapped however
+    // long the engine needs them), not copies in memory.
+    const CheckpointReader written(scratch_ / "model.safetensors");
+    for (const auto& spec : plan)
+      if (spec.dtype == DType::F32 && !in_blocks.contains(spec.name) && is_floating(first.info(spec.name).dtype))
+        results_.insert_or_assign(spec.name, written.tensor(spec.name));
     for (const auto& f : first.auxiliary_files())
       if (f.filename() == "config.json") fs::copy_file(f, scratch_ / "config.json");
     merged_ = open_model(scratch_);
@@ -397,16 +403,16 @@ class RegMeanPlusPlus final : public MergeMethod {
       if (!solved.contains(name)) results_.insert_or_assign(name, average_tensor(ctx, name));
       block.emplace_back(name, results_.at(name));
     }
-    const fs::path file = scratch_ / "block.safetensors";
+    const fs::path file = scratch_ / ("block-" + std::to_string(l) + ".safetensors");
     save_safetensors(file, block);
-    {
-      const CheckpointReader reader(file);
-      const auto merged_block = merged_->read_block(reader, l);
-      for (auto& task : tasks)
-        for_each_batch(task.hidden, /*write_back=*/true,
-                       [&](Stream& batch) { merged_->run_block(l, *merged_block, batch); });
-    }
-    fs::remove(file);
+    block.clear();
+    const CheckpointReader reader(file);
+    const auto merged_block = merged_->read_block(reader, l);
+    for (auto& task : tasks)
+      for_each_batch(task.hidden, /*write_back=*/true,
+                     [&](Stream& batch) { merged_->run_block(l, *merged_block, batch); });
+    // From here on the block's results are the file's mapped tensors: memory holds one block.
+    for (const std::string& name : merged_->block_tensor_names(l)) results_.insert_or_assign(name, reader.tensor(name));
   }
 
   // Sites after the blocks (CLIP's projection) read each candidate's own head input: its own
