@@ -81,37 +81,44 @@ struct Change {
   std::string module;
 };
 
+// The low-rank factors PEFT stores per module: (suffix, an embedding's, lora_A rather than B).
+struct FactorName {
+  const char* suffix;
+  bool embedding, is_a;
+};
+constexpr FactorName kFactorNames[] = {{".lora_A.weight", false, true},
+                                       {".lora_B.weight", false, false},
+                                       {".lora_embedding_A", true, true},
+                                       {".lora_embedding_B", true, false}};
+
+// Files one adapter tensor under the base tensor it changes.
+void add_change(std::map<std::string, Change>& changes, const SafetensorsReader& adapter, const std::string& full) {
+  if (!full.starts_with(kPrefix))
+    throw InputError(adapter.path(), full, "not a PEFT adapter tensor (names start with 'base_model.model.')");
+  const std::string name = full.substr(kPrefix.size());
+  auto module_of = [&](std::string_view suffix) { return name.substr(0, name.size() - suffix.size()); };
+  for (const FactorName& f : kFactorNames)
+    if (name.ends_with(f.suffix)) {
+      Change& c = changes[module_of(f.suffix) + ".weight"];
+      c.module = module_of(f.suffix);
+      c.embedding = f.embedding;
+      (f.is_a ? c.a : c.b) = full;
+      return;
+    }
+  if (name.ends_with(".lora_B.bias")) {
+    Change& c = changes[module_of(".lora_B.bias") + ".bias"];
+    c.module = module_of(".lora_B.bias");
+    c.bias = full;
+    return;
+  }
+  if (name.find(".lora_") != std::string::npos)
+    throw InputError(adapter.path(), full, "a LoRA tensor amalgam does not apply (DoRA's magnitude, ...)");
+  changes[name].saved = full;  // modules_to_save
+}
+
 std::map<std::string, Change> read_changes(const SafetensorsReader& adapter) {
   std::map<std::string, Change> changes;  // base tensor name -> change
-  for (const auto& info : adapter.tensors()) {
-    const std::string& full = info.name;
-    if (!full.starts_with(kPrefix))
-      throw InputError(adapter.path(), full, "not a PEFT adapter tensor (names start with 'base_model.model.')");
-    const std::string name = full.substr(kPrefix.size());
-    auto module_of = [&](const std::string& suffix) { return name.substr(0, name.size() - suffix.size()); };
-    for (const auto& [suffix, embedding, is_a] :
-         std::vector<std::tuple<std::string, bool, bool>>{{".lora_A.weight", false, true},
-                                                          {".lora_B.weight", false, false},
-                                                          {".lora_embedding_A", true, true},
-                                                          {".lora_embedding_B", true, false}})
-      if (name.ends_with(suffix)) {
-        Change& c = changes[module_of(suffix) + ".weight"];
-        c.module = module_of(suffix);
-        c.embedding = embedding;
-        (is_a ? c.a : c.b) = full;
-        goto next;
-      }
-    if (name.ends_with(".lora_B.bias")) {
-      Change& c = changes[module_of(".lora_B.bias") + ".bias"];
-      c.module = module_of(".lora_B.bias");
-      c.bias = full;
-      continue;
-    }
-    if (name.find(".lora_") != std::string::npos)
-      throw InputError(adapter.path(), full, "a LoRA tensor amalgam does not apply (DoRA's magnitude, ...)");
-    changes[name].saved = full;  // modules_to_save
-  next:;
-  }
+  for (const auto& info : adapter.tensors()) add_change(changes, adapter, info.name);
   return changes;
 }
 
