@@ -4,7 +4,6 @@
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <set>
 
 #include "core/error.h"
@@ -16,6 +15,7 @@
 #include "io/safetensors.h"
 #include "linalg/linalg.h"
 #include "model/decoder.h"
+#include "text/regex.h"
 
 namespace amalgam {
 
@@ -43,18 +43,16 @@ bool is_embedding(const std::string& module) {
   return last.find("embed") != std::string::npos || last == "wte" || last == "wpe" || last == "lm_head";
 }
 
-std::vector<std::regex> compile(const std::vector<std::string>& patterns, const char* option) {
-  std::vector<std::regex> out;
-  for (const auto& p : patterns) try {
-      out.emplace_back(p);
-    } catch (const std::regex_error& e) {
-      throw InputError(std::string(option) + ": '" + p + "' is not a regular expression: " + e.what());
-    }
+// Python's re.search on a module name, as mergekit matches its -i/-e options: PCRE2 reads
+// the same syntax.
+std::vector<text::Regex> compile(const std::vector<std::string>& patterns, const char* option) {
+  std::vector<text::Regex> out;
+  for (const auto& p : patterns) out.emplace_back(p, std::string(option) + " '" + p + "'");
   return out;
 }
 
-bool matches_any(const std::string& name, const std::vector<std::regex>& patterns) {
-  return std::any_of(patterns.begin(), patterns.end(), [&](const std::regex& r) { return std::regex_search(name, r); });
+bool matches_any(const std::string& name, const std::vector<text::Regex>& patterns) {
+  return std::any_of(patterns.begin(), patterns.end(), [&](const text::Regex& r) { return !r.find_all(name).empty(); });
 }
 
 // The modules of the fine-tune in its tensor order, each with its plan (see extract.h).
