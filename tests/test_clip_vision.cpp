@@ -183,9 +183,7 @@ const char* site_name(SiteRole s) {
   return "?";
 }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
+using testing::same_bits;
 
 // The tensor names of a Hugging Face CLIPVisionModel(WithProjection) state dict.
 std::set<std::string> expected_names(int64_t layers, bool projection) {

@@ -82,6 +82,18 @@ std::vector<double> values(const CheckpointReader& r, const std::string& name) {
   return {t.data<float>().begin(), t.data<float>().end()};
 }
 
+// q_proj [32, 32] with a LoRA update applied, in double: W_base + scale B A, from the
+// adapter's lora_A [rank, 32] and lora_B [32, rank].
+std::vector<double> q_with_update(const Pair& p, const std::vector<double>& A, const std::vector<double>& B,
+                                  double scale) {
+  const size_t rank = A.size() / 32;
+  std::vector<double> w = p.base.at(kQ + ".weight");
+  for (size_t r = 0; r < 32; ++r)
+    for (size_t c = 0; c < 32; ++c)
+      for (size_t k = 0; k < rank; ++k) w[r * 32 + c] += scale * B[r * rank + k] * A[k * 32 + c];
+  return w;
+}
+
 CliResult extract(const Pair& p, const std::string& args, const std::string& out = "adapter") {
   return run_amalgam("extract-lora " + (p.dir.path() / "ft").string() + " --base " + (p.dir.path() / "base").string() +
                      " -o " + (p.dir.path() / out).string() + " -q " + args);
@@ -101,15 +113,10 @@ TEST(ExtractLora, PeftLayoutAndTheDiscardedSingularValues) {
   for (double x : values(a, pre + ".lora_B.bias")) EXPECT_NEAR(x, 0.1, 1e-6);
   // Applied back: W_base + B A; its error is the discarded singular values 1, 0.5, 0.25.
   const auto A = values(a, pre + ".lora_A.weight"), B = values(a, pre + ".lora_B.weight");
-  const auto& w_base = p.base.at(kQ + ".weight");
+  const auto applied = q_with_update(p, A, B, 1.0);
   const auto& w_ft = p.finetune.at(kQ + ".weight");
   double err2 = 0;
-  for (size_t r_ = 0; r_ < 32; ++r_)
-    for (size_t c = 0; c < 32; ++c) {
-      double w = w_base[r_ * 32 + c];
-      for (size_t k = 0; k < 3; ++k) w += B[r_ * 3 + k] * A[k * 32 + c];
-      err2 += (w - w_ft[r_ * 32 + c]) * (w - w_ft[r_ * 32 + c]);
-    }
+  for (size_t k = 0; k < applied.size(); ++k) err2 += (applied[k] - w_ft[k]) * (applied[k] - w_ft[k]);
   EXPECT_NEAR(std::sqrt(err2), std::sqrt(1 + 0.25 + 0.0625), 1e-4);
   // Scale distributed: A A^T = B^T B = diag(8, 4, 2).
   for (size_t i = 0; i < 3; ++i) {
@@ -188,15 +195,9 @@ TEST(ExtractLora, BasePlusAdapterMergesAsTheAdapterAppliedToItsBase) {
     const CheckpointReader merged(out), a(adapter / "adapter_model.safetensors"), ft(p.dir.path() / "ft");
     const auto A = values(a, "base_model.model." + kQ + ".lora_A.weight");
     const auto B = values(a, "base_model.model." + kQ + ".lora_B.weight");
-    const auto got = values(merged, kQ + ".weight");
-    const auto& w_base = p.base.at(kQ + ".weight");
+    const auto got = values(merged, kQ + ".weight"), want = q_with_update(p, A, B, scale);
     double err = 0;
-    for (size_t r_ = 0; r_ < 32; ++r_)
-      for (size_t c = 0; c < 32; ++c) {
-        double w = w_base[r_ * 32 + c];
-        for (size_t k = 0; k < 3; ++k) w += scale * B[r_ * 3 + k] * A[k * 32 + c];
-        err = std::max(err, std::abs(w - got[r_ * 32 + c]));
-      }
+    for (size_t k = 0; k < want.size(); ++k) err = std::max(err, std::abs(want[k] - got[k]));
     EXPECT_LT(err, 1e-5) << name;
     const auto bias = values(merged, kQ + ".bias"), base_bias = p.base.at(kQ + ".bias");
     for (size_t i = 0; i < bias.size(); ++i) EXPECT_NEAR(bias[i], base_bias[i] + scale * 0.1, 1e-6) << name;
@@ -237,15 +238,10 @@ TEST(ExtractLora, BaseModelPlusAdapterIsTheTaskVectorsOrigin) {
   const CheckpointReader merged(p.dir.path() / "out"), a(adapter / "adapter_model.safetensors");
   const auto A = values(a, "base_model.model." + kQ + ".lora_A.weight");
   const auto B = values(a, "base_model.model." + kQ + ".lora_B.weight");
-  const auto got = values(merged, kQ + ".weight");
-  const auto &w_base = p.base.at(kQ + ".weight"), &w_ft = p.finetune.at(kQ + ".weight");
+  const auto got = values(merged, kQ + ".weight"), base = q_with_update(p, A, B, 1.0);
+  const auto& w_ft = p.finetune.at(kQ + ".weight");
   double err = 0;
-  for (size_t r_ = 0; r_ < 32; ++r_)
-    for (size_t c = 0; c < 32; ++c) {
-      double base = w_base[r_ * 32 + c];
-      for (size_t k = 0; k < 2; ++k) base += B[r_ * 2 + k] * A[k * 32 + c];
-      err = std::max(err, std::abs(base + 0.5 * (w_ft[r_ * 32 + c] - base) - got[r_ * 32 + c]));
-    }
+  for (size_t k = 0; k < base.size(); ++k) err = std::max(err, std::abs(base[k] + 0.5 * (w_ft[k] - base[k]) - got[k]));
   EXPECT_LT(err, 1e-5);
 }
 

@@ -265,19 +265,7 @@ MergeOptions quiet_options(const fs::path& out) {
   return o;
 }
 
-// The message of the InputError `fn` throws; a test failure for no error or another kind.
-std::string input_error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected an InputError, got: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected an InputError, got success";
-  return {};
-}
+using testing::input_error_of;
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;

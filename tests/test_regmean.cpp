@@ -45,28 +45,7 @@ using Doubles = std::vector<double>;
 // ---------------------------------------------------------------------------------------
 // Independent references
 
-// Solves A X = B ([n, n] and [n, m], row-major) by Gaussian elimination with partial pivoting.
-Doubles gauss_solve(Doubles a, Doubles b, int64_t n, int64_t m) {
-  for (int64_t c = 0; c < n; ++c) {
-    int64_t p = c;
-    for (int64_t r = c + 1; r < n; ++r)
-      if (std::abs(a[r * n + c]) > std::abs(a[p * n + c])) p = r;
-    for (int64_t j = 0; j < n; ++j) std::swap(a[c * n + j], a[p * n + j]);
-    for (int64_t j = 0; j < m; ++j) std::swap(b[c * m + j], b[p * m + j]);
-    for (int64_t r = c + 1; r < n; ++r) {
-      const double f = a[r * n + c] / a[c * n + c];
-      for (int64_t j = c; j < n; ++j) a[r * n + j] -= f * a[c * n + j];
-      for (int64_t j = 0; j < m; ++j) b[r * m + j] -= f * b[c * m + j];
-    }
-  }
-  for (int64_t c = n - 1; c >= 0; --c)
-    for (int64_t j = 0; j < m; ++j) {
-      double s = b[c * m + j];
-      for (int64_t k = c + 1; k < n; ++k) s -= a[c * n + k] * b[k * m + j];
-      b[c * m + j] = s / a[c * n + c];
-    }
-  return b;
-}
+using testing::gauss_solve;
 
 // G = X^T X / rows for X [rows, d].
 Doubles gram_of(const Doubles& x, int64_t d) {

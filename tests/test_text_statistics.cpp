@@ -157,26 +157,6 @@ TEST(TextStatistics, RegMeanMeasuresJsonlDataAsAmalgamStatsDoes) {
   EXPECT_GT(off_average, 1e-3);
 }
 
-// x = A^-1 B in double (Gauss-Jordan with partial pivoting); A [n, n], B [n, m].
-std::vector<double> solve(std::vector<double> a, std::vector<double> b, size_t n, size_t m) {
-  for (size_t col = 0; col < n; ++col) {
-    size_t pivot = col;
-    for (size_t r = col + 1; r < n; ++r)
-      if (std::abs(a[r * n + col]) > std::abs(a[pivot * n + col])) pivot = r;
-    for (size_t k = 0; k < n; ++k) std::swap(a[col * n + k], a[pivot * n + k]);
-    for (size_t k = 0; k < m; ++k) std::swap(b[col * m + k], b[pivot * m + k]);
-    for (size_t r = 0; r < n; ++r) {
-      if (r == col) continue;
-      const double f = a[r * n + col] / a[col * n + col];
-      for (size_t k = 0; k < n; ++k) a[r * n + k] -= f * a[col * n + k];
-      for (size_t k = 0; k < m; ++k) b[r * m + k] -= f * b[col * m + k];
-    }
-  }
-  for (size_t r = 0; r < n; ++r)
-    for (size_t k = 0; k < m; ++k) b[r * m + k] /= a[r * n + r];
-  return b;
-}
-
 // GPT-2 stores its linear weights [in, out] (Conv1D). RegMean on them, from `data:`, against
 // the closed form in double on the reference forward's own Grams: in the stored layout the
 // merge is S* = (sum_t G~_t)^-1 sum_t G~_t S_t, G~ = alpha G + (1 - alpha) diag(G). (Solved
@@ -223,7 +203,7 @@ TEST(TextStatistics, RegMeanSolvesGpt2Conv1dWeightsInTheirStoredLayout) {
             for (size_t o = 0; o < cols; ++o) rhs[i * cols + o] += g[i * in + j] * stored[j * cols + o];
           }
       }
-      const std::vector<double> want = solve(system, rhs, in, cols);
+      const std::vector<double> want = gauss_solve(system, rhs, static_cast<int64_t>(in), static_cast<int64_t>(cols));
       const auto got = out.tensor(name).to(DType::F32);
       ASSERT_EQ(got.shape(), (Shape{static_cast<int64_t>(in), static_cast<int64_t>(cols)})) << name;
       double err = 0, scale = 0;

@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -19,11 +21,60 @@
 #include <thread>
 #include <vector>
 
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+
+#include "core/error.h"
 #include "io/atomic_output.h"
 
 namespace amalgam::testing {
 
 namespace fs = std::filesystem;
+
+// Whether two float vectors hold the same bits (determinism tests, not closeness).
+inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Solves A X = B ([n, n] and [n, m], row-major) by Gaussian elimination with partial pivoting,
+// in double: the tests' independent reference for closed-form solves.
+inline std::vector<double> gauss_solve(std::vector<double> a, std::vector<double> b, int64_t n, int64_t m) {
+  for (int64_t c = 0; c < n; ++c) {
+    int64_t p = c;
+    for (int64_t r = c + 1; r < n; ++r)
+      if (std::abs(a[r * n + c]) > std::abs(a[p * n + c])) p = r;
+    for (int64_t j = 0; j < n; ++j) std::swap(a[c * n + j], a[p * n + j]);
+    for (int64_t j = 0; j < m; ++j) std::swap(b[c * m + j], b[p * m + j]);
+    for (int64_t r = c + 1; r < n; ++r) {
+      const double f = a[r * n + c] / a[c * n + c];
+      for (int64_t j = c; j < n; ++j) a[r * n + j] -= f * a[c * n + j];
+      for (int64_t j = 0; j < m; ++j) b[r * m + j] -= f * b[c * m + j];
+    }
+  }
+  for (int64_t c = n - 1; c >= 0; --c)
+    for (int64_t j = 0; j < m; ++j) {
+      double s = b[c * m + j];
+      for (int64_t k = c + 1; k < n; ++k) s -= a[c * n + k] * b[k * m + j];
+      b[c * m + j] = s / a[c * n + c];
+    }
+  return b;
+}
+
+// The message of the InputError `fn` throws; a test failure for no error or another kind.
+inline std::string input_error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected an InputError, got: " << e.what();
+    return {};
+  }
+  ADD_FAILURE() << "expected an InputError, got success";
+  return {};
+}
 
 // A fresh directory under $TMPDIR, removed with everything in it at the end of scope.
 class TempDir {

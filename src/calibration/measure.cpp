@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/interrupt.h"
 #include "core/progress.h"
+#include "data/preprocess.h"
 #include "io/safetensors.h"
 #include "linalg/linalg.h"
 
@@ -37,6 +38,33 @@ CalibrationBatches calibration_batches(const CalibrationTexts& texts, int64_t ba
   return out;
 }
 
+std::unique_ptr<Calibration> load_calibration(const Model& model, const std::filesystem::path& model_dir,
+                                              const std::vector<std::filesystem::path>& data,
+                                              const CalibrationOptions& image_options,
+                                              const TextCalibrationOptions& text_options) {
+  auto c = std::make_unique<Calibration>();
+  if (const auto image = model.image_input()) {
+    c->images = load_calibration_images(data, load_image_processor_config(model_dir), *image, image_options);
+    c->batches = calibration_batches(c->images, image_options.batch_size);
+  } else {
+    c->texts = load_calibration_texts(model_dir, data, text_options);
+    c->batches = calibration_batches(c->texts, text_options.batch_size);
+  }
+  return c;
+}
+
+std::vector<TensorSpec> statistics_plan(const Model& model, GramStatistics& header) {
+  std::vector<TensorSpec> plan;
+  for (const LinearSiteSpec& site : model.all_linear_sites()) {
+    plan.push_back({site.gram, DType::F32, {site.width, site.width}});
+    for (const auto& w : site.weights) {
+      header.weight_grams[w] = site.gram;
+      if (site.stored_transposed) header.transposed.insert(w);
+    }
+  }
+  return plan;
+}
+
 namespace {
 
 // Writes a block's (or the head's) Grams after checking that they are finite.
@@ -62,14 +90,7 @@ MeasuredStatistics write_statistics(const Model& model, const CalibrationBatches
   header.examples = data.examples;
   header.tasks = data.tasks;
   header.model = model_name;
-  std::vector<TensorSpec> plan;
-  for (const LinearSiteSpec& site : model.all_linear_sites()) {
-    plan.push_back({site.gram, DType::F32, {site.width, site.width}});
-    for (const auto& w : site.weights) {
-      header.weight_grams[w] = site.gram;
-      if (site.stored_transposed) header.transposed.insert(w);
-    }
-  }
+  const std::vector<TensorSpec> plan = statistics_plan(model, header);
   SafetensorsWriter writer(file, plan, statistics_metadata(header), WriteOrder::Plan);
 
   const int64_t layers = model.num_layers();

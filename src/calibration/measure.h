@@ -11,10 +11,12 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "calibration/images.h"
+#include "calibration/statistics_file.h"
 #include "calibration/texts.h"
 #include "model/model.h"
 
@@ -29,6 +31,24 @@ struct CalibrationBatches {
 };
 CalibrationBatches calibration_batches(const CalibrationImages& images, int64_t batch_size);
 CalibrationBatches calibration_batches(const CalibrationTexts& texts, int64_t batch_size);
+
+// A model's calibration data as it reads it: task directories of images for a vision model
+// (preprocessed as `model_dir`'s preprocessor_config.json says), JSONL texts for a language
+// model (tokenized by `model_dir`'s tokenizer), and the batches that view them (so it is
+// neither copied nor moved).
+struct Calibration {
+  CalibrationImages images;
+  CalibrationTexts texts;
+  CalibrationBatches batches;
+};
+std::unique_ptr<Calibration> load_calibration(const Model& model, const std::filesystem::path& model_dir,
+                                              const std::vector<std::filesystem::path>& data,
+                                              const CalibrationOptions& image_options,
+                                              const TextCalibrationOptions& text_options);
+
+// The plan of a statistics file for `model`'s sites (F32 [width, width] Grams in site order),
+// filling `header`'s weight-to-Gram map and the weights stored transposed.
+std::vector<TensorSpec> statistics_plan(const Model& model, GramStatistics& header);
 
 struct MeasuredStatistics {
   int64_t grams = 0;

@@ -26,24 +26,16 @@ struct StatsArgs {
 };
 
 // The model's calibration examples: image task directories for a vision model, JSONL text
-// files for a language model. `images`/`texts` keep what the batches view.
-CalibrationBatches load_calibration(const StatsArgs& a, const Model& model, CalibrationImages& images,
-                                    CalibrationTexts& texts) {
-  const std::vector<std::filesystem::path> inputs(a.data.begin(), a.data.end());
-  if (const auto image = model.image_input()) {
-    CalibrationOptions options = a.options;
-    if (a.batch_size > 0) options.batch_size = a.batch_size;
-    images = load_calibration_images(inputs, load_image_processor_config(a.model), *image, options);
-    return calibration_batches(images, options.batch_size);
-  }
-  TextCalibrationOptions options;
-  options.examples = a.options.examples;
-  options.max_length = a.max_length;
-  if (a.batch_size > 0) options.batch_size = a.batch_size;
-  options.seed = a.options.seed;
-  options.quiet = a.options.quiet;
-  texts = load_calibration_texts(a.model, inputs, options);
-  return calibration_batches(texts, options.batch_size);
+// files for a language model, each kind with its own default batch size.
+std::unique_ptr<Calibration> load_stats_calibration(const StatsArgs& a, const Model& model) {
+  CalibrationOptions images = a.options;
+  TextCalibrationOptions texts;
+  texts.examples = a.options.examples;
+  texts.max_length = a.max_length;
+  texts.seed = a.options.seed;
+  texts.quiet = a.options.quiet;
+  if (a.batch_size > 0) images.batch_size = texts.batch_size = a.batch_size;
+  return load_calibration(model, a.model, {a.data.begin(), a.data.end()}, images, texts);
 }
 
 }  // namespace
@@ -82,11 +74,10 @@ void add_stats_command(CLI::App& app) {
     if (a->model.empty() || a->data.empty())
       throw InputError("stats: give a MODEL and at least one --data TASK_DIR or TEXTS.jsonl (or --sum)");
     const std::unique_ptr<Model> model = open_model(a->model);
-    CalibrationImages images;
-    CalibrationTexts texts;
-    const CalibrationBatches batches = load_calibration(*a, *model, images, texts);
+    const std::unique_ptr<Calibration> calibration = load_stats_calibration(*a, *model);
     AtomicOutput output(a->output, a->force, AtomicOutput::Kind::File);
-    const MeasuredStatistics done = write_statistics(*model, batches, a->model, output.staging(), a->options.quiet);
+    const MeasuredStatistics done =
+        write_statistics(*model, calibration->batches, a->model, output.staging(), a->options.quiet);
     output.commit();
     if (!a->options.quiet)
       std::fprintf(stderr, "amalgam: %lld Grams over %lld rows of %lld examples -> %s\n",

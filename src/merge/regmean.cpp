@@ -21,14 +21,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// [rows, cols] row-major -> [cols, rows].
-std::vector<float> transpose(std::span<const float> m, int64_t rows, int64_t cols) {
-  std::vector<float> t(m.size());
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) t[static_cast<size_t>(c * rows + r)] = m[static_cast<size_t>(r * cols + c)];
-  return t;
-}
-
 class RegMean final : public MergeMethod {
  public:
   static constexpr const char* kName = "regmean";
@@ -77,7 +69,7 @@ class RegMean final : public MergeMethod {
                          "Gram " + shape_to_string(grams[t]->shape()) + " does not fit a weight of shape " +
                              shape_to_string(job.shape()));
       const Tensor w = job.model_f32(t);
-      weights.push_back(transposed ? transpose(w.data<float>(), in, out)
+      weights.push_back(transposed ? transpose_matrix(w.data<float>(), in, out)
                                    : std::vector<float>(w.data<float>().begin(), w.data<float>().end()));
       gram_values.emplace_back(static_cast<size_t>(in * in));
       grams[t]->read_bytes(0, std::as_writable_bytes(std::span(gram_values.back())));
@@ -86,7 +78,7 @@ class RegMean final : public MergeMethod {
       candidates.push_back({weights[t], gram_values[t], job.param("weight", t)});
     const RegMeanLinear merged = regmean_linear(candidates, out, in, job.param("alpha"), job.name(), job.audit());
     if (job.audit()) record_regmean_audit(*job.audit(), merged);
-    return Tensor::from_f32(job.shape(), transposed ? transpose(merged.weight, out, in) : merged.weight);
+    return Tensor::from_f32(job.shape(), transposed ? transpose_matrix(merged.weight, out, in) : merged.weight);
   }
 
   void finish(const MergeContext& ctx) override {
@@ -111,30 +103,14 @@ class RegMean final : public MergeMethod {
       throw InputError(ctx.config.source, "models: '" + entry.model + "': " + std::string(kName) +
                                               " needs `stats: FILE` (from amalgam stats) or `data:` (task directories "
                                               "for a vision model, JSONL texts for a language model)");
-    CalibrationOptions options;
-    options.examples = static_cast<int64_t>(ctx.param("examples", std::nullopt, ""));
-    options.batch_size = static_cast<int64_t>(ctx.param("batch_size", std::nullopt, ""));
-    options.seed = ctx.seed;
-    options.quiet = ctx.quiet;
     // `data:` is what the model reads: task directories for a vision model, JSONL text files
     // for a language model (tokenized by the candidate's own tokenizer).
     const std::unique_ptr<Model> model = open_model(ctx.candidates[i]);
-    CalibrationImages images;
-    CalibrationTexts texts;
-    CalibrationBatches batches;
-    if (const auto image = model->image_input()) {
-      images = load_calibration_images(entry.data, load_image_processor_config(ctx.candidates[i]), *image, options);
-      batches = calibration_batches(images, options.batch_size);
-    } else {
-      TextCalibrationOptions text_options;
-      text_options.examples = options.examples;
-      text_options.seed = options.seed;
-      texts = load_calibration_texts(ctx.candidates[i], entry.data, text_options);
-      batches = calibration_batches(texts, options.batch_size);
-    }
+    const auto [images, texts] = regmean_calibration_options(ctx);
+    const auto calibration = load_calibration(*model, ctx.candidates[i], entry.data, images, texts);
     const fs::path file = ctx.staging / ".calibration" / ("model-" + std::to_string(i) + ".safetensors");
     fs::create_directories(file.parent_path());
-    write_statistics(*model, batches, entry.model, file, options.quiet);
+    write_statistics(*model, calibration->batches, entry.model, file, ctx.quiet);
     return std::make_unique<StatisticsFile>(file);
   }
 

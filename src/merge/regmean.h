@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "calibration/images.h"
+#include "calibration/texts.h"
 #include "linalg/linalg.h"
 #include "merge/method.h"
 
@@ -46,5 +48,17 @@ Tensor weighted_mean(const TensorJob& job);
 
 // alpha (global), weight (per model), examples and batch_size (global, calibration).
 std::vector<ParamSpec> regmean_params();
+
+// How both methods draw a candidate's `data:`: `examples` and `batch_size` (images per
+// forward, or texts per block call) from the parameters, the merge's seed.
+struct RegMeanCalibrationOptions {
+  CalibrationOptions images;
+  TextCalibrationOptions texts;
+};
+RegMeanCalibrationOptions regmean_calibration_options(const MergeContext& ctx);
+
+// [rows, cols] row-major -> [cols, rows]: weights stored [in, out] (GPT-2's Conv1D) are solved
+// as [out, in] and written back as stored.
+std::vector<float> transpose_matrix(std::span<const float> m, int64_t rows, int64_t cols);
 
 }  // namespace amalgam

@@ -123,14 +123,6 @@ void weighted_average(const std::vector<std::span<const float>>& inputs, const s
   }
 }
 
-// [rows, cols] row-major -> [cols, rows].
-std::vector<float> transposed(std::span<const float> m, int64_t rows, int64_t cols) {
-  std::vector<float> t(m.size());
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) t[static_cast<size_t>(c * rows + r)] = m[static_cast<size_t>(r * cols + c)];
-  return t;
-}
-
 class RegMeanPlusPlus final : public MergeMethod {
  public:
   static constexpr const char* kName = "regmean_plusplus";
@@ -195,14 +187,7 @@ class RegMeanPlusPlus final : public MergeMethod {
         header.examples += s.examples;
         header.tasks.insert(header.tasks.end(), s.tasks.begin(), s.tasks.end());
       }
-      std::vector<TensorSpec> plan;
-      for (const LinearSiteSpec& site : model.all_linear_sites()) {
-        plan.push_back({site.gram, DType::F32, {site.width, site.width}});
-        for (const auto& w : site.weights) {
-          header.weight_grams[w] = site.gram;
-          if (site.stored_transposed) header.transposed.insert(w);
-        }
-      }
+      const std::vector<TensorSpec> plan = statistics_plan(model, header);  // fills the header's weight map
       writer_ = std::make_unique<SafetensorsWriter>(ctx.staging / "stats.safetensors", plan,
                                                     statistics_metadata(header), WriteOrder::Plan);
     }
@@ -295,37 +280,19 @@ class RegMeanPlusPlus final : public MergeMethod {
   // Each task's calibration examples (images or texts, as the model reads), embedded by the
   // merged model.
   std::vector<TaskState> embed_calibration(const MergeContext& ctx) {
-    CalibrationOptions options;
-    options.examples = static_cast<int64_t>(ctx.param("examples", std::nullopt, ""));
-    options.batch_size = static_cast<int64_t>(ctx.param("batch_size", std::nullopt, ""));
-    options.seed = ctx.seed;
-    options.quiet = ctx.quiet;
-    struct Loaded {
-      CalibrationImages images;
-      CalibrationTexts texts;
-      CalibrationBatches batches;
-    };
-    std::vector<Loaded> loaded(readers_.size());
+    const auto [image_options, text_options] = regmean_calibration_options(ctx);
+    std::vector<std::unique_ptr<Calibration>> data;
+    std::vector<Stream> firsts;  // each task's first batch, embedded once
     uint64_t hidden_bytes = 0;
     for (size_t t = 0; t < readers_.size(); ++t) {
-      Loaded& l = loaded[t];
-      if (const auto image = merged_->image_input()) {
-        l.images = load_calibration_images(ctx.entries[t]->data, load_image_processor_config(readers_[t]->dir()),
-                                           *image, options);
-        l.batches = calibration_batches(l.images, options.batch_size);
-      } else {
-        TextCalibrationOptions text;
-        text.examples = options.examples;
-        text.seed = options.seed;
-        l.texts = load_calibration_texts(readers_[t]->dir(), ctx.entries[t]->data, text);
-        l.batches = calibration_batches(l.texts, options.batch_size);
-      }
+      data.push_back(load_calibration(*merged_, readers_[t]->dir(), ctx.entries[t]->data, image_options, text_options));
       // The first batch's rows per example give the whole task's, for images and texts alike
       // (texts: an estimate).
-      const Stream first = merged_->embed(l.batches.batches.front());
-      const auto first_examples = static_cast<double>(first.sequences());
-      hidden_bytes += static_cast<uint64_t>(static_cast<double>(first.data.size()) * 4.0 *
-                                            static_cast<double>(l.batches.examples) / first_examples);
+      const CalibrationBatches& batches = data.back()->batches;
+      firsts.push_back(merged_->embed(batches.batches.front()));
+      hidden_bytes +=
+          static_cast<uint64_t>(static_cast<double>(firsts.back().data.size()) * 4.0 *
+                                static_cast<double>(batches.examples) / static_cast<double>(firsts.back().sequences()));
     }
     // Half the budget for the hidden states; the rest holds the blocks, Grams and buffers.
     std::optional<fs::path> spill;
@@ -336,9 +303,11 @@ class RegMeanPlusPlus final : public MergeMethod {
              " MiB) exceed half of --max-memory; they stay in a scratch file beside the output");
     }
     std::vector<TaskState> tasks;
-    for (const Loaded& l : loaded) {
-      TaskState s{TaskStream(spill), l.batches.examples, l.batches.tasks};
-      for (const ModelInput& batch : l.batches.batches) s.hidden.append(merged_->embed(batch));
+    for (size_t t = 0; t < data.size(); ++t) {
+      const CalibrationBatches& batches = data[t]->batches;
+      TaskState s{TaskStream(spill), batches.examples, batches.tasks};
+      s.hidden.append(firsts[t]);
+      for (size_t b = 1; b < batches.batches.size(); ++b) s.hidden.append(merged_->embed(batches.batches[b]));
       tasks.push_back(std::move(s));
     }
     return tasks;
@@ -358,7 +327,7 @@ class RegMeanPlusPlus final : public MergeMethod {
   std::vector<float> candidate_weight(size_t t, const std::string& name, bool stored_transposed) const {
     const Tensor w = readers_[t]->tensor(name).to(DType::F32);
     if (!stored_transposed) return {w.data<float>().begin(), w.data<float>().end()};
-    return transposed(w.data<float>(), w.shape()[0], w.shape()[1]);
+    return transpose_matrix(w.data<float>(), w.shape()[0], w.shape()[1]);
   }
 
   // Solves every weight of `sites` from per-task Grams (grams[t][site index]) into results_.
@@ -378,8 +347,8 @@ class RegMeanPlusPlus final : public MergeMethod {
         const RegMeanLinear solved =
             regmean_linear(candidates, out, in, ctx.param("alpha", std::nullopt, name), name, ctx.audit);
         if (ctx.audit) record_audit(name, solved, grams, s);
-        results_.insert_or_assign(name,
-                                  Tensor::from_f32(shape, tr ? transposed(solved.weight, out, in) : solved.weight));
+        results_.insert_or_assign(
+            name, Tensor::from_f32(shape, tr ? transpose_matrix(solved.weight, out, in) : solved.weight));
       }
   }
 

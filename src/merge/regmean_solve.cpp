@@ -145,6 +145,22 @@ Tensor weighted_mean(const TensorJob& job) {
   return out;
 }
 
+RegMeanCalibrationOptions regmean_calibration_options(const MergeContext& ctx) {
+  RegMeanCalibrationOptions o;
+  o.images.examples = o.texts.examples = static_cast<int64_t>(ctx.param("examples", std::nullopt, ""));
+  o.images.batch_size = o.texts.batch_size = static_cast<int64_t>(ctx.param("batch_size", std::nullopt, ""));
+  o.images.seed = o.texts.seed = ctx.seed;
+  o.images.quiet = o.texts.quiet = ctx.quiet;
+  return o;
+}
+
+std::vector<float> transpose_matrix(std::span<const float> m, int64_t rows, int64_t cols) {
+  std::vector<float> t(m.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[static_cast<size_t>(c * rows + r)] = m[static_cast<size_t>(r * cols + c)];
+  return t;
+}
+
 std::vector<ParamSpec> regmean_params() {
   return {{"alpha", ParamSpec::Scope::Global, 0.95, 0, 1,
            "share of the Grams' off-diagonal kept (the reference's reduce_non_diagonal_ratio)"},
