@@ -16,7 +16,7 @@ namespace fs = std::filesystem;
 const fs::path& model_dir() {
   static const fs::path dir = [] {
     const fs::path d = fuzz::work_dir() / "clip";
-    const ClipVisionConfig c = testing::tiny_clip_config();
+    const ClipVisionConfig c = amalgam::testing::tiny_clip_config();
     save_clip_vision(d, c, random_clip_vision_weights(c, 1, true), DType::F32, true);
     return d;
   }();

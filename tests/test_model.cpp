@@ -65,6 +65,9 @@ TEST(ModelFamilies, ClipThroughTheInterfaceIsItsOwnForward) {
   const Matrix through_interface = model->head(s);
   const Matrix own = ClipVisionModel::load(dir.path() / "clip").features(pixels, images);
   EXPECT_TRUE(same_bits(through_interface.data, own.data));
+  // The whole forward in one call, and its width.
+  EXPECT_TRUE(same_bits(model->forward(ModelInput::of_images(pixels, images)).data, own.data));
+  EXPECT_EQ(model->head_width(), own.cols);
 }
 
 TEST(ModelFamilies, DecoderThroughTheInterfaceIsItsOwnForwardAndReadsOtherCheckpointsBlocks) {
@@ -92,6 +95,14 @@ TEST(ModelFamilies, DecoderThroughTheInterfaceIsItsOwnForwardAndReadsOtherCheckp
     b.run_block(l, b.load_block(l), own_b);
   }
   EXPECT_TRUE(same_bits(model->head(via_a).data, a.logits(own_a).data));
+  // The whole forward in one call, and its width.
+  const Matrix logits = model->forward(ModelInput{{}, 0, sequences});
+  EXPECT_TRUE(same_bits(logits.data, a.logits(own_a).data));
+  EXPECT_EQ(logits.cols, model->head_width());
+  EXPECT_EQ(model->head_width(), c["vocab_size"].get<int64_t>());
+  // Image classification (evaluate, probes) asks for image input, which a decoder lacks.
+  const std::string not_images = input_error_of([&] { (void)image_input_of(*model, "model/a"); });
+  EXPECT_EQ(not_images, "model/a: a qwen2 model takes token ids, not images");
   EXPECT_TRUE(same_bits(via_b.data, own_b.data));
   EXPECT_FALSE(same_bits(via_a.data, via_b.data));  // the two checkpoints differ
 }

@@ -336,11 +336,11 @@ class Bench {
     const auto encoder_rows = [&](const std::string& key, const std::function<fs::path(const std::string&)>& model_of) {
       std::map<std::string, Scores> by;
       for (const std::string& t : subset) {
-        const ClipVisionModel encoder = ClipVisionModel::load(model_of(t));
-        by["clean"][t] = runner_.accuracy(encoder, t, runner_.split(t, "test"), options_.corruption_examples);
+        const std::unique_ptr<Model> encoder = open_model(model_of(t));
+        by["clean"][t] = runner_.accuracy(*encoder, t, runner_.split(t, "test"), options_.corruption_examples);
         for (Corruption c : kAllCorruptions)
           by[std::string(corruption_name(c))][t] =
-              runner_.accuracy(encoder, t, corrupted(t, c), options_.corruption_examples);
+              runner_.accuracy(*encoder, t, corrupted(t, c), options_.corruption_examples);
       }
       add_row(key, by);
     };

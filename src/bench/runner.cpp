@@ -10,7 +10,7 @@
 #include "core/interrupt.h"
 #include "eval/evaluate.h"
 #include "io/json_file.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam {
 
@@ -229,27 +229,27 @@ std::pair<fs::path, ChildUsage> BenchRunner::statistics(const std::string& task)
 
 Scores BenchRunner::accuracy(const fs::path& model, const std::vector<std::string>& tasks, const std::string& which,
                              int64_t max_examples) const {
-  const ClipVisionModel encoder = ClipVisionModel::load(model);
+  const std::unique_ptr<Model> encoder = open_model(model);
   Scores scores;
-  for (const std::string& t : tasks) scores[t] = accuracy(encoder, t, split(t, which), max_examples);
+  for (const std::string& t : tasks) scores[t] = accuracy(*encoder, t, split(t, which), max_examples);
   return scores;
 }
 
-double BenchRunner::accuracy(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
+double BenchRunner::accuracy(const Model& encoder, const std::string& task, const TaskSplit& split,
                              int64_t max_examples) const {
   return accuracy_through(encoder, task, split, heads_.at(task), max_examples);
 }
 
 Scores BenchRunner::probe_accuracy(const std::vector<std::string>& tasks, const std::string& which,
                                    int64_t max_examples) const {
-  const ClipVisionModel encoder = ClipVisionModel::load(base());
+  const std::unique_ptr<Model> encoder = open_model(base());
   Scores scores;
   for (const std::string& t : tasks)
-    scores[t] = accuracy_through(encoder, t, split(t, which), probes_.at(t), max_examples);
+    scores[t] = accuracy_through(*encoder, t, split(t, which), probes_.at(t), max_examples);
   return scores;
 }
 
-double BenchRunner::accuracy_through(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
+double BenchRunner::accuracy_through(const Model& encoder, const std::string& task, const TaskSplit& split,
                                      const ClassifierHead& head, int64_t max_examples) const {
   check_interrupt();
   EvalOptions options;

@@ -22,7 +22,7 @@
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "model/classifier_head.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam {
 
@@ -117,8 +117,7 @@ class BenchRunner {
   Scores accuracy(const std::filesystem::path& model, const std::vector<std::string>& tasks, const std::string& which,
                   int64_t max_examples) const;
   // ... of a loaded encoder on a given split of one task (a corrupted test split, say).
-  double accuracy(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
-                  int64_t max_examples) const;
+  double accuracy(const Model& encoder, const std::string& task, const TaskSplit& split, int64_t max_examples) const;
   // The base through each task's linear probe instead of its head (has_probe_ceiling() only).
   Scores probe_accuracy(const std::vector<std::string>& tasks, const std::string& which, int64_t max_examples) const;
 
@@ -126,7 +125,7 @@ class BenchRunner {
   void say(const char* format, ...) const __attribute__((format(printf, 2, 3)));
 
  private:
-  double accuracy_through(const ClipVisionModel& encoder, const std::string& task, const TaskSplit& split,
+  double accuracy_through(const Model& encoder, const std::string& task, const TaskSplit& split,
                           const ClassifierHead& head, int64_t max_examples) const;
 
   std::filesystem::path zoo_, work_;

@@ -46,14 +46,15 @@ void add_eval_command(CLI::App& app) {
     if (a->tasks.size() != a->heads.size())
       throw InputError("eval: " + std::to_string(a->tasks.size()) + " --task but " + std::to_string(a->heads.size()) +
                        " --head; give one head per task");
-    const ClipVisionModel model = ClipVisionModel::load(a->model);
+    const std::unique_ptr<Model> model = open_model(a->model);
+    image_input_of(*model, a->model);  // a language model has `amalgam lm eval`
     const ImageProcessorConfig preprocess = load_image_processor_config(a->model);
     nlohmann::ordered_json results = nlohmann::ordered_json::array();
     for (size_t i = 0; i < a->tasks.size(); ++i) {
       const TaskInfo task = read_task_info(a->tasks[i]);
       const TaskSplit split = load_split(a->tasks[i], task, a->split);
       const ClassifierHead head = ClassifierHead::load(a->heads[i]);
-      const EvalResult r = evaluate(model, preprocess, task, split, head, a->options);
+      const EvalResult r = evaluate(*model, preprocess, task, split, head, a->options);
       if (a->json)
         results.push_back(r.to_json());
       else

@@ -23,18 +23,17 @@ nlohmann::ordered_json EvalResult::to_json() const {
 
 namespace {
 
-void check_compatible(const ClipVisionModel& model, const ImageProcessorConfig& preprocess, const TaskInfo& task,
-                      const ClassifierHead& head) {
-  const auto& c = model.config();
-  preprocess.check_channels(c.num_channels);
-  const ImageShape in = preprocessed_shape(preprocess, task.image, c.num_channels);
-  if (in.height != c.image_size || in.width != c.image_size)
+void check_compatible(const ImageInput& image, int64_t feature_width, const ImageProcessorConfig& preprocess,
+                      const TaskInfo& task, const ClassifierHead& head) {
+  preprocess.check_channels(image.channels);
+  const ImageShape in = preprocessed_shape(preprocess, task.image, image.channels);
+  if (in.height != image.size || in.width != image.size)
     throw InputError("task '" + task.name + "': preprocessing gives " + std::to_string(in.height) + "x" +
-                     std::to_string(in.width) + " images, the model takes " + std::to_string(c.image_size) + "x" +
-                     std::to_string(c.image_size) + " (check preprocessor_config.json)");
-  if (head.dim() != model.feature_dim())
+                     std::to_string(in.width) + " images, the model takes " + std::to_string(image.size) + "x" +
+                     std::to_string(image.size) + " (check preprocessor_config.json)");
+  if (head.dim() != feature_width)
     throw InputError("head" + (head.task.empty() ? "" : " '" + head.task + "'") + " takes features of width " +
-                     std::to_string(head.dim()) + ", the model gives " + std::to_string(model.feature_dim()));
+                     std::to_string(head.dim()) + ", the model gives " + std::to_string(feature_width));
   if (head.classes() != task.num_classes())
     throw InputError("head" + (head.task.empty() ? "" : " '" + head.task + "'") + " has " +
                      std::to_string(head.classes()) + " classes, task '" + task.name + "' has " +
@@ -43,9 +42,10 @@ void check_compatible(const ClipVisionModel& model, const ImageProcessorConfig& 
 
 }  // namespace
 
-EvalResult evaluate(const ClipVisionModel& model, const ImageProcessorConfig& preprocess, const TaskInfo& task,
+EvalResult evaluate(const Model& model, const ImageProcessorConfig& preprocess, const TaskInfo& task,
                     const TaskSplit& split, const ClassifierHead& head, const EvalOptions& options) {
-  check_compatible(model, preprocess, task, head);
+  const ImageInput image = image_input_of(model, "task '" + task.name + "'");
+  check_compatible(image, model.head_width(), preprocess, task, head);
   const auto indices = options.max_examples > 0 ? sample_indices(split.size(), options.max_examples, options.seed)
                                                 : sample_indices(split.size(), split.size(), 0);
   EvalResult r;
@@ -61,8 +61,8 @@ EvalResult evaluate(const ClipVisionModel& model, const ImageProcessorConfig& pr
   for (int64_t begin = 0; begin < n; begin += bs) {
     check_interrupt();
     const std::span<const int64_t> batch(indices.data() + begin, static_cast<size_t>(std::min(bs, n - begin)));
-    const auto pixels = preprocess_batch(split.images, batch, preprocess, model.config().num_channels);
-    const Matrix logits = head.logits(model.features(pixels, static_cast<int64_t>(batch.size())));
+    const auto pixels = preprocess_batch(split.images, batch, preprocess, image.channels);
+    const Matrix logits = head.logits(model.forward(ModelInput::of_images(pixels, static_cast<int64_t>(batch.size()))));
     std::vector<int64_t> labels;
     for (int64_t i : batch) labels.push_back(split.labels[static_cast<size_t>(i)]);
     std::vector<int64_t> predictions(labels.size());

@@ -9,12 +9,12 @@
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "model/classifier_head.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam {
 
 struct EvalOptions {
-  int64_t batch_size = 256;  // the forward splits it across threads (ClipVisionModel::features)
+  int64_t batch_size = 256;  // the forward may split it across threads (Model::forward)
   int64_t max_examples = 0;  // 0: the whole split; otherwise a seeded sample of this many
   uint64_t seed = 0;
   bool quiet = false;
@@ -36,9 +36,9 @@ struct EvalResult {
   nlohmann::ordered_json to_json() const;
 };
 
-// Checks that the model, preprocessing, task and head fit together (InputError saying
-// which part disagrees), then runs the split in batches.
-EvalResult evaluate(const ClipVisionModel& model, const ImageProcessorConfig& preprocess, const TaskInfo& task,
+// Checks that the model (a vision family's), preprocessing, task and head fit together
+// (InputError saying which part disagrees), then runs the split in batches.
+EvalResult evaluate(const Model& model, const ImageProcessorConfig& preprocess, const TaskInfo& task,
                     const TaskSplit& split, const ClassifierHead& head, const EvalOptions& options);
 
 }  // namespace amalgam

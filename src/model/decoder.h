@@ -148,6 +148,7 @@ class DecoderModel final : public Model {
   std::unique_ptr<BlockWeights> read_block(const CheckpointReader& checkpoint, int64_t layer) const override;
   void run_block(int64_t layer, const BlockWeights& block, Stream& stream, const SiteTap& tap = {}) const override;
   Matrix head(const Stream& stream, const SiteTap& /*tap*/ = {}) const override { return logits(stream); }
+  int64_t head_width() const override { return config_.vocab_size; }
 
   Stream embed(const std::vector<std::vector<int32_t>>& sequences) const;
   DecoderBlockWeights load_block(int64_t layer) const;

@@ -18,6 +18,18 @@ std::vector<LinearSiteSpec> Model::all_linear_sites() const {
   return sites;
 }
 
+Matrix Model::forward(const ModelInput& batch, const SiteTap& tap) const {
+  Stream stream = embed(batch);
+  for (int64_t l = 0; l < num_layers(); ++l) run_block(l, *read_block(l), stream, tap);
+  return head(stream, tap);
+}
+
+ImageInput image_input_of(const Model& model, const std::string& what) {
+  const auto in = model.image_input();
+  if (!in) throw InputError(what, "a " + model.model_type() + " model takes token ids, not images");
+  return *in;
+}
+
 Matrix pick_tokens(const float* rows, int64_t width, std::span<const int64_t> offsets, TokenPick pick) {
   if (offsets.empty()) throw std::invalid_argument("pick_tokens: no offsets");
   const auto sequences = static_cast<int64_t>(offsets.size()) - 1;

@@ -35,6 +35,13 @@ struct ModelInput {
   std::span<const float> pixels;
   int64_t images = 0;
   std::span<const std::vector<int32_t>> sequences;
+
+  static ModelInput of_images(std::span<const float> pixels, int64_t images) {
+    ModelInput in;
+    in.pixels = pixels;
+    in.images = images;
+    return in;
+  }
 };
 
 // What images a vision family takes: channels and side, square.
@@ -91,7 +98,17 @@ class Model {
   // What follows the blocks: one row per sequence for a vision model (its pooled features),
   // one row per token for a language model (its logits).
   virtual Matrix head(const Stream& stream, const SiteTap& tap = {}) const = 0;
+  // The width of head()'s rows: a vision model's feature width, a language model's vocabulary.
+  virtual int64_t head_width() const = 0;
+
+  // The whole forward, head(blocks(embed(batch))). A family may run a large batch in shards
+  // across threads (CLIP does), with the same bits on any thread count.
+  virtual Matrix forward(const ModelInput& batch, const SiteTap& tap = {}) const;
 };
+
+// The images a model takes: InputError naming `what` (the model's path, for messages) when it
+// is a language model.
+ImageInput image_input_of(const Model& model, const std::string& what);
 
 // Which token of each sequence stands for it: the first (CLIP's CLS), the mean of all of
 // them (in double, so the result does not depend on the rows' order of rounding), or the

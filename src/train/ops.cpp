@@ -16,49 +16,10 @@ constexpr size_t kRowChunk = 256;
 // Attention over (image, head) pairs goes parallel only above this many multiply-adds.
 constexpr int64_t kParallelAttentionWork = 1 << 18;
 
-// The activation and its derivative: float uses the vectorisable approximations the
-// inference engine uses, double the exact libm functions (finite-difference checks).
-template <class T>
-T exp_of(T x) {
-  if constexpr (std::is_same_v<T, float>)
-    return exp_approx(x);
-  else
-    return std::exp(x);
-}
-
-template <class T>
-T erf_of(T x) {
-  if constexpr (std::is_same_v<T, float>)
-    return erf_approx(x);
-  else
-    return std::erf(x);
-}
-
-template <class T>
-T tanh_of(T x) {
-  if constexpr (std::is_same_v<T, float>)
-    return tanh_approx(x);
-  else
-    return std::tanh(x);
-}
-
-constexpr double kSqrtHalf = 0.70710678118654752;
 constexpr double kInvSqrt2Pi = 0.39894228040143268;
-constexpr double kTanhScale = 0.79788456080286536;  // sqrt(2 / pi)
 
-// The activation is a template argument so that each elementwise loop has a branch-free
-// body the compiler vectorises (with -fno-trapping-math, see CMakeLists.txt). Scalar, the
-// MLP's activation and its derivative took a tenth of a training step.
-template <Activation A, class T>
-T act_value(T x) {
-  if constexpr (A == Activation::QuickGelu)
-    return x / (T(1) + exp_of<T>(T(-1.702) * x));
-  else if constexpr (A == Activation::Gelu)
-    return T(0.5) * x * (T(1) + erf_of<T>(x * T(kSqrtHalf)));
-  else
-    return T(0.5) * x * (T(1) + tanh_of<T>(T(kTanhScale) * (x + T(0.044715) * x * x * x)));
-}
-
+// The derivatives of model/activations.h's activation_value, with the activation a template
+// argument for the same reason (scalar, they took a tenth of a training step).
 template <Activation A, class T>
 T act_derivative(T x) {
   if constexpr (A == Activation::QuickGelu) {
@@ -66,59 +27,17 @@ T act_derivative(T x) {
     return s + T(1.702) * x * s * (T(1) - s);
   } else if constexpr (A == Activation::Gelu) {
     return T(0.5) * (T(1) + erf_of<T>(x * T(kSqrtHalf))) + x * T(kInvSqrt2Pi) * exp_of<T>(T(-0.5) * x * x);
-  } else {
+  } else if constexpr (A == Activation::GeluTanh) {
     const T u = T(kTanhScale) * (x + T(0.044715) * x * x * x);
     const T t = tanh_of<T>(u);
     return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * T(kTanhScale) * (T(1) + T(3 * 0.044715) * x * x);
+  } else {
+    const T s = T(1) / (T(1) + exp_of<T>(-x));
+    return s * (T(1) + x * (T(1) - s));
   }
-}
-
-// Calls body(std::integral_constant<Activation, act>) so that the activation is a
-// compile-time constant inside it.
-template <class Body>
-void with_activation(Activation act, Body&& body) {
-  switch (act) {
-    case Activation::QuickGelu:
-      return body(std::integral_constant<Activation, Activation::QuickGelu>{});
-    case Activation::Gelu:
-      return body(std::integral_constant<Activation, Activation::Gelu>{});
-    case Activation::GeluTanh:
-      return body(std::integral_constant<Activation, Activation::GeluTanh>{});
-    case Activation::Silu:  // decoders' MLPs; no CLIP config reads as it, and decoders are not trained
-      throw std::logic_error("training: the SiLU activation has no backward");
-  }
-}
-
-template <class T>
-void softmax_row(T* row, int64_t n) {
-  T mx = row[0];
-  for (int64_t j = 1; j < n; ++j) mx = std::max(mx, row[j]);
-  T sum = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    row[j] = exp_of<T>(row[j] - mx);
-    sum += row[j];
-  }
-  const T inv = T(1) / sum;
-  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
 }
 
 }  // namespace
-
-template <class T>
-void linear_forward(const T* x, int64_t rows, int64_t in, const T* w, const T* b, int64_t out, T* y,
-                    const T* residual) {
-  if (!b && !residual) return gemm<T>(false, true, rows, out, in, T(1), x, in, w, in, T(0), y, out);
-  // The bias and residual go in first and the GEMM adds to them (beta = 1): two passes over
-  // y, where a GEMM into zeros (OpenBLAS clears y first) and a pass adding them take three.
-  parallel_chunks(static_cast<size_t>(rows), kRowChunk, [&](size_t begin, size_t end) {
-    for (size_t r = begin; r < end; ++r) {
-      T* yr = y + r * static_cast<size_t>(out);
-      const T* rr = residual ? residual + r * static_cast<size_t>(out) : nullptr;
-      for (int64_t i = 0; i < out; ++i) yr[i] = (b ? b[i] : T(0)) + (rr ? rr[i] : T(0));
-    }
-  });
-  gemm<T>(false, true, rows, out, in, T(1), x, in, w, in, T(1), y, out);
-}
 
 template <class T>
 void linear_backward(const T* x, const T* dy, int64_t rows, int64_t in, const T* w, int64_t out, T* dx,
@@ -132,26 +51,6 @@ void linear_backward(const T* x, const T* dy, int64_t rows, int64_t in, const T*
       for (int64_t i = 0; i < out; ++i) db[i] += dyr[i];
     }
   if (dx) gemm<T>(false, false, rows, in, out, T(1), dy, out, w, in, accumulate_dx ? T(1) : T(0), dx, in);
-}
-
-template <class T>
-void layer_norm_forward(const T* x, int64_t rows, int64_t d, const T* g, const T* b, double eps, T* y, T* xhat,
-                        T* rstd) {
-  parallel_chunks(static_cast<size_t>(rows), kRowChunk, [&](size_t begin, size_t end) {
-    for (size_t r = begin; r < end; ++r) {
-      const T* xr = x + r * static_cast<size_t>(d);
-      const T mean = lane_sum<T>(d, [xr](int64_t i) { return xr[i]; }) / static_cast<T>(d);
-      const T sq = lane_sum<T>(d, [xr, mean](int64_t i) { return (xr[i] - mean) * (xr[i] - mean); });
-      const T inv = static_cast<T>(1.0 / std::sqrt(static_cast<double>(sq) / static_cast<double>(d) + eps));
-      rstd[r] = inv;
-      T* hr = xhat + r * static_cast<size_t>(d);
-      T* yr = y + r * static_cast<size_t>(d);
-      for (int64_t i = 0; i < d; ++i) {
-        hr[i] = (xr[i] - mean) * inv;
-        yr[i] = hr[i] * g[i] + b[i];
-      }
-    }
-  });
 }
 
 template <class T>
@@ -180,39 +79,12 @@ void layer_norm_backward(const T* dy, const T* xhat, const T* rstd, int64_t rows
 }
 
 template <class T>
-void activation_forward(Activation act, const T* x, T* y, size_t n) {
-  with_activation(act, [&](auto a) {
-    parallel_chunks(n, 1 << 14, [x, y](size_t begin, size_t end) {
-      for (size_t i = begin; i < end; ++i) y[i] = act_value<decltype(a)::value, T>(x[i]);
-    });
-  });
-}
-
-template <class T>
 void activation_backward(Activation act, const T* x, const T* dy, T* dx, size_t n) {
   with_activation(act, [&](auto a) {
     parallel_chunks(n, 1 << 14, [x, dy, dx](size_t begin, size_t end) {
       for (size_t i = begin; i < end; ++i) dx[i] = dy[i] * act_derivative<decltype(a)::value, T>(x[i]);
     });
   });
-}
-
-template <class T>
-void attention_forward(const T* qkv, int64_t batch, int64_t tokens, int64_t width, int64_t heads, T scale, T* probs,
-                       T* context) {
-  const int64_t hd = width / heads, pairs = batch * heads, ld = 3 * width;
-#pragma omp parallel for schedule(static) if (pairs * tokens * tokens * hd > kParallelAttentionWork)
-  for (int64_t p = 0; p < pairs; ++p) {
-    const int64_t b = p / heads, h = p % heads;
-    const T* q = qkv + b * tokens * ld + h * hd;
-    const T* k = q + width;
-    const T* v = q + 2 * width;
-    T* s = probs + p * tokens * tokens;
-    gemm<T>(false, true, tokens, tokens, hd, scale, q, ld, k, ld, T(0), s, tokens);
-    for (int64_t r = 0; r < tokens; ++r) softmax_row(s + r * tokens, tokens);
-    gemm<T>(false, false, tokens, hd, tokens, T(1), s, tokens, v, ld, T(0), context + b * tokens * width + h * hd,
-            width);
-  }
 }
 
 template <class T>
@@ -336,13 +208,9 @@ double contrastive_loss(const T* z, int64_t pairs, int64_t d, double temperature
 }
 
 #define AMALGAM_INSTANTIATE_TRAIN_OPS(T)                                                                            \
-  template void linear_forward<T>(const T*, int64_t, int64_t, const T*, const T*, int64_t, T*, const T*);           \
   template void linear_backward<T>(const T*, const T*, int64_t, int64_t, const T*, int64_t, T*, bool, T*, T*);      \
-  template void layer_norm_forward<T>(const T*, int64_t, int64_t, const T*, const T*, double, T*, T*, T*);          \
   template void layer_norm_backward<T>(const T*, const T*, const T*, int64_t, int64_t, const T*, T*, bool, T*, T*); \
-  template void activation_forward<T>(Activation, const T*, T*, size_t);                                            \
   template void activation_backward<T>(Activation, const T*, const T*, T*, size_t);                                 \
-  template void attention_forward<T>(const T*, int64_t, int64_t, int64_t, int64_t, T, T*, T*);                      \
   template void attention_backward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, T, T*);     \
   template void l2_normalize_forward<T>(const T*, int64_t, int64_t, T*, T*);                                        \
   template void l2_normalize_backward<T>(const T*, const T*, const T*, int64_t, int64_t, T*);                       \

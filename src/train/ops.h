@@ -1,6 +1,6 @@
-// The training ops of the CLIP vision model, forward and backward, in float (training) or
-// double (gradient checks against finite differences). Row-major buffers; every product is
-// a BLAS call; elementwise loops are spread over the cores.
+// The backward passes of the forward kernels in model/kernels.h, and the training losses, in
+// float (training) or double (gradient checks against finite differences). Row-major
+// buffers; every product is a BLAS call; elementwise loops are spread over the cores.
 //
 // Backward conventions: parameter gradients are accumulated (+=), so a batch can be split;
 // input gradients are overwritten unless `accumulate_dx` says to add them (residual
@@ -14,51 +14,25 @@
 #include <vector>
 
 #include "linalg/linalg.h"
-#include "model/activations.h"
-#include "model/families/clip_vision.h"
+#include "model/kernels.h"
 
 namespace amalgam::train {
 
-template <class T>
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb,
-          T beta, T* c, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>)
-    sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  else
-    dgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-// y[rows, out] = x[rows, in] W[out, in]^T + b + residual[rows, out] (b, residual may be
-// null; residual may be y itself).
-template <class T>
-void linear_forward(const T* x, int64_t rows, int64_t in, const T* w, const T* b, int64_t out, T* y,
-                    const T* residual = nullptr);
 // dW += dy^T x, db += column sums of dy, dx (= or +=) dy W.
 template <class T>
 void linear_backward(const T* x, const T* dy, int64_t rows, int64_t in, const T* w, int64_t out, T* dx,
                      bool accumulate_dx, T* dw, T* db);
 
-// y = (x - mean) * rstd * g + b per row (biased variance); keeps xhat and rstd for backward.
-template <class T>
-void layer_norm_forward(const T* x, int64_t rows, int64_t d, const T* g, const T* b, double eps, T* y, T* xhat,
-                        T* rstd);
 template <class T>
 void layer_norm_backward(const T* dy, const T* xhat, const T* rstd, int64_t rows, int64_t d, const T* g, T* dx,
                          bool accumulate_dx, T* dg, T* db);
 
-template <class T>
-void activation_forward(Activation act, const T* x, T* y, size_t n);
 // dx = dy * act'(x).
 template <class T>
 void activation_backward(Activation act, const T* x, const T* dy, T* dx, size_t n);
 
-// Multi-head self-attention on the packed projections qkv [batch * tokens, 3 * width] (each
-// row q | k | v, as one GEMM makes them): context [batch * tokens, width] = softmax(scale
-// q k^T) v per image and head. probs [batch * heads, tokens, tokens] is kept for backward,
-// which overwrites dqkv (the same layout as qkv).
-template <class T>
-void attention_forward(const T* qkv, int64_t batch, int64_t tokens, int64_t width, int64_t heads, T scale, T* probs,
-                       T* context);
+// The backward of attention_forward (model/kernels.h) from its probs: overwrites dqkv (the
+// layout of qkv).
 template <class T>
 void attention_backward(const T* qkv, const T* probs, const T* dcontext, int64_t batch, int64_t tokens, int64_t width,
                         int64_t heads, T scale, T* dqkv);

@@ -8,7 +8,7 @@
 
 namespace amalgam::train {
 
-ClassifierHead prototype_head(const ClipVisionModel& model, const Tensor& images, std::span<const int64_t> labels,
+ClassifierHead prototype_head(const Model& model, const Tensor& images, std::span<const int64_t> labels,
                               int64_t classes, const ImageProcessorConfig& preprocess, const PrototypeOptions& options,
                               const std::string& where) {
   // The first `per_class` images of each class, in split order (splits are shuffled when
@@ -28,14 +28,14 @@ ClassifierHead prototype_head(const ClipVisionModel& model, const Tensor& images
     if (taken[static_cast<size_t>(c)] == 0)
       throw InputError(where, "class " + std::to_string(c) + " has no image to make its prototype from");
 
-  const int64_t dim = model.feature_dim();
+  const int64_t dim = model.head_width(), channels = image_input_of(model, where).channels;
   std::vector<double> sums(static_cast<size_t>(classes * dim), 0.0);
   constexpr int64_t kBatch = 256;
   for (size_t begin = 0; begin < chosen.size(); begin += kBatch) {
     check_interrupt();
     const std::span<const int64_t> idx(chosen.data() + begin, std::min<size_t>(kBatch, chosen.size() - begin));
-    Matrix f = model.features(preprocess_batch(images, idx, preprocess, model.config().num_channels),
-                              static_cast<int64_t>(idx.size()));
+    const auto pixels = preprocess_batch(images, idx, preprocess, channels);
+    Matrix f = model.forward(ModelInput::of_images(pixels, static_cast<int64_t>(idx.size())));
     normalize_rows(f);
     for (size_t i = 0; i < idx.size(); ++i) {
       double* sum = sums.data() + labels[static_cast<size_t>(idx[i])] * dim;

@@ -15,7 +15,7 @@
 #include "core/tensor.h"
 #include "data/preprocess.h"
 #include "model/classifier_head.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam::train {
 
@@ -26,7 +26,7 @@ struct PrototypeOptions {
 
 // `images` U8 [N, H, W, C] with `labels`; every class must have at least one image (InputError
 // naming the class otherwise, with `where` naming the task).
-ClassifierHead prototype_head(const ClipVisionModel& model, const Tensor& images, std::span<const int64_t> labels,
+ClassifierHead prototype_head(const Model& model, const Tensor& images, std::span<const int64_t> labels,
                               int64_t classes, const ImageProcessorConfig& preprocess, const PrototypeOptions& options,
                               const std::string& where);
 

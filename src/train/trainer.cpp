@@ -374,18 +374,19 @@ TrainReport pretrain_contrastive(const ClipVisionConfig& config, ClipVisionWeigh
       });
 }
 
-ClassifierHead fit_probe(const ClipVisionModel& model, const Tensor& images, std::span<const int64_t> labels,
-                         int64_t classes, const ImageProcessorConfig& preprocess, const TrainOptions& options) {
+ClassifierHead fit_probe(const Model& model, const Tensor& images, std::span<const int64_t> labels, int64_t classes,
+                         const ImageProcessorConfig& preprocess, const TrainOptions& options) {
   // Features once, then softmax regression on them: the encoder is frozen.
-  const int64_t n = static_cast<int64_t>(labels.size()), dim = model.feature_dim();
+  const int64_t n = static_cast<int64_t>(labels.size()), dim = model.head_width();
+  const int64_t channels = image_input_of(model, "fit_probe").channels;
   std::vector<float> features(static_cast<size_t>(n * dim));
   constexpr int64_t kBatch = 256;
   for (int64_t begin = 0; begin < n; begin += kBatch) {
     check_interrupt();
     std::vector<int64_t> idx;
     for (int64_t i = begin; i < std::min(n, begin + kBatch); ++i) idx.push_back(i);
-    const auto pixels = preprocess_batch(images, idx, preprocess, model.config().num_channels);
-    const Matrix f = model.features(pixels, static_cast<int64_t>(idx.size()));
+    const auto pixels = preprocess_batch(images, idx, preprocess, channels);
+    const Matrix f = model.forward(ModelInput::of_images(pixels, static_cast<int64_t>(idx.size())));
     std::copy(f.data.begin(), f.data.end(), features.begin() + begin * dim);
   }
   ClassifierHead head = new_head(classes, dim, options.seed);

@@ -82,8 +82,8 @@ TrainReport pretrain_contrastive(const ClipVisionConfig& config, ClipVisionWeigh
 
 // A linear probe: a head fitted (softmax regression, AdamW) on the frozen encoder's
 // L2-normalized features of the images.
-ClassifierHead fit_probe(const ClipVisionModel& model, const Tensor& images, std::span<const int64_t> labels,
-                         int64_t classes, const ImageProcessorConfig& preprocess, const TrainOptions& options);
+ClassifierHead fit_probe(const Model& model, const Tensor& images, std::span<const int64_t> labels, int64_t classes,
+                         const ImageProcessorConfig& preprocess, const TrainOptions& options);
 
 // A zero-initialised head for `classes` classes on `dim` features (normalized features).
 ClassifierHead new_head(int64_t classes, int64_t dim, uint64_t seed);

@@ -397,29 +397,6 @@ void resize(std::vector<float>& v, size_t n) {
   if (v.size() != n) v.resize(n);
 }
 
-// context[b, :, head] = softmax(q_bh k_bh^T) v_bh for every image and head, where qkv holds
-// [q | k | v] per row. The products are small (tokens x head_dim), so the pairs are spread
-// over threads, each calling single-threaded BLAS (OpenBLAS runs serially inside an OpenMP
-// region).
-void attention(const float* qkv, float* context, int64_t batch, int64_t tokens, int64_t width, int64_t heads) {
-  const int64_t hd = width / heads, stride = 3 * width;
-  const int64_t pairs = batch * heads;
-  // Small batches of small models stay on one thread: waking the others costs more.
-#pragma omp parallel if (pairs * tokens * tokens * hd > (1 << 18))
-  {
-    std::vector<float> scores(static_cast<size_t>(tokens * tokens));
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < pairs; ++p) {
-      const int64_t b = p / heads, h = p % heads;
-      const float* q = qkv + b * tokens * stride + h * hd;
-      sgemm(false, true, tokens, tokens, hd, 1.0f, q, stride, q + width, stride, 0.0f, scores.data(), tokens);
-      softmax_rows(scores.data(), tokens, tokens);
-      sgemm(false, false, tokens, hd, tokens, 1.0f, scores.data(), tokens, q + 2 * width, stride, 0.0f,
-            context + b * tokens * width + h * hd, width);
-    }
-  }
-}
-
 // q, k and v in one GEMM against their stacked weights [3D, D]: one large product runs
 // closer to the machine's peak than three of a third the size. Hugging Face scales q
 // (bias included) by head_dim^-0.5 before the attention product.
@@ -506,7 +483,9 @@ void run_clip_block(const ClipVisionConfig& c, const ClipBlockWeights& w, int64_
   layer_norm(h.data.data(), s.normed.data(), rows, d, w.layer_norm1, c.layer_norm_eps);
   call_tap(tap, layer, SiteRole::AttentionInput, s.normed.data(), rows, d);
   qkv_projection(c, w, s.normed.data(), rows, s);
-  attention(s.qkv.data(), s.context.data(), h.sequences(), c.tokens(), d, c.num_attention_heads);
+  // q is scaled already: the attention's own scale is 1.
+  attention_forward<float>(s.qkv.data(), h.sequences(), c.tokens(), d, c.num_attention_heads, 1.0f, nullptr,
+                           s.context.data());
   call_tap(tap, layer, SiteRole::AttentionOutput, s.context.data(), rows, d);
   linear(s.context.data(), rows, w.out_proj, h.data.data(), true);
 

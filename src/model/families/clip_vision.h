@@ -138,6 +138,10 @@ class ClipVisionModel final : public Model {
   std::unique_ptr<BlockWeights> read_block(const CheckpointReader& checkpoint, int64_t layer) const override;
   void run_block(int64_t layer, const BlockWeights& block, Stream& h, const SiteTap& tap = {}) const override;
   Matrix head(const Stream& h, const SiteTap& tap = {}) const override { return pool(h, tap); }
+  int64_t head_width() const override { return feature_dim(); }
+  Matrix forward(const ModelInput& batch, const SiteTap& tap = {}) const override {
+    return features(batch.pixels, batch.images, tap);
+  }
 
   // pixels: [batch, C, H, W], already normalized (Hugging Face's pixel_values).
   Stream embed(std::span<const float> pixels, int64_t batch) const;
