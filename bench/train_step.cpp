@@ -58,12 +58,12 @@ int main(int argc, char** argv) {
   const Tensor images = random_images(ft_images, 7);
   std::vector<int64_t> labels(static_cast<size_t>(ft_images));
   for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>(i % 10);
-  const ClipVisionWeights base = random_clip_vision_weights(config, 1, false);
+  const ClipVisionModel base(config, random_clip_vision_weights(config, 1, false));
   const train::BatchSource batches = train::classification_batches(images, labels, preprocess, 1, ft.max_shift);
   auto finetune = [&] {
-    ClipVisionWeights w = base;
+    std::unique_ptr<Model> model = std::make_unique<ClipVisionModel>(base);
     ClassifierHead head = train::new_head(10, config.hidden_size, 2);
-    return train::train_encoder(config, w, head, false, ft_images, batches, ft);
+    return train::train_encoder(model, head, false, ft_images, batches, ft);
   };
 
   // Pretraining: the zoo's options and views; each step sees two views of a batch.
@@ -72,11 +72,11 @@ int main(int argc, char** argv) {
   pre.quiet = true;
   const int64_t pre_images = steps * pre.batch_size;
   const Tensor pool = random_images(pre_images, 8);
-  const ClipVisionWeights base_projected = random_clip_vision_weights(config, 1, true);
+  const ClipVisionModel base_projected(config, random_clip_vision_weights(config, 1, true));
   const train::BatchSource views = train::contrastive_views(pool, preprocess, 1, zoo.views);
   auto pretrain = [&] {
-    ClipVisionWeights w = base_projected;
-    return train::pretrain_contrastive(config, w, pre_images, views, pre, zoo.temperature);
+    std::unique_ptr<Model> model = std::make_unique<ClipVisionModel>(base_projected);
+    return train::pretrain_contrastive(model, pre_images, views, pre, zoo.temperature);
   };
 
   finetune();  // warm-up: page faults, BLAS buffers, thread pool

@@ -12,7 +12,7 @@
 #include "core/parallel.h"
 #include "model/families/clip_vision.h"
 #include "test_util.h"
-#include "train/clip_graph.h"
+#include "train/families/clip_vision.h"
 #include "train/ops.h"
 #include "train/trainer.h"
 
@@ -278,7 +278,7 @@ TEST(TrainGraphGradient, WholeModelEveryParameter) {
   for (bool projection : {false, true}) {
     const ClipVisionConfig c = small_config(projection ? Activation::Gelu : Activation::QuickGelu, projection ? 3 : 1);
     ClipTrainGraph<double> graph(c, projection);
-    const auto flat = flatten_weights(c, random_clip_vision_weights(c, 21, projection));
+    const auto flat = flatten_clip_weights(c, random_clip_vision_weights(c, 21, projection));
     std::vector<double> params(flat.begin(), flat.end());
     // Larger LayerNorm/bias perturbations than the initialisation, so no term is negligible.
     auto noise = random_vector(params.size(), 22, 0.3);
@@ -304,7 +304,7 @@ TEST(TrainGraphGradient, WholeModelEveryParameter) {
 // number of threads.
 TEST(TrainGraphShards, EqualImageByImageForwardAndSummedGradients) {
   const ClipVisionConfig c = small_config(Activation::QuickGelu, 1);
-  const auto flat = flatten_weights(c, random_clip_vision_weights(c, 41, true));
+  const auto flat = flatten_clip_weights(c, random_clip_vision_weights(c, 41, true));
   const std::vector<double> params(flat.begin(), flat.end());
   const int64_t batch = 5, image = 36;
   const auto pixels = random_vector(static_cast<size_t>(batch * image), 42);
@@ -352,7 +352,7 @@ TEST(TrainGraphForward, FloatGraphMatchesInferenceEngine) {
   const ClipVisionWeights weights = random_clip_vision_weights(c, 31, true);
   const ClipVisionModel model(c, weights);
   ClipTrainGraph<float> graph(c, true);
-  const auto params = flatten_weights(c, weights);
+  const auto params = flatten_clip_weights(c, weights);
   const auto px = random_vector(static_cast<size_t>(3 * 3 * 36), 32);
   const std::vector<float> pixels(px.begin(), px.end());
   std::vector<float> features;
@@ -361,8 +361,8 @@ TEST(TrainGraphForward, FloatGraphMatchesInferenceEngine) {
   ASSERT_EQ(features.size(), expect.data.size());
   for (size_t i = 0; i < features.size(); ++i) EXPECT_NEAR(features[i], expect.data[i], 1e-5);
   // And flatten/unflatten is a round trip.
-  const ClipVisionWeights back = unflatten_weights(c, params, true);
-  EXPECT_EQ(flatten_weights(c, back), params);
+  const ClipVisionWeights back = unflatten_clip_weights(c, params, true);
+  EXPECT_EQ(flatten_clip_weights(c, back), params);
 }
 
 }  // namespace
@@ -417,11 +417,11 @@ ClipVisionConfig quadrant_model() {
   return c;
 }
 
-double accuracy(const ClipVisionModel& model, const ClassifierHead& head, const QuadrantTask& t) {
+double accuracy(const Model& model, const ClassifierHead& head, const QuadrantTask& t) {
   std::vector<int64_t> idx(t.labels.size());
   for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(i);
-  const Matrix logits = head.logits(
-      model.features(preprocess_batch(t.images, idx, plain_preprocess(), 1), static_cast<int64_t>(idx.size())));
+  const auto pixels = preprocess_batch(t.images, idx, plain_preprocess(), 1);
+  const Matrix logits = head.logits(model.forward(ModelInput::of_images(pixels, static_cast<int64_t>(idx.size()))));
   int64_t correct = 0;
   for (int64_t r = 0; r < logits.rows; ++r) {
     int64_t best = 0;
@@ -447,11 +447,11 @@ TEST(Trainer, LearnsASeparableTaskAndIsDeterministic) {
   const QuadrantTask train = quadrant_task(512, 1), test = quadrant_task(256, 2);
   const TrainOptions o = quadrant_options();
   auto run = [&] {
-    ClipVisionWeights w = random_clip_vision_weights(c, 5, false);
+    std::unique_ptr<Model> model = std::make_unique<ClipVisionModel>(c, random_clip_vision_weights(c, 5, false));
     ClassifierHead head = new_head(4, c.hidden_size, 6);
-    const auto report = train_encoder(c, w, head, true, 512,
+    const auto report = train_encoder(model, head, true, 512,
                                       classification_batches(train.images, train.labels, plain_preprocess(), 1, 0), o);
-    return std::make_tuple(w, head, report);
+    return std::make_tuple(dynamic_cast<const ClipVisionModel&>(*model).weights(), head, report);
   };
   const auto [w, head, report] = run();
   ASSERT_EQ(report.epoch_loss.size(), 6u);
@@ -462,7 +462,7 @@ TEST(Trainer, LearnsASeparableTaskAndIsDeterministic) {
   EXPECT_LT(accuracy(ClipVisionModel(c, random_clip_vision_weights(c, 5, false)), new_head(4, c.hidden_size, 6), test),
             0.5);
   const auto [w2, head2, report2] = run();
-  EXPECT_EQ(flatten_weights(c, w2), flatten_weights(c, w));
+  EXPECT_EQ(flatten_clip_weights(c, w2), flatten_clip_weights(c, w));
   EXPECT_EQ(head2.weight.data, head.weight.data);
 }
 
@@ -472,12 +472,13 @@ TEST(Trainer, ProbeOnFrozenFeaturesAndFrozenHeadFineTune) {
   const TrainOptions o = quadrant_options();
   // Contrastive pretraining gives the encoder features; a probe reads the task off them; a
   // fine-tune through the frozen probe improves on it and leaves the head untouched.
-  ClipVisionWeights w = random_clip_vision_weights(c, 7, true);
+  std::unique_ptr<Model> projected = std::make_unique<ClipVisionModel>(c, random_clip_vision_weights(c, 7, true));
   ViewAugmentation views;
   views.max_shift = 1;
   const TrainReport pre =
-      pretrain_contrastive(c, w, 512, contrastive_views(train.images, plain_preprocess(), 1, views), o, 0.2);
+      pretrain_contrastive(projected, 512, contrastive_views(train.images, plain_preprocess(), 1, views), o, 0.2);
   EXPECT_LT(pre.epoch_loss.back(), pre.epoch_loss.front());
+  ClipVisionWeights w = dynamic_cast<const ClipVisionModel&>(*projected).weights();
   w.visual_projection.reset();
   TrainOptions probe_opt = o;
   probe_opt.epochs = 30;
@@ -486,11 +487,12 @@ TEST(Trainer, ProbeOnFrozenFeaturesAndFrozenHeadFineTune) {
       fit_probe(ClipVisionModel(c, w), train.images, train.labels, 4, plain_preprocess(), probe_opt);
   const double probe_acc = accuracy(ClipVisionModel(c, w), probe, test);
   ClassifierHead frozen = probe;
-  const auto report = train_encoder(c, w, frozen, false, 512,
+  std::unique_ptr<Model> tuned = std::make_unique<ClipVisionModel>(c, w);
+  const auto report = train_encoder(tuned, frozen, false, 512,
                                     classification_batches(train.images, train.labels, plain_preprocess(), 1, 0), o);
   EXPECT_EQ(frozen.weight.data, probe.weight.data);
   EXPECT_EQ(frozen.bias, probe.bias);
-  const double tuned_acc = accuracy(ClipVisionModel(c, w), probe, test);
+  const double tuned_acc = accuracy(*tuned, probe, test);
   EXPECT_GT(tuned_acc, 0.9);
   EXPECT_GE(tuned_acc, probe_acc);
   EXPECT_LT(report.epoch_loss.back(), report.epoch_loss.front());

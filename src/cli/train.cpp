@@ -1,7 +1,7 @@
-// `amalgam train MODEL --task DIR --head HEAD -o OUT`: fine-tunes a CLIP vision encoder on a
-// task through a frozen head (the head is not changed). `--probe -o HEAD`: fits a linear
-// probe head on the frozen encoder's features instead; `--prototype-head -o HEAD` makes a
-// zero-shot-like head from class prototypes (train/prototype_head.h), as the zoo makes its own.
+// `amalgam train MODEL --task DIR --head HEAD -o OUT`: fine-tunes a vision encoder (a family
+// with a training graph: CLIP's) on a task through a frozen head (the head is not changed). `--probe -o HEAD`: fits a
+// linear probe head on the frozen encoder's features instead; `--prototype-head -o HEAD` makes a zero-shot-like head
+// from class prototypes (train/prototype_head.h), as the zoo makes its own.
 #include <cstdio>
 #include <iostream>
 
@@ -17,7 +17,7 @@
 namespace amalgam::cli {
 
 void add_train_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "Fine-tune a CLIP vision encoder through a frozen head, or fit a probe head");
+  auto* cmd = app.add_subcommand("train", "Fine-tune a vision encoder through a frozen head, or fit a probe head");
   struct Args {
     std::string model, task, head, output, split = "train";
     bool probe = false, prototype = false, force = false;
@@ -57,15 +57,15 @@ void add_train_command(CLI::App& app) {
     // Locked and checked before training, not after it.
     const auto claim =
         claim_output(a->output, a->force, makes_head ? AtomicOutput::Kind::File : AtomicOutput::Kind::Directory);
-    const ClipVisionModel model = ClipVisionModel::load(a->model);
+    std::unique_ptr<Model> model = open_model(a->model);
+    const int64_t channels = image_input_of(*model, a->model).channels;
     const ImageProcessorConfig preprocess = load_image_processor_config(a->model);
     const TaskInfo task = read_task_info(a->task);
     const TaskSplit split = load_split(a->task, task, a->split);
-    const int64_t channels = model.config().num_channels;
     if (makes_head) {
       ClassifierHead head =
-          a->probe ? train::fit_probe(model, split.images, split.labels, task.num_classes(), preprocess, a->options)
-                   : train::prototype_head(model, split.images, split.labels, task.num_classes(), preprocess,
+          a->probe ? train::fit_probe(*model, split.images, split.labels, task.num_classes(), preprocess, a->options)
+                   : train::prototype_head(*model, split.images, split.labels, task.num_classes(), preprocess,
                                            a->prototypes, a->task);
       head.task = task.name;
       head.class_names = task.classes;
@@ -75,16 +75,15 @@ void add_train_command(CLI::App& app) {
       return;
     }
     ClassifierHead head = ClassifierHead::load(a->head);
-    if (head.dim() != model.feature_dim() || head.classes() != task.num_classes())
+    if (head.dim() != model->head_width() || head.classes() != task.num_classes())
       throw InputError(a->head, "head is [" + std::to_string(head.classes()) + ", " + std::to_string(head.dim()) +
                                     "], the model and task need [" + std::to_string(task.num_classes()) + ", " +
-                                    std::to_string(model.feature_dim()) + "]");
-    ClipVisionWeights weights = model.weights();
+                                    std::to_string(model->head_width()) + "]");
     const auto report = train::train_encoder(
-        model.config(), weights, head, false, split.size(),
+        model, head, false, split.size(),
         train::classification_batches(split.images, split.labels, preprocess, channels, a->options.max_shift),
         a->options);
-    save_clip_vision(a->output, model.config(), weights, DType::F32, a->force, preprocess.to_json());
+    model->save(a->output, DType::F32, a->force, preprocess.to_json());
     std::fprintf(stderr, "amalgam: %lld steps in %.1f s (%.0f images/s), last epoch loss %.4f; wrote %s\n",
                  static_cast<long long>(report.steps), report.seconds, report.images_per_second,
                  report.epoch_loss.empty() ? 0.0 : report.epoch_loss.back(), a->output.c_str());

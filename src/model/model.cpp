@@ -24,6 +24,40 @@ Matrix Model::forward(const ModelInput& batch, const SiteTap& tap) const {
   return head(stream, tap);
 }
 
+const ParameterSlot* ParameterLayout::find(const std::string& name) const {
+  for (const auto& s : slots)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+const ParameterSlot& ParameterLayout::at(const std::string& name) const {
+  if (const ParameterSlot* s = find(name)) return *s;
+  throw std::out_of_range("ParameterLayout: no parameter '" + name + "'");
+}
+
+namespace {
+
+[[noreturn]] void not_in_memory(const Model& model) {
+  throw InputError("a " + model.model_type() +
+                   " model maps its weights from its checkpoint and does not hold them in memory: training, MASS "
+                   "bundles and the zoo take a vision family (clip_vision_model)");
+}
+
+}  // namespace
+
+const ParameterLayout& Model::parameter_layout() const {
+  not_in_memory(*this);
+}
+std::vector<float> Model::parameters() const {
+  not_in_memory(*this);
+}
+std::unique_ptr<Model> Model::with_parameters(std::span<const float>) const {
+  not_in_memory(*this);
+}
+void Model::save(const fs::path&, DType, bool, const std::optional<nlohmann::json>&) const {
+  not_in_memory(*this);
+}
+
 ImageInput image_input_of(const Model& model, const std::string& what) {
   const auto in = model.image_input();
   if (!in) throw InputError(what, "a " + model.model_type() + " model takes token ids, not images");

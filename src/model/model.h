@@ -22,6 +22,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
 #include "io/checkpoint.h"
 #include "linalg/linalg.h"
 #include "model/linear_sites.h"
@@ -60,6 +64,24 @@ class BlockWeights {
   BlockWeights& operator=(const BlockWeights&) = default;
   BlockWeights& operator=(BlockWeights&&) = default;
   virtual ~BlockWeights() = default;
+};
+
+// A model's parameters as one flat F32 vector, each tensor a slot of it under its checkpoint
+// name. The order is the family's (CLIP's puts each layer's q, k and v side by side: one GEMM
+// in training); code that edits parameters goes slot by slot, by name.
+struct ParameterSlot {
+  std::string name;
+  Shape shape;
+  size_t offset = 0;
+  size_t size = 0;
+  bool decay = false;  // weight decay applies to matrices, not to norms, biases, embeddings
+};
+struct ParameterLayout {
+  std::vector<ParameterSlot> slots;
+  size_t total = 0;
+
+  const ParameterSlot* find(const std::string& name) const;
+  const ParameterSlot& at(const std::string& name) const;  // std::out_of_range when absent
 };
 
 class Model {
@@ -104,6 +126,20 @@ class Model {
   // The whole forward, head(blocks(embed(batch))). A family may run a large batch in shards
   // across threads (CLIP does), with the same bits on any thread count.
   virtual Matrix forward(const ModelInput& batch, const SiteTap& tap = {}) const;
+
+  // A family that holds its weights in memory in F32 (the vision families) gives them as one
+  // vector, makes a model of its architecture from one (training, MASS's per-task-set models,
+  // the zoo's combinations) and saves itself as a checkpoint. A family that maps its weights
+  // from the checkpoint (the decoders: a model larger than memory still runs) answers each
+  // with an InputError saying so.
+  virtual bool holds_parameters() const { return false; }
+  virtual const ParameterLayout& parameter_layout() const;
+  virtual std::vector<float> parameters() const;
+  virtual std::unique_ptr<Model> with_parameters(std::span<const float> flat) const;
+  // A checkpoint directory (model.safetensors in `dtype`, config.json, and
+  // preprocessor_config.json when given), staged and renamed into place (AtomicOutput).
+  virtual void save(const std::filesystem::path& dir, DType dtype, bool force,
+                    const std::optional<nlohmann::json>& preprocessor_config = std::nullopt) const;
 };
 
 // The images a model takes: InputError naming `what` (the model's path, for messages) when it

@@ -10,7 +10,7 @@
 #include "core/lane_sum.h"
 #include "core/parallel.h"
 #include "core/progress.h"
-#include "train/clip_graph.h"
+#include "train/graph.h"
 #include "train/ops.h"
 
 namespace amalgam::train {
@@ -283,19 +283,20 @@ using FeatureLoss = std::function<LossStep(std::span<const float> features, int6
 // The training loop shared by every objective: seeded epochs over `examples`, the encoder's
 // forward, the loss, backward, clipping and an AdamW step (`adam` may already hold the
 // loss's own parameters). Accuracy counts `correct` over the batch's images.
-TrainReport run_training(const ClipVisionConfig& config, ClipVisionWeights& weights, AdamW& adam, int64_t examples,
-                         const BatchSource& source, const TrainOptions& options, const FeatureLoss& loss) {
-  const bool projection = weights.visual_projection.has_value();
-  ShardedClipGraph<float> graph(config, projection);
-  std::vector<float> params = flatten_weights(config, weights);
+TrainReport run_training(std::unique_ptr<Model>& model, AdamW& adam, int64_t examples, const BatchSource& source,
+                         const TrainOptions& options, const FeatureLoss& loss) {
+  const std::unique_ptr<TrainGraph<float>> graph = make_train_graph(*model);
+  std::vector<float> params = model->parameters();
+  if (params.size() != graph->layout().total)
+    throw std::logic_error("run_training: the training graph's layout is not the model's");
   std::vector<float> grads(params.size());
-  for (const ParamSlot& s : graph.layout().slots)
+  for (const ParameterSlot& s : graph->layout().slots)
     adam.add(std::span(params).subspan(s.offset, s.size), std::span(grads).subspan(s.offset, s.size), s.decay);
 
   const int64_t bs = std::min(options.batch_size, examples);
   const int64_t per_epoch = examples / bs;  // the last partial batch is dropped: constant batch statistics
   const int64_t total = per_epoch * options.epochs;
-  const int64_t image_floats = config.num_channels * config.image_size * config.image_size;
+  const int64_t image_floats = graph->image_floats();
   SplitMix64 rng(options.seed);
   TrainReport report;
   Progress progress("train", static_cast<uint64_t>(total), 0, options.quiet, "steps");
@@ -311,10 +312,10 @@ TrainReport run_training(const ClipVisionConfig& config, ClipVisionWeights& weig
       check_interrupt();
       source(std::span(order).subspan(static_cast<size_t>(b * bs), static_cast<size_t>(bs)), rng, pixels, labels);
       const auto images = static_cast<int64_t>(pixels.size()) / image_floats;
-      graph.forward(params, pixels, images, features);
+      graph->forward(params, pixels, images, features);
       const LossStep step = loss(features, images, labels, dfeatures);
       std::fill(grads.begin(), grads.end(), 0.0f);
-      graph.backward(params, dfeatures, grads);
+      graph->backward(params, dfeatures, grads);
       adam.clip(options.grad_clip);
       adam.step(learning_rate(options, report.steps, total));
       ++report.steps;
@@ -329,21 +330,21 @@ TrainReport run_training(const ClipVisionConfig& config, ClipVisionWeights& weig
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   report.images_per_second = report.seconds > 0 ? static_cast<double>(images_seen) / report.seconds : 0.0;
-  weights = unflatten_weights(config, params, projection);
+  model = model->with_parameters(params);
   return report;
 }
 
 }  // namespace
 
-TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& weights, ClassifierHead& head,
-                          bool train_head, int64_t examples, const BatchSource& source, const TrainOptions& options) {
+TrainReport train_encoder(std::unique_ptr<Model>& model, ClassifierHead& head, bool train_head, int64_t examples,
+                          const BatchSource& source, const TrainOptions& options) {
   std::vector<float> head_dw(head.weight.data.size()), head_db(head.bias.size());
   AdamW adam(0.9, 0.999, 1e-8, options.weight_decay);
   if (train_head) {
     adam.add(head.weight.data, head_dw, true, options.head_lr_scale);
     if (!head.bias.empty()) adam.add(head.bias, head_db, false, options.head_lr_scale);
   }
-  return run_training(config, weights, adam, examples, source, options,
+  return run_training(model, adam, examples, source, options,
                       [&](std::span<const float> features, int64_t images, std::span<const int64_t> labels,
                           std::vector<float>& dfeatures) {
                         std::fill(head_dw.begin(), head_dw.end(), 0.0f);
@@ -354,12 +355,12 @@ TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& wei
                       });
 }
 
-TrainReport pretrain_contrastive(const ClipVisionConfig& config, ClipVisionWeights& weights, int64_t examples,
-                                 const BatchSource& views, const TrainOptions& options, double temperature) {
+TrainReport pretrain_contrastive(std::unique_ptr<Model>& model, int64_t examples, const BatchSource& views,
+                                 const TrainOptions& options, double temperature) {
   AdamW adam(0.9, 0.999, 1e-8, options.weight_decay);
   std::vector<float> z, norms, dz;
   return run_training(
-      config, weights, adam, examples, views, options,
+      model, adam, examples, views, options,
       [&](std::span<const float> features, int64_t images, std::span<const int64_t>, std::vector<float>& dfeatures) {
         const int64_t dim = static_cast<int64_t>(features.size()) / images;
         z.resize(features.size());

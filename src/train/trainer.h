@@ -1,4 +1,5 @@
-// Training the CLIP vision encoder with a classification head: fine-tuning with the head
+// Training a vision encoder (any family with a training graph, train/graph.h) with a
+// classification head: fine-tuning with the head
 // frozen (as the task-vector literature does with CLIP's zero-shot heads), self-supervised
 // contrastive pretraining (SimCLR), and linear probes on frozen features.
 //
@@ -9,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -16,7 +18,7 @@
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "model/classifier_head.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam::train {
 
@@ -68,17 +70,17 @@ struct ViewAugmentation {
 BatchSource contrastive_views(const Tensor& images, const ImageProcessorConfig& preprocess, int64_t channels,
                               const ViewAugmentation& augmentation);
 
-// Trains the encoder `weights` in place on `examples` examples from `source`, through
-// `head` (updated too when `train_head`).
-TrainReport train_encoder(const ClipVisionConfig& config, ClipVisionWeights& weights, ClassifierHead& head,
-                          bool train_head, int64_t examples, const BatchSource& source, const TrainOptions& options);
+// Trains the encoder `model` on `examples` examples from `source`, through `head` (updated
+// too when `train_head`); `model` is replaced by the trained one.
+TrainReport train_encoder(std::unique_ptr<Model>& model, ClassifierHead& head, bool train_head, int64_t examples,
+                          const BatchSource& source, const TrainOptions& options);
 
 // Self-supervised pretraining with the SimCLR loss (contrastive_loss) on the encoder's
-// features: its projection when `weights` has one (SimCLR's projection head, dropped
-// afterwards), else the pooled output. Accuracy is the share of views whose nearest other
-// view is their partner.
-TrainReport pretrain_contrastive(const ClipVisionConfig& config, ClipVisionWeights& weights, int64_t examples,
-                                 const BatchSource& views, const TrainOptions& options, double temperature);
+// features (a projection after the pooled output, when the model has one, is SimCLR's
+// projection head, dropped afterwards); `model` is replaced by the trained one. Accuracy is
+// the share of views whose nearest other view is their partner.
+TrainReport pretrain_contrastive(std::unique_ptr<Model>& model, int64_t examples, const BatchSource& views,
+                                 const TrainOptions& options, double temperature);
 
 // A linear probe: a head fitted (softmax regression, AdamW) on the frozen encoder's
 // L2-normalized features of the images.

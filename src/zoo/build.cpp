@@ -51,8 +51,7 @@ LoadedTask load_task(const fs::path& dir) {
   return t;
 }
 
-double accuracy(const ClipVisionModel& model, const LoadedTask& task, const TaskSplit& split,
-                const ClassifierHead& head) {
+double accuracy(const Model& model, const LoadedTask& task, const TaskSplit& split, const ClassifierHead& head) {
   EvalOptions eval;
   eval.batch_size = 256;
   eval.quiet = true;
@@ -81,15 +80,27 @@ nlohmann::ordered_json reuse_base(const fs::path& from, const nlohmann::ordered_
 
 // The supervised stage after contrastive pretraining: the encoder learns which source each
 // pool image came from, through a head that is then dropped.
-void pretrain_on_sources(const ZooBuildOptions& options, const fs::path& data, ClipVisionWeights& base) {
+void pretrain_on_sources(const ZooBuildOptions& options, const fs::path& data, std::unique_ptr<Model>& base) {
   std::vector<int64_t> sources;
   const Tensor pool = pretraining_pool(data, options.pool, {}, &sources);
   const int64_t classes = *std::max_element(sources.begin(), sources.end()) + 1;
-  ClassifierHead head = train::new_head(classes, options.model.hidden_size, options.domain.seed);
+  ClassifierHead head = train::new_head(classes, base->head_width(), options.domain.seed);
   train::TrainOptions o = options.domain;
   o.quiet = options.quiet;
-  train::train_encoder(options.model, base, head, true, pool.dim(0),
+  train::train_encoder(base, head, true, pool.dim(0),
                        train::classification_batches(pool, sources, zoo_preprocess(), 1, o.max_shift), o);
+}
+
+// The zoo's encoder is a CLIP vision tower, and these two functions are where the zoo says
+// so: the rest of the build trains and evaluates it through the Model interface. Contrastive
+// pretraining runs through a projection (SimCLR's projection head), dropped afterwards.
+std::unique_ptr<Model> random_encoder_with_projection(const ZooBuildOptions& options) {
+  return std::make_unique<ClipVisionModel>(options.model,
+                                           random_clip_vision_weights(options.model, options.pretrain.seed, true));
+}
+
+std::unique_ptr<Model> without_projection(const Model& model) {
+  return std::make_unique<ClipVisionModel>(dynamic_cast<const ClipVisionModel&>(model).without_projection());
 }
 
 }  // namespace
@@ -215,15 +226,15 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
 
   auto t0 = std::chrono::steady_clock::now();
   const ImageProcessorConfig preprocess = zoo_preprocess();
-  ClipVisionWeights base;
+  std::unique_ptr<Model> base;
   if (!options.reuse_base_from.empty()) {
     pretrain = reuse_base(options.reuse_base_from, wanted, stage);
     pretrain["reused_from"] = options.reuse_base_from.string();
-    base = ClipVisionModel::load(stage / "base").weights();
+    base = open_model(stage / "base");
     if (options.domain.epochs > 0) {
       pretrain_on_sources(options, stage / "data", base);
       fs::remove_all(stage / "base");
-      save_clip_vision(stage / "base", options.model, base, DType::F32, false, preprocess.to_json());
+      base->save(stage / "base", DType::F32, false, preprocess.to_json());
     }
     timing["data"] = 0.0;
     timing["pretrain"] = seconds_since(t0);
@@ -238,15 +249,14 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     // output, which keeps more of what the views share than the projection does.
     t0 = std::chrono::steady_clock::now();
     const Tensor pool = pretraining_pool(stage / "data", options.pool);
-    base = random_clip_vision_weights(options.model, options.pretrain.seed, true);
+    base = random_encoder_with_projection(options);
     train::TrainOptions pre = options.pretrain;
     pre.quiet = options.quiet;
-    const auto pre_report = train::pretrain_contrastive(options.model, base, pool.dim(0),
-                                                        train::contrastive_views(pool, preprocess, 1, options.views),
-                                                        pre, options.temperature);
-    base.visual_projection.reset();
+    const auto pre_report = train::pretrain_contrastive(
+        base, pool.dim(0), train::contrastive_views(pool, preprocess, 1, options.views), pre, options.temperature);
+    base = without_projection(*base);
     if (options.domain.epochs > 0) pretrain_on_sources(options, stage / "data", base);
-    save_clip_vision(stage / "base", options.model, base, DType::F32, false, preprocess.to_json());
+    base->save(stage / "base", DType::F32, false, preprocess.to_json());
     timing["pretrain"] = seconds_since(t0);
     pretrain = {{"images", pool.dim(0)},
                 {"steps", pre_report.steps},
@@ -255,7 +265,7 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     log(options, "base pretrained: views matched to their partner " + std::to_string(pre_report.epoch_accuracy.back()));
   }
 
-  const ClipVisionModel base_model(options.model, base);
+  const Model& base_model = *base;
   fs::create_directories(stage / "heads");
   fs::create_directories(stage / "probes");
   double probe_seconds = 0, finetune_seconds = 0;
@@ -283,19 +293,19 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     probe_seconds += seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();
-    ClipVisionWeights tuned = base;
+    std::unique_ptr<Model> tuned = base->with_parameters(base->parameters());
     ClassifierHead frozen = head;
     train::TrainOptions ft = options.finetune;
     ft.seed += i;
     ft.epochs = std::max(ft.epochs, (options.finetune_min_images + n - 1) / std::max<int64_t>(n, 1));
     ft.quiet = options.quiet;
     train::train_encoder(
-        options.model, tuned, frozen, false, n,
+        tuned, frozen, false, n,
         train::classification_batches(task.train.images, task.train.labels, preprocess, 1, ft.max_shift), ft);
-    save_clip_vision(stage / "finetuned" / name, options.model, tuned, DType::F32, false, preprocess.to_json());
+    tuned->save(stage / "finetuned" / name, DType::F32, false, preprocess.to_json());
     finetune_seconds += seconds_since(t0);
 
-    const ClipVisionModel tuned_model(options.model, tuned);
+    const Model& tuned_model = *tuned;
     nlohmann::ordered_json entry = {{"task", name},
                                     {"classes", task.info.num_classes()},
                                     {"train_examples_used", n},
@@ -313,13 +323,14 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
                   entry["finetuned_test"].get<double>());
     log(options, line);
     tasks.push_back(entry);
-    regime_tasks.push_back({name, task.test, head, std::move(tuned), entry["base_test"].get<double>(),
-                            entry["base_probe_test"].get<double>(), entry["finetuned_test"].get<double>()});
+    regime_tasks.push_back({name, task.test, head, std::shared_ptr<const Model>(std::move(tuned)),
+                            entry["base_test"].get<double>(), entry["base_probe_test"].get<double>(),
+                            entry["finetuned_test"].get<double>()});
   }
   timing["probes"] = probe_seconds;
   timing["finetunes"] = finetune_seconds;
   t0 = std::chrono::steady_clock::now();
-  const nlohmann::ordered_json regime = measure_regime(options.model, base, regime_tasks, preprocess, {});
+  const nlohmann::ordered_json regime = measure_regime(*base, regime_tasks, preprocess, {});
   timing["regime"] = seconds_since(t0);
   char line[200];
   std::snprintf(line, sizeof line, "regime: base %.4f, fine-tuned %.4f, average %.4f: gap %.4f, recovery %.3f",

@@ -8,35 +8,23 @@ namespace amalgam {
 
 namespace {
 
-// A model's parameters as one vector, in clip_parameters' order.
-std::vector<float> flatten(const ClipVisionConfig& config, ClipVisionWeights weights) {
-  std::vector<float> flat;
-  for (const ClipParameter& p : clip_parameters(config, weights, false))
-    flat.insert(flat.end(), p.data, p.data + shape_numel(p.shape));
-  return flat;
-}
-
-// base + sum_k coefficients[k] * (tuned[k] - base), on flattened parameters.
-ClipVisionModel combine(const ClipVisionConfig& config, const ClipVisionWeights& base, std::span<const float> flat_base,
-                        std::span<const std::vector<float>* const> tuned, std::span<const double> coefficients) {
-  ClipVisionWeights out = base;
-  size_t offset = 0;
-  for (const ClipParameter& p : clip_parameters(config, out, false)) {
-    const auto n = static_cast<size_t>(shape_numel(p.shape));
-    for (size_t i = 0; i < n; ++i) {
-      double value = flat_base[offset + i];
-      for (size_t k = 0; k < tuned.size(); ++k)
-        value += coefficients[k] * (static_cast<double>((*tuned[k])[offset + i]) - flat_base[offset + i]);
-      p.data[i] = static_cast<float>(value);
-    }
-    offset += n;
+// base + sum_k coefficients[k] * (tuned[k] - base), on flat parameters, in double.
+std::unique_ptr<Model> combine(const Model& base, std::span<const float> flat_base,
+                               std::span<const std::vector<float>* const> tuned, std::span<const double> coefficients) {
+  std::vector<float> out(flat_base.size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    double value = flat_base[i];
+    for (size_t k = 0; k < tuned.size(); ++k)
+      value += coefficients[k] * (static_cast<double>((*tuned[k])[i]) - flat_base[i]);
+    out[i] = static_cast<float>(value);
   }
-  return ClipVisionModel(config, std::move(out));
+  return base.with_parameters(out);
 }
 
 // The class the model and head give each of the split's first `limit` images (0: all).
-std::vector<int64_t> predict(const ClipVisionModel& model, const TaskSplit& split, const ClassifierHead& head,
+std::vector<int64_t> predict(const Model& model, const TaskSplit& split, const ClassifierHead& head,
                              const ImageProcessorConfig& preprocess, int64_t limit) {
+  const int64_t channels = image_input_of(model, "task '" + split.name + "'").channels;
   const int64_t n = limit > 0 ? std::min(limit, split.size()) : split.size();
   std::vector<int64_t> classes;
   constexpr int64_t kBatch = 256;
@@ -45,9 +33,8 @@ std::vector<int64_t> predict(const ClipVisionModel& model, const TaskSplit& spli
     check_interrupt();
     idx.clear();
     for (int64_t i = begin; i < std::min(n, begin + kBatch); ++i) idx.push_back(i);
-    const Matrix logits =
-        head.logits(model.features(preprocess_batch(split.images, idx, preprocess, model.config().num_channels),
-                                   static_cast<int64_t>(idx.size())));
+    const auto pixels = preprocess_batch(split.images, idx, preprocess, channels);
+    const Matrix logits = head.logits(model.forward(ModelInput::of_images(pixels, static_cast<int64_t>(idx.size()))));
     for (int64_t r = 0; r < logits.rows; ++r) {
       const float* row = logits.row(r);
       classes.push_back(std::max_element(row, row + logits.cols) - row);
@@ -70,21 +57,20 @@ double disagreement(const std::vector<int64_t>& a, const std::vector<int64_t>& b
 
 }  // namespace
 
-nlohmann::ordered_json measure_regime(const ClipVisionConfig& config, const ClipVisionWeights& base,
-                                      std::span<const RegimeTask> tasks, const ImageProcessorConfig& preprocess,
-                                      const RegimeOptions& options) {
+nlohmann::ordered_json measure_regime(const Model& base, std::span<const RegimeTask> tasks,
+                                      const ImageProcessorConfig& preprocess, const RegimeOptions& options) {
   const size_t count = tasks.size();
-  const std::vector<float> flat_base = flatten(config, base);
+  const std::vector<float> flat_base = base.parameters();
   std::vector<std::vector<float>> flat(count);
   std::vector<const std::vector<float>*> all;
   for (size_t t = 0; t < count; ++t) {
-    flat[t] = flatten(config, tasks[t].finetuned);
+    flat[t] = tasks[t].finetuned->parameters();
+    if (flat[t].size() != flat_base.size())
+      throw std::invalid_argument("measure_regime: task '" + tasks[t].name + "' is not a fine-tune of the base");
     all.push_back(&flat[t]);
   }
-  const ClipVisionModel average =
-      combine(config, base, flat_base, all, std::vector<double>(count, 1.0 / static_cast<double>(count)));
-  const ClipVisionModel arithmetic =
-      combine(config, base, flat_base, all, std::vector<double>(count, options.task_arithmetic_lambda));
+  const auto average = combine(base, flat_base, all, std::vector<double>(count, 1.0 / static_cast<double>(count)));
+  const auto arithmetic = combine(base, flat_base, all, std::vector<double>(count, options.task_arithmetic_lambda));
 
   const char* keys[] = {"base", "probe_ceiling", "finetuned", "average", "task_arithmetic", "alone_at_average_weight"};
   std::vector<double> sums(std::size(keys), 0.0);
@@ -93,13 +79,13 @@ nlohmann::ordered_json measure_regime(const ClipVisionConfig& config, const Clip
     const RegimeTask& task = tasks[t];
     const std::vector<const std::vector<float>*> own{&flat[t]};
     const double weight = 1.0 / static_cast<double>(count);
-    const ClipVisionModel alone = combine(config, base, flat_base, own, std::span(&weight, 1));
+    const auto alone = combine(base, flat_base, own, std::span(&weight, 1));
     const double values[] = {task.base,
                              task.probe_ceiling,
                              task.finetuned_accuracy,
-                             accuracy(predict(average, task.test, task.head, preprocess, 0), task.test),
-                             accuracy(predict(arithmetic, task.test, task.head, preprocess, 0), task.test),
-                             accuracy(predict(alone, task.test, task.head, preprocess, 0), task.test)};
+                             accuracy(predict(*average, task.test, task.head, preprocess, 0), task.test),
+                             accuracy(predict(*arithmetic, task.test, task.head, preprocess, 0), task.test),
+                             accuracy(predict(*alone, task.test, task.head, preprocess, 0), task.test)};
     nlohmann::ordered_json row = {{"task", task.name}};
     for (size_t k = 0; k < std::size(keys); ++k) {
       row[keys[k]] = values[k];
@@ -118,8 +104,8 @@ nlohmann::ordered_json measure_regime(const ClipVisionConfig& config, const Clip
   // on task i's images, for every pair, in both directions.
   std::vector<std::vector<int64_t>> alone_predictions(count);
   for (size_t t = 0; t < count; ++t)
-    alone_predictions[t] = predict(ClipVisionModel(config, tasks[t].finetuned), tasks[t].test, tasks[t].head,
-                                   preprocess, options.pair_examples);
+    alone_predictions[t] =
+        predict(*tasks[t].finetuned, tasks[t].test, tasks[t].head, preprocess, options.pair_examples);
   nlohmann::ordered_json pairs = nlohmann::ordered_json::array();
   double disagreement_sum = 0;
   int64_t directions = 0;
@@ -127,10 +113,10 @@ nlohmann::ordered_json measure_regime(const ClipVisionConfig& config, const Clip
   for (size_t i = 0; i < count; ++i)
     for (size_t j = i + 1; j < count; ++j) {
       const std::vector<const std::vector<float>*> ij{&flat[i], &flat[j]};
-      const ClipVisionModel added = combine(config, base, flat_base, ij, both);
-      const double on_i = disagreement(predict(added, tasks[i].test, tasks[i].head, preprocess, options.pair_examples),
+      const auto added = combine(base, flat_base, ij, both);
+      const double on_i = disagreement(predict(*added, tasks[i].test, tasks[i].head, preprocess, options.pair_examples),
                                        alone_predictions[i]);
-      const double on_j = disagreement(predict(added, tasks[j].test, tasks[j].head, preprocess, options.pair_examples),
+      const double on_j = disagreement(predict(*added, tasks[j].test, tasks[j].head, preprocess, options.pair_examples),
                                        alone_predictions[j]);
       pairs.push_back({{"tasks", {tasks[i].name, tasks[j].name}}, {"on_first", on_i}, {"on_second", on_j}});
       disagreement_sum += on_i + on_j;

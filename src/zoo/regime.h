@@ -14,6 +14,7 @@
 // differently from base + tau_i.
 #pragma once
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
@@ -22,7 +23,7 @@
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "model/classifier_head.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam {
 
@@ -32,7 +33,7 @@ struct RegimeTask {
   std::string name;
   TaskSplit test;
   ClassifierHead head;  // zero-shot-like: the head the fine-tunes were trained through
-  ClipVisionWeights finetuned;
+  std::shared_ptr<const Model> finetuned;
   double base = 0;           // the base through `head`
   double probe_ceiling = 0;  // the base through a linear probe: the ceiling of its features
   double finetuned_accuracy = 0;
@@ -44,8 +45,7 @@ struct RegimeOptions {
 };
 
 // Every figure above as zoo.json's "regime" section (accuracies as fractions of the test split).
-nlohmann::ordered_json measure_regime(const ClipVisionConfig& config, const ClipVisionWeights& base,
-                                      std::span<const RegimeTask> tasks, const ImageProcessorConfig& preprocess,
-                                      const RegimeOptions& options);
+nlohmann::ordered_json measure_regime(const Model& base, std::span<const RegimeTask> tasks,
+                                      const ImageProcessorConfig& preprocess, const RegimeOptions& options);
 
 }  // namespace amalgam

@@ -356,9 +356,102 @@ void load_parameter(const CheckpointReader& ckpt, const ClipParameter& p) {
 
 }  // namespace
 
+namespace {
+
+bool is_qkv(const std::string& name) {
+  for (const char* proj : {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."})
+    if (name.find(proj) != std::string::npos) return true;
+  return false;
+}
+
+// clip_parameters in the flat order: each layer's q, k and v weights, then their biases,
+// where its q_proj.weight stands.
+std::vector<ClipParameter> flat_order(const ClipVisionConfig& config, ClipVisionWeights& weights,
+                                      bool with_projection) {
+  const std::vector<ClipParameter> params = clip_parameters(config, weights, with_projection);
+  auto find = [&](const std::string& name) {
+    return *std::find_if(params.begin(), params.end(), [&](const ClipParameter& p) { return p.name == name; });
+  };
+  std::vector<ClipParameter> order;
+  for (const ClipParameter& p : params) {
+    if (!is_qkv(p.name)) {
+      order.push_back(p);
+      continue;
+    }
+    const std::string suffix = "q_proj.weight";
+    if (!p.name.ends_with(suffix)) continue;  // placed with its layer's q_proj.weight
+    const std::string prefix = p.name.substr(0, p.name.size() - suffix.size());
+    for (const char* part : {"weight", "bias"})
+      for (const char* proj : {"q_proj.", "k_proj.", "v_proj."}) order.push_back(find(prefix + proj + part));
+  }
+  return order;
+}
+
+ParameterLayout layout_of(const std::vector<ClipParameter>& order) {
+  ParameterLayout layout;
+  for (const ClipParameter& p : order) {
+    ParameterSlot s;
+    s.name = p.name;
+    s.shape = p.shape;
+    s.offset = layout.total;
+    s.size = static_cast<size_t>(shape_numel(p.shape));
+    s.decay = p.kind == ClipParameter::Kind::Matrix && p.name.find("embedding") == std::string::npos;
+    layout.total += s.size;
+    layout.slots.push_back(std::move(s));
+  }
+  return layout;
+}
+
+}  // namespace
+
+ParameterLayout clip_parameter_layout(const ClipVisionConfig& config, bool with_projection) {
+  ClipVisionWeights scratch;
+  return layout_of(flat_order(config, scratch, with_projection));
+}
+
+std::vector<float> flatten_clip_weights(const ClipVisionConfig& config, const ClipVisionWeights& weights) {
+  ClipVisionWeights copy = weights;  // clip_parameters() takes mutable weights; shapes match
+  std::vector<float> flat;
+  for (const ClipParameter& p : flat_order(config, copy, weights.visual_projection.has_value()))
+    flat.insert(flat.end(), p.data, p.data + shape_numel(p.shape));
+  return flat;
+}
+
+ClipVisionWeights unflatten_clip_weights(const ClipVisionConfig& config, std::span<const float> flat,
+                                         bool with_projection) {
+  ClipVisionWeights w;
+  size_t offset = 0;
+  for (const ClipParameter& p : flat_order(config, w, with_projection)) {
+    const auto n = static_cast<size_t>(shape_numel(p.shape));
+    if (offset + n > flat.size()) throw std::invalid_argument("unflatten_clip_weights: parameter vector too short");
+    std::copy(flat.begin() + static_cast<long>(offset), flat.begin() + static_cast<long>(offset + n), p.data);
+    offset += n;
+  }
+  if (offset != flat.size()) throw std::invalid_argument("unflatten_clip_weights: parameter vector too long");
+  return w;
+}
+
 ClipVisionModel::ClipVisionModel(ClipVisionConfig config, ClipVisionWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
   check_shapes(config_, weights_);
+  // From the model's own weights, whose shapes match: nothing is allocated.
+  layout_ = layout_of(flat_order(config_, weights_, weights_.visual_projection.has_value()));
+}
+
+ClipVisionModel ClipVisionModel::without_projection() const {
+  ClipVisionWeights weights;
+  weights.patch_embedding = weights_.patch_embedding;
+  weights.class_embedding = weights_.class_embedding;
+  weights.position_embedding = weights_.position_embedding;
+  weights.pre_layrnorm = weights_.pre_layrnorm;
+  weights.layers = weights_.layers;
+  weights.post_layernorm = weights_.post_layernorm;
+  return {config_, std::move(weights)};
+}
+
+std::unique_ptr<Model> ClipVisionModel::with_parameters(std::span<const float> flat) const {
+  return std::make_unique<ClipVisionModel>(
+      config_, unflatten_clip_weights(config_, flat, weights_.visual_projection.has_value()));
 }
 
 ClipBlockWeights load_clip_block(const CheckpointReader& checkpoint, const ClipVisionConfig& config, int64_t layer) {

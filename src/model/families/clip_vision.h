@@ -108,6 +108,22 @@ std::string clip_gram_name(int64_t layer, SiteRole role);
 // Every site of the model in forward order (blocks, then the projection when there is one).
 std::vector<LinearSiteSpec> clip_linear_sites(const ClipVisionConfig& config, bool with_projection);
 
+// Writes a Hugging Face checkpoint directory (atomically): config.json (a CLIPVisionConfig,
+// architectures CLIPVisionModel or CLIPVisionModelWithProjection), model.safetensors in
+// `dtype`, and `preprocessor_config` as preprocessor_config.json when given.
+void save_clip_vision(const std::filesystem::path& dir, const ClipVisionConfig& config,
+                      const ClipVisionWeights& weights, DType dtype, bool force,
+                      const std::optional<nlohmann::json>& preprocessor_config = std::nullopt);
+
+// The flat parameter order (Model::parameter_layout): clip_parameters' checkpoint order, except
+// that each layer's q, k and v projections sit side by side, weights then biases (one
+// [3 * width, width] matrix and one bias: one GEMM in training). Weight decay marks the
+// matrices other than the embeddings.
+ParameterLayout clip_parameter_layout(const ClipVisionConfig& config, bool with_projection);
+std::vector<float> flatten_clip_weights(const ClipVisionConfig& config, const ClipVisionWeights& weights);
+ClipVisionWeights unflatten_clip_weights(const ClipVisionConfig& config, std::span<const float> flat,
+                                         bool with_projection);
+
 class ClipVisionModel final : public Model {
  public:
   // Checks every shape against the config (InputError naming the tensor).
@@ -121,9 +137,11 @@ class ClipVisionModel final : public Model {
 
   const ClipVisionConfig& config() const { return config_; }
   const ClipVisionWeights& weights() const { return weights_; }
-  ClipVisionWeights& mutable_weights() { return weights_; }
   // Width of what features() returns: projection_dim with a projection, else hidden_size.
   int64_t feature_dim() const;
+  // This model with its visual projection dropped (SimCLR drops its projection head after
+  // contrastive pretraining).
+  ClipVisionModel without_projection() const;
 
   // The family interface (model/model.h). head() is pool().
   std::string model_type() const override { return "clip_vision_model"; }
@@ -142,6 +160,14 @@ class ClipVisionModel final : public Model {
   Matrix forward(const ModelInput& batch, const SiteTap& tap = {}) const override {
     return features(batch.pixels, batch.images, tap);
   }
+  bool holds_parameters() const override { return true; }
+  const ParameterLayout& parameter_layout() const override { return layout_; }
+  std::vector<float> parameters() const override { return flatten_clip_weights(config_, weights_); }
+  std::unique_ptr<Model> with_parameters(std::span<const float> flat) const override;
+  void save(const std::filesystem::path& dir, DType dtype, bool force,
+            const std::optional<nlohmann::json>& preprocessor_config = std::nullopt) const override {
+    save_clip_vision(dir, config_, weights_, dtype, force, preprocessor_config);
+  }
 
   // pixels: [batch, C, H, W], already normalized (Hugging Face's pixel_values).
   Stream embed(std::span<const float> pixels, int64_t batch) const;
@@ -157,6 +183,7 @@ class ClipVisionModel final : public Model {
  private:
   ClipVisionConfig config_;
   ClipVisionWeights weights_;
+  ParameterLayout layout_;
 };
 
 // Reads one encoder block of a checkpoint (converted to F32), without the rest of the
@@ -171,12 +198,5 @@ void run_clip_block(const ClipVisionConfig& config, const ClipBlockWeights& bloc
 // Seeded random weights of the right shapes and scales (LayerNorms near identity): for
 // tests, benchmarks and the zoo's initialisation. Same config and seed, same bits.
 ClipVisionWeights random_clip_vision_weights(const ClipVisionConfig& config, uint64_t seed, bool with_projection);
-
-// Writes a Hugging Face checkpoint directory (atomically): config.json (a CLIPVisionConfig,
-// architectures CLIPVisionModel or CLIPVisionModelWithProjection), model.safetensors in
-// `dtype`, and `preprocessor_config` as preprocessor_config.json when given.
-void save_clip_vision(const std::filesystem::path& dir, const ClipVisionConfig& config,
-                      const ClipVisionWeights& weights, DType dtype, bool force,
-                      const std::optional<nlohmann::json>& preprocessor_config = std::nullopt);
 
 }  // namespace amalgam

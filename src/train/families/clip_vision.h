@@ -1,9 +1,7 @@
-// The CLIP vision model as a differentiable function of one flat parameter vector:
-// forward keeps what backward needs, backward accumulates the gradient of <features, dF>.
-// The flat vector holds the tensors of clip_parameters() in checkpoint order, except that
-// each layer's q, k and v projections sit side by side (one GEMM), so the optimizer,
-// gradient clipping and finite-difference checks are loops over one array, and converting
-// to and from ClipVisionWeights is a copy.
+// The CLIP vision model's training graph: the model as a differentiable function of its
+// flat parameter vector (clip_parameter_layout: each layer's q, k and v projections side by
+// side, one GEMM), composed of model/kernels' forward kernels and train/ops' backward
+// passes. ShardedClipGraph is what make_train_graph gives a clip_vision_model.
 #pragma once
 
 #include <algorithm>
@@ -13,27 +11,9 @@
 #include <vector>
 
 #include "model/families/clip_vision.h"
+#include "train/graph.h"
 
 namespace amalgam::train {
-
-struct ParamSlot {
-  std::string name;
-  Shape shape;
-  size_t offset = 0;
-  size_t size = 0;
-  bool decay = false;  // weight decay applies to matrices only, not to norms, biases, embeddings' vectors
-};
-
-struct ParamLayout {
-  std::vector<ParamSlot> slots;
-  size_t total = 0;
-
-  static ParamLayout for_clip(const ClipVisionConfig& config, bool with_projection);
-  const ParamSlot& at(const std::string& name) const;
-};
-
-std::vector<float> flatten_weights(const ClipVisionConfig& config, const ClipVisionWeights& weights);
-ClipVisionWeights unflatten_weights(const ClipVisionConfig& config, std::span<const float> flat, bool with_projection);
 
 template <class T>
 class ClipTrainGraph {
@@ -41,7 +21,7 @@ class ClipTrainGraph {
   ClipTrainGraph(const ClipVisionConfig& config, bool with_projection);
 
   const ClipVisionConfig& config() const { return config_; }
-  const ParamLayout& layout() const { return layout_; }
+  const ParameterLayout& layout() const { return layout_; }
   int64_t feature_dim() const { return with_projection_ ? config_.projection_dim : config_.hidden_size; }
 
   // pixels [batch, C, H, W] -> features [batch, feature_dim]; keeps the activations.
@@ -65,7 +45,7 @@ class ClipTrainGraph {
 
   ClipVisionConfig config_;
   bool with_projection_;
-  ParamLayout layout_;
+  ParameterLayout layout_;
   size_t patch_w_, class_emb_, pos_emb_, pre_w_, pre_b_, post_w_, post_b_, proj_w_ = 0;
   std::vector<BlockOffsets> blocks_;
 
@@ -85,17 +65,18 @@ class ClipTrainGraph {
 // sizes, threaded GEMMs spent a fifth of a step waiting for each other. The shard size, not
 // the thread count, fixes the summation order, so the bits do not depend on the machine.
 template <class T>
-class ShardedClipGraph {
+class ShardedClipGraph final : public TrainGraph<T> {
  public:
   static constexpr int64_t kDefaultShardImages = 32;
 
   ShardedClipGraph(const ClipVisionConfig& config, bool with_projection, int64_t shard_images = kDefaultShardImages);
 
-  const ParamLayout& layout() const { return shards_.front().layout(); }
+  const ParameterLayout& layout() const override { return shards_.front().layout(); }
+  int64_t image_floats() const override;
 
   // Same contracts as ClipTrainGraph's.
-  void forward(std::span<const T> params, std::span<const T> pixels, int64_t batch, std::vector<T>& features);
-  void backward(std::span<const T> params, std::span<const T> dfeatures, std::span<T> grads);
+  void forward(std::span<const T> params, std::span<const T> pixels, int64_t batch, std::vector<T>& features) override;
+  void backward(std::span<const T> params, std::span<const T> dfeatures, std::span<T> grads) override;
 
  private:
   int64_t shard_count(int64_t batch) const { return (batch + shard_images_ - 1) / shard_images_; }

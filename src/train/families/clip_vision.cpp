@@ -1,4 +1,4 @@
-#include "train/clip_graph.h"
+#include "train/families/clip_vision.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,86 +10,9 @@
 
 namespace amalgam::train {
 
-namespace {
-
-bool is_qkv(const std::string& name) {
-  for (const char* proj : {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."})
-    if (name.find(proj) != std::string::npos) return true;
-  return false;
-}
-
-// The parameters in checkpoint order, except that each layer's q, k and v projections sit
-// side by side, weights then biases: one [3 * width, width] matrix and one bias, so that the
-// three projections are one GEMM.
-std::vector<ClipParameter> layout_order(const ClipVisionConfig& config, ClipVisionWeights& weights,
-                                        bool with_projection) {
-  const std::vector<ClipParameter> params = clip_parameters(config, weights, with_projection);
-  auto find = [&](const std::string& name) {
-    return *std::find_if(params.begin(), params.end(), [&](const ClipParameter& p) { return p.name == name; });
-  };
-  std::vector<ClipParameter> order;
-  for (const ClipParameter& p : params) {
-    if (!is_qkv(p.name)) {
-      order.push_back(p);
-      continue;
-    }
-    const std::string suffix = "q_proj.weight";
-    if (!p.name.ends_with(suffix)) continue;  // placed with its layer's q_proj.weight
-    const std::string prefix = p.name.substr(0, p.name.size() - suffix.size());
-    for (const char* part : {"weight", "bias"})
-      for (const char* proj : {"q_proj.", "k_proj.", "v_proj."}) order.push_back(find(prefix + proj + part));
-  }
-  return order;
-}
-
-}  // namespace
-
-ParamLayout ParamLayout::for_clip(const ClipVisionConfig& config, bool with_projection) {
-  ClipVisionWeights scratch;
-  ParamLayout layout;
-  for (const ClipParameter& p : layout_order(config, scratch, with_projection)) {
-    ParamSlot s;
-    s.name = p.name;
-    s.shape = p.shape;
-    s.offset = layout.total;
-    s.size = static_cast<size_t>(shape_numel(p.shape));
-    s.decay = p.kind == ClipParameter::Kind::Matrix && p.name.find("embedding") == std::string::npos;
-    layout.total += s.size;
-    layout.slots.push_back(std::move(s));
-  }
-  return layout;
-}
-
-const ParamSlot& ParamLayout::at(const std::string& name) const {
-  for (const auto& s : slots)
-    if (s.name == name) return s;
-  throw std::out_of_range("ParamLayout: no parameter '" + name + "'");
-}
-
-std::vector<float> flatten_weights(const ClipVisionConfig& config, const ClipVisionWeights& weights) {
-  ClipVisionWeights copy = weights;  // clip_parameters() takes mutable weights; shapes match
-  std::vector<float> flat;
-  for (const ClipParameter& p : layout_order(config, copy, weights.visual_projection.has_value()))
-    flat.insert(flat.end(), p.data, p.data + shape_numel(p.shape));
-  return flat;
-}
-
-ClipVisionWeights unflatten_weights(const ClipVisionConfig& config, std::span<const float> flat, bool with_projection) {
-  ClipVisionWeights w;
-  size_t offset = 0;
-  for (const ClipParameter& p : layout_order(config, w, with_projection)) {
-    const auto n = static_cast<size_t>(shape_numel(p.shape));
-    if (offset + n > flat.size()) throw std::invalid_argument("unflatten_weights: parameter vector too short");
-    std::copy(flat.begin() + static_cast<long>(offset), flat.begin() + static_cast<long>(offset + n), p.data);
-    offset += n;
-  }
-  if (offset != flat.size()) throw std::invalid_argument("unflatten_weights: parameter vector too long");
-  return w;
-}
-
 template <class T>
 ClipTrainGraph<T>::ClipTrainGraph(const ClipVisionConfig& config, bool with_projection)
-    : config_(config), with_projection_(with_projection), layout_(ParamLayout::for_clip(config, with_projection)) {
+    : config_(config), with_projection_(with_projection), layout_(clip_parameter_layout(config, with_projection)) {
   auto off = [&](const std::string& name) { return layout_.at(name).offset; };
   patch_w_ = off("vision_model.embeddings.patch_embedding.weight");
   class_emb_ = off("vision_model.embeddings.class_embedding");
@@ -353,9 +276,26 @@ void ShardedClipGraph<T>::backward(std::span<const T> params, std::span<const T>
   });
 }
 
+template <class T>
+int64_t ShardedClipGraph<T>::image_floats() const {
+  const ClipVisionConfig& c = shards_.front().config();
+  return c.num_channels * c.image_size * c.image_size;
+}
+
 template class ClipTrainGraph<float>;
 template class ClipTrainGraph<double>;
 template class ShardedClipGraph<float>;
 template class ShardedClipGraph<double>;
+
+namespace {
+
+const bool registered = register_train_graph({[](const std::string& type) { return type == "clip_vision_model"; },
+                                              [](const Model& model) -> std::unique_ptr<TrainGraph<float>> {
+                                                const auto& clip = dynamic_cast<const ClipVisionModel&>(model);
+                                                return std::make_unique<ShardedClipGraph<float>>(
+                                                    clip.config(), clip.weights().visual_projection.has_value());
+                                              }});
+
+}  // namespace
 
 }  // namespace amalgam::train
