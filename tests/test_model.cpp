@@ -2,6 +2,8 @@
 // model_type; a forward through the interface (embed, read_block, run_block, head) gives the
 // bits of each family's own forward; blocks read from another checkpoint are that
 // checkpoint's; token picking by hand-worked values.
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "clip_fixtures.h"
@@ -13,6 +15,7 @@
 #include "model/families/clip_vision.h"
 #include "model/model.h"
 #include "test_util.h"
+#include "train/graph.h"
 
 namespace amalgam::testing {
 namespace {
@@ -105,6 +108,62 @@ TEST(ModelFamilies, DecoderThroughTheInterfaceIsItsOwnForwardAndReadsOtherCheckp
   EXPECT_EQ(not_images, "model/a: a qwen2 model takes token ids, not images");
   EXPECT_TRUE(same_bits(via_b.data, own_b.data));
   EXPECT_FALSE(same_bits(via_a.data, via_b.data));  // the two checkpoints differ
+}
+
+TEST(ModelFamilies, ClipParametersAreOneVectorWithEveryCheckpointTensorOnce) {
+  TempDir dir;
+  const ClipVisionConfig c = tiny_clip_config();
+  save_clip_vision(dir.path() / "clip", c, random_clip_vision_weights(c, 4, true), DType::F32, false);
+  const std::unique_ptr<Model> model = open_model(dir.path() / "clip");
+  ASSERT_TRUE(model->holds_parameters());
+  const ParameterLayout& layout = model->parameter_layout();
+  const std::vector<float> flat = model->parameters();
+  ASSERT_EQ(flat.size(), layout.total);
+  // Every tensor of the checkpoint is one slot, with its values, and the slots tile the vector.
+  const CheckpointReader checkpoint(dir.path() / "clip");
+  std::vector<std::string> names;
+  size_t offset = 0;
+  for (const ParameterSlot& s : layout.slots) {
+    EXPECT_EQ(s.offset, offset);
+    offset += s.size;
+    names.push_back(s.name);
+    const std::vector<double> values = tensor_values(dir.path() / "clip", s.name);
+    ASSERT_EQ(values.size(), s.size) << s.name;
+    for (size_t i = 0; i < s.size; ++i) ASSERT_EQ(flat[s.offset + i], static_cast<float>(values[i])) << s.name;
+  }
+  std::vector<std::string> stored = checkpoint.names();
+  std::sort(names.begin(), names.end());
+  std::sort(stored.begin(), stored.end());
+  EXPECT_EQ(names, stored);
+  // q, k and v of a layer side by side (one GEMM in training); decay on matrices only.
+  const ParameterSlot& q = layout.at(clip_layer_prefix(1) + "self_attn.q_proj.weight");
+  EXPECT_EQ(layout.at(clip_layer_prefix(1) + "self_attn.k_proj.weight").offset, q.offset + q.size);
+  EXPECT_TRUE(q.decay);
+  EXPECT_FALSE(layout.at(clip_layer_prefix(1) + "self_attn.q_proj.bias").decay);
+  EXPECT_FALSE(layout.at("vision_model.embeddings.position_embedding.weight").decay);
+
+  // A model from a changed vector holds the change; saved and loaded, it keeps its bits.
+  std::vector<float> changed = flat;
+  for (size_t i = 0; i < changed.size(); ++i) changed[i] += 0.001f * static_cast<float>(i % 7);
+  const std::unique_ptr<Model> other = model->with_parameters(changed);
+  EXPECT_EQ(other->parameters(), changed);
+  other->save(dir.path() / "other", DType::F32, false);
+  EXPECT_EQ(open_model(dir.path() / "other")->parameters(), changed);
+  EXPECT_THROW(model->with_parameters(std::span(changed).first(changed.size() - 1)), std::invalid_argument);
+}
+
+TEST(ModelFamilies, ADecoderMapsItsWeightsAndSaysSoWhenAskedForThemInMemory) {
+  TempDir dir;
+  write_random_decoder(dir.path() / "a", tiny_config("llama"), DType::F32, 1);
+  const std::unique_ptr<Model> model = open_model(dir.path() / "a");
+  EXPECT_FALSE(model->holds_parameters());
+  const std::string why = input_error_of([&] { (void)model->parameters(); });
+  EXPECT_NE(why.find("a llama model maps its weights from its checkpoint"), std::string::npos) << why;
+  EXPECT_NE(input_error_of([&] { model->save(dir.path() / "b", DType::F32, false); }).find("maps its weights"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(dir.path() / "b"));
+  const std::string untrainable = input_error_of([&] { (void)train::make_train_graph(*model); });
+  EXPECT_EQ(untrainable, "training: amalgam has no training graph for a llama model (it trains clip_vision_model)");
 }
 
 TEST(ModelFamilies, AnUnknownOrMissingModelTypeIsAnInputErrorNamingConfigJson) {
