@@ -378,7 +378,7 @@ TEST(MassCache, KeyIgnoresOrderAndTheLeastRecentlyUsedIsEvicted) {
   EXPECT_EQ(make_task_set({3, 1, 3}), (TaskSet{1, 3}));
   TaskSetCache<int> cache(2);
   int built = 0;
-  auto get = [&](const TaskSet& key) { return *cache.get(key, [&] { return ++built; }); };
+  auto get = [&](const TaskSet& key) { return *cache.get(key, [&] { return std::make_shared<const int>(++built); }); };
   EXPECT_EQ(get({2, 0}), 1);
   EXPECT_EQ(get({0, 2}), 1);  // the same set: no build
   EXPECT_EQ(get({1}), 2);
@@ -628,12 +628,13 @@ TEST(MassBundle, OneTaskRoutedModelIsW0PlusUkSkVkT) {
   MassRuntime runtime(bundle);
   EXPECT_EQ(runtime.info().ranks.at(clip_layer_prefix(1) + "mlp.fc1.weight"), 6);  // floor(0.5 * 12)
   const auto model = runtime.model_for({0});
-  ClipVisionWeights weights = model->weights();
-  const auto table = clip_parameters(model->config(), weights, true);
+  const std::vector<float> flat = model->parameters();
   const fs::path factors = bundle / "factors/t0.safetensors";
-  for (const ClipParameter& p : table) {
+  ASSERT_EQ(model->parameter_layout().slots.size(), CheckpointReader(fam.base).names().size());
+  for (const ParameterSlot& p : model->parameter_layout().slots) {
     const Doubles w0 = testing::tensor_values(fam.base, p.name);
-    const std::span<const float> routed(p.data, w0.size());
+    ASSERT_EQ(w0.size(), p.size) << p.name;
+    const std::span<const float> routed = std::span(flat).subspan(p.offset, p.size);
     Doubles expected;
     if (p.shape.size() == 2) {
       expected = low_rank_product(testing::tensor_floats(factors, p.name + ".U"),
@@ -1009,7 +1010,8 @@ TEST(MassCli, PredictWritesTheRouteAndTheHeadRulesPrediction) {
     TaskSet set;
     for (const auto& name : p["tasks"]) set.push_back(*runtime.task_index(name.get<std::string>()));
     const int64_t head = *runtime.task_index(p["head"].get<std::string>());
-    const Matrix logits = runtime.head(head).logits(runtime.build_model(set).features(tiny_image(fam.tasks[1], b), 1));
+    const Matrix logits = runtime.head(head).logits(
+        runtime.build_model(set)->forward(ModelInput::of_images(tiny_image(fam.tasks[1], b), 1)));
     EXPECT_EQ(p["class"], argmax_row(logits, 0)) << b;
     EXPECT_EQ(p.contains("class_name"), head == 1) << b;  // class names: the task directory's own head only
     EXPECT_EQ(p["label"], split.labels[static_cast<size_t>(b)]);
@@ -1161,17 +1163,17 @@ TEST(MassBundle, FactorsAreStoredInTheBasesDtype) {
   // The routed model reads them back: W0 + U S V^T from the stored BF16 values.
   MassRuntime runtime(bf16);
   const auto model = runtime.model_for({0});
-  ClipVisionWeights w = model->weights();
+  const std::vector<float> flat = model->parameters();
   const std::string fc1 = clip_layer_prefix(0) + "mlp.fc1.weight";
-  for (const ClipParameter& p : clip_parameters(model->config(), w, true)) {
-    if (p.name != fc1) continue;
+  {
+    const ParameterSlot& p = model->parameter_layout().at(fc1);
     const fs::path factors = bf16 / "factors/t0.safetensors";
     Doubles expected =
         low_rank_product(testing::tensor_floats(factors, fc1 + ".U"), testing::tensor_floats(factors, fc1 + ".S"),
                          testing::tensor_floats(factors, fc1 + ".Vt"), p.shape[0], p.shape[1]);
     const Doubles w0 = testing::tensor_values(half.base, fc1);
     for (size_t i = 0; i < expected.size(); ++i) expected[i] += w0[i];
-    EXPECT_LT(relative_error(std::span<const float>(p.data, expected.size()), expected), 1e-5);
+    EXPECT_LT(relative_error(std::span(flat).subspan(p.offset, p.size), expected), 1e-5);
   }
 }
 
@@ -1234,7 +1236,7 @@ TEST(MassZoo, RoutesAboveChanceAndBeatsTsvOnTheSmallZoo) {
     EvalOptions eo;
     eo.quiet = true;
     eo.batch_size = 200;
-    own_task += evaluate(runtime.build_model({static_cast<int64_t>(t)}), pre, info, split, head, eo).accuracy / count;
+    own_task += evaluate(*runtime.build_model({static_cast<int64_t>(t)}), pre, info, split, head, eo).accuracy / count;
     tsv_accuracy += evaluate(tsv, pre, info, split, head, eo).accuracy / count;
     finetuned +=
         evaluate(ClipVisionModel::load(zoo / "finetuned" / names[t]), pre, info, split, head, eo).accuracy / count;

@@ -359,7 +359,7 @@ void add_mass_predict_command(CLI::App& mass) {
           static_cast<size_t>(begin), static_cast<size_t>(std::min(a->batch_size, n - begin)));
       const auto count = static_cast<int64_t>(batch.size());
       const auto pixels =
-          preprocess_batch(in.split.images, batch, runtime.preprocess(), runtime.first_pass().config().num_channels);
+          preprocess_batch(in.split.images, batch, runtime.preprocess(), runtime.image_input().channels);
       const mass::RoutedBatch b =
           mass::run_routed_batch(runtime, pixels, count, parse_scope(a->route), rule, own, latency);
       for (int64_t i = 0; i < count; ++i) {

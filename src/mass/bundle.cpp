@@ -17,7 +17,7 @@
 #include "mass/factors.h"
 #include "merge/audit.h"
 #include "model/classifier_head.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam::mass {
 
@@ -127,14 +127,11 @@ struct Inputs {
   std::unique_ptr<CheckpointReader> base;
   std::vector<std::unique_ptr<CheckpointReader>> models;
   std::vector<std::string> names;
-  ClipVisionConfig clip;
   int64_t routing_layer = 0;
+  std::string routed_weight;  // the routing block's MLP input weight, whose subspaces route
 };
 
-void check_heads(const MassConfig& config, const CheckpointReader& base, const ClipVisionConfig& clip,
-                 std::vector<std::string>& names) {
-  const int64_t feature_dim =
-      base.contains("visual_projection.weight") ? base.info("visual_projection.weight").shape.at(0) : clip.hidden_size;
+void check_heads(const MassConfig& config, int64_t feature_dim, std::vector<std::string>& names) {
   std::set<std::string> seen;
   for (size_t t = 0; t < config.models.size(); ++t) {
     const std::string where = "models[" + std::to_string(t) + "]";
@@ -172,18 +169,19 @@ void check_candidate(const CheckpointReader& base, const CheckpointReader& model
 Inputs open_inputs(const MassConfig& config) {
   Inputs in;
   in.base = std::make_unique<CheckpointReader>(config.base_path);
-  if (!in.base->config()) throw InputError(in.base->path(), "no config.json (MASS needs a CLIP vision model's config)");
-  in.clip = ClipVisionConfig::from_json(*in.base->config(), (in.base->dir() / "config.json").string());
-  const int64_t layers = in.clip.num_hidden_layers;
+  // The base as a model for its shape (blocks, sites, feature width), let go before the build.
+  const std::unique_ptr<Model> model = open_model(config.base_path);
+  image_input_of(*model, config.base_path);
+  const int64_t layers = model->num_layers(), feature_dim = model->head_width();
   const int64_t asked = config.parameters.routing_layer;
   if (asked >= layers)
     throw InputError(config.source, "parameters.routing_layer: " + std::to_string(asked) +
                                         " is not a block (the model has " + std::to_string(layers) + ")");
   in.routing_layer = asked >= 0 ? asked : default_routing_layer(layers);
-  const std::string routed = routed_weight(clip_linear_sites(in.clip, false), in.routing_layer);
-  if (!in.base->contains(routed) || in.base->info(routed).shape.size() != 2)
-    throw InputError(in.base->path(), routed, "missing: the router reads this fc1 weight's subspaces");
-  check_heads(config, *in.base, in.clip, in.names);
+  in.routed_weight = routed_weight(*model, in.routing_layer);
+  if (!in.base->contains(in.routed_weight) || in.base->info(in.routed_weight).shape.size() != 2)
+    throw InputError(in.base->path(), in.routed_weight, "missing: the router reads this MLP weight's subspaces");
+  check_heads(config, feature_dim, in.names);
   for (const auto& m : config.models) {
     in.models.push_back(std::make_unique<CheckpointReader>(m.path));
     check_candidate(*in.base, *in.models.back());
@@ -432,8 +430,7 @@ RouterConfig router_config(const MassParameters& p, int64_t layer, const std::ve
 }
 
 // The router's rows come from the stored factors: it cannot route on more than were kept.
-void check_routing_rank(const MassConfig& config, const Plans& plans, const ClipVisionConfig& clip, int64_t layer) {
-  const std::string routed = routed_weight(clip_linear_sites(clip, false), layer);
+void check_routing_rank(const MassConfig& config, const Plans& plans, const std::string& routed) {
   const int64_t stored = plans.ranks.at(routed);
   if (config.parameters.routing_rank > stored)
     throw InputError(config.source, "parameters.routing_rank: " + std::to_string(config.parameters.routing_rank) +
@@ -447,7 +444,7 @@ BuildSummary build_bundle(const MassConfig& config, const BuildOptions& options)
   const auto t0 = std::chrono::steady_clock::now();
   const Inputs in = open_inputs(config);
   const Plans plans = make_plans(*in.base, static_cast<int64_t>(in.models.size()), config.parameters.rank_fraction);
-  check_routing_rank(config, plans, in.clip, in.routing_layer);
+  check_routing_rank(config, plans, in.routed_weight);
   AtomicOutput output(options.output, options.force);
   const fs::path stage = output.staging();
   Writers writers = open_writers(stage, in, plans);

@@ -94,13 +94,13 @@ nlohmann::ordered_json MassEvalResult::to_json(const std::vector<std::string>& t
 }
 
 void check_images(const MassRuntime& runtime, const TaskInfo& task) {
-  const ClipVisionConfig& c = runtime.first_pass().config();
-  runtime.preprocess().check_channels(c.num_channels);
-  const ImageShape in = preprocessed_shape(runtime.preprocess(), task.image, c.num_channels);
-  if (in.height != c.image_size || in.width != c.image_size)
+  const ImageInput& image = runtime.image_input();
+  runtime.preprocess().check_channels(image.channels);
+  const ImageShape in = preprocessed_shape(runtime.preprocess(), task.image, image.channels);
+  if (in.height != image.size || in.width != image.size)
     throw InputError("task '" + task.name + "': preprocessing gives " + std::to_string(in.height) + "x" +
-                     std::to_string(in.width) + " images, the model takes " + std::to_string(c.image_size) + "x" +
-                     std::to_string(c.image_size));
+                     std::to_string(in.width) + " images, the model takes " + std::to_string(image.size) + "x" +
+                     std::to_string(image.size));
 }
 
 namespace {
@@ -221,8 +221,9 @@ RoutedBatch run_routed_batch(MassRuntime& runtime, std::span<const float> pixels
     ++(miss ? latency.cache_misses : latency.cache_hits);
     t0 = Clock::now();
     const auto size = static_cast<int64_t>(members.size());
-    const Matrix features =
-        size == count ? model->features(pixels, count) : model->features(gather_images(pixels, count, members), size);
+    const std::vector<float> gathered = size == count ? std::vector<float>() : gather_images(pixels, count, members);
+    const std::span<const float> input = size == count ? std::span<const float>(pixels) : gathered;
+    const Matrix features = model->forward(ModelInput::of_images(input, size));
     classify(runtime, features, members, rule, own, out.predictions);
     latency.second_pass += since(t0);
     ++latency.forwards;
@@ -230,7 +231,8 @@ RoutedBatch run_routed_batch(MassRuntime& runtime, std::span<const float> pixels
   latency.images += count;
   if (merged_reference) {
     t0 = Clock::now();
-    *merged_reference = runtime.head(own.value_or(0)).logits(runtime.first_pass().features(pixels, count));
+    *merged_reference =
+        runtime.head(own.value_or(0)).logits(runtime.first_pass().forward(ModelInput::of_images(pixels, count)));
     latency.merged += since(t0);
   }
   return out;
@@ -263,7 +265,7 @@ MassEvalResult evaluate_mass(MassRuntime& runtime, const TaskInfo& task, const T
     const auto batch = std::span<const int64_t>(indices).subspan(static_cast<size_t>(begin),
                                                                  static_cast<size_t>(std::min(bs, n - begin)));
     const auto count = static_cast<int64_t>(batch.size());
-    pixels = preprocess_batch(split.images, batch, runtime.preprocess(), runtime.first_pass().config().num_channels);
+    pixels = preprocess_batch(split.images, batch, runtime.preprocess(), runtime.image_input().channels);
     const RoutedBatch b =
         run_routed_batch(runtime, pixels, count, options.scope, options.head_rule, own, r.latency, &merged_logits);
     for (int64_t i = 0; i < count; ++i) {

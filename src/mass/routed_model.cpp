@@ -12,17 +12,36 @@ namespace fs = std::filesystem;
 
 namespace {
 
-ClipVisionModel load_base(const BundleInfo& info) {
+std::unique_ptr<Model> load_base(const BundleInfo& info) {
   std::error_code ec;
   if (!fs::exists(info.base, ec))
     throw InputError(info.dir / kBundleFile,
                      "base: '" + info.base.string() + "' not found (the bundle refers to its base checkpoint)");
-  return ClipVisionModel::load(info.base);
+  std::unique_ptr<Model> base = open_model(info.base);
+  image_input_of(*base, info.base);
+  if (!base->holds_parameters())
+    throw InputError(info.base, "a " + base->model_type() + " model cannot be a MASS bundle's base (" +
+                                    "routed models are built in memory)");
+  return base;
+}
+
+// The same architecture as the base: same type, blocks, input and parameters' shapes.
+void check_same_architecture(const Model& model, const Model& base, const fs::path& checkpoint) {
+  const ImageInput in = image_input_of(model, checkpoint), b = *base.image_input();
+  bool same = model.model_type() == base.model_type() && model.num_layers() == base.num_layers() &&
+              in.channels == b.channels && in.size == b.size && model.holds_parameters();
+  if (same) {
+    const auto &slots = model.parameter_layout().slots, &base_slots = base.parameter_layout().slots;
+    same = slots.size() == base_slots.size();
+    for (size_t i = 0; same && i < slots.size(); ++i)
+      same = slots[i].name == base_slots[i].name && slots[i].shape == base_slots[i].shape;
+  }
+  if (!same) throw InputError(checkpoint, "config.json: not the architecture of the bundle's base");
 }
 
 // Checks one task's stored part of one base parameter: factors for a 2-D tensor, a delta
 // of the same shape otherwise, floating point (the base's dtype; read as F32).
-void check_part(const SafetensorsReader& factors, const ClipParameter& p) {
+void check_part(const SafetensorsReader& factors, const ParameterSlot& p) {
   auto expect = [&](const std::string& name, const Shape& shape) {
     const TensorInfo* info = factors.find(name);
     if (!info) throw InputError(factors.path(), name, "missing (the base has '" + p.name + "')");
@@ -54,19 +73,19 @@ Matrix matrix_of(const Tensor& t) {
 MassRuntime::MassRuntime(const fs::path& bundle, size_t cache_capacity)
     : info_(BundleInfo::read(bundle)),
       base_(load_base(info_)),
-      first_pass_(ClipVisionModel::load(info_.first_pass_dir())),
+      first_pass_(open_model(info_.first_pass_dir())),
+      image_(*base_->image_input()),
       preprocess_(load_image_processor_config(info_.first_pass_dir())),
       cache_(cache_capacity) {
-  ClipVisionWeights shapes = base_.weights();
-  const auto table = clip_parameters(base_.config(), shapes, shapes.visual_projection.has_value());
+  check_same_architecture(*first_pass_, *base_, info_.first_pass_dir());
   for (size_t t = 0; t < info_.tasks.size(); ++t) {
     factors_.push_back(std::make_unique<SafetensorsReader>(info_.factors_path(t)));
-    for (const ClipParameter& p : table) check_part(*factors_.back(), p);
+    for (const ParameterSlot& p : base_->parameter_layout().slots) check_part(*factors_.back(), p);
     heads_.push_back(ClassifierHead::load(info_.head_path(t)));
-    if (heads_.back().dim() != base_.feature_dim())
+    if (heads_.back().dim() != base_->head_width())
       throw InputError(info_.head_path(t), "weight",
                        "takes features of width " + std::to_string(heads_.back().dim()) + ", the model gives " +
-                           std::to_string(base_.feature_dim()));
+                           std::to_string(base_->head_width()));
   }
   set_router(info_.router);
 }
@@ -74,10 +93,10 @@ MassRuntime::MassRuntime(const fs::path& bundle, size_t cache_capacity)
 void MassRuntime::set_router(const RouterConfig& router, const fs::path& source) {
   const fs::path file = source.empty() ? info_.dir / kRouterFile : source;
   if (router.tasks != info_.tasks) throw InputError(file, "tasks: differ from the bundle's");
-  if (router.layer < 0 || router.layer >= base_.config().num_hidden_layers)
+  if (router.layer < 0 || router.layer >= base_->num_layers())
     throw InputError(file, "layer: " + std::to_string(router.layer) + " is not a block of the base (it has " +
-                               std::to_string(base_.config().num_hidden_layers) + ")");
-  const std::string routed = routed_weight(base_, router.layer) + kFactorVt;
+                               std::to_string(base_->num_layers()) + ")");
+  const std::string routed = routed_weight(*base_, router.layer) + kFactorVt;
   std::vector<Matrix> vts;
   for (const auto& factors : factors_) {
     if (!factors->contains(routed)) throw InputError(factors->path(), routed, "missing: the router needs it");
@@ -102,22 +121,19 @@ std::optional<int64_t> MassRuntime::task_index(std::string_view name) const {
 }
 
 void MassRuntime::set_routing_model(const fs::path& checkpoint) {
-  ClipVisionModel model = ClipVisionModel::load(checkpoint);
-  const ClipVisionConfig &c = model.config(), &b = base_.config();
-  if (c.hidden_size != b.hidden_size || c.num_hidden_layers != b.num_hidden_layers || c.image_size != b.image_size ||
-      c.patch_size != b.patch_size || c.num_channels != b.num_channels)
-    throw InputError(checkpoint, "config.json: not the architecture of the bundle's base");
+  std::unique_ptr<Model> model = open_model(checkpoint);
+  check_same_architecture(*model, *base_, checkpoint);
   routing_model_ = std::move(model);
 }
 
 Matrix MassRuntime::routing_tokens(std::span<const float> pixels, int64_t batch) const {
-  const ClipVisionModel& model = routing_model_ ? *routing_model_ : first_pass_;
-  Stream h = model.embed(pixels, batch);
+  const Model& model = routing_model_ ? *routing_model_ : *first_pass_;
+  Stream h = model.embed(ModelInput::of_images(pixels, batch));
   const int64_t layer = info_.router.layer;
-  for (int64_t l = 0; l < layer; ++l) model.run_block(l, h);
+  for (int64_t l = 0; l < layer; ++l) model.run_block(l, *model.read_block(l), h);
   // The routing block runs whole (its MLP input is in the middle of it); nothing after it runs.
   Matrix tokens;
-  model.run_block(layer, h, [&](const SiteInput& in) {
+  model.run_block(layer, *model.read_block(layer), h, [&](const SiteInput& in) {
     if (in.role == SiteRole::MlpInput) tokens = mass::routing_tokens(in, h.offsets, info_.router.token);
   });
   return tokens;
@@ -127,15 +143,15 @@ std::vector<double> MassRuntime::residuals(const Matrix& tokens) const {
   return subspace_residuals(tokens, routing_vt_);
 }
 
-ClipVisionModel MassRuntime::build_model(const TaskSet& tasks) const {
+std::unique_ptr<Model> MassRuntime::build_model(const TaskSet& tasks) const {
   const TaskSet set = make_task_set(tasks);
   for (int64_t t : set)
     if (t < 0 || t >= task_count()) throw std::out_of_range("MassRuntime: task index " + std::to_string(t));
-  ClipVisionWeights w = base_.weights();
-  const auto table = clip_parameters(base_.config(), w, w.visual_projection.has_value());
-  parallel_for(table.size(), [&](size_t i) {
-    const ClipParameter& p = table[i];
-    const std::span<float> weight(p.data, static_cast<size_t>(shape_numel(p.shape)));
+  std::vector<float> flat = base_->parameters();
+  const auto& slots = base_->parameter_layout().slots;
+  parallel_for(slots.size(), [&](size_t i) {
+    const ParameterSlot& p = slots[i];
+    const std::span<float> weight = std::span(flat).subspan(p.offset, p.size);
     std::vector<Tensor> held;  // keeps the F32 views alive while the spans point into them
     auto values = [&](size_t t, const std::string& suffix) {
       held.push_back(factors_[t]->tensor(p.name + suffix).to(DType::F32));
@@ -154,11 +170,11 @@ ClipVisionModel MassRuntime::build_model(const TaskSet& tasks) const {
       add_mean_delta(deltas, weight);
     }
   });
-  return ClipVisionModel(base_.config(), std::move(w));
+  return base_->with_parameters(flat);
 }
 
-std::shared_ptr<const ClipVisionModel> MassRuntime::model_for(const TaskSet& tasks) {
-  return cache_.get(tasks, [&] { return build_model(tasks); });
+std::shared_ptr<const Model> MassRuntime::model_for(const TaskSet& tasks) {
+  return cache_.get(tasks, [&] { return std::shared_ptr<const Model>(build_model(tasks)); });
 }
 
 }  // namespace amalgam::mass

@@ -1,9 +1,12 @@
 // Routed inference with a MASS bundle, in two passes:
 //
-//  1. the first-pass model (TSV-M of every task) runs only up to the routing block; its fc1
+//  1. the first-pass model (TSV-M of every task) runs only up to the routing block; its MLP
 //     input gives the routing token of each image, and the router picks a set of tasks;
 //  2. the model W0 + TSV-M(selected tasks' stored factors) runs the image whole. Models are
 //     built per set and kept in a small least-recently-used cache keyed by the sorted set.
+//
+// The models are any vision family that holds its parameters (Model::parameters): a task's
+// stored part of each parameter is found by the parameter's checkpoint name.
 #pragma once
 
 #include <algorithm>
@@ -23,7 +26,7 @@
 #include "mass/bundle.h"
 #include "mass/router.h"
 #include "model/classifier_head.h"
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 
 namespace amalgam::mass {
 
@@ -34,7 +37,7 @@ class TaskSetCache {
  public:
   explicit TaskSetCache(size_t capacity) : capacity_(std::max<size_t>(capacity, 1)) {}
 
-  std::shared_ptr<const Value> get(const TaskSet& tasks, const std::function<Value()>& build) {
+  std::shared_ptr<const Value> get(const TaskSet& tasks, const std::function<std::shared_ptr<const Value>()>& build) {
     const TaskSet key = make_task_set(tasks);
     for (auto it = entries_.begin(); it != entries_.end(); ++it)
       if (it->first == key) {
@@ -42,7 +45,7 @@ class TaskSetCache {
         ++hits_;
         return entries_.front().second;
       }
-    auto value = std::make_shared<const Value>(build());
+    std::shared_ptr<const Value> value = build();
     ++builds_;
     entries_.emplace_front(key, value);
     if (entries_.size() > capacity_) entries_.pop_back();
@@ -75,8 +78,9 @@ class MassRuntime {
   const BundleInfo& info() const { return info_; }
   int64_t task_count() const { return static_cast<int64_t>(info_.tasks.size()); }
   std::optional<int64_t> task_index(std::string_view name) const;
-  const ClipVisionModel& base() const { return base_; }
-  const ClipVisionModel& first_pass() const { return first_pass_; }
+  const Model& base() const { return *base_; }
+  const Model& first_pass() const { return *first_pass_; }
+  const ImageInput& image_input() const { return image_; }
   const ImageProcessorConfig& preprocess() const { return preprocess_; }
   const ClassifierHead& head(int64_t task) const { return heads_.at(static_cast<size_t>(task)); }
   const RouterConfig& router() const { return info_.router; }
@@ -97,22 +101,23 @@ class MassRuntime {
   std::vector<double> residuals(const Matrix& tokens) const;
 
   // The second-pass model for a set of tasks, built on first use and cached.
-  std::shared_ptr<const ClipVisionModel> model_for(const TaskSet& tasks);
+  std::shared_ptr<const Model> model_for(const TaskSet& tasks);
   // The same, built afresh (not cached).
-  ClipVisionModel build_model(const TaskSet& tasks) const;
+  std::unique_ptr<Model> build_model(const TaskSet& tasks) const;
   bool is_cached(const TaskSet& tasks) const { return cache_.contains(tasks); }
   size_t models_built() const { return cache_.builds(); }
 
  private:
   BundleInfo info_;
-  ClipVisionModel base_;
-  ClipVisionModel first_pass_;
-  std::optional<ClipVisionModel> routing_model_;  // set_routing_model(); the first pass otherwise
+  std::unique_ptr<Model> base_;
+  std::unique_ptr<Model> first_pass_;
+  ImageInput image_;
+  std::unique_ptr<Model> routing_model_;  // set_routing_model(); the first pass otherwise
   ImageProcessorConfig preprocess_;
   std::vector<ClassifierHead> heads_;
   std::vector<std::unique_ptr<SafetensorsReader>> factors_;
-  std::vector<Matrix> routing_vt_;  // each task's Vt of the routing block's fc1 weight
-  TaskSetCache<ClipVisionModel> cache_;
+  std::vector<Matrix> routing_vt_;  // each task's Vt of the routing block's MLP input weight
+  TaskSetCache<Model> cache_;
 };
 
 }  // namespace amalgam::mass
