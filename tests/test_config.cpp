@@ -348,7 +348,7 @@ TEST(ConfigErrors, TopLevel) {
 }
 
 TEST(ConfigErrors, UnsupportedMergekitKeys) {
-  for (const std::string key : {"slices", "modules", "tokenizer"})
+  for (const std::string key : {"modules", "tokenizer"})
     EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\n" + key + ": x\n",
                        "merge.yaml: " + key + ": not supported by amalgam");
   EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer_source: union\n",
@@ -359,6 +359,124 @@ TEST(ConfigErrors, UnsupportedMergekitKeys) {
                      "models[0]: 'a+b+c': one '+' joins a base and its LoRA adapter, this has more");
   EXPECT_PARSE_ERROR("merge_method: linear\nbase_model: x+y+z\nmodels: [a]\n",
                      "base_model: 'x+y+z': one '+' joins a base and its LoRA adapter, this has more");
+}
+
+// mergekit's own examples/orcamini-platy-44layer.yml and examples/gradient-slerp.yml.
+TEST(ConfigSlices, MergekitExamplesParse) {
+  const MergeConfig franken = parse(R"(
+slices:
+  - sources:
+    - model: psmathur/orca_mini_v3_13b
+      layer_range: [0, 24]
+  - sources:
+    - model: garage-bAInd/Platypus2-13B
+      layer_range: [20, 40]
+merge_method: passthrough
+dtype: float16
+)");
+  ASSERT_EQ(franken.slices.size(), 2U);
+  ASSERT_EQ(franken.models.size(), 2U);  // the distinct models the slices read
+  EXPECT_EQ(franken.models[0].model, "psmathur/orca_mini_v3_13b");
+  EXPECT_EQ(franken.models[1].model, "garage-bAInd/Platypus2-13B");
+  EXPECT_EQ(franken.slices[1].sources[0].candidate, 1U);
+  EXPECT_EQ(franken.slices[1].sources[0].first, 20);
+  EXPECT_EQ(franken.slices[1].sources[0].end, 40);
+
+  const MergeConfig slerp = parse(R"(
+slices:
+  - sources:
+      - model: psmathur/orca_mini_v3_13b
+        layer_range: [0, 40]
+      - model: garage-bAInd/Platypus2-13B
+        layer_range: [0, 40]
+merge_method: slerp
+base_model: psmathur/orca_mini_v3_13b
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - value: 0.5
+dtype: float16
+)");
+  // The base stays apart, as with models: the source that is the base_model has no entry.
+  ASSERT_EQ(slerp.models.size(), 1U);
+  EXPECT_EQ(slerp.slices[0].sources[0].candidate, std::nullopt);
+  EXPECT_EQ(slerp.slices[0].sources[1].candidate, 0U);
+}
+
+TEST(ConfigSlices, SettingsResolveSourceThenSliceThenGlobal) {
+  const MergeConfig c = parse(R"(
+merge_method: linear
+slices:
+  - sources:
+      - {model: a, layer_range: [0, 2], parameters: {weight: [{filter: mlp, value: 5}]}}
+      - {model: b, layer_range: [2, 4]}
+    parameters: {weight: [1, 3]}
+  - sources:
+      - {model: a, layer_range: [2, 3]}
+parameters: {weight: 7, normalize: 0}
+)");
+  const ParamOwner a0{0, 0, 0}, b0{1, 0, 1}, a1{0, 1, 0};
+  EXPECT_EQ(resolve_param(c, "weight", a0, "model.layers.0.mlp.up_proj.weight", 0.0), 5.0);  // the source's own
+  EXPECT_EQ(resolve_param(c, "weight", a0, "model.layers.0.self_attn.q_proj.weight", 0.5),
+            2.0);                                                                            // no match: the slice's
+  EXPECT_EQ(resolve_param(c, "weight", b0, "model.layers.2.mlp.up_proj.weight", 1.0), 3.0);  // the slice's gradient
+  EXPECT_EQ(resolve_param(c, "weight", a1, "model.layers.2.mlp.up_proj.weight", 1.0), 7.0);  // the global one
+  EXPECT_EQ(resolve_param(c, "normalize", ParamOwner{std::nullopt, 0, std::nullopt}, "x", 0.0), 0.0);
+}
+
+TEST(ConfigSlices, RoundTripsThroughTheRecordedConfig) {
+  const MergeConfig c = parse(R"(
+merge_method: slerp
+base_model: a
+slices:
+  - sources:
+      - {model: a, layer_range: [0, 2]}
+      - {model: b, layer_range: [1, 3], parameters: {t: 0.25}}
+    base_model: b
+    residual_weight: 0.5
+    parameters: {t: [0, 1]}
+  - sources:
+      - {model: c, layer_range: [3, 4]}
+)");
+  EXPECT_EQ(c.slices[0].base_source, 1U);
+  EXPECT_EQ(c.slices[0].residual_weight, 0.5);
+  const std::string yaml = merge_config_to_yaml(c);
+  const MergeConfig back = parse(yaml);
+  ASSERT_EQ(back.slices.size(), 2U);
+  EXPECT_EQ(back.models.size(), 2U);  // b, c
+  for (size_t s = 0; s < 2; ++s)
+    for (size_t j = 0; j < c.slices[s].sources.size(); ++j) {
+      const SliceSource &x = c.slices[s].sources[j], &y = back.slices[s].sources[j];
+      EXPECT_EQ(x.model, y.model);
+      EXPECT_EQ(x.candidate, y.candidate);
+      EXPECT_EQ(x.first, y.first);
+      EXPECT_EQ(x.end, y.end);
+      EXPECT_EQ(x.parameters, y.parameters);
+    }
+  EXPECT_EQ(back.slices[0].base_source, 1U);
+  EXPECT_EQ(back.slices[0].parameters, c.slices[0].parameters);
+  EXPECT_EQ(merge_config_to_yaml(back), yaml);
+}
+
+TEST(ConfigSlices, Errors) {
+  const std::string head = "merge_method: passthrough\n";
+  EXPECT_PARSE_ERROR(head + "models: [a]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n",
+                     "give either models or slices, not both");
+  EXPECT_PARSE_ERROR(head + "slices: []\n", "slices: expected a non-empty list");
+  EXPECT_PARSE_ERROR(head + "slices: [{sources: [{model: a}]}]\n", "slices[0].sources[0]: missing 'layer_range'");
+  EXPECT_PARSE_ERROR(head + "slices: [{sources: [{layer_range: [0, 1]}]}]\n", "slices[0].sources[0]: missing 'model'");
+  for (const char* range : {"[2, 2]", "[-1, 2]", "[0.5, 2]", "[3, 1]"})
+    EXPECT_PARSE_ERROR(head + "slices: [{sources: [{model: a, layer_range: " + range + "}]}]\n",
+                       "slices[0].sources[0].layer_range: expected whole numbers 0 <= first < end");
+  EXPECT_PARSE_ERROR(head + "slices: [{sources: [{model: a, layer_range: [0]}]}]\n",
+                     "slices[0].sources[0].layer_range: expected [first, end]");
+  EXPECT_PARSE_ERROR(head + "slices: [{sources: [{model: a, layer_range: [0, 1]}], base_model: b}]\n",
+                     "slices[0].base_model: 'b' is not one of the slice's sources");
+  EXPECT_PARSE_ERROR(head + "slices: [{sources: [{model: a, layer_range: [0, 1]}], merge_method: ties}]\n",
+                     "slices[0]: unknown key 'merge_method'");
+  EXPECT_PARSE_ERROR(head + "slices: [{sources: [{model: a, layer_range: [0, 1], weight: 1}]}]\n",
+                     "slices[0].sources[0]: unknown key 'weight'");
 }
 
 TEST(ConfigMergekit, ModelPlusAdapterNamesABaseAndItsLoraAdapter) {

@@ -125,6 +125,9 @@ class ConfigParser : YamlConfigReader {
                                       std::optional<std::filesystem::path>& adapter) const;
   fs::path parse_path(const YAML::Node& n, const std::string& path) const;
   std::vector<ModelEntry> parse_models(const YAML::Node& n) const;
+  std::vector<MergeSlice> parse_slices(const YAML::Node& n, std::vector<std::string>& slice_bases) const;
+  SliceSource parse_slice_source(const YAML::Node& n, const std::string& path) const;
+  void link_slices(MergeConfig& c, const std::vector<std::string>& slice_bases) const;
   ModelEntry parse_model(const YAML::Node& n, const std::string& path) const;
   ParamMap parse_params(const YAML::Node& n, const std::string& path) const;
   ParamSetting parse_setting(const YAML::Node& n, const std::string& path) const;
@@ -141,19 +144,27 @@ MergeConfig ConfigParser::parse(const YAML::Node& root) const {
   if (!root.IsMap()) fail("", "expected a map with merge_method and models, got " + describe(root));
   MergeConfig c;
   c.source = source_;
-  for_each_entry(root, "", [&](const std::string& key, const YAML::Node& v) { parse_top_key(c, key, v); });
+  std::vector<std::string> slice_bases;
+  for_each_entry(root, "", [&](const std::string& key, const YAML::Node& v) {
+    if (key == "slices" && !v.IsNull())
+      c.slices = parse_slices(v, slice_bases);
+    else
+      parse_top_key(c, key, v);
+  });
   if (c.merge_method.empty()) fail("merge_method", "required");
-  if (c.models.empty()) fail("models", "required: the list of models to merge");
+  if (!c.slices.empty() && !c.models.empty()) fail("", "give either models or slices, not both (as mergekit)");
+  if (c.slices.empty() && c.models.empty()) fail("models", "required: the list of models to merge (or slices)");
+  link_slices(c, slice_bases);
   return c;
 }
 
 bool is_unsupported_key(const std::string& key) {
-  return key == "slices" || key == "modules" || key == "tokenizer";
+  return key == "modules" || key == "tokenizer";
 }
 
 bool is_known_key(const std::string& key) {
-  return key == "merge_method" || key == "models" || key == "base_model" || key == "parameters" || key == "dtype" ||
-         key == "out_dtype" || key == "seed" || key == "tokenizer_source" || key == "chat_template";
+  return key == "merge_method" || key == "models" || key == "slices" || key == "base_model" || key == "parameters" ||
+         key == "dtype" || key == "out_dtype" || key == "seed" || key == "tokenizer_source" || key == "chat_template";
 }
 
 // A key set to null counts as absent, as in mergekit, where every optional field is Optional.
@@ -225,6 +236,93 @@ std::vector<ModelEntry> ConfigParser::parse_models(const YAML::Node& n) const {
   std::vector<ModelEntry> models;
   for (size_t i = 0; i < n.size(); ++i) models.push_back(parse_model(n[i], index_path("models", i)));
   return models;
+}
+
+std::vector<MergeSlice> ConfigParser::parse_slices(const YAML::Node& n, std::vector<std::string>& slice_bases) const {
+  if (!n.IsSequence() || n.size() == 0) fail("slices", "expected a non-empty list, got " + describe(n));
+  std::vector<MergeSlice> slices;
+  for (size_t i = 0; i < n.size(); ++i) {
+    const std::string path = index_path("slices", i);
+    if (!n[i].IsMap()) fail(path, "expected a map with 'sources', got " + describe(n[i]));
+    MergeSlice slice;
+    std::string base;
+    for_each_entry(n[i], path, [&](const std::string& key, const YAML::Node& v) {
+      const std::string at = key_path(path, key);
+      if (key == "sources") {
+        if (!v.IsSequence() || v.size() == 0) fail(at, "expected a non-empty list, got " + describe(v));
+        for (size_t j = 0; j < v.size(); ++j) slice.sources.push_back(parse_slice_source(v[j], index_path(at, j)));
+      } else if (key != "base_model" && key != "residual_weight" && key != "parameters") {
+        fail(path, "unknown key '" + key + "'");
+      } else if (v.IsNull()) {
+        // absent
+      } else if (key == "base_model") {
+        base = parse_model_name(v, at);
+      } else if (key == "residual_weight") {
+        slice.residual_weight = parse_number(v, at, "expected a number");
+      } else {
+        slice.parameters = parse_params(v, at);
+      }
+    });
+    if (slice.sources.empty()) fail(path, "missing 'sources'");
+    slices.push_back(std::move(slice));
+    slice_bases.push_back(base);
+  }
+  return slices;
+}
+
+SliceSource ConfigParser::parse_slice_source(const YAML::Node& n, const std::string& path) const {
+  if (!n.IsMap()) fail(path, "expected a map with 'model' and 'layer_range', got " + describe(n));
+  SliceSource s;
+  bool have_range = false;
+  for_each_entry(n, path, [&](const std::string& key, const YAML::Node& v) {
+    const std::string at = key_path(path, key);
+    if (key == "model") {
+      s.model = parse_model_name(v, at);
+    } else if (key == "layer_range") {
+      if (!v.IsSequence() || v.size() != 2) fail(at, "expected [first, end], got " + describe(v));
+      const double first = parse_number(v[0], index_path(at, 0), "expected a layer number");
+      const double end = parse_number(v[1], index_path(at, 1), "expected a layer number");
+      if (first != std::floor(first) || end != std::floor(end) || first < 0 || end <= first || end > 1e6)
+        fail(at, "expected whole numbers 0 <= first < end, got [" + v[0].Scalar() + ", " + v[1].Scalar() + "]");
+      s.first = static_cast<int64_t>(first);
+      s.end = static_cast<int64_t>(end);
+      have_range = true;
+    } else if (key == "parameters") {
+      if (!v.IsNull()) s.parameters = parse_params(v, at);
+    } else {
+      fail(path, "unknown key '" + key + "'");
+    }
+  });
+  if (s.model.empty()) fail(path, "missing 'model'");
+  if (!have_range) fail(path, "missing 'layer_range'");
+  return s;
+}
+
+// With slices, `models` lists the distinct models the sources read, in order of first
+// appearance, except the base_model, which stays apart as with models; a slice's own
+// base_model must be one of its sources.
+void ConfigParser::link_slices(MergeConfig& c, const std::vector<std::string>& slice_bases) const {
+  for (size_t i = 0; i < c.slices.size(); ++i) {
+    MergeSlice& slice = c.slices[i];
+    for (size_t j = 0; j < slice.sources.size(); ++j) {
+      SliceSource& s = slice.sources[j];
+      if (c.base_model && s.model == *c.base_model) continue;
+      const auto known =
+          std::find_if(c.models.begin(), c.models.end(), [&](const ModelEntry& m) { return m.model == s.model; });
+      s.candidate = static_cast<size_t>(known - c.models.begin());
+      if (known != c.models.end()) continue;
+      ModelEntry m;
+      m.model = s.model;
+      m.path = resolve_model(s.model, index_path(index_path("slices", i) + ".sources", j) + ".model", m.adapter);
+      c.models.push_back(std::move(m));
+    }
+    if (slice_bases[i].empty()) continue;
+    const auto base = std::find_if(slice.sources.begin(), slice.sources.end(),
+                                   [&](const SliceSource& s) { return s.model == slice_bases[i]; });
+    if (base == slice.sources.end())
+      fail(index_path("slices", i) + ".base_model", "'" + slice_bases[i] + "' is not one of the slice's sources");
+    slice.base_source = static_cast<size_t>(base - slice.sources.begin());
+  }
 }
 
 // An entry is a map; a bare string is accepted too as shorthand for {model: STRING}.
@@ -565,15 +663,49 @@ YAML::Node model_to_yaml(const ModelEntry& m) {
   return node;
 }
 
+// Sources name their models as `models` and base_model do (the resolved config names them by
+// absolute path).
+YAML::Node slices_to_yaml(const MergeConfig& config) {
+  YAML::Node slices(YAML::NodeType::Sequence);
+  for (const MergeSlice& slice : config.slices) {
+    YAML::Node node(YAML::NodeType::Map);
+    YAML::Node sources(YAML::NodeType::Sequence);
+    auto name_of = [&](const SliceSource& s) {
+      return s.candidate ? config.models.at(*s.candidate).model : config.base_model.value();
+    };
+    for (const SliceSource& s : slice.sources) {
+      YAML::Node source(YAML::NodeType::Map);
+      source["model"] = text_node(name_of(s));
+      YAML::Node range(YAML::NodeType::Sequence);
+      range.SetStyle(YAML::EmitterStyle::Flow);
+      range.push_back(std::to_string(s.first));
+      range.push_back(std::to_string(s.end));
+      source["layer_range"] = range;
+      if (!s.parameters.empty()) source["parameters"] = params_to_yaml(s.parameters);
+      sources.push_back(source);
+    }
+    node["sources"] = sources;
+    if (slice.base_source) node["base_model"] = text_node(name_of(slice.sources.at(*slice.base_source)));
+    if (slice.residual_weight) node["residual_weight"] = format_number(*slice.residual_weight);
+    if (!slice.parameters.empty()) node["parameters"] = params_to_yaml(slice.parameters);
+    slices.push_back(node);
+  }
+  return slices;
+}
+
 }  // namespace
 
 std::string merge_config_to_yaml(const MergeConfig& config) {
   YAML::Node root(YAML::NodeType::Map);
   root["merge_method"] = text_node(config.merge_method);
   if (config.base_model) root["base_model"] = text_node(*config.base_model);
-  YAML::Node models(YAML::NodeType::Sequence);
-  for (const ModelEntry& m : config.models) models.push_back(model_to_yaml(m));
-  root["models"] = models;
+  if (config.slices.empty()) {
+    YAML::Node models(YAML::NodeType::Sequence);
+    for (const ModelEntry& m : config.models) models.push_back(model_to_yaml(m));
+    root["models"] = models;
+  } else {
+    root["slices"] = slices_to_yaml(config);
+  }
   if (!config.parameters.empty()) root["parameters"] = params_to_yaml(config.parameters);
   if (config.dtype) root["dtype"] = dtype_config_name(*config.dtype);
   if (config.out_dtype) root["out_dtype"] = dtype_config_name(*config.out_dtype);
@@ -587,12 +719,19 @@ std::string merge_config_to_yaml(const MergeConfig& config) {
 
 // ---- Lookups ----------------------------------------------------------------------------
 
-std::optional<double> resolve_param(const MergeConfig& config, const std::string& name,
-                                    std::optional<size_t> model_index, std::string_view tensor_name, double t) {
-  if (model_index) {
-    const ParamMap& own = config.models.at(*model_index).parameters;
-    if (auto it = own.find(name); it != own.end())
-      if (std::optional<double> v = it->second.evaluate(tensor_name, t)) return v;
+std::optional<double> resolve_param(const MergeConfig& config, const std::string& name, const ParamOwner& owner,
+                                    std::string_view tensor_name, double t) {
+  auto from = [&](const ParamMap& params) -> std::optional<double> {
+    if (auto it = params.find(name); it != params.end()) return it->second.evaluate(tensor_name, t);
+    return std::nullopt;
+  };
+  if (owner.slice) {
+    const MergeSlice& slice = config.slices.at(*owner.slice);
+    if (owner.source)
+      if (std::optional<double> v = from(slice.sources.at(*owner.source).parameters)) return v;
+    if (std::optional<double> v = from(slice.parameters)) return v;
+  } else if (owner.model) {
+    if (std::optional<double> v = from(config.models.at(*owner.model).parameters)) return v;
   }
   if (auto it = config.parameters.find(name); it != config.parameters.end()) return it->second.evaluate(tensor_name, t);
   return std::nullopt;

@@ -83,13 +83,39 @@ struct ModelEntry {
   std::optional<std::filesystem::path> stats;
 };
 
+// mergekit's slices: the output's layers, slice after slice, each slice a merge of the same
+// number of consecutive layers from each of its sources (a frankenmerge when a slice has one
+// source: passthrough).
+//
+//   slices:
+//     - sources:
+//         - model: a
+//           layer_range: [0, 24]
+//         - model: b
+//           layer_range: [0, 24]
+//           parameters: {weight: 0.7}
+//       parameters: {t: [0, 1]}      # a gradient runs across the slice's own layers
+struct SliceSource {
+  std::string model;                // as written
+  std::optional<size_t> candidate;  // its entry in MergeConfig::models; nullopt: the base_model
+  int64_t first = 0, end = 0;       // layer_range [first, end)
+  ParamMap parameters;
+};
+struct MergeSlice {
+  std::vector<SliceSource> sources;
+  std::optional<size_t> base_source;      // the slice's own base_model: one of its sources
+  std::optional<double> residual_weight;  // read and kept; mergekit's current code does not use it
+  ParamMap parameters;
+};
+
 struct MergeConfig {
   std::filesystem::path source;  // the file it came from, for messages
   std::string merge_method;
   std::optional<std::string> base_model;
   std::optional<std::filesystem::path> base_path;     // resolved like ModelEntry::path
   std::optional<std::filesystem::path> base_adapter;  // "BASE+ADAPTER", as for a model
-  std::vector<ModelEntry> models;
+  std::vector<ModelEntry> models;                     // with slices: the distinct models they read, base_model apart
+  std::vector<MergeSlice> slices;
   ParamMap parameters;
   std::optional<DType> dtype;
   std::optional<DType> out_dtype;
@@ -101,10 +127,10 @@ struct MergeConfig {
 // Parses YAML text. Errors are InputError naming `source` and the key, e.g.
 // "merge.yaml: models[1].parameters.weight: expected a number, a list of numbers, or a list of
 // {filter, value}, got 'abc'". Unknown keys are errors; mergekit keys amalgam does not act on
-// (tokenizer_source other than "base", tokenizer, slices, modules) are
-// errors saying they are not supported. Numbers must be plain YAML scalars (a quoted "0.5" is
-// a string, an error) and finite. An optional key set to null counts as absent, and a models
-// entry may be a bare string, short for {model: STRING}.
+// (tokenizer_source other than "base", tokenizer, modules) are
+// errors saying they are not supported. Exactly one of models and slices. Numbers must be plain YAML scalars (a quoted
+// "0.5" is a string, an error) and finite. An optional key set to null counts as absent, and a models entry may be a
+// bare string, short for {model: STRING}.
 MergeConfig parse_merge_config(std::string_view yaml_text, const std::filesystem::path& source);
 MergeConfig load_merge_config(const std::filesystem::path& path);
 
@@ -113,10 +139,23 @@ MergeConfig load_merge_config(const std::filesystem::path& path);
 // `base_model` are written as given, data and stats as their resolved paths.
 std::string merge_config_to_yaml(const MergeConfig& config);
 
-// mergekit's precedence: the model's own setting, then the global one; a setting that
-// evaluates to nullopt (no conditional matched) falls through. nullopt if neither applies.
-std::optional<double> resolve_param(const MergeConfig& config, const std::string& name,
-                                    std::optional<size_t> model_index, std::string_view tensor_name, double t);
+// Whose settings a parameter is looked up in: a model of `models` (with slices: the source
+// `source` of slice `slice`), or nobody's (the method's global parameters).
+struct ParamOwner {
+  std::optional<size_t> model;
+  std::optional<size_t> slice;
+  std::optional<size_t> source;
+};
+// mergekit's precedence: the slice source's setting, the slice's, then the global one (with
+// models: the model's own, then the global); a setting that evaluates to nullopt (no
+// conditional matched) falls through. nullopt if none applies.
+std::optional<double> resolve_param(const MergeConfig& config, const std::string& name, const ParamOwner& owner,
+                                    std::string_view tensor_name, double t);
+// A models: merge's lookup: model `model_index` of `models`, or the global parameters.
+inline std::optional<double> resolve_param(const MergeConfig& config, const std::string& name,
+                                           std::optional<size_t> model_index, std::string_view tensor_name, double t) {
+  return resolve_param(config, name, ParamOwner{model_index, std::nullopt, std::nullopt}, tensor_name, t);
+}
 
 // Shared with the other YAML configs (MASS): the text parsed, a syntax error an InputError
 // naming `source`, the line and the column; and a path written in a config, resolved

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <future>
 #include <iostream>
 #include <map>
@@ -21,27 +22,13 @@
 #include "merge/chat_template.h"
 #include "merge/method.h"
 #include "merge/model_card.h"
+#include "merge/plan.h"
 
 namespace amalgam {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-// The layer number in a tensor name: the first dot-separated component made of digits.
-// Returns the prefix before it and the number, or nullopt.
-std::optional<std::pair<std::string, int>> layer_of(const std::string& name) {
-  size_t start = 0;
-  while (start < name.size()) {
-    size_t end = name.find('.', start);
-    if (end == std::string::npos) end = name.size();
-    const std::string part = name.substr(start, end - start);
-    if (!part.empty() && part.size() < 9 && part.find_first_not_of("0123456789") == std::string::npos)
-      return std::make_pair(name.substr(0, start), std::stoi(part));
-    start = end + 1;
-  }
-  return std::nullopt;
-}
 
 // Every path the config names exists, or an error names the config and the key that gave it
 // (a CheckpointReader would name only the path, leaving the user to find where it came from).
@@ -83,11 +70,12 @@ Candidates open_candidates(const MergeConfig& config, const MethodSpec& spec, co
     const auto found = applied.find(i);
     const fs::path& path = found != applied.end() ? found->second->path() : config.models[i].path;
     // A task-vector method's base listed among the models adds a zero task vector: skip it.
-    if (spec.needs_base && base && fs::equivalent(path, base->path(), ec)) continue;
+    // (Slices are planned per slice: plan_slices leaves the base out where it is a source.)
+    if (config.slices.empty() && spec.needs_base && base && fs::equivalent(path, base->path(), ec)) continue;
     c.readers.push_back(std::make_unique<CheckpointReader>(path));
     c.config_index.push_back(i);
   }
-  if (c.readers.size() < spec.min_models || c.readers.size() > spec.max_models) {
+  if (config.slices.empty() && (c.readers.size() < spec.min_models || c.readers.size() > spec.max_models)) {
     std::string expected = std::to_string(spec.min_models);
     if (spec.max_models != spec.min_models)
       expected +=
@@ -115,22 +103,38 @@ void check_parameter_names(const MergeConfig& config, const MethodSpec& spec) {
     if (!find(name))
       throw InputError(config.source,
                        "parameters." + name + ": not a parameter of " + spec.name + " (known: " + known() + ")");
-  for (size_t i = 0; i < config.models.size(); ++i)
-    for (const auto& [name, setting] : config.models[i].parameters) {
-      const std::string key = "models[" + std::to_string(i) + "].parameters." + name;
+  const auto check_model_params = [&](const ParamMap& params, const std::string& at) {
+    for (const auto& [name, setting] : params) {
+      const std::string key = at + ".parameters." + name;
       const ParamSpec* p = find(name);
       if (!p) throw InputError(config.source, key + ": not a parameter of " + spec.name + " (known: " + known() + ")");
       if (p->scope == ParamSpec::Scope::Global)
         throw InputError(config.source,
                          key + ": '" + name + "' applies to all models; set it under the top-level parameters");
     }
+  };
+  for (size_t i = 0; i < config.models.size(); ++i)
+    check_model_params(config.models[i].parameters, "models[" + std::to_string(i) + "]");
+  for (size_t s = 0; s < config.slices.size(); ++s) {
+    const std::string at = "slices[" + std::to_string(s) + "]";
+    for (const auto& [name, setting] : config.slices[s].parameters)
+      if (!find(name))
+        throw InputError(config.source, at + ".parameters." + name + ": not a parameter of " + spec.name +
+                                            " (known: " + known() + ")");
+    for (size_t j = 0; j < config.slices[s].sources.size(); ++j)
+      check_model_params(config.slices[s].sources[j].parameters, at + ".sources[" + std::to_string(j) + "]");
+  }
 }
 
-double resolve_one(const MergeConfig& config, const ParamSpec& p, std::optional<size_t> model,
-                   const std::string& tensor, double t) {
-  std::optional<double> v = resolve_param(config, p.name, model, tensor, t);
-  const std::string where =
-      model ? "models[" + std::to_string(*model) + "].parameters." + p.name : "parameters." + p.name;
+double resolve_one(const MergeConfig& config, const ParamSpec& p, const ParamOwner& owner, const std::string& tensor,
+                   double t) {
+  std::optional<double> v = resolve_param(config, p.name, owner, tensor, t);
+  std::string where = "parameters." + p.name;
+  if (owner.slice)
+    where = "slices[" + std::to_string(*owner.slice) + "]" +
+            (owner.source ? ".sources[" + std::to_string(*owner.source) + "]" : "") + "." + where;
+  else if (owner.model)
+    where = "models[" + std::to_string(*owner.model) + "]." + where;
   if (!v) v = p.default_value;
   if (!v) throw InputError(config.source, tensor, "missing required parameter " + where);
   if (!std::isfinite(*v) || *v < p.min || *v > p.max)
@@ -164,15 +168,15 @@ uint64_t default_max_memory() {
 std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names) {
   std::map<std::string, int> stacks;
   for (const auto& name : tensor_names)
-    if (auto l = layer_of(name)) stacks[l->first] = std::max(stacks[l->first], l->second + 1);
+    if (auto l = layer_of(name)) stacks[l->prefix] = std::max(stacks[l->prefix], l->index + 1);
   return stacks;
 }
 
 double layer_position(const std::string& name, const std::map<std::string, int>& stack_sizes) {
   if (auto l = layer_of(name)) {
-    const auto it = stack_sizes.find(l->first);
+    const auto it = stack_sizes.find(l->prefix);
     const int n = it == stack_sizes.end() ? 1 : it->second;
-    return n > 1 ? static_cast<double>(l->second) / (n - 1) : 1.0;
+    return n > 1 ? static_cast<double>(l->index) / (n - 1) : 1.0;
   }
   // mergekit plans the weights before and after the layers (embeddings, final norm, lm_head)
   // with t = 0: the gradient's first value on both sides.
@@ -195,15 +199,51 @@ struct MergeInputs {
   const CheckpointReader* reference = nullptr;  // the base, or the first model without one
   std::map<std::string, int> stacks;
   uint64_t seed = 0;
-
-  std::vector<const CheckpointReader*> readers_of(const std::string& name) const {
-    std::vector<const CheckpointReader*> out;
-    if (base) out.push_back(base.get());
-    for (const auto& r : candidates.readers)
-      if (r->contains(name)) out.push_back(r.get());
-    return out;
-  }
 };
+
+// Prefetches or releases every input of a planned tensor.
+void for_each_input(const PlannedTensor& p, const std::function<void(const CheckpointReader&, const std::string&)>& f) {
+  if (p.base) f(*p.base->reader, p.base->name);
+  for (const TensorSource& in : p.inputs) f(*in.reader, in.name);
+}
+
+// A models: merge's plan: every tensor of the reference, each candidate's tensor of that name
+// (with --allow-missing, the base's where a candidate lacks it), t by the tensor's layer.
+std::vector<PlannedTensor> plan_models(const MergeInputs& in) {
+  const CheckpointReader& ref = *in.reference;
+  std::vector<PlannedTensor> plan;
+  for (const auto& name : ref.names()) {
+    const TensorInfo& info = ref.info(name);
+    PlannedTensor p;
+    p.t = layer_position(name, in.stacks);
+    for (size_t i = 0; i < in.candidates.readers.size(); ++i) {
+      const CheckpointReader& r = *in.candidates.readers[i];
+      const ParamOwner owner{in.candidates.config_index[i], std::nullopt, std::nullopt};
+      if (r.contains(name)) {
+        check_same_shape(ref, r, name);
+        p.inputs.push_back({&r, name, owner});
+      } else if (in.options.allow_missing && in.base) {
+        p.inputs.push_back({in.base.get(), name, owner});
+      } else {
+        throw InputError(r.path(), name,
+                         "missing (present in " + ref.path().string() + ")" +
+                             (in.base ? "; --allow-missing takes the base's tensor" : ""));
+      }
+    }
+    if (in.base) p.base = TensorSource{in.base.get(), name, ParamOwner{}};
+    DType out = info.dtype;
+    if (is_floating(info.dtype)) out = in.config.out_dtype.value_or(in.config.dtype.value_or(info.dtype));
+    p.out = {name, out, info.shape};
+    plan.push_back(std::move(p));
+  }
+  const std::set<std::string> ref_names(ref.names().begin(), ref.names().end());
+  for (const auto& r : in.candidates.readers)
+    for (const auto& name : r->names())
+      if (!ref_names.contains(name) && !in.options.quiet)
+        std::cerr << "amalgam: note: " << r->path().string() << ": tensor '" << name
+                  << "' is not in the base and is left out\n";
+  return plan;
+}
 
 // mergekit's chat_template, into the output's tokenizer_config.json (from the reference's
 // tokenizer files); "auto" looks at every input model's.
@@ -232,9 +272,11 @@ MergeContext make_context(const MergeInputs& in, const fs::path& staging) {
   c.param = [&in](const std::string& name, std::optional<size_t> candidate, const std::string& tensor) {
     for (const auto& p : in.method->spec().params)
       if (p.name == name)
-        return resolve_one(in.config, p,
-                           candidate ? std::optional<size_t>(in.candidates.config_index.at(*candidate)) : std::nullopt,
-                           tensor, layer_position(tensor, in.stacks));
+        return resolve_one(
+            in.config, p,
+            ParamOwner{candidate ? std::optional<size_t>(in.candidates.config_index.at(*candidate)) : std::nullopt,
+                       std::nullopt, std::nullopt},
+            tensor, layer_position(tensor, in.stacks));
     throw std::logic_error("parameter '" + name + "' is not in the method's spec");
   };
   return c;
@@ -306,29 +348,31 @@ class TensorWriter {
 
 // The TensorJob for one floating-point tensor: its inputs as zero-copy views and the
 // method's parameters resolved for it.
-TensorJob make_job(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary, bool audit) {
+// Model parameters are looked up under each input's own name, global ones under the
+// output's, as mergekit does.
+TensorJob make_job(const MergeInputs& in, const PlannedTensor& planned, MergeSummary& summary, bool audit) {
+  const TensorSpec& out_spec = planned.out;
   const std::string& name = out_spec.name;
   const MethodSpec& spec = in.method->spec();
-  const double t = layer_position(name, in.stacks);
   std::vector<Tensor> inputs;
   std::vector<std::map<std::string, double>> model_params;
-  for (size_t i = 0; i < in.candidates.readers.size(); ++i) {
-    // With --allow-missing the base's tensor stands in for a candidate that lacks it.
-    const CheckpointReader& r = *in.candidates.readers[i];
-    inputs.push_back(r.contains(name) ? r.tensor(name) : in.base->tensor(name));
+  for (const TensorSource& source : planned.inputs) {
+    inputs.push_back(source.reader->tensor(source.name));
     summary.bytes_read += inputs.back().nbytes();
     std::map<std::string, double> values;
     for (const auto& p : spec.params)
       if (p.scope == ParamSpec::Scope::Model)
-        values[p.name] = resolve_one(in.config, p, in.candidates.config_index[i], name, t);
+        values[p.name] = resolve_one(in.config, p, source.owner, source.name, planned.t);
     model_params.push_back(std::move(values));
   }
   std::map<std::string, double> globals;
   for (const auto& p : spec.params)
-    if (p.scope == ParamSpec::Scope::Global) globals[p.name] = resolve_one(in.config, p, std::nullopt, name, t);
+    if (p.scope == ParamSpec::Scope::Global)
+      globals[p.name] =
+          resolve_one(in.config, p, ParamOwner{std::nullopt, planned.slice, std::nullopt}, name, planned.t);
   std::optional<Tensor> base_tensor;
-  if (in.base) {
-    base_tensor = in.base->tensor(name);
+  if (planned.base) {
+    base_tensor = planned.base->reader->tensor(planned.base->name);
     summary.bytes_read += base_tensor->nbytes();
   }
 
@@ -354,10 +398,11 @@ void check_inputs(const MergeInputs& in, const TensorJob& job) {
 }
 
 // Merges one floating-point tensor whole and returns it in its output dtype.
-Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary, MergeReport* report) {
+Tensor merge_tensor(const MergeInputs& in, const PlannedTensor& planned, MergeSummary& summary, MergeReport* report) {
+  const TensorSpec& out_spec = planned.out;
   const std::string& name = out_spec.name;
   const MethodSpec& spec = in.method->spec();
-  TensorJob job = make_job(in, out_spec, summary, report != nullptr);
+  TensorJob job = make_job(in, planned, summary, report != nullptr);
   const Tensor merged = in.method->merge(job);
   check_inputs(in, job);
   if (merged.shape() != out_spec.shape || merged.dtype() != DType::F32)
@@ -374,11 +419,12 @@ Tensor merge_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSumm
 // Merges one floating-point tensor with a streaming method, range by range, each range
 // straight into the output file's buffer (which the writer's I/O threads send to the disk
 // while the next range is merged): no tensor-sized buffer and no copy of the output.
-void stream_tensor(const MergeInputs& in, const TensorSpec& out_spec, MergeSummary& summary, MergeReport* report,
+void stream_tensor(const MergeInputs& in, const PlannedTensor& planned, MergeSummary& summary, MergeReport* report,
                    CheckpointWriter& writer) {
+  const TensorSpec& out_spec = planned.out;
   const std::string& name = out_spec.name;
   const MethodSpec& spec = in.method->spec();
-  TensorJob job = make_job(in, out_spec, summary, report != nullptr);
+  TensorJob job = make_job(in, planned, summary, report != nullptr);
   const std::unique_ptr<RangeMerge> ranges = in.method->start(job);
   if (!ranges) throw std::logic_error(spec.name + " streams but started no RangeMerge");
   const size_t n = job.numel(), size = dtype_size(out_spec.dtype);
@@ -427,6 +473,18 @@ std::optional<DType> floating_dtype_written(const std::vector<TensorSpec>& plan)
 
 }  // namespace
 
+// A slices merge's config.json says how many layers it wrote (num_hidden_layers, or GPT-2's
+// n_layer, whichever the reference's config has).
+void set_layer_count(nlohmann::ordered_json& config, int64_t layers) {
+  bool set = false;
+  for (const char* key : {"num_hidden_layers", "n_layer"})
+    if (config.contains(key)) {
+      config[key] = layers;
+      set = true;
+    }
+  if (!set) config["num_hidden_layers"] = layers;
+}
+
 MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::unique_ptr<MergeMethod> method;
@@ -444,7 +502,10 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
         throw InputError(config.source, "models[" + std::to_string(i) + "]." +
                                             (config.models[i].stats ? "stats" : "data") + ": " + spec.name +
                                             " is data-free and does not read calibration data or statistics");
-  if (spec.needs_base && !config.base_path)
+  if (spec.data_aware && !config.slices.empty())
+    throw InputError(config.source,
+                     "slices: " + spec.name + " measures whole models' statistics; slices take data-free methods");
+  if (spec.needs_base && !config.base_path && config.slices.empty())
     throw InputError(config.source, "base_model: " + spec.name + " needs a base model");
   check_config_paths_exist(config);
   if (config.base_adapter) {
@@ -457,34 +518,35 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     if (const auto& m = config.models[i]; m.adapter)
       in.applied[i] = std::make_unique<AppliedAdapter>(m.path, *m.adapter, options.output, std::to_string(i));
   in.candidates = open_candidates(config, spec, in.base.get(), in.applied);
-  in.reference = in.base ? in.base.get() : in.candidates.readers.front().get();
+  // The checkpoint whose config and other files the output takes: the base, or the first
+  // model (with slices, the first slice's first source).
+  in.reference = in.base ? in.base.get() : nullptr;
+  if (!in.reference && !config.slices.empty()) {
+    const size_t first = config.slices.front().sources.front().candidate.value();
+    for (size_t i = 0; i < in.candidates.readers.size(); ++i)
+      if (in.candidates.config_index[i] == first) in.reference = in.candidates.readers[i].get();
+  }
+  if (!in.reference) in.reference = in.candidates.readers.front().get();
   in.seed = options.seed.value_or(config.seed.value_or(0));
   in.stacks = find_layer_stacks(in.reference->names());
   const CheckpointReader& ref = *in.reference;
 
-  // Plan: every tensor of the reference, merged when it is floating point.
-  std::vector<TensorSpec> plan;
-  std::set<std::string> ref_names(ref.names().begin(), ref.names().end());
-  for (const auto& name : ref.names()) {
-    const TensorInfo& info = ref.info(name);
-    for (const auto& r : in.candidates.readers) {
-      if (!r->contains(name)) {
-        if (options.allow_missing && in.base) continue;
-        throw InputError(r->path(), name,
-                         "missing (present in " + ref.path().string() + ")" +
-                             (in.base ? "; --allow-missing takes the base's tensor" : ""));
-      }
-      check_same_shape(ref, *r, name);
-    }
-    DType out = info.dtype;
-    if (is_floating(info.dtype)) out = config.out_dtype.value_or(config.dtype.value_or(info.dtype));
-    plan.push_back({name, out, info.shape});
+  // Plan: every output tensor, merged when it is floating point, copied from its first input
+  // when not (integer buffers).
+  std::optional<int64_t> sliced_layers;
+  std::vector<PlannedTensor> planned;
+  if (config.slices.empty()) {
+    planned = plan_models(in);
+  } else {
+    std::vector<const CheckpointReader*> readers(config.models.size());
+    for (size_t i = 0; i < in.candidates.readers.size(); ++i)
+      readers[in.candidates.config_index[i]] = in.candidates.readers[i].get();
+    SlicePlan slices = plan_slices(config, spec, in.base.get(), readers);
+    planned = std::move(slices.tensors);
+    sliced_layers = slices.layers;
   }
-  for (const auto& r : in.candidates.readers)
-    for (const auto& name : r->names())
-      if (!ref_names.contains(name) && !options.quiet)
-        std::cerr << "amalgam: note: " << r->path().string() << ": tensor '" << name
-                  << "' is not in the base and is left out\n";
+  std::vector<TensorSpec> plan;
+  for (const PlannedTensor& p : planned) plan.push_back(p.out);
 
   AtomicOutput output(options.output, options.force);
   // Tensors are written in plan order (below), so the output streams past the page cache.
@@ -517,41 +579,50 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   }
   copy_files_into(carried, output.staging());
   if (config.chat_template) set_chat_template(in, output.staging());
-  if (ref.config())
-    write_text_file(output.staging() / "config.json",
-                    config_for_output(nlohmann::ordered_json(*ref.config()), weights).dump(2) + "\n");
+  if (ref.config()) {
+    nlohmann::ordered_json out_config = config_for_output(nlohmann::ordered_json(*ref.config()), weights);
+    if (sliced_layers) set_layer_count(out_config, *sliced_layers);
+    write_text_file(output.staging() / "config.json", out_config.dump(2) + "\n");
+  }
   write_text_file(output.staging() / "README.md", merge_model_card(resolved, config_yaml, weights));
 
   const MergeContext context = make_context(in, output.staging());
   in.method->prepare(context);
+  // The audit compares every tensor's candidates with one list of models; slices merge
+  // different models in different layers.
   std::optional<MergeReport> report;
-  if (options.audit) report.emplace(spec.name, context.candidates, context.base);
+  if (options.audit && config.slices.empty()) report.emplace(spec.name, context.candidates, context.base);
+  if (options.audit && !config.slices.empty() && !options.quiet)
+    std::cerr << "amalgam: note: slices: no merge_report.json (the audit covers models: merges)\n";
 
   // While tensor i is merged on all cores, the kernel reads tensor i+1 ahead and a second
   // thread writes tensor i-1 (or the previous range of a streamed tensor).
   MergeSummary summary;
-  Progress progress("merging", plan.size(), ref.total_tensor_bytes(), options.quiet);
+  uint64_t output_bytes = 0;
+  for (const TensorSpec& t : plan) output_bytes += t.nbytes();
+  Progress progress("merging", plan.size(), output_bytes, options.quiet);
   TensorWriter tensors(writer);
   for (size_t i = 0; i < plan.size(); ++i) {
     check_interrupt();
-    const TensorSpec& out_spec = plan[i];
-    const std::string& name = out_spec.name;
-    if (i + 1 < plan.size())
-      for (const auto* r : in.readers_of(plan[i + 1].name)) r->prefetch(plan[i + 1].name);
-    if (!is_floating(ref.info(name).dtype)) {
-      tensors.write(name, ref.tensor(name));  // integer buffers are the base's
+    const PlannedTensor& p = planned[i];
+    const std::string& name = p.out.name;
+    if (i + 1 < planned.size())
+      for_each_input(planned[i + 1], [](const CheckpointReader& r, const std::string& n) { r.prefetch(n); });
+    const TensorSource& first = p.base ? *p.base : p.inputs.front();
+    if (!is_floating(first.reader->info(first.name).dtype)) {
+      tensors.write(name, first.reader->tensor(first.name));  // integer buffers are the base's
       ++summary.tensors_copied;
     } else if (spec.streams) {
       tensors.wait();  // the file's bytes go in order
-      stream_tensor(in, out_spec, summary, report ? &*report : nullptr, writer);
+      stream_tensor(in, p, summary, report ? &*report : nullptr, writer);
       ++summary.tensors_merged;
     } else {
-      tensors.write(name, merge_tensor(in, out_spec, summary, report ? &*report : nullptr));
+      tensors.write(name, merge_tensor(in, p, summary, report ? &*report : nullptr));
       ++summary.tensors_merged;
     }
-    summary.bytes_written += out_spec.nbytes();
-    for (const auto* r : in.readers_of(name)) r->release(name);
-    progress.advance(1, ref.info(name).nbytes());
+    summary.bytes_written += p.out.nbytes();
+    for_each_input(p, [](const CheckpointReader& r, const std::string& n) { r.release(n); });
+    progress.advance(1, p.out.nbytes());
   }
   tensors.wait();
   in.method->finish(context);

@@ -1,0 +1,188 @@
+#include "merge/plan.h"
+
+#include <map>
+
+#include "core/error.h"
+
+namespace amalgam {
+
+std::optional<LayerName> layer_of(const std::string& name) {
+  size_t start = 0;
+  while (start < name.size()) {
+    size_t end = name.find('.', start);
+    if (end == std::string::npos) end = name.size();
+    const std::string part = name.substr(start, end - start);
+    if (!part.empty() && part.size() < 9 && part.find_first_not_of("0123456789") == std::string::npos)
+      return LayerName{name.substr(0, start), std::stoi(part), end < name.size() ? name.substr(end + 1) : ""};
+    start = end + 1;
+  }
+  return std::nullopt;
+}
+
+bool before_layers(const std::string& name) {
+  for (const char* marker : {"embed", "wte.", "wpe.", "pre_layrnorm", "pre_layernorm"})
+    if (name.find(marker) != std::string::npos) return true;
+  return false;
+}
+
+namespace {
+
+std::string with_layer(const LayerName& l, int64_t index) {
+  return l.prefix + std::to_string(index) + (l.suffix.empty() ? "" : "." + l.suffix);
+}
+
+std::string source_key(size_t slice, size_t source) {
+  return "slices[" + std::to_string(slice) + "].sources[" + std::to_string(source) + "]";
+}
+
+class SlicePlanner {
+ public:
+  SlicePlanner(const MergeConfig& config, const MethodSpec& spec, const CheckpointReader* base,
+               std::span<const CheckpointReader* const> readers)
+      : config_(config), spec_(spec), base_(base), readers_(readers) {}
+
+  SlicePlan plan() {
+    check_slices();
+    const CheckpointReader& first = reader(0, 0);
+    for (const std::string& name : first.names())
+      if (!layer_of(name) && before_layers(name)) add_outside(name, 0);
+    for (size_t s = 0; s < config_.slices.size(); ++s) {
+      const MergeSlice& slice = config_.slices[s];
+      const int64_t n = slice.sources[0].end - slice.sources[0].first;
+      for (int64_t i = 0; i < n; ++i) add_layer(s, i, n);
+    }
+    const size_t last = config_.slices.size() - 1;
+    for (const std::string& name : reader(last, 0).names())
+      if (!layer_of(name) && !before_layers(name)) add_outside(name, last);
+    return std::move(plan_);
+  }
+
+ private:
+  const CheckpointReader& reader(size_t slice, size_t source) const {
+    const SliceSource& s = config_.slices.at(slice).sources.at(source);
+    return s.candidate ? *readers_[*s.candidate] : *base_;
+  }
+
+  // Each source's layers exist and every source of a slice gives as many; each slice has the
+  // base its method needs and as many models as it merges.
+  void check_slices() {
+    for (size_t s = 0; s < config_.slices.size(); ++s) {
+      const MergeSlice& slice = config_.slices[s];
+      for (size_t j = 0; j < slice.sources.size(); ++j) {
+        const SliceSource& src = slice.sources[j];
+        const int64_t layers = layer_count(reader(s, j), source_key(s, j));
+        if (src.end > layers)
+          throw InputError(config_.source, source_key(s, j) + ".layer_range: [" + std::to_string(src.first) + ", " +
+                                               std::to_string(src.end) + "] goes past the model's " +
+                                               std::to_string(layers) + " layers");
+        if (src.end - src.first != slice.sources[0].end - slice.sources[0].first)
+          throw InputError(config_.source, "slices[" + std::to_string(s) +
+                                               "]: every source must give the same number of layers (sources[0] "
+                                               "gives " +
+                                               std::to_string(slice.sources[0].end - slice.sources[0].first) +
+                                               ", sources[" + std::to_string(j) + "] " +
+                                               std::to_string(src.end - src.first) + ")");
+      }
+      const size_t merged = slice.sources.size() - (spec_.needs_base && base_source(s) ? 1 : 0);
+      if (spec_.needs_base && !base_source(s))
+        throw InputError(config_.source, "slices[" + std::to_string(s) + "]: " + spec_.name +
+                                             " needs the base model among the slice's sources (base_model)");
+      if (merged < spec_.min_models || merged > spec_.max_models)
+        throw InputError(config_.source, "slices[" + std::to_string(s) + "]: " + spec_.name + " merges " +
+                                             std::to_string(spec_.min_models) +
+                                             (spec_.max_models == spec_.min_models ? "" : " or more") + " model(s)" +
+                                             (spec_.needs_base ? " besides the base" : "") + ", the slice has " +
+                                             std::to_string(merged));
+    }
+  }
+
+  // The number of layers of a checkpoint's one stack.
+  int64_t layer_count(const CheckpointReader& r, const std::string& key) {
+    if (const auto known = counts_.find(&r); known != counts_.end()) return known->second;
+    std::map<std::string, int64_t> stacks;
+    for (const std::string& name : r.names())
+      if (const auto l = layer_of(name)) stacks[l->prefix] = std::max<int64_t>(stacks[l->prefix], l->index + 1);
+    if (stacks.size() != 1)
+      throw InputError(r.path(), key + ": slices take layers from a model with one stack of layers; this one has " +
+                                     std::to_string(stacks.size()));
+    return counts_[&r] = stacks.begin()->second;
+  }
+
+  // The slice's base: its own base_model, else a source that is the config's base_model.
+  std::optional<size_t> base_source(size_t s) const {
+    const MergeSlice& slice = config_.slices[s];
+    if (slice.base_source) return slice.base_source;
+    for (size_t j = 0; j < slice.sources.size(); ++j)
+      if (!slice.sources[j].candidate) return j;
+    return std::nullopt;
+  }
+
+  TensorSource input(size_t s, size_t j, const std::string& name, const std::string& out_name) const {
+    const CheckpointReader& r = reader(s, j);
+    if (!r.contains(name))
+      throw InputError(r.path(), name,
+                       "missing (" + source_key(s, j) + " gives it to the output's '" + out_name + "')");
+    return {&r, name, ParamOwner{config_.slices[s].sources[j].candidate, s, j}};
+  }
+
+  // One output tensor from slice `s`: input name j for source j.
+  void add(size_t s, const std::string& out_name, const std::vector<std::string>& names, double t) {
+    PlannedTensor p;
+    p.slice = s;
+    p.t = t;
+    const auto base = base_source(s);
+    for (size_t j = 0; j < names.size(); ++j) {
+      TensorSource in = input(s, j, names[j], out_name);
+      if (base && j == *base) {
+        p.base = in;
+        if (spec_.needs_base) continue;  // a task vector of the base against itself is zero
+      }
+      p.inputs.push_back(std::move(in));
+    }
+    const TensorSource& shape_of = p.inputs.empty() ? *p.base : p.inputs.front();
+    const TensorInfo& info = shape_of.reader->info(shape_of.name);
+    for (const TensorSource& in : p.inputs)
+      if (in.reader->info(in.name).shape != info.shape)
+        throw InputError(in.reader->path(), in.name,
+                         "has shape " + shape_to_string(in.reader->info(in.name).shape) + ", " +
+                             shape_of.reader->path().string() + "'s '" + shape_of.name + "' has " +
+                             shape_to_string(info.shape) + " (both go to the output's '" + out_name + "')");
+    const DType dtype =
+        is_floating(info.dtype) ? config_.out_dtype.value_or(config_.dtype.value_or(info.dtype)) : info.dtype;
+    p.out = {out_name, dtype, info.shape};
+    plan_.tensors.push_back(std::move(p));
+  }
+
+  void add_outside(const std::string& name, size_t s) {
+    add(s, name, std::vector<std::string>(config_.slices[s].sources.size(), name), 0.0);
+  }
+
+  void add_layer(size_t s, int64_t i, int64_t n) {
+    const MergeSlice& slice = config_.slices[s];
+    const double t = n > 1 ? static_cast<double>(i) / static_cast<double>(n - 1) : 1.0;
+    const int64_t out_layer = plan_.layers++;
+    for (const std::string& name : reader(s, 0).names()) {
+      const auto l = layer_of(name);
+      if (!l || l->index != slice.sources[0].first + i) continue;
+      std::vector<std::string> names;
+      for (const SliceSource& src : slice.sources) names.push_back(with_layer(*l, src.first + i));
+      add(s, with_layer(*l, out_layer), names, t);
+    }
+  }
+
+  const MergeConfig& config_;
+  const MethodSpec& spec_;
+  const CheckpointReader* base_;
+  std::span<const CheckpointReader* const> readers_;
+  std::map<const CheckpointReader*, int64_t> counts_;
+  SlicePlan plan_;
+};
+
+}  // namespace
+
+SlicePlan plan_slices(const MergeConfig& config, const MethodSpec& spec, const CheckpointReader* base,
+                      std::span<const CheckpointReader* const> readers) {
+  return SlicePlanner(config, spec, base, readers).plan();
+}
+
+}  // namespace amalgam

@@ -1,0 +1,60 @@
+// What a merge writes, tensor by tensor: each output tensor's inputs (which checkpoint, under
+// which name), its base, and whose settings apply. A models: merge reads every candidate's
+// tensor of the output's own name; mergekit's slices renumber layers and take each slice's
+// layers from its own sources (plan_slices).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "merge/config.h"
+#include "merge/method.h"
+
+namespace amalgam {
+
+struct TensorSource {
+  const CheckpointReader* reader = nullptr;
+  std::string name;
+  ParamOwner owner;  // whose settings this input's parameters come from
+};
+
+struct PlannedTensor {
+  TensorSpec out;
+  std::vector<TensorSource> inputs;  // what the method merges, in order
+  std::optional<TensorSource> base;
+  std::optional<size_t> slice;  // the slice whose global settings apply (slices merges)
+  double t = 0;                 // position for gradients: 0 first layer (and outside them), 1 last
+};
+
+// Where a tensor name sits in a stack of layers: the first dot-separated component made of
+// digits, with the prefix before it ("model.layers.") and the number; nullopt outside layers.
+struct LayerName {
+  std::string prefix;
+  int index = 0;
+  std::string suffix;  // after the number's dot
+};
+std::optional<LayerName> layer_of(const std::string& name);
+
+// A tensor outside the layers that comes before them (embeddings: "embed", GPT-2's wte and
+// wpe, CLIP's pre_layrnorm); every other one comes after (final norms, heads). mergekit's
+// architecture tables say the same for the families it knows.
+bool before_layers(const std::string& name);
+
+// mergekit's slices planned (its plan_module and plan_slice): the tensors before the layers
+// from the first slice's sources, each slice's layers renumbered from 0 in output order with
+// t = i / (n - 1) across a slice of n layers (a lone layer: 1), the tensors after the layers
+// from the last slice's sources. `readers[i]` reads config.models[i]; `base` the base_model.
+// InputError naming the config key for a layer range outside a model, slices of unequal
+// lengths, a missing tensor, or a slice without the base a method needs.
+struct SlicePlan {
+  std::vector<PlannedTensor> tensors;
+  int64_t layers = 0;  // in the output
+};
+SlicePlan plan_slices(const MergeConfig& config, const MethodSpec& spec, const CheckpointReader* base,
+                      std::span<const CheckpointReader* const> readers);
+
+}  // namespace amalgam
