@@ -18,11 +18,19 @@ void resolve_everything(const MergeConfig& config) {
   for (const auto& [name, setting] : config.parameters) names.push_back(name);
   for (const auto& m : config.models)
     for (const auto& [name, setting] : m.parameters) names.push_back(name);
+  for (const auto& slice : config.slices) {
+    for (const auto& [name, setting] : slice.parameters) names.push_back(name);
+    for (const auto& source : slice.sources)
+      for (const auto& [name, setting] : source.parameters) names.push_back(name);
+  }
   for (const auto& name : names)
     for (const char* tensor : {"model.layers.0.mlp.fc1.weight", "lm_head.weight", ""})
       for (double t : {0.0, 0.37, 1.0}) {
         (void)resolve_param(config, name, std::nullopt, tensor, t);
         for (size_t i = 0; i < config.models.size(); ++i) (void)resolve_param(config, name, i, tensor, t);
+        for (size_t s = 0; s < config.slices.size(); ++s)
+          for (size_t j = 0; j < config.slices[s].sources.size(); ++j)
+            (void)resolve_param(config, name, ParamOwner{config.slices[s].sources[j].candidate, s, j}, tensor, t);
       }
 }
 
@@ -52,7 +60,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Not inside accept_input_errors: amalgam's own output failing to parse is a bug.
   const MergeConfig again = parse_merge_config(merge_config_to_yaml(*config), source);
   if (again.merge_method != config->merge_method || again.models.size() != config->models.size() ||
-      again.parameters != config->parameters)
+      again.parameters != config->parameters || again.slices.size() != config->slices.size())
     std::abort();
+  for (size_t s = 0; s < config->slices.size(); ++s)
+    for (size_t j = 0; j < config->slices[s].sources.size(); ++j) {
+      const SliceSource &a = config->slices[s].sources[j], &b = again.slices[s].sources.at(j);
+      if (a.candidate != b.candidate || a.first != b.first || a.end != b.end || a.parameters != b.parameters)
+        std::abort();
+    }
   return 0;
 }

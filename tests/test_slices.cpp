@@ -27,11 +27,11 @@ struct TwoLlamas {
   std::string path(const char* model) const { return (dir.path() / model).string(); }
   fs::path out() const { return dir.path() / "out"; }
 
-  // Runs the config (model names "A" and "B" replaced by the checkpoints' paths).
+  // Runs the config ($A and $B replaced by the checkpoints' paths).
   MergeSummary merge(std::string yaml) const {
-    for (const auto& [from, to] : {std::pair{"A", path("a")}, std::pair{"B", path("b")}})
+    for (const auto& [from, to] : {std::pair{"$A", path("a")}, std::pair{"$B", path("b")}})
       for (size_t at = yaml.find(from); at != std::string::npos; at = yaml.find(from, at + to.size()))
-        yaml.replace(at, 1, to);
+        yaml.replace(at, 2, to);
     write_bytes(dir.path() / "merge.yaml", yaml);
     MergeOptions o;
     o.output = out();
@@ -72,8 +72,8 @@ TEST(Slices, AFrankenmergeTakesLayersWholeAndRenumbersThem) {
   m.merge(R"(
 merge_method: passthrough
 slices:
-  - sources: [{model: A, layer_range: [0, 2]}]
-  - sources: [{model: B, layer_range: [1, 3]}]
+  - sources: [{model: $A, layer_range: [0, 2]}]
+  - sources: [{model: $B, layer_range: [1, 3]}]
 )");
   const Weights out = read_checkpoint_values(m.out());
   const auto parts = layer_parts(m.a);
@@ -103,11 +103,11 @@ merge_method: linear
 parameters: {weight: 1}
 slices:
   - sources:
-      - {model: A, layer_range: [0, 3], parameters: {weight: [1, 3]}}
-      - {model: B, layer_range: [0, 3]}
+      - {model: $A, layer_range: [0, 3], parameters: {weight: [1, 3]}}
+      - {model: $B, layer_range: [0, 3]}
   - sources:
-      - {model: A, layer_range: [2, 3]}
-      - {model: B, layer_range: [0, 1]}
+      - {model: $A, layer_range: [2, 3]}
+      - {model: $B, layer_range: [0, 1]}
     parameters: {weight: 4}
 )");
   const Weights out = read_checkpoint_values(m.out());
@@ -147,26 +147,30 @@ TEST(Slices, ErrorsNameTheKeyAndWriteNothing) {
     EXPECT_FALSE(fs::exists(m.out())) << e;
     return e;
   };
-  EXPECT_NE(error("merge_method: passthrough\nslices: [{sources: [{model: A, layer_range: [1, 5]}]}]\n")
+  EXPECT_NE(error("merge_method: passthrough\nslices: [{sources: [{model: $A, layer_range: [1, 5]}]}]\n")
                 .find("slices[0].sources[0].layer_range: [1, 5] goes past the model's 3 layers"),
             std::string::npos);
-  EXPECT_NE(error("merge_method: linear\nslices: [{sources: [{model: A, layer_range: [0, 2]}, {model: B, "
+  EXPECT_NE(error("merge_method: linear\nslices: [{sources: [{model: $A, layer_range: [0, 2]}, {model: $B, "
                   "layer_range: [0, 3]}]}]\n")
                 .find("slices[0]: every source must give the same number of layers (sources[0] gives 2, "
                       "sources[1] 3)"),
             std::string::npos);
-  EXPECT_NE(error("merge_method: task_arithmetic\nslices: [{sources: [{model: A, layer_range: [0, 2]}, {model: B, "
+  EXPECT_NE(error("merge_method: task_arithmetic\nslices: [{sources: [{model: $A, layer_range: [0, 2]}, {model: $B, "
                   "layer_range: [0, 2]}]}]\n")
                 .find("slices[0]: task_arithmetic needs the base model among the slice's sources"),
             std::string::npos);
-  EXPECT_NE(error("merge_method: passthrough\nslices: [{sources: [{model: A, layer_range: [0, 2]}, {model: B, "
+  EXPECT_NE(error("merge_method: passthrough\nslices: [{sources: [{model: $A, layer_range: [0, 2]}, {model: $B, "
                   "layer_range: [0, 2]}]}]\n")
                 .find("slices[0]: passthrough merges 1 model(s), the slice has 2"),
             std::string::npos);
-  EXPECT_NE(error("merge_method: linear\nslices: [{sources: [{model: A, layer_range: [0, 2], parameters: {t: 1}}]}]\n")
+  EXPECT_NE(error("merge_method: linear\nslices: [{sources: [{model: $A, layer_range: [0, 2], parameters: {t: 1}}]}]\n")
                 .find("slices[0].sources[0].parameters.t: not a parameter of linear"),
             std::string::npos);
-  EXPECT_NE(error("merge_method: regmean\nslices: [{sources: [{model: A, layer_range: [0, 2]}]}]\n")
+  EXPECT_NE(error("merge_method: passthrough\nslices: [{sources: [{model: $A, layer_range: [0, 1]}]}, {sources: "
+                  "[{model: nowhere, layer_range: [0, 1]}]}]\n")
+                .find("slices[1].sources[0].model: 'nowhere' does not exist"),
+            std::string::npos);
+  EXPECT_NE(error("merge_method: regmean\nslices: [{sources: [{model: $A, layer_range: [0, 2]}]}]\n")
                 .find("slices: regmean measures whole models' statistics"),
             std::string::npos);
 }

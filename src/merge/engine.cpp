@@ -46,7 +46,11 @@ void check_config_paths_exist(const MergeConfig& config) {
     check(*config.base_adapter, "base_model", config.base_model->substr(config.base_model->find('+') + 1));
   for (size_t i = 0; i < config.models.size(); ++i) {
     const ModelEntry& m = config.models[i];
-    const std::string key = "models[" + std::to_string(i) + "]";
+    std::string key = "models[" + std::to_string(i) + "]";
+    for (size_t sl = config.slices.size(); sl-- > 0;)  // with slices: the first source that names it
+      for (size_t j = config.slices[sl].sources.size(); j-- > 0;)
+        if (config.slices[sl].sources[j].candidate == i)
+          key = "slices[" + std::to_string(sl) + "].sources[" + std::to_string(j) + "]";
     if (m.adapter) check(*m.adapter, key + ".model", m.model.substr(m.model.find('+') + 1));
     check(m.path, key + ".model", m.model);
     for (size_t d = 0; d < m.data.size(); ++d) check(m.data[d], key + ".data[" + std::to_string(d) + "]", m.data[d]);
