@@ -140,6 +140,30 @@ slices:
   EXPECT_EQ(read_bytes(m.dir.path() / "again" / "model.safetensors"), first);
 }
 
+// mergekit's examples/gradient-slerp.yml in small: the base among the sources, t a gradient
+// across the slice: its first layer is the base's bits (t = 0), its last the other model's.
+TEST(Slices, AGradientSlerpRunsFromTheBaseToTheOtherModelAcrossTheSlice) {
+  const TwoLlamas m;
+  m.merge(R"(
+merge_method: slerp
+base_model: $A
+slices:
+  - sources:
+      - {model: $A, layer_range: [0, 3]}
+      - {model: $B, layer_range: [0, 3]}
+parameters:
+  t: [0, 1]
+)");
+  const Weights out = read_checkpoint_values(m.out());
+  for (const std::string& part : layer_parts(m.a)) {
+    EXPECT_EQ(out.at(layer(0, part)), m.a.at(layer(0, part))) << part;
+    const auto &got = out.at(layer(2, part)), &b = m.b.at(layer(2, part));
+    for (size_t i = 0; i < b.size(); ++i) ASSERT_NEAR(got[i], b[i], 1e-6 * (1 + std::abs(b[i]))) << part;
+    EXPECT_NE(out.at(layer(1, part)), m.a.at(layer(1, part))) << part;  // t = 0.5: between them
+  }
+  EXPECT_EQ(out.at("lm_head.weight"), m.a.at("lm_head.weight"));  // outside the layers: t = 0
+}
+
 TEST(Slices, ErrorsNameTheKeyAndWriteNothing) {
   const TwoLlamas m;
   auto error = [&](const std::string& yaml) {
