@@ -71,6 +71,10 @@ TEST(ModelFamilies, ClipThroughTheInterfaceIsItsOwnForward) {
   // The whole forward in one call, and its width.
   EXPECT_TRUE(same_bits(model->forward(ModelInput::of_images(pixels, images)).data, own.data));
   EXPECT_EQ(model->head_width(), own.cols);
+  // `amalgam inspect` names the family from the same registry.
+  const CliResult inspect = run_amalgam("inspect " + (dir.path() / "clip").string() + " --json");
+  ASSERT_EQ(inspect.code, 0) << inspect.err;
+  EXPECT_EQ(nlohmann::json::parse(inspect.out)["family"], "clip_vision_model");
 }
 
 TEST(ModelFamilies, DecoderThroughTheInterfaceIsItsOwnForwardAndReadsOtherCheckpointsBlocks) {

@@ -6,18 +6,17 @@
 #include "cli/commands.h"
 #include "core/tensor.h"
 #include "io/checkpoint.h"
-#include "model/decoder.h"
+#include "model/model.h"
 
 namespace amalgam::cli {
 
 namespace {
 
-// The model family amalgam runs this checkpoint as ("llama", "qwen3", "clip"), or null:
-// data-free merging only.
+// The architecture amalgam runs this checkpoint as: its model_type when a registered family
+// runs it ("llama", "qwen3", "clip_vision_model"), or null: data-free merging only.
 nlohmann::ordered_json model_family(const nlohmann::json& config) {
-  const std::string type = config.value("model_type", "");
-  if (find_decoder_family(type)) return type;
-  if (type == "clip" || type == "clip_vision_model") return "clip";
+  const nlohmann::json type = config.value("model_type", nlohmann::json());
+  if (type.is_string() && find_model_family(type.get<std::string>())) return type;
   return nullptr;
 }
 
