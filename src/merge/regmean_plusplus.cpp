@@ -225,18 +225,33 @@ class RegMeanPlusPlus final : public MergeMethod {
     return f;
   }
 
-  // The candidates' weighted mean of one tensor, in F32.
+  // The candidates' weighted mean of one tensor, in F32, converted a chunk at a time from
+  // the mapped inputs: a decoder's embeddings are the largest tensors of the model (a
+  // Llama-3.2-1B's are 1 GB in F32), and n F32 copies of them were the merge's peak.
   Tensor average_tensor(const MergeContext& ctx, const std::string& name) const {
-    std::vector<Tensor> values;
-    std::vector<std::span<const float>> inputs;
+    std::vector<Tensor> mapped;
     for (const auto& r : readers_) {
-      values.push_back(r->tensor(name).to(DType::F32));
-      inputs.push_back(values.back().data<float>());
-      if (values.back().shape() != values.front().shape())
+      mapped.push_back(r->tensor(name));
+      if (mapped.back().shape() != mapped.front().shape())
         throw InputError(r->path(), name, "has another shape than in " + readers_.front()->path().string());
     }
-    Tensor out = Tensor::uninitialized(DType::F32, values.front().shape());
-    weighted_average(inputs, factors_for(ctx, name), out.mutable_data<float>());
+    Tensor out = Tensor::uninitialized(DType::F32, mapped.front().shape());
+    const std::span<float> values = out.mutable_data<float>();
+    const std::vector<double> factors = factors_for(ctx, name);
+    constexpr size_t kChunk = size_t{1} << 20;
+    std::vector<std::vector<float>> chunks(mapped.size(), std::vector<float>(std::min(kChunk, values.size())));
+    std::vector<std::byte> raw(std::min(kChunk, values.size()) * sizeof(double));
+    for (size_t begin = 0; begin < values.size(); begin += kChunk) {
+      const size_t n = std::min(kChunk, values.size() - begin);
+      std::vector<std::span<const float>> inputs;
+      for (size_t t = 0; t < mapped.size(); ++t) {
+        const size_t width = dtype_size(mapped[t].dtype());
+        mapped[t].read_bytes(begin * width, std::span(raw).first(n * width));
+        convert_to_f32(mapped[t].dtype(), raw.data(), chunks[t].data(), n);
+        inputs.emplace_back(chunks[t].data(), n);
+      }
+      weighted_average(inputs, factors, values.subspan(begin, n));
+    }
     return out;
   }
 
