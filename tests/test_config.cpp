@@ -479,6 +479,20 @@ TEST(ConfigSlices, Errors) {
                      "slices[0].sources[0]: unknown key 'weight'");
 }
 
+TEST(ConfigWords, EmbeddingsIsAWordKeptAsItsIndexAndWrittenBack) {
+  const MergeConfig c = parse("merge_method: regmean\nmodels: [a]\nparameters: {embeddings: base}\n");
+  EXPECT_EQ(resolve_param(c, "embeddings", std::nullopt, "x", 0.0), 1.0);
+  EXPECT_NE(merge_config_to_yaml(c).find("embeddings: base"), std::string::npos) << merge_config_to_yaml(c);
+  EXPECT_EQ(parse(merge_config_to_yaml(c)).parameters, c.parameters);
+  EXPECT_EQ(resolve_param(parse("merge_method: regmean\nmodels: [a]\nparameters: {embeddings: mean}\n"), "embeddings",
+                          std::nullopt, "x", 0.0),
+            0.0);
+  EXPECT_PARSE_ERROR("merge_method: regmean\nmodels: [a]\nparameters: {embeddings: 1}\n",
+                     "parameters.embeddings: expected one of mean, base, got '1'");
+  EXPECT_PARSE_ERROR("merge_method: regmean\nmodels: [a]\nparameters: {embeddings: [mean]}\n",
+                     "parameters.embeddings: expected one of mean, base, got a list");
+}
+
 TEST(ConfigMergekit, ModelPlusAdapterNamesABaseAndItsLoraAdapter) {
   const MergeConfig c = parse("merge_method: linear\nmodels: [a+lora, {model: b+adapters/x}, c]\n");
   ASSERT_TRUE(c.models[0].adapter);

@@ -285,6 +285,74 @@ TEST(TextStatistics, RegMeanPlusPlusOnLlamaAndGpt2) {
   expect_regmean_plus_plus_block_one_is_regmeans(gpt2, "transformer.h.1.");
 }
 
+// `embeddings: base` (MergeBench) keeps the base's embeddings and lm_head, in RegMean and
+// RegMean++; the default, mean (RegMean's paper), averages them; other tensors outside the
+// linear layers (the final norm) are the mean either way.
+TEST(TextStatistics, EmbeddingsBaseKeepsTheBasesEmbeddingsAndHead) {
+  TempDir dir;
+  write_random_decoder(dir / "base", tiny_config("llama"), DType::F32, 1);
+  write_texts(dir / "data.jsonl", kTexts);
+  const CheckpointReader base(dir / "base");
+  std::map<std::string, std::vector<std::vector<float>>> tuned;  // per tensor, a's and b's values
+  for (const char* m : {"a", "b"}) {
+    std::mt19937_64 rng(m[0]);
+    std::normal_distribution<float> noise(0.0f, 0.05f);
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const auto& name : base.names()) {
+      Tensor t = base.tensor(name).to(DType::F32).clone();
+      for (auto& x : t.mutable_data<float>()) x += noise(rng);
+      tuned[name].emplace_back(t.data<float>().begin(), t.data<float>().end());
+      tensors.emplace_back(name, std::move(t));
+    }
+    fs::create_directories(dir / m);
+    fs::copy_file(dir / "base" / "config.json", dir / m / "config.json");
+    save_safetensors(dir / m / "model.safetensors", tensors);
+    write_char_tokenizer(dir / m);
+  }
+  const std::string models = "models:\n  - {model: " + (dir / "a").string() +
+                             ", data: " + (dir / "data.jsonl").string() + "}\n  - {model: " + (dir / "b").string() +
+                             ", data: " + (dir / "data.jsonl").string() + "}\n";
+  auto merge = [&](const std::string& name, const std::string& head) {
+    write_bytes(dir / (name + ".yaml"), head + models);
+    return run_amalgam("merge " + (dir / (name + ".yaml")).string() + " -o " + (dir / name).string() + " -q");
+  };
+  for (const char* method : {"regmean", "regmean_plusplus"}) {
+    const std::string params = "parameters: {examples: 3, batch_size: 2, embeddings: base}\n";
+    const auto kept =
+        merge(std::string(method) + "-base",
+              "merge_method: " + std::string(method) + "\nbase_model: " + (dir / "base").string() + "\n" + params);
+    ASSERT_EQ(kept.code, 0) << kept.err;
+    const auto mean = merge(std::string(method) + "-mean",
+                            "merge_method: " + std::string(method) + "\nparameters: {examples: 3, batch_size: 2}\n");
+    ASSERT_EQ(mean.code, 0) << mean.err;
+    const CheckpointReader with_base(dir / (std::string(method) + "-base")),
+        averaged(dir / (std::string(method) + "-mean"));
+    for (const char* name : {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"}) {
+      const bool from_base = std::string(name) != "model.norm.weight";
+      const auto got = with_base.tensor(name).to(DType::F32), avg = averaged.tensor(name).to(DType::F32);
+      const auto b = base.tensor(name).to(DType::F32);
+      for (size_t k = 0; k < b.data<float>().size(); ++k) {
+        const double mean_value = (static_cast<double>(tuned[name][0][k]) + tuned[name][1][k]) / 2;
+        if (from_base)
+          ASSERT_EQ(got.data<float>()[k], b.data<float>()[k]) << method << " " << name;
+        else
+          ASSERT_NEAR(got.data<float>()[k], mean_value, 1e-6) << method << " " << name;
+        ASSERT_NEAR(avg.data<float>()[k], mean_value, 1e-6) << method << " " << name;
+      }
+    }
+    // The recorded config says it in words.
+    EXPECT_NE(read_bytes(dir / (std::string(method) + "-base") / "amalgam_config.yaml").find("embeddings: base"),
+              std::string::npos);
+    // Without a base there is nothing to keep.
+    const auto no_base = merge(std::string(method) + "-none", "merge_method: " + std::string(method) + "\n" + params);
+    EXPECT_EQ(no_base.code, 2);
+    EXPECT_NE(no_base.err.find("parameters.embeddings: base keeps the base model's embeddings and lm_head; give "
+                               "base_model"),
+              std::string::npos)
+        << no_base.err;
+  }
+}
+
 TEST(TextStatistics, Gpt2Conv1dSitesMatchTheReference) {
   TempDir dir;
   const Json c = {{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_embd", 32},

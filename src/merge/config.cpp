@@ -360,7 +360,19 @@ ParamMap ConfigParser::parse_params(const YAML::Node& n, const std::string& path
   if (!n.IsMap()) fail(path, "expected a map of parameter names to values, got " + describe(n));
   ParamMap params;
   for_each_entry(n, path, [&](const std::string& name, const YAML::Node& v) {
-    params.emplace(name, parse_setting(v, key_path(path, name)));
+    const std::string at = key_path(path, name);
+    if (const WordParameter* word = word_parameter(name)) {
+      std::string choices;
+      for (size_t i = 0; i < word->words.size(); ++i) {
+        if (v.IsScalar() && v.Scalar() == word->words[i]) {
+          params.emplace(name, ParamSetting::scalar(static_cast<double>(i)));
+          return;
+        }
+        choices += (i ? ", " : "") + std::string(word->words[i]);
+      }
+      fail(at, "expected one of " + choices + ", got " + describe(v));
+    }
+    params.emplace(name, parse_setting(v, at));
   });
   return params;
 }
@@ -645,7 +657,11 @@ namespace {
 
 YAML::Node params_to_yaml(const ParamMap& params) {
   YAML::Node map(YAML::NodeType::Map);
-  for (const auto& [name, setting] : params) map[name] = param_to_yaml(setting);
+  for (const auto& [name, setting] : params) {
+    const WordParameter* word = word_parameter(name);
+    map[name] = word ? YAML::Node(std::string(word->words.at(static_cast<size_t>(*setting.evaluate("", 0)))))
+                     : param_to_yaml(setting);
+  }
   return map;
 }
 
@@ -718,6 +734,14 @@ std::string merge_config_to_yaml(const MergeConfig& config) {
 }
 
 // ---- Lookups ----------------------------------------------------------------------------
+
+const WordParameter* word_parameter(std::string_view name) {
+  // RegMean's and RegMean++'s: the embeddings and lm_head averaged or kept from the base.
+  static const WordParameter kWords[] = {{"embeddings", {"mean", "base"}}};
+  for (const WordParameter& w : kWords)
+    if (w.name == name) return &w;
+  return nullptr;
+}
 
 std::optional<double> resolve_param(const MergeConfig& config, const std::string& name, const ParamOwner& owner,
                                     std::string_view tensor_name, double t) {

@@ -70,6 +70,14 @@ struct ParamSetting::Conditional {
 
 using ParamMap = std::map<std::string, ParamSetting>;
 
+// Parameters whose values are words ("embeddings: base"): the config holds a word as its index
+// in `words`, a scalar like any other, and writes it back as the word. nullptr for the rest.
+struct WordParameter {
+  std::string_view name;
+  std::vector<std::string_view> words;
+};
+const WordParameter* word_parameter(std::string_view name);
+
 struct ModelEntry {
   std::string model;           // as written in the config
   std::filesystem::path path;  // resolved: relative to the working directory if it exists there,

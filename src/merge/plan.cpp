@@ -25,6 +25,13 @@ bool before_layers(const std::string& name) {
   return false;
 }
 
+bool embedding_or_head(const std::string& name) {
+  if (layer_of(name)) return false;
+  for (const char* marker : {"embed", "wte.", "wpe.", "lm_head"})
+    if (name.find(marker) != std::string::npos) return true;
+  return false;
+}
+
 namespace {
 
 std::string with_layer(const LayerName& l, int64_t index) {

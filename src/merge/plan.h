@@ -44,6 +44,10 @@ std::optional<LayerName> layer_of(const std::string& name);
 // architecture tables say the same for the families it knows.
 bool before_layers(const std::string& name);
 
+// The embeddings and the LM head (names with "embed", GPT-2's wte and wpe, "lm_head", outside
+// the layers): what RegMean's `embeddings: base` keeps from the base model.
+bool embedding_or_head(const std::string& name);
+
 // mergekit's slices planned (its plan_module and plan_slice): the tensors before the layers
 // from the first slice's sources, each slice's layers renumbered from 0 in output order with
 // t = i / (n - 1) across a slice of n layers (a lone layer: 1), the tensors after the layers

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "data/preprocess.h"
 #include "merge/config.h"
+#include "merge/plan.h"
 #include "merge/regmean.h"
 #include "model/model.h"
 
@@ -38,6 +39,7 @@ class RegMean final : public MergeMethod {
   }
 
   void prepare(const MergeContext& ctx) override {
+    check_embeddings_source(ctx);
     for (size_t i = 0; i < ctx.candidates.size(); ++i) stats_.push_back(open_or_measure(ctx, i));
   }
 
@@ -48,6 +50,7 @@ class RegMean final : public MergeMethod {
       grams.push_back(s->gram_for_weight(job.name()));
       found += grams.back().has_value();
     }
+    if (found == 0 && job.param("embeddings") == 1 && embedding_or_head(job.name())) return job.base_f32();
     if (found == 0) return weighted_mean(job);
     for (size_t t = 0; t < grams.size(); ++t)
       if (!grams[t])

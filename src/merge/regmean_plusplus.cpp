@@ -39,6 +39,7 @@
 #include "io/scratch_file.h"
 #include "merge/audit.h"
 #include "merge/config.h"
+#include "merge/plan.h"
 #include "merge/regmean.h"
 #include "model/model.h"
 
@@ -140,6 +141,7 @@ class RegMeanPlusPlus final : public MergeMethod {
   }
 
   void prepare(const MergeContext& ctx) override {
+    check_embeddings_source(ctx);
     open_candidates(ctx);
     write_merged_prefix(ctx);
     auto tasks = embed_calibration(ctx);
@@ -278,7 +280,10 @@ class RegMeanPlusPlus final : public MergeMethod {
         writer.write(spec.name, first.tensor(spec.name));
         continue;
       }
-      writer.write(spec.name, average_tensor(ctx, spec.name));
+      if (ctx.param("embeddings", std::nullopt, spec.name) == 1 && embedding_or_head(spec.name))
+        writer.write(spec.name, CheckpointReader(*ctx.base).tensor(spec.name).to(DType::F32));
+      else
+        writer.write(spec.name, average_tensor(ctx, spec.name));
     }
     writer.finish();
     // The results are the file's tensors (mapped views, which keep the file mapped however

@@ -7,6 +7,8 @@
 #include "merge/audit.h"
 #include "merge/regmean.h"
 
+#include "merge/config.h"
+
 namespace amalgam {
 
 namespace {
@@ -124,6 +126,12 @@ void record_regmean_audit(TensorAudit& audit, const RegMeanLinear& solved) {
   audit.set("solve_rank", solved.solve.rank);
 }
 
+void check_embeddings_source(const MergeContext& ctx) {
+  if (ctx.param("embeddings", std::nullopt, "") == 1 && !ctx.base)
+    throw InputError(ctx.config.source,
+                     "parameters.embeddings: base keeps the base model's embeddings and lm_head; give base_model");
+}
+
 Tensor weighted_mean(const TensorJob& job) {
   const size_t models = job.model_count();
   std::vector<float> w(models);
@@ -167,7 +175,10 @@ std::vector<ParamSpec> regmean_params() {
           {"weight", ParamSpec::Scope::Model, 1.0, 0, 1e6,
            "the model's weight: scales its Grams and its share of the mean"},
           {"examples", ParamSpec::Scope::Global, 256, 1, 1e7, "calibration examples per model (with `data`)"},
-          {"batch_size", ParamSpec::Scope::Global, 32, 1, 65536, "images per forward while calibrating"}};
+          {"batch_size", ParamSpec::Scope::Global, 32, 1, 65536, "images per forward while calibrating"},
+          {"embeddings", ParamSpec::Scope::Global, 0, 0, 1,
+           "mean: the embeddings and lm_head are the models' weighted mean (RegMean's paper, FusionBench); base: "
+           "the base model's (MergeBench)"}};
 }
 
 }  // namespace amalgam

@@ -60,8 +60,8 @@ void add_tsv_merge(std::span<const FactorView> tasks, float alpha, int64_t d_out
   }
   for (int64_t i = 0; i < d_out; ++i)
     for (int64_t j = 0; j < total; ++j) u_all(i, j) *= s_all[static_cast<size_t>(j)];
-  sgemm_fixed_blocks(false, false, d_out, d_in, total, alpha, u_all.data.data(), total, vt_all.data.data(), d_in,
-                     1.0f, weight.data(), d_in);
+  sgemm_fixed_blocks(false, false, d_out, d_in, total, alpha, u_all.data.data(), total, vt_all.data.data(), d_in, 1.0f,
+                     weight.data(), d_in);
 }
 
 double kept_energy(std::span<const float> delta, const FactorView& kept) {
