@@ -30,7 +30,7 @@ class ClipTrainGraph {
   void backward(std::span<const T> params, std::span<const T> dfeatures, std::span<T> grads);
 
  private:
-  // qkv_w is q_proj's weight, followed by k_proj's and v_proj's (ParamLayout puts them so).
+  // qkv_w is q_proj's weight, followed by k_proj's and v_proj's (clip_parameter_layout puts them so).
   struct BlockOffsets {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
   };
