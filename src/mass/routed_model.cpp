@@ -130,10 +130,10 @@ Matrix MassRuntime::routing_tokens(std::span<const float> pixels, int64_t batch)
   const Model& model = routing_model_ ? *routing_model_ : *first_pass_;
   Stream h = model.embed(ModelInput::of_images(pixels, batch));
   const int64_t layer = info_.router.layer;
-  for (int64_t l = 0; l < layer; ++l) model.run_block(l, *model.read_block(l), h);
+  for (int64_t l = 0; l < layer; ++l) model.run_own_block(l, h);
   // The routing block runs whole (its MLP input is in the middle of it); nothing after it runs.
   Matrix tokens;
-  model.run_block(layer, *model.read_block(layer), h, [&](const SiteInput& in) {
+  model.run_own_block(layer, h, [&](const SiteInput& in) {
     if (in.role == SiteRole::MlpInput) tokens = mass::routing_tokens(in, h.offsets, info_.router.token);
   });
   return tokens;

@@ -20,7 +20,7 @@ std::vector<LinearSiteSpec> Model::all_linear_sites() const {
 
 Matrix Model::forward(const ModelInput& batch, const SiteTap& tap) const {
   Stream stream = embed(batch);
-  for (int64_t l = 0; l < num_layers(); ++l) run_block(l, *read_block(l), stream, tap);
+  for (int64_t l = 0; l < num_layers(); ++l) run_own_block(l, stream, tap);
   return head(stream, tap);
 }
 

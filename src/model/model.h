@@ -117,6 +117,11 @@ class Model {
   virtual std::unique_ptr<BlockWeights> read_block(const CheckpointReader& checkpoint, int64_t layer) const = 0;
   // One block on the stream, in place; `layer` is what the tap reports.
   virtual void run_block(int64_t layer, const BlockWeights& block, Stream& stream, const SiteTap& tap = {}) const = 0;
+  // Block `layer` of this model's own weights: read_block then run_block, which a family
+  // that holds its blocks in memory does without copying them (CLIP).
+  virtual void run_own_block(int64_t layer, Stream& stream, const SiteTap& tap = {}) const {
+    run_block(layer, *read_block(layer), stream, tap);
+  }
   // What follows the blocks: one row per sequence for a vision model (its pooled features),
   // one row per token for a language model (its logits).
   virtual Matrix head(const Stream& stream, const SiteTap& tap = {}) const = 0;

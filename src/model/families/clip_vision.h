@@ -155,6 +155,7 @@ class ClipVisionModel final : public Model {
   std::unique_ptr<BlockWeights> read_block(int64_t layer) const override;
   std::unique_ptr<BlockWeights> read_block(const CheckpointReader& checkpoint, int64_t layer) const override;
   void run_block(int64_t layer, const BlockWeights& block, Stream& h, const SiteTap& tap = {}) const override;
+  void run_own_block(int64_t layer, Stream& h, const SiteTap& tap = {}) const override { run_block(layer, h, tap); }
   Matrix head(const Stream& h, const SiteTap& tap = {}) const override { return pool(h, tap); }
   int64_t head_width() const override { return feature_dim(); }
   Matrix forward(const ModelInput& batch, const SiteTap& tap = {}) const override {
