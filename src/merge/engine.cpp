@@ -169,24 +169,6 @@ uint64_t default_max_memory() {
   return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 2;
 }
 
-std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names) {
-  std::map<std::string, int> stacks;
-  for (const auto& name : tensor_names)
-    if (auto l = layer_of(name)) stacks[l->prefix] = std::max(stacks[l->prefix], l->index + 1);
-  return stacks;
-}
-
-double layer_position(const std::string& name, const std::map<std::string, int>& stack_sizes) {
-  if (auto l = layer_of(name)) {
-    const auto it = stack_sizes.find(l->prefix);
-    const int n = it == stack_sizes.end() ? 1 : it->second;
-    return n > 1 ? static_cast<double>(l->index) / (n - 1) : 1.0;
-  }
-  // mergekit plans the weights before and after the layers (embeddings, final norm, lm_head)
-  // with t = 0: the gradient's first value on both sides.
-  return 0.0;
-}
-
 namespace {
 
 // Everything one merge needs, opened and checked up front.
@@ -475,8 +457,6 @@ std::optional<DType> floating_dtype_written(const std::vector<TensorSpec>& plan)
       ->first;
 }
 
-}  // namespace
-
 // A slices merge's config.json says how many layers it wrote (num_hidden_layers, or GPT-2's
 // n_layer, whichever the reference's config has).
 void set_layer_count(nlohmann::ordered_json& config, int64_t layers) {
@@ -488,6 +468,8 @@ void set_layer_count(nlohmann::ordered_json& config, int64_t layers) {
     }
   if (!set) config["num_hidden_layers"] = layers;
 }
+
+}  // namespace
 
 MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();

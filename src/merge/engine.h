@@ -11,6 +11,7 @@
 
 #include "io/checkpoint.h"
 #include "merge/config.h"
+#include "merge/plan.h"  // layer_position, find_layer_stacks
 
 namespace amalgam {
 
@@ -44,13 +45,5 @@ struct MergeSummary {
 };
 
 MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options);
-
-// Where a tensor sits in the depth of its model, for mergekit gradients: layer i of n in
-// its stack ("...layers.i..." and the like) is i / (n - 1) (a lone layer: 1); tensors
-// outside the layers, before them (embeddings) or after (final norms, heads), are 0, as
-// mergekit's planner gives every weight outside its slices.
-// `stack_sizes` maps a stack's name prefix (the name up to the layer number) to its layer count.
-double layer_position(const std::string& tensor_name, const std::map<std::string, int>& stack_sizes);
-std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names);
 
 }  // namespace amalgam

@@ -19,17 +19,43 @@ std::optional<LayerName> layer_of(const std::string& name) {
   return std::nullopt;
 }
 
-bool before_layers(const std::string& name) {
-  for (const char* marker : {"embed", "wte.", "wpe.", "pre_layrnorm", "pre_layernorm"})
+std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names) {
+  std::map<std::string, int> stacks;
+  for (const auto& name : tensor_names)
+    if (auto l = layer_of(name)) stacks[l->prefix] = std::max(stacks[l->prefix], l->index + 1);
+  return stacks;
+}
+
+double layer_position(const std::string& name, const std::map<std::string, int>& stack_sizes) {
+  if (auto l = layer_of(name)) {
+    const auto it = stack_sizes.find(l->prefix);
+    const int n = it == stack_sizes.end() ? 1 : it->second;
+    return n > 1 ? static_cast<double>(l->index) / (n - 1) : 1.0;
+  }
+  // mergekit plans the weights before and after the layers (embeddings, final norm, lm_head)
+  // with t = 0: the gradient's first value on both sides.
+  return 0.0;
+}
+
+namespace {
+
+// Token, position and patch embeddings: "embed" (embed_tokens, CLIP's embeddings.*), GPT-2's
+// wte and wpe.
+bool names_an_embedding(const std::string& name) {
+  for (const char* marker : {"embed", "wte.", "wpe."})
     if (name.find(marker) != std::string::npos) return true;
   return false;
 }
 
+}  // namespace
+
+bool before_layers(const std::string& name) {
+  return names_an_embedding(name) || name.find("pre_layrnorm") != std::string::npos ||
+         name.find("pre_layernorm") != std::string::npos;
+}
+
 bool embedding_or_head(const std::string& name) {
-  if (layer_of(name)) return false;
-  for (const char* marker : {"embed", "wte.", "wpe.", "lm_head"})
-    if (name.find(marker) != std::string::npos) return true;
-  return false;
+  return !layer_of(name) && (names_an_embedding(name) || name.find("lm_head") != std::string::npos);
 }
 
 namespace {
@@ -106,9 +132,7 @@ class SlicePlanner {
   // The number of layers of a checkpoint's one stack.
   int64_t layer_count(const CheckpointReader& r, const std::string& key) {
     if (const auto known = counts_.find(&r); known != counts_.end()) return known->second;
-    std::map<std::string, int64_t> stacks;
-    for (const std::string& name : r.names())
-      if (const auto l = layer_of(name)) stacks[l->prefix] = std::max<int64_t>(stacks[l->prefix], l->index + 1);
+    const std::map<std::string, int> stacks = find_layer_stacks(r.names());
     if (stacks.size() != 1)
       throw InputError(r.path(), key + ": slices take layers from a model with one stack of layers; this one has " +
                                      std::to_string(stacks.size()));

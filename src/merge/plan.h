@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -38,6 +39,14 @@ struct LayerName {
   std::string suffix;  // after the number's dot
 };
 std::optional<LayerName> layer_of(const std::string& name);
+
+// Where a tensor sits in the depth of its model, for mergekit gradients: layer i of n in
+// its stack ("...layers.i..." and the like) is i / (n - 1) (a lone layer: 1); tensors
+// outside the layers, before them (embeddings) or after (final norms, heads), are 0, as
+// mergekit's planner gives every weight outside its slices.
+// `stack_sizes` maps a stack's name prefix (the name up to the layer number) to its layer count.
+double layer_position(const std::string& tensor_name, const std::map<std::string, int>& stack_sizes);
+std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names);
 
 // A tensor outside the layers that comes before them (embeddings: "embed", GPT-2's wte and
 // wpe, CLIP's pre_layrnorm); every other one comes after (final norms, heads). mergekit's
