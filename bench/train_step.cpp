@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
     }
   }
   const ZooBuildOptions zoo = ZooBuildOptions::preset(false);
-  const ClipVisionConfig& config = zoo.model;
+  const ClipVisionConfig config = ClipVisionConfig::from_json(zoo.model, "zoo preset");
   const ImageProcessorConfig preprocess = zoo_preprocess();
 
   // Fine-tuning: the zoo's options, one epoch of `steps` batches.

@@ -26,6 +26,7 @@
 #include "io/json_file.h"
 #include "merge/config.h"
 #include "merge/engine.h"
+#include "model/model.h"
 #include "test_util.h"
 
 namespace amalgam {
@@ -748,6 +749,57 @@ TEST(MergeEngineLayers, DecoderNames) {
 
   // One layer: mergekit puts a lone layer at t = 1.
   EXPECT_EQ(layer_position("model.layers.0.mlp.fc1.weight", {{"model.layers.", 1}}), 1.0);
+}
+
+// A family registered here, whose block tensors carry no layer number, and whose LM head
+// carries one that is not a layer: only its table can place them.
+const bool test_family_registered = register_model_family(
+    {"table test", [](const std::string& type) { return type == "amalgam_table_test"; },
+     [](const fs::path&) -> std::unique_ptr<Model> { throw std::logic_error("not opened in this test"); },
+     [](const CheckpointReader&) {
+       return ArchitectureTable{{"tok.embed"}, {{"first.w"}, {"second.w"}, {"third.w"}}, {"head.3.w"}};
+     },
+     nullptr});
+
+void write_table_test_model(const fs::path& dir, const std::string& model_type, float value) {
+  const std::vector<std::string> names = {"tok.embed", "first.w", "second.w", "third.w", "head.3.w", "extra.1.w"};
+  std::vector<TensorSpec> plan;
+  for (const auto& n : names) plan.push_back({n, DType::F32, {2}});
+  fs::create_directories(dir);
+  CheckpointWriter w(dir, plan, kDefaultMaxShardBytes);
+  for (const auto& n : names) w.write(n, Tensor::from_f32({2}, std::vector<float>{value, value}));
+  w.finish();
+  write_bytes(dir / "config.json", R"({"model_type": ")" + model_type + "\"}\n");
+}
+
+TEST(MergeEngineLayers, PositionsComeFromTheFamilysTableThenFromNames) {
+  ASSERT_TRUE(test_family_registered);
+  TempDir tmp;
+  write_table_test_model(tmp / "a", "amalgam_table_test", 0);
+  write_table_test_model(tmp / "b", "amalgam_table_test", 1);
+  const LayerPositions known(CheckpointReader(tmp / "a"));
+  EXPECT_EQ(known("tok.embed"), 0.0);
+  EXPECT_EQ(known("first.w"), 0.0);
+  EXPECT_EQ(known("second.w"), 0.5);
+  EXPECT_EQ(known("third.w"), 1.0);
+  EXPECT_EQ(known("head.3.w"), 0.0);   // the names alone would put it last in a stack "head."
+  EXPECT_EQ(known("extra.1.w"), 1.0);  // not in the table: by its name, layer 1 of 2
+
+  // Through a merge: a gradient from model a's values (0) to model b's (1) across the blocks.
+  const std::string yaml = "merge_method: linear\nmodels:\n  - model: " + (tmp / "a").string() +
+                           "\n    parameters: {weight: [1.0, 0.0]}\n  - model: " + (tmp / "b").string() +
+                           "\n    parameters: {weight: [0.0, 1.0]}\n";
+  run_merge(load_merge_config(write_config(tmp, yaml)), quiet_options(tmp / "out"));
+  const ModelValues out = read_float_tensors(tmp / "out");
+  const std::map<std::string, double> want = {{"tok.embed", 0.0}, {"first.w", 0.0},  {"second.w", 0.5},
+                                              {"third.w", 1.0},   {"head.3.w", 0.0}, {"extra.1.w", 1.0}};
+  for (const auto& [name, v] : want) EXPECT_EQ(out.at(name), (Values{v, v})) << name;
+
+  // A model_type no family runs: every position from the names.
+  write_table_test_model(tmp / "unknown", "not_a_family", 0);
+  const LayerPositions by_names(CheckpointReader(tmp / "unknown"));
+  EXPECT_EQ(by_names("second.w"), 0.0);
+  EXPECT_EQ(by_names("head.3.w"), 1.0);
 }
 
 TEST(MergeEngineLayers, GptNeoXTensorsOutsideTheLayersTakeTheFirstValue) {

@@ -3,6 +3,7 @@
 // bits of each family's own forward; blocks read from another checkpoint are that
 // checkpoint's; token picking by hand-worked values.
 #include <algorithm>
+#include <set>
 
 #include <gtest/gtest.h>
 
@@ -154,6 +155,71 @@ TEST(ModelFamilies, ClipParametersAreOneVectorWithEveryCheckpointTensorOnce) {
   other->save(dir.path() / "other", DType::F32, false);
   EXPECT_EQ(open_model(dir.path() / "other")->parameters(), changed);
   EXPECT_THROW(model->with_parameters(std::span(changed).first(changed.size() - 1)), std::invalid_argument);
+}
+
+// Each family's table, read from config.json without opening the weights, lists every
+// tensor of the checkpoint once, each block's as the model reads that block.
+void expect_table_matches_model(const fs::path& checkpoint) {
+  const CheckpointReader reader(checkpoint);
+  const std::optional<ArchitectureTable> table = architecture_table(reader);
+  ASSERT_TRUE(table) << checkpoint;
+  const std::unique_ptr<Model> model = open_model(checkpoint);
+  ASSERT_EQ(static_cast<int64_t>(table->blocks.size()), model->num_layers()) << checkpoint;
+  std::multiset<std::string> listed(table->before.begin(), table->before.end());
+  listed.insert(table->after.begin(), table->after.end());
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    const auto& block = table->blocks[static_cast<size_t>(l)];
+    EXPECT_EQ(block, model->block_tensor_names(l)) << checkpoint << " block " << l;
+    listed.insert(block.begin(), block.end());
+  }
+  for (const auto& name : reader.names()) EXPECT_EQ(listed.count(name), 1U) << checkpoint << ": " << name;
+}
+
+TEST(ModelFamilies, TablesListEveryTensorWhereTheModelReadsIt) {
+  TempDir dir;
+  const ClipVisionConfig c = tiny_clip_config();
+  save_clip_vision(dir.path() / "clip", c, random_clip_vision_weights(c, 5, true), DType::F32, false);
+  expect_table_matches_model(dir.path() / "clip");
+  const auto clip_table = architecture_table(CheckpointReader(dir.path() / "clip"));
+  EXPECT_EQ(clip_table->before.back(), "vision_model.pre_layrnorm.bias");
+  EXPECT_EQ(clip_table->after.front(), "vision_model.post_layernorm.weight");
+  for (const char* family : {"llama", "mistral", "qwen2", "qwen3"}) {
+    write_random_decoder(dir.path() / family, tiny_config(family), DType::F32, 1);
+    expect_table_matches_model(dir.path() / family);
+  }
+  // GPT-2 as GPT2LMHeadModel saves it ("transformer.h.0...") and as GPT2Model does ("h.0...").
+  const Json gpt2 = {{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_embd", 16},
+                     {"n_layer", 3},         {"n_head", 2},      {"n_positions", 24}};
+  for (const bool prefixed : {true, false}) {
+    const fs::path at = dir.path() / (prefixed ? "gpt2-lm" : "gpt2-base");
+    write_random_gpt2(at, gpt2, DType::F32, 2, prefixed);
+    expect_table_matches_model(at);
+  }
+  // A config.json naming no family amalgam runs has no table (data-free merging reads names).
+  fs::create_directories(dir.path() / "mamba");
+  write_bytes(dir.path() / "mamba" / "config.json", R"({"model_type": "mamba"})");
+  fs::copy_file(dir.path() / "llama" / "model.safetensors", dir.path() / "mamba" / "model.safetensors");
+  EXPECT_FALSE(architecture_table(CheckpointReader(dir.path() / "mamba")));
+}
+
+TEST(ModelFamilies, ARandomModelFromAConfigIsTheFamilysRandomModel) {
+  const ClipVisionConfig c = tiny_clip_config();
+  const std::unique_ptr<Model> made = random_model(c.to_json(), 9, "test config");
+  EXPECT_EQ(made->parameters(), ClipVisionModel(c, random_clip_vision_weights(c, 9, true)).parameters());
+  // Without its projection: the same weights, less visual_projection.
+  const std::unique_ptr<Model> plain = made->without_projection();
+  EXPECT_EQ(plain->parameters(), ClipVisionModel(c, random_clip_vision_weights(c, 9, false)).parameters());
+  EXPECT_EQ(plain->parameter_layout().find("visual_projection.weight"), nullptr);
+  nlohmann::json no_projection = c.to_json();
+  no_projection["architectures"] = {"CLIPVisionModel"};
+  EXPECT_EQ(random_model(no_projection, 9, "test config")->parameters(), plain->parameters());
+  // A decoder is not made at random; a config without a model_type says so.
+  const std::string decoder = input_error_of([&] { (void)random_model(tiny_config("llama"), 1, "test config"); });
+  EXPECT_EQ(decoder, "test config: model.model_type: 'llama' is not an architecture amalgam makes and trains");
+  EXPECT_NE(input_error_of([&] {
+              (void)random_model(nlohmann::json::object(), 1, "test config");
+            }).find("no string 'model_type'"),
+            std::string::npos);
 }
 
 TEST(ModelFamilies, ADecoderMapsItsWeightsAndSaysSoWhenAskedForThemInMemory) {

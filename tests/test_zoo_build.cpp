@@ -171,7 +171,7 @@ TEST(ZooBuild, ReusedBaseGivesTheSameBitsAndMustMatchTheOptions) {
     EXPECT_EQ(testing::read_bytes(tmp / "scratch" / f), testing::read_bytes(tmp / "reused" / f)) << f;
 
   ZooBuildOptions wider = other;
-  wider.model.hidden_size += 8;
+  wider.model["hidden_size"] = wider.model["hidden_size"].get<int64_t>() + 8;
   try {
     build_zoo(tmp / "wider", wider, false);
     ADD_FAILURE() << "a base of another width was reused";

@@ -72,12 +72,12 @@ struct Levers {
 
 void apply_levers(const Levers& l, ZooBuildOptions& o) {
   if (l.width > 0) {
-    o.model.hidden_size = l.width;
-    o.model.intermediate_size = 4 * l.width;
-    o.model.num_attention_heads = l.width / 32;  // heads of 32 dimensions, as the full preset's
-    o.model.projection_dim = l.width;
+    o.model["hidden_size"] = l.width;
+    o.model["intermediate_size"] = 4 * l.width;
+    o.model["num_attention_heads"] = l.width / 32;  // heads of 32 dimensions, as the full preset's
+    o.model["projection_dim"] = l.width;
   }
-  if (l.layers > 0) o.model.num_hidden_layers = l.layers;
+  if (l.layers > 0) o.model["num_hidden_layers"] = l.layers;
   if (l.pretrain_epochs > 0) o.pretrain.epochs = l.pretrain_epochs;
   if (l.pool_per_task >= 0) o.pool.per_task = l.pool_per_task;
   if (l.pool_extra >= 0) o.pool.extra = l.pool_extra;
@@ -159,8 +159,7 @@ void add_build_command(CLI::App& zoo) {
     ZooBuildOptions options = ZooBuildOptions::preset(a->small);
     if (!a->data_dir.empty()) options.data.data_dir = a->data_dir;
     apply_levers(a->levers, options);
-    if (options.model.hidden_size % options.model.num_attention_heads != 0)
-      throw InputError("--width must be a multiple of 32");
+    if (a->levers.width % 32 != 0) throw InputError("--width must be a multiple of 32");
     options.reuse_base_from = a->base_from;
     options.quiet = a->quiet;
     const auto zoo = build_zoo(a->output, options, a->force);

@@ -183,7 +183,7 @@ struct MergeInputs {
   std::unique_ptr<CheckpointReader> base;
   Candidates candidates;
   const CheckpointReader* reference = nullptr;  // the base, or the first model without one
-  std::map<std::string, int> stacks;
+  std::optional<LayerPositions> positions;      // of the reference's tensors
   uint64_t seed = 0;
 };
 
@@ -201,7 +201,7 @@ std::vector<PlannedTensor> plan_models(const MergeInputs& in) {
   for (const auto& name : ref.names()) {
     const TensorInfo& info = ref.info(name);
     PlannedTensor p;
-    p.t = layer_position(name, in.stacks);
+    p.t = (*in.positions)(name);
     for (size_t i = 0; i < in.candidates.readers.size(); ++i) {
       const CheckpointReader& r = *in.candidates.readers[i];
       const ParamOwner owner{in.candidates.config_index[i], std::nullopt, std::nullopt};
@@ -262,7 +262,7 @@ MergeContext make_context(const MergeInputs& in, const fs::path& staging) {
             in.config, p,
             ParamOwner{candidate ? std::optional<size_t>(in.candidates.config_index.at(*candidate)) : std::nullopt,
                        std::nullopt, std::nullopt},
-            tensor, layer_position(tensor, in.stacks));
+            tensor, (*in.positions)(tensor));
     throw std::logic_error("parameter '" + name + "' is not in the method's spec");
   };
   return c;
@@ -514,7 +514,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   }
   if (!in.reference) in.reference = in.candidates.readers.front().get();
   in.seed = options.seed.value_or(config.seed.value_or(0));
-  in.stacks = find_layer_stacks(in.reference->names());
+  in.positions.emplace(*in.reference);
   const CheckpointReader& ref = *in.reference;
 
   // Plan: every output tensor, merged when it is floating point, copied from its first input

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "model/model.h"
 
 namespace amalgam {
 
@@ -35,6 +36,28 @@ double layer_position(const std::string& name, const std::map<std::string, int>&
   // mergekit plans the weights before and after the layers (embeddings, final norm, lm_head)
   // with t = 0: the gradient's first value on both sides.
   return 0.0;
+}
+
+LayerPositions::LayerPositions(const CheckpointReader& checkpoint) : stacks_(find_layer_stacks(checkpoint.names())) {
+  // The names give the same positions for every checkpoint a family runs; a config.json that
+  // names a family but does not fit it (a merge reads no config otherwise) keeps them.
+  std::optional<ArchitectureTable> table;
+  try {
+    table = architecture_table(checkpoint);
+  } catch (const InputError&) {
+  }
+  if (!table) return;
+  for (const auto& name : table->before) from_table_[name] = 0;
+  for (const auto& name : table->after) from_table_[name] = 0;
+  const auto n = table->blocks.size();
+  for (size_t l = 0; l < n; ++l)
+    for (const auto& name : table->blocks[l])
+      from_table_[name] = n > 1 ? static_cast<double>(l) / static_cast<double>(n - 1) : 1.0;
+}
+
+double LayerPositions::operator()(const std::string& tensor_name) const {
+  const auto it = from_table_.find(tensor_name);
+  return it != from_table_.end() ? it->second : layer_position(tensor_name, stacks_);
 }
 
 namespace {

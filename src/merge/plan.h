@@ -48,6 +48,20 @@ std::optional<LayerName> layer_of(const std::string& name);
 double layer_position(const std::string& tensor_name, const std::map<std::string, int>& stack_sizes);
 std::map<std::string, int> find_layer_stacks(const std::vector<std::string>& tensor_names);
 
+// Every tensor's position in a checkpoint, as layer_position defines it: from its family's
+// table (model/model.h) where config.json names an architecture amalgam runs, from the
+// tensors' names otherwise (data-free merging takes any architecture) and for a tensor the
+// table does not list.
+class LayerPositions {
+ public:
+  explicit LayerPositions(const CheckpointReader& checkpoint);
+  double operator()(const std::string& tensor_name) const;
+
+ private:
+  std::map<std::string, double> from_table_;
+  std::map<std::string, int> stacks_;
+};
+
 // A tensor outside the layers that comes before them (embeddings: "embed", GPT-2's wte and
 // wpe, CLIP's pre_layrnorm); every other one comes after (final norms, heads). mergekit's
 // architecture tables say the same for the families it knows.

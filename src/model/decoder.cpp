@@ -320,21 +320,28 @@ std::vector<std::pair<std::string, Shape>> decoder_parameters(const DecoderConfi
   return t;
 }
 
-DecoderModel DecoderModel::open(const std::filesystem::path& dir) {
-  auto ckpt = std::make_unique<CheckpointReader>(dir);
-  const auto config_file = ckpt->dir() / "config.json";
-  if (!ckpt->config()) throw InputError(config_file, "not found: a language model needs its config.json");
-  DecoderConfig config = read_decoder_config(*ckpt->config(), config_file.string());
+namespace {
 
-  // A base-model checkpoint (GPT2Model rather than GPT2LMHeadModel) stores its names
-  // without the prefix.
+// A checkpoint's config, its layout named as the checkpoint names its tensors: a base-model
+// checkpoint (GPT2Model rather than GPT2LMHeadModel) stores them without the prefix.
+DecoderConfig decoder_config_of(const CheckpointReader& ckpt) {
+  const auto config_file = ckpt.dir() / "config.json";
+  if (!ckpt.config()) throw InputError(config_file, "not found: a language model needs its config.json");
+  DecoderConfig config = read_decoder_config(*ckpt.config(), config_file.string());
   auto& layout = config.layout;
-  if (!layout.prefix.empty() && !ckpt->contains(layout.embed) &&
-      ckpt->contains(layout.embed.substr(layout.prefix.size()))) {
+  if (!layout.prefix.empty() && !ckpt.contains(layout.embed) &&
+      ckpt.contains(layout.embed.substr(layout.prefix.size()))) {
     for (auto* name : {&layout.embed, &layout.positions, &layout.final_norm, &layout.block})
       if (name->starts_with(layout.prefix)) name->erase(0, layout.prefix.size());
   }
+  return config;
+}
 
+}  // namespace
+
+DecoderModel DecoderModel::open(const std::filesystem::path& dir) {
+  auto ckpt = std::make_unique<CheckpointReader>(dir);
+  DecoderConfig config = decoder_config_of(*ckpt);
   DecoderModel model(std::move(config), std::move(ckpt));
   const auto& c = model.config_;
   const auto& r = *model.checkpoint_;
@@ -696,12 +703,31 @@ std::vector<double> DecoderModel::negative_log_likelihood(const Stream& s, const
 
 namespace {
 
+// The tensor table from config.json alone: the layout's names, each block's from the same
+// list the model reads its blocks by.
+ArchitectureTable decoder_architecture_table(const CheckpointReader& checkpoint) {
+  const DecoderConfig c = decoder_config_of(checkpoint);
+  const auto& l = c.layout;
+  ArchitectureTable table;
+  table.before.push_back(l.embed);
+  if (!l.positions.empty()) table.before.push_back(l.positions);
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    auto& names = table.blocks.emplace_back();
+    for (const auto& [name, shape] :
+         block_tensors(c, [&](const std::string& m) { return layout_block_name(l, layer, m); }))
+      names.push_back(name);
+  }
+  table.after = {l.final_norm + ".weight", l.final_norm + ".bias", l.head};
+  return table;
+}
+
 const bool registered = register_model_family(
     {"decoder language model", [](const std::string& type) { return find_decoder_family(type) != nullptr; },
      [](const std::filesystem::path& checkpoint) -> std::unique_ptr<Model> {
        const auto dir = std::filesystem::is_directory(checkpoint) ? checkpoint : checkpoint.parent_path();
        return std::make_unique<DecoderModel>(DecoderModel::open(dir));
-     }});
+     },
+     decoder_architecture_table, nullptr});
 
 }  // namespace
 

@@ -57,6 +57,9 @@ std::unique_ptr<Model> Model::with_parameters(std::span<const float>) const {
 void Model::save(const fs::path&, DType, bool, const std::optional<nlohmann::json>&) const {
   not_in_memory(*this);
 }
+std::unique_ptr<Model> Model::without_projection() const {
+  throw InputError("a " + model_type() + " model has no projection after its features to drop");
+}
 
 ImageInput image_input_of(const Model& model, const std::string& what) {
   const auto in = model.image_input();
@@ -128,6 +131,25 @@ std::unique_ptr<Model> open_model(const fs::path& checkpoint) {
                                               "still works on it; see amalgam inspect)");
   }
   return family->open(checkpoint);
+}
+
+std::optional<ArchitectureTable> architecture_table(const CheckpointReader& checkpoint) {
+  const auto& config = checkpoint.config();
+  if (!config || !config->is_object() || !config->contains("model_type") || !(*config)["model_type"].is_string())
+    return std::nullopt;
+  const ModelFamily* family = find_model_family((*config)["model_type"].get<std::string>());
+  if (!family || !family->table) return std::nullopt;
+  return family->table(checkpoint);
+}
+
+std::unique_ptr<Model> random_model(const nlohmann::json& config, uint64_t seed, const std::string& where) {
+  if (!config.is_object() || !config.contains("model_type") || !config["model_type"].is_string())
+    throw InputError(where, "model: no string 'model_type' (it says which architecture to make)");
+  const std::string model_type = config["model_type"].get<std::string>();
+  const ModelFamily* family = find_model_family(model_type);
+  if (!family || !family->random)
+    throw InputError(where, "model.model_type: '" + model_type + "' is not an architecture amalgam makes and trains");
+  return family->random(config, seed, where);
 }
 
 }  // namespace amalgam

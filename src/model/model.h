@@ -141,6 +141,9 @@ class Model {
   virtual const ParameterLayout& parameter_layout() const;
   virtual std::vector<float> parameters() const;
   virtual std::unique_ptr<Model> with_parameters(std::span<const float> flat) const;
+  // This model without the projection after its features, as SimCLR drops its projection
+  // head after contrastive pretraining; an InputError for a family that has none.
+  virtual std::unique_ptr<Model> without_projection() const;
   // A checkpoint directory (model.safetensors in `dtype`, config.json, and
   // preprocessor_config.json when given), staged and renamed into place (AtomicOutput).
   virtual void save(const std::filesystem::path& dir, DType dtype, bool force,
@@ -161,11 +164,24 @@ inline Matrix pick_tokens(const Stream& stream, TokenPick pick) {
   return pick_tokens(stream.data.data(), stream.width, stream.offsets, pick);
 }
 
-// A family: the model_types it runs and how it opens a checkpoint directory of one.
+// A checkpoint's tensors by where they sit in the model, from its config.json and tensor
+// names alone, without reading weights (mergekit's architecture tables): what the merge
+// engine counts a gradient's layers by.
+struct ArchitectureTable {
+  std::vector<std::string> before;               // embeddings and what precedes the blocks
+  std::vector<std::vector<std::string>> blocks;  // each block's tensors, in depth order
+  std::vector<std::string> after;                // final norms, heads
+};
+
+// A family: the model_types it runs, how it opens a checkpoint directory of one, how it
+// tables one without opening it, and how it makes a model of random weights from a
+// config.json (the vision families, whose models amalgam trains; null for the others).
 struct ModelFamily {
   std::string name;  // for messages: "CLIP vision", "decoder language model"
   std::function<bool(const std::string& model_type)> runs;
   std::function<std::unique_ptr<Model>(const std::filesystem::path& checkpoint)> open;
+  std::function<ArchitectureTable(const CheckpointReader& checkpoint)> table;
+  std::function<std::unique_ptr<Model>(const nlohmann::json& config, uint64_t seed, const std::string& where)> random;
 };
 // Registers a family (from a static initialiser in its file); returns true.
 bool register_model_family(ModelFamily family);
@@ -178,5 +194,12 @@ const ModelFamily* find_model_family(const std::string& model_type);
 // Opens a checkpoint with its family: InputError naming config.json and its model_type
 // when no family runs it (data-free merging needs none).
 std::unique_ptr<Model> open_model(const std::filesystem::path& checkpoint);
+// The table of a checkpoint whose config.json names a family amalgam runs; nullopt for any
+// other checkpoint (no config.json, or an architecture only data-free merging takes).
+// InputError naming config.json when it names a family but does not fit it.
+std::optional<ArchitectureTable> architecture_table(const CheckpointReader& checkpoint);
+// A model of random weights (seeded) as `config` (a config.json) describes: InputError naming
+// `where` and the key when its model_type is missing or not one of a family that makes them.
+std::unique_ptr<Model> random_model(const nlohmann::json& config, uint64_t seed, const std::string& where);
 
 }  // namespace amalgam

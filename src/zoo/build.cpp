@@ -91,16 +91,10 @@ void pretrain_on_sources(const ZooBuildOptions& options, const fs::path& data, s
                        train::classification_batches(pool, sources, zoo_preprocess(), 1, o.max_shift), o);
 }
 
-// The zoo's encoder is a CLIP vision tower, and these two functions are where the zoo says
-// so: the rest of the build trains and evaluates it through the Model interface. Contrastive
-// pretraining runs through a projection (SimCLR's projection head), dropped afterwards.
+// The zoo's encoder: a random model of the options' config, with the projection that
+// contrastive pretraining trains through (SimCLR's projection head), dropped afterwards.
 std::unique_ptr<Model> random_encoder_with_projection(const ZooBuildOptions& options) {
-  return std::make_unique<ClipVisionModel>(options.model,
-                                           random_clip_vision_weights(options.model, options.pretrain.seed, true));
-}
-
-std::unique_ptr<Model> without_projection(const Model& model) {
-  return std::make_unique<ClipVisionModel>(dynamic_cast<const ClipVisionModel&>(model).without_projection());
+  return random_model(options.model, options.pretrain.seed, "zoo options");
 }
 
 }  // namespace
@@ -123,16 +117,24 @@ ZooBuildOptions ZooBuildOptions::preset(bool small) {
   ZooBuildOptions o;
   o.small = small;
   o.data = small ? ZooDataOptions::small() : ZooDataOptions{};
-  auto& m = o.model;
-  m.image_size = 28;
-  m.patch_size = 7;
-  m.num_channels = 1;
-  m.hidden_act = Activation::QuickGelu;
-  m.hidden_size = small ? 32 : 128;
-  m.intermediate_size = 4 * m.hidden_size;
-  m.num_hidden_layers = small ? 2 : 6;
-  m.num_attention_heads = small ? 2 : 4;
-  m.projection_dim = m.hidden_size;  // the contrastive projection, dropped after pretraining
+  // A CLIP-style ViT (the papers merge CLIP's vision towers) on 28x28 gray images, 7x7
+  // patches; the projection is the contrastive one, dropped after pretraining.
+  const int64_t width = small ? 32 : 128;
+  o.model = {{"model_type", "clip_vision_model"},
+             {"hidden_size", width},
+             {"intermediate_size", 4 * width},
+             {"num_hidden_layers", small ? 2 : 6},
+             {"num_attention_heads", small ? 2 : 4},
+             {"image_size", 28},
+             {"patch_size", 7},
+             {"num_channels", 1},
+             {"projection_dim", width},
+             {"hidden_act", "quick_gelu"},
+             {"layer_norm_eps", 1e-5},
+             {"attention_dropout", 0.0},
+             {"dropout", 0.0},
+             {"initializer_range", 0.02},
+             {"initializer_factor", 1.0}};
   o.pool.per_task = small ? 400 : 2000;
   o.pool.extra = small ? 800 : 8000;
   // Pretraining is the lever that moves the zoo toward the papers' regime (README, the lever
@@ -185,7 +187,7 @@ nlohmann::ordered_json ZooBuildOptions::to_json() const {
       {"seed", data.seed},
       {"data_sizes", {data.sizes.train, data.sizes.val, data.sizes.test}},
       {"cap_real_tasks", data.cap_real_tasks},
-      {"model", model.to_json()},
+      {"model", model},
       {"pool", {{"per_task", pool.per_task}, {"extra", pool.extra}, {"seed", pool.seed}}},
       {"pretrain", train_options_json(pretrain)},
       {"views",
@@ -254,7 +256,7 @@ nlohmann::ordered_json build_zoo(const fs::path& dir, const ZooBuildOptions& opt
     pre.quiet = options.quiet;
     const auto pre_report = train::pretrain_contrastive(
         base, pool.dim(0), train::contrastive_views(pool, preprocess, 1, options.views), pre, options.temperature);
-    base = without_projection(*base);
+    base = base->without_projection();
     if (options.domain.epochs > 0) pretrain_on_sources(options, stage / "data", base);
     base->save(stage / "base", DType::F32, false, preprocess.to_json());
     timing["pretrain"] = seconds_since(t0);

@@ -23,7 +23,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "model/families/clip_vision.h"
+#include "model/model.h"
 #include "train/prototype_head.h"
 #include "train/trainer.h"
 #include "zoo/tasks.h"
@@ -39,7 +39,10 @@ struct ZooBuildOptions {
   ZooHeads heads = ZooHeads::Probe;
   train::PrototypeOptions prototype;
   ZooDataOptions data;
-  ClipVisionConfig model;
+  // The encoder's config.json: the model the zoo makes (model/model.h's random_model) and
+  // trains. It has a projection, through which the contrastive pretraining trains and which
+  // is then dropped.
+  nlohmann::json model;
   ZooPoolOptions pool;
   train::TrainOptions pretrain, probe, finetune;
   train::ViewAugmentation views;  // the contrastive pretraining's augmentation

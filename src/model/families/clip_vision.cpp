@@ -438,7 +438,7 @@ ClipVisionModel::ClipVisionModel(ClipVisionConfig config, ClipVisionWeights weig
   layout_ = layout_of(flat_order(config_, weights_, weights_.visual_projection.has_value()));
 }
 
-ClipVisionModel ClipVisionModel::without_projection() const {
+std::unique_ptr<Model> ClipVisionModel::without_projection() const {
   ClipVisionWeights weights;
   weights.patch_embedding = weights_.patch_embedding;
   weights.class_embedding = weights_.class_embedding;
@@ -446,7 +446,7 @@ ClipVisionModel ClipVisionModel::without_projection() const {
   weights.pre_layrnorm = weights_.pre_layrnorm;
   weights.layers = weights_.layers;
   weights.post_layernorm = weights_.post_layernorm;
-  return {config_, std::move(weights)};
+  return std::make_unique<ClipVisionModel>(config_, std::move(weights));
 }
 
 std::unique_ptr<Model> ClipVisionModel::with_parameters(std::span<const float> flat) const {
@@ -713,11 +713,49 @@ void save_clip_vision(const std::filesystem::path& dir, const ClipVisionConfig& 
 
 namespace {
 
+// The tensor table from config.json alone: one scratch block (its shapes) at a time, and the
+// tensors outside the blocks from a one-layer model's table, split around its block.
+ArchitectureTable clip_architecture_table(const CheckpointReader& checkpoint) {
+  const std::string where = (checkpoint.dir() / "config.json").string();
+  const ClipVisionConfig config = ClipVisionConfig::from_json(*checkpoint.config(), where);
+  ArchitectureTable table;
+  ClipBlockWeights scratch;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    auto& names = table.blocks.emplace_back();
+    for (const ClipParameter& p : clip_block_parameters(config, scratch, l)) names.push_back(p.name);
+  }
+  ClipVisionConfig one_layer = config;
+  one_layer.num_hidden_layers = 1;
+  ClipVisionWeights outside;
+  const std::string block_prefix = clip_layer_prefix(0);
+  bool past_block = false;
+  for (const ClipParameter& p : clip_parameters(one_layer, outside, /*with_projection=*/true)) {
+    if (p.name.starts_with(block_prefix)) {
+      past_block = true;
+      continue;
+    }
+    (past_block ? table.after : table.before).push_back(p.name);
+  }
+  return table;
+}
+
+// A config.json's model: with its visual projection unless `architectures` names the
+// projection-less CLIPVisionModel (the zoo's contrastive pretraining trains through it).
+std::unique_ptr<Model> random_clip_vision_model(const nlohmann::json& json, uint64_t seed, const std::string& where) {
+  const ClipVisionConfig config = ClipVisionConfig::from_json(json, where);
+  bool with_projection = true;
+  if (json.contains("architectures") && json["architectures"].is_array())
+    for (const auto& a : json["architectures"])
+      if (a == "CLIPVisionModel") with_projection = false;
+  return std::make_unique<ClipVisionModel>(config, random_clip_vision_weights(config, seed, with_projection));
+}
+
 const bool registered = register_model_family(
     {"CLIP vision", [](const std::string& type) { return type == "clip_vision_model" || type == "clip"; },
      [](const std::filesystem::path& checkpoint) -> std::unique_ptr<Model> {
        return std::make_unique<ClipVisionModel>(ClipVisionModel::load(checkpoint));
-     }});
+     },
+     clip_architecture_table, random_clip_vision_model});
 
 }  // namespace
 

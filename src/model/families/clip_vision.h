@@ -139,9 +139,6 @@ class ClipVisionModel final : public Model {
   const ClipVisionWeights& weights() const { return weights_; }
   // Width of what features() returns: projection_dim with a projection, else hidden_size.
   int64_t feature_dim() const;
-  // This model with its visual projection dropped (SimCLR drops its projection head after
-  // contrastive pretraining).
-  ClipVisionModel without_projection() const;
 
   // The family interface (model/model.h). head() is pool().
   std::string model_type() const override { return "clip_vision_model"; }
@@ -165,6 +162,7 @@ class ClipVisionModel final : public Model {
   const ParameterLayout& parameter_layout() const override { return layout_; }
   std::vector<float> parameters() const override { return flatten_clip_weights(config_, weights_); }
   std::unique_ptr<Model> with_parameters(std::span<const float> flat) const override;
+  std::unique_ptr<Model> without_projection() const override;
   void save(const std::filesystem::path& dir, DType dtype, bool force,
             const std::optional<nlohmann::json>& preprocessor_config = std::nullopt) const override {
     save_clip_vision(dir, config_, weights_, dtype, force, preprocessor_config);
