@@ -1,7 +1,10 @@
 // `amalgam merge CONFIG.yaml -o OUT/`: every registered method, from a mergekit-style config.
 // `amalgam methods`: the methods and their parameters.
+#include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <limits>
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -29,6 +32,61 @@ uint64_t parse_byte_size(const std::string& text) {
   throw InputError("size '" + text + "' is not a positive number with an optional unit (KB, MB, GB, KiB, ...)");
 }
 
+namespace {
+
+// `amalgam methods --json`: what a front end needs to offer a method and check a config.
+nlohmann::ordered_json methods_json() {
+  auto& registry = MethodRegistry::instance();
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const auto& name : registry.names()) {
+    const auto method = registry.create(name);
+    const MethodSpec& spec = method->spec();
+    nlohmann::ordered_json params = nlohmann::ordered_json::array();
+    for (const auto& p : spec.params) {
+      nlohmann::ordered_json j = {{"name", p.name}, {"scope", p.scope == ParamSpec::Scope::Model ? "model" : "global"}};
+      const WordParameter* words = word_parameter(p.name);
+      if (words) {
+        j["values"] = nlohmann::ordered_json::array();
+        for (const auto w : words->words) j["values"].push_back(std::string(w));
+        if (p.default_value) j["default"] = std::string(words->words.at(static_cast<size_t>(*p.default_value)));
+      } else {
+        j["default"] = p.default_value ? nlohmann::ordered_json(*p.default_value) : nlohmann::ordered_json(nullptr);
+        if (std::isfinite(p.min)) j["min"] = p.min;
+        if (std::isfinite(p.max)) j["max"] = p.max;
+      }
+      j["required"] = !p.default_value.has_value();
+      j["help"] = p.help;
+      params.push_back(std::move(j));
+    }
+    nlohmann::ordered_json m = {{"name", name},
+                                {"description", spec.description},
+                                {"needs_base", spec.needs_base},
+                                {"min_models", spec.min_models}};
+    m["max_models"] = spec.max_models == std::numeric_limits<size_t>::max() ? nlohmann::ordered_json(nullptr)
+                                                                            : nlohmann::ordered_json(spec.max_models);
+    m["data_aware"] = spec.data_aware;
+    m["parameters"] = std::move(params);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+// `amalgam merge --json`: the summary on stdout, for scripts.
+nlohmann::ordered_json merge_summary_json(const MergeConfig& config, const MergeSummary& s, const std::string& output) {
+  return {{"output", output},
+          {"merge_method", config.merge_method},
+          {"tensors_merged", s.tensors_merged},
+          {"tensors_copied", s.tensors_copied},
+          {"bytes_read", s.bytes_read},
+          {"bytes_written", s.bytes_written},
+          {"shards", s.shards},
+          {"seconds", s.seconds},
+          {"nonfinite_written", s.nonfinite_written},
+          {"audit", s.audit_summary}};
+}
+
+}  // namespace
+
 void add_merge_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("merge", "Merge checkpoints as a mergekit-style YAML config says");
   struct Args {
@@ -37,6 +95,7 @@ void add_merge_command(CLI::App& app) {
     uint64_t seed = 0;
     bool no_check_finite = false;
     bool no_audit = false;
+    bool json = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("config", a->config, "merge config (YAML)")->required();
@@ -52,9 +111,15 @@ void add_merge_command(CLI::App& app) {
                 "take the base's tensor where a model lacks one, instead of failing");
   cmd->add_flag("--no-check-finite", a->no_check_finite, "merge NaN or Inf in the inputs instead of failing");
   cmd->add_flag("--no-audit", a->no_audit, "do not write merge_report.json (see amalgam audit)");
-  auto* seed = cmd->add_option("--seed", a->seed, "seed of the random methods (DARE); overrides the config's")
-                   ->check(non_negative_number());
+  auto* seed =
+      cmd->add_option("--seed,--random-seed", a->seed, "seed of the random methods (DARE); overrides the config's")
+          ->check(non_negative_number());
   cmd->add_flag("-q,--quiet", a->options.quiet, "no progress or summary");
+  cmd->add_flag("!--no-copy-tokenizer", a->options.copy_tokenizer,
+                "leave the base's tokenizer files out of the output (mergekit's --no-copy-tokenizer)");
+  cmd->add_flag("!--no-write-model-card", a->options.model_card,
+                "write no README.md model card (mergekit's --no-write-model-card)");
+  cmd->add_flag("--json", a->json, "print the summary as one JSON object on stdout (progress still on stderr)");
   cmd->callback([a, seed] {
     if (a->output.empty()) a->output = a->positional_output;
     if (a->output.empty())
@@ -68,7 +133,8 @@ void add_merge_command(CLI::App& app) {
     if (seed->count() > 0) a->options.seed = a->seed;
     const MergeConfig config = load_merge_config(a->config);
     const MergeSummary s = run_merge(config, a->options);
-    if (!a->options.quiet) {
+    if (a->json) std::cout << merge_summary_json(config, s, a->output).dump(2) << "\n";
+    if (!a->options.quiet && !a->json) {
       std::fprintf(stderr,
                    "amalgam: %s: merged %zu tensors (%zu copied from the base) in %.2f s, read %s, wrote %s in %zu "
                    "shard(s) -> %s\n",
@@ -82,8 +148,14 @@ void add_merge_command(CLI::App& app) {
   });
 
   auto* methods = app.add_subcommand("methods", "List the merge methods and their parameters");
-  methods->callback([] {
+  auto json = std::make_shared<bool>(false);
+  methods->add_flag("--json", *json, "one JSON document: every method, its needs and its parameters");
+  methods->callback([json] {
     auto& registry = MethodRegistry::instance();
+    if (*json) {
+      std::cout << methods_json().dump(2) << "\n";
+      return;
+    }
     for (const auto& name : registry.names()) {
       const auto method = registry.create(name);
       const MethodSpec& spec = method->spec();

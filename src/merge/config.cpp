@@ -1,4 +1,5 @@
 #include "merge/config.h"
+#include "io/hub_cache.h"
 #include "merge/chat_template.h"
 
 #include <yaml-cpp/eventhandler.h>
@@ -215,14 +216,14 @@ std::string ConfigParser::parse_model_name(const YAML::Node& n, const std::strin
 // written, '+' and all, is a path). Returns the checkpoint's path, and sets `adapter`.
 fs::path ConfigParser::resolve_model(const std::string& given, const std::string& path,
                                      std::optional<fs::path>& adapter) const {
-  fs::path resolved = resolve_path(given, source_);
+  fs::path resolved = resolve_model_path(given, source_);
   std::error_code ec;
   const size_t plus = given.find('+');
   if (plus == std::string::npos || fs::exists(resolved, ec)) return resolved;
   if (given.find('+', plus + 1) != std::string::npos)
     fail(path, "'" + given + "': one '+' joins a base and its LoRA adapter, this has more");
-  adapter = resolve_path(given.substr(plus + 1), source_);
-  return resolve_path(given.substr(0, plus), source_);
+  adapter = resolve_model_path(given.substr(plus + 1), source_);
+  return resolve_model_path(given.substr(0, plus), source_);
 }
 
 fs::path ConfigParser::parse_path(const YAML::Node& n, const std::string& path) const {
@@ -459,6 +460,13 @@ fs::path resolve_path(const std::string& given, const fs::path& source) {
   const fs::path dir = source.parent_path();
   if (!dir.empty() && fs::exists(dir / p, ec)) return dir / p;
   return p;
+}
+
+fs::path resolve_model_path(const std::string& given, const fs::path& source) {
+  const fs::path local = resolve_path(given, source);
+  std::error_code ec;
+  if (fs::exists(local, ec)) return local;
+  return find_in_hub_cache(given).value_or(local);
 }
 
 void YamlConfigReader::fail(const std::string& path, std::string_view message) const {

@@ -187,6 +187,10 @@ class YamlConfigReader {
   const std::filesystem::path& source_;
 };
 std::filesystem::path resolve_path(const std::string& given, const std::filesystem::path& source);
+// A model as mergekit users name it: a local path (resolve_path), else a Hugging Face id
+// ("org/name", "org/name@revision") in the local hub cache (io/hub_cache.h); as given when
+// neither holds it (the caller reports where it looked).
+std::filesystem::path resolve_model_path(const std::string& given, const std::filesystem::path& source);
 
 // "float32", "float16", "bfloat16", "float64" (torch names, with or without "torch."),
 // and amalgam's own names ("F32", "BF16", ...); nullopt otherwise.

@@ -16,6 +16,7 @@
 #include "core/parallel.h"
 #include "core/progress.h"
 #include "io/atomic_output.h"
+#include "io/hub_cache.h"
 #include "io/json_file.h"
 #include "lora/apply.h"
 #include "merge/audit.h"
@@ -34,16 +35,28 @@ namespace {
 // (a CheckpointReader would name only the path, leaving the user to find where it came from).
 void check_config_paths_exist(const MergeConfig& config) {
   std::error_code ec;
-  const auto check = [&](const fs::path& path, const std::string& key, const std::string& given) {
+  const auto check = [&](const fs::path& path, const std::string& key, const std::string& given, bool model) {
     if (fs::exists(path, ec)) return;
-    throw InputError(config.source, key + ": '" + given + "' " +
-                                        (ec ? "cannot be reached: " + ec.message()
-                                            : "does not exist (a relative path is looked up in the working "
-                                              "directory, then beside the config)"));
+    std::string where = "does not exist (a relative path is looked up in the working directory, then beside the config";
+    if (model && looks_like_hub_id(given)) {
+      where += "; a Hugging Face id in the local hub cache, looked for in";
+      for (const fs::path& dir : hub_cache_dirs()) where.append(" ").append(dir.string());
+      where += "; amalgam does not download";
+    }
+    std::string message = key;
+    message.append(": '").append(given).append("' ");
+    if (ec)
+      message.append("cannot be reached: ").append(ec.message());
+    else
+      message.append(where).append(")");
+    throw InputError(config.source, message);
   };
-  if (config.base_path) check(*config.base_path, "base_model", config.base_model.value_or(""));
+  if (config.base_path) {
+    const std::string given = config.base_model.value_or("");
+    check(*config.base_path, "base_model", config.base_adapter ? given.substr(0, given.find('+')) : given, true);
+  }
   if (config.base_adapter)
-    check(*config.base_adapter, "base_model", config.base_model->substr(config.base_model->find('+') + 1));
+    check(*config.base_adapter, "base_model", config.base_model->substr(config.base_model->find('+') + 1), true);
   for (size_t i = 0; i < config.models.size(); ++i) {
     const ModelEntry& m = config.models[i];
     std::string key = "models[" + std::to_string(i) + "]";
@@ -51,10 +64,11 @@ void check_config_paths_exist(const MergeConfig& config) {
       for (size_t j = config.slices[sl].sources.size(); j-- > 0;)
         if (config.slices[sl].sources[j].candidate == i)
           key = "slices[" + std::to_string(sl) + "].sources[" + std::to_string(j) + "]";
-    if (m.adapter) check(*m.adapter, key + ".model", m.model.substr(m.model.find('+') + 1));
-    check(m.path, key + ".model", m.model);
-    for (size_t d = 0; d < m.data.size(); ++d) check(m.data[d], key + ".data[" + std::to_string(d) + "]", m.data[d]);
-    if (m.stats) check(*m.stats, key + ".stats", m.stats->string());
+    if (m.adapter) check(*m.adapter, key + ".model", m.model.substr(m.model.find('+') + 1), true);
+    check(m.path, key + ".model", m.adapter ? m.model.substr(0, m.model.find('+')) : m.model, true);
+    for (size_t d = 0; d < m.data.size(); ++d)
+      check(m.data[d], key + ".data[" + std::to_string(d) + "]", m.data[d], false);
+    if (m.stats) check(*m.stats, key + ".stats", m.stats->string(), false);
   }
 }
 
@@ -186,6 +200,14 @@ struct MergeInputs {
   std::optional<LayerPositions> positions;      // of the reference's tensors
   uint64_t seed = 0;
 };
+
+// The files a Hugging Face tokenizer saves (save_pretrained), for --no-copy-tokenizer.
+bool is_tokenizer_file(const std::string& name) {
+  for (const char* file : {"special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+                           "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja"})
+    if (name == file) return true;
+  return name.starts_with("tokenizer");  // tokenizer.json, tokenizer_config.json, tokenizer.model
+}
 
 // Prefetches or releases every input of a planned tensor.
 void for_each_input(const PlannedTensor& p, const std::function<void(const CheckpointReader&, const std::string&)>& f) {
@@ -560,7 +582,8 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   std::vector<fs::path> carried;
   for (const auto& f : ref.auxiliary_files()) {
     const fs::path name = f.filename();
-    if (name != "amalgam_config.yaml" && name != kMergeReportFile && name != "README.md" && name != "config.json")
+    if (name != "amalgam_config.yaml" && name != kMergeReportFile && name != "README.md" && name != "config.json" &&
+        (options.copy_tokenizer || !is_tokenizer_file(name.string())))
       carried.push_back(f);
   }
   copy_files_into(carried, output.staging());
@@ -570,7 +593,8 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     if (sliced_layers) set_layer_count(out_config, *sliced_layers);
     write_text_file(output.staging() / "config.json", out_config.dump(2) + "\n");
   }
-  write_text_file(output.staging() / "README.md", merge_model_card(resolved, config_yaml, weights));
+  if (options.model_card)
+    write_text_file(output.staging() / "README.md", merge_model_card(resolved, config_yaml, weights));
 
   const MergeContext context = make_context(in, output.staging());
   in.method->prepare(context);

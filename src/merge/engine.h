@@ -28,6 +28,10 @@ struct MergeOptions {
   uint64_t max_memory = 0;
   // Write merge_report.json (merge/audit.h) into the output.
   bool audit = true;
+  // Carry the reference model's tokenizer files (mergekit's --copy-tokenizer, on by default),
+  // and write README.md, the merge's model card (--write-model-card).
+  bool copy_tokenizer = true;
+  bool model_card = true;
 };
 
 // Half of the machine's physical memory: the default --max-memory.
