@@ -62,6 +62,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (again.merge_method != config->merge_method || again.models.size() != config->models.size() ||
       again.parameters != config->parameters || again.slices.size() != config->slices.size())
     std::abort();
+  if (again.tokenizer.has_value() != config->tokenizer.has_value()) std::abort();
+  if (config->tokenizer) {
+    const TokenizerSettings &a = *config->tokenizer, &b = *again.tokenizer;
+    if (a.source != b.source || a.pad_to_multiple_of != b.pad_to_multiple_of || a.tokens.size() != b.tokens.size())
+      std::abort();
+    for (size_t i = 0; i < a.tokens.size(); ++i) {
+      const TokenEmbedding &x = a.tokens[i].second, &y = b.tokens[i].second;
+      if (a.tokens[i].first != b.tokens[i].first || x.source != y.source || x.candidate != y.candidate ||
+          x.token_id != y.token_id || x.token != y.token || x.force != y.force)
+        std::abort();
+    }
+  }
   for (size_t s = 0; s < config->slices.size(); ++s)
     for (size_t j = 0; j < config->slices[s].sources.size(); ++j) {
       const SliceSource &a = config->slices[s].sources[j], &b = again.slices[s].sources.at(j);

@@ -348,17 +348,58 @@ TEST(ConfigErrors, TopLevel) {
 }
 
 TEST(ConfigErrors, UnsupportedMergekitKeys) {
-  for (const std::string key : {"modules", "tokenizer"})
-    EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\n" + key + ": x\n",
-                       "merge.yaml: " + key + ": not supported by amalgam");
-  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer_source: union\n",
-                     "tokenizer_source: 'union' not supported: amalgam copies the base model's tokenizer files");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\nmodules: x\n",
+                     "merge.yaml: modules: not supported by amalgam");
+  // The tokenizer options are read (merge/vocabulary.h); malformed ones name the key.
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer: x\n",
+                     "merge.yaml: tokenizer: expected a map with source, tokens or pad_to_multiple_of, got 'x'");
   EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer_source: {model: b}\n",
-                     "not supported: amalgam copies the base model's tokenizer files");
+                     "tokenizer_source: expected a string");
   EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a+b+c]\n",
                      "models[0]: 'a+b+c': one '+' joins a base and its LoRA adapter, this has more");
   EXPECT_PARSE_ERROR("merge_method: linear\nbase_model: x+y+z\nmodels: [a]\n",
                      "base_model: 'x+y+z': one '+' joins a base and its LoRA adapter, this has more");
+}
+
+TEST(ConfigTokenizer, SectionParsesLinksModelsAndRoundTrips) {
+  const MergeConfig c = parse(R"(
+merge_method: linear
+base_model: a
+models: [a, b]
+tokenizer_source: base
+tokenizer:
+  pad_to_multiple_of: 64
+  tokens:
+    "<|im_start|>": {source: b, force: true}
+    "<|im_end|>": {source: {kind: model_token, model: a, token: "</s>"}}
+    "<pad>": {source: {kind: zero}}
+    "true": {source: {kind: model_token, model: b, token_id: 7}}
+)");
+  ASSERT_TRUE(c.tokenizer);
+  auto check = [](const MergeConfig& m) {
+    const TokenizerSettings& t = *m.tokenizer;
+    EXPECT_EQ(t.source, "union");  // the section's default, which wins over tokenizer_source
+    EXPECT_EQ(t.pad_to_multiple_of, 64);
+    ASSERT_EQ(t.tokens.size(), 4U);
+    EXPECT_EQ(t.tokens[0].first, "<|im_start|>");
+    EXPECT_EQ(t.tokens[0].second.source, TokenEmbedding::Source::Model);
+    EXPECT_EQ(t.tokens[0].second.candidate, 1U);  // b, models[1]
+    EXPECT_TRUE(t.tokens[0].second.force);
+    EXPECT_EQ(t.tokens[1].second.source, TokenEmbedding::Source::ModelToken);
+    EXPECT_EQ(t.tokens[1].second.candidate, std::nullopt);  // a, the base_model (models[0] too)
+    EXPECT_EQ(t.tokens[1].second.token, "</s>");
+    EXPECT_EQ(t.tokens[2].second.source, TokenEmbedding::Source::Zero);
+    EXPECT_EQ(t.tokens[3].first, "true");
+    EXPECT_EQ(t.tokens[3].second.token_id, 7);
+    EXPECT_FALSE(t.tokens[3].second.force);
+  };
+  check(c);
+  const MergeConfig again = parse(merge_config_to_yaml(c));
+  ASSERT_TRUE(again.tokenizer);
+  check(again);
+  EXPECT_PARSE_ERROR(
+      "merge_method: linear\nmodels: [a]\ntokenizer: {tokens: {x: {source: {kind: model_token, model: a}}}}\n",
+      "tokenizer.tokens.x.source: give one of token_id and token");
 }
 
 // mergekit's own examples/orcamini-platy-44layer.yml and examples/gradient-slerp.yml.

@@ -91,7 +91,6 @@ bool ParamSetting::operator==(const ParamSetting& other) const {
 namespace {
 
 constexpr std::string_view kSettingShape = "expected a number, a list of numbers, or a list of {filter, value}";
-constexpr std::string_view kTokenizerNote = "not supported: amalgam copies the base model's tokenizer files";
 
 std::string key_path(const std::string& parent, const std::string& key) {
   return parent.empty() ? key : parent + "." + key;
@@ -129,6 +128,10 @@ class ConfigParser : YamlConfigReader {
   std::vector<MergeSlice> parse_slices(const YAML::Node& n, std::vector<std::string>& slice_bases) const;
   SliceSource parse_slice_source(const YAML::Node& n, const std::string& path) const;
   void link_slices(MergeConfig& c, const std::vector<std::string>& slice_bases) const;
+  TokenizerSettings parse_tokenizer(const YAML::Node& n, const std::string& path) const;
+  TokenEmbedding parse_token_embedding(const YAML::Node& n, const std::string& path) const;
+  void resolve_tokenizer_source(TokenizerSettings& t, const std::string& path) const;
+  void link_tokenizer(MergeConfig& c) const;
   ModelEntry parse_model(const YAML::Node& n, const std::string& path) const;
   ParamMap parse_params(const YAML::Node& n, const std::string& path) const;
   ParamSetting parse_setting(const YAML::Node& n, const std::string& path) const;
@@ -137,6 +140,8 @@ class ConfigParser : YamlConfigReader {
   double parse_number(const YAML::Node& n, const std::string& path, std::string_view shape) const;
   DType parse_dtype_value(const YAML::Node& n, const std::string& path) const;
   uint64_t parse_seed(const YAML::Node& n) const;
+
+  mutable bool tokenizer_section_ = false;  // seen: its source wins over tokenizer_source
 };
 
 // yaml-cpp keeps duplicate keys and lookups return the first, so a repeated key would be
@@ -156,16 +161,18 @@ MergeConfig ConfigParser::parse(const YAML::Node& root) const {
   if (!c.slices.empty() && !c.models.empty()) fail("", "give either models or slices, not both (as mergekit)");
   if (c.slices.empty() && c.models.empty()) fail("models", "required: the list of models to merge (or slices)");
   link_slices(c, slice_bases);
+  link_tokenizer(c);
   return c;
 }
 
 bool is_unsupported_key(const std::string& key) {
-  return key == "modules" || key == "tokenizer";
+  return key == "modules";
 }
 
 bool is_known_key(const std::string& key) {
   return key == "merge_method" || key == "models" || key == "slices" || key == "base_model" || key == "parameters" ||
-         key == "dtype" || key == "out_dtype" || key == "seed" || key == "tokenizer_source" || key == "chat_template";
+         key == "dtype" || key == "out_dtype" || key == "seed" || key == "tokenizer_source" || key == "tokenizer" ||
+         key == "chat_template";
 }
 
 // A key set to null counts as absent, as in mergekit, where every optional field is Optional.
@@ -196,8 +203,114 @@ void ConfigParser::parse_top_key(MergeConfig& c, const std::string& key, const Y
     if (!is_chat_template_choice(*c.chat_template))
       fail(key, "'" + *c.chat_template + "' is neither auto, a template name (" + chat_template_names() +
                     ") nor a Jinja template");
-  } else if (!v.IsScalar() || v.Scalar() != "base") {  // tokenizer_source
-    fail(key, describe(v) + " " + std::string(kTokenizerNote));
+  } else if (key == "tokenizer") {
+    c.tokenizer = parse_tokenizer(v, key);
+    tokenizer_section_ = true;
+  } else if (!tokenizer_section_) {  // tokenizer_source; the tokenizer: section's source wins
+    c.tokenizer = TokenizerSettings{};
+    c.tokenizer->source = parse_model_name(v, key);
+    resolve_tokenizer_source(*c.tokenizer, key);
+  }
+}
+
+void ConfigParser::resolve_tokenizer_source(TokenizerSettings& t, const std::string& path) const {
+  if (t.source == "union" || t.source == "base") return;
+  std::optional<fs::path> adapter;
+  t.source_path = resolve_model(t.source, path, adapter);
+  if (adapter) fail(path, "'" + t.source + "': a tokenizer comes from a model, not a LoRA adapter");
+}
+
+TokenizerSettings ConfigParser::parse_tokenizer(const YAML::Node& n, const std::string& path) const {
+  if (!n.IsMap()) fail(path, "expected a map with source, tokens or pad_to_multiple_of, got " + describe(n));
+  TokenizerSettings t;
+  for_each_entry(n, path, [&](const std::string& key, const YAML::Node& v) {
+    const std::string at = key_path(path, key);
+    if (v.IsNull()) return;
+    if (key == "source") {
+      t.source = parse_model_name(v, at);
+      resolve_tokenizer_source(t, at);
+    } else if (key == "pad_to_multiple_of") {
+      const double m = parse_number(v, at, "a positive integer");
+      if (m < 1 || m > 1e6 || m != std::floor(m)) fail(at, "expected a positive integer, got " + describe(v));
+      t.pad_to_multiple_of = static_cast<int64_t>(m);
+    } else if (key == "tokens") {
+      if (!v.IsMap()) fail(at, "expected a map of token -> {source, force}, got " + describe(v));
+      for_each_entry(v, at, [&](const std::string& token, const YAML::Node& e) {
+        t.tokens.emplace_back(token, parse_token_embedding(e, key_path(at, token)));
+      });
+    } else {
+      fail(path, "unknown key '" + key + "'");
+    }
+  });
+  return t;
+}
+
+// {source: MODEL | {kind: zero} | {kind: model_token, model, token_id | token}, force: bool}
+TokenEmbedding ConfigParser::parse_token_embedding(const YAML::Node& n, const std::string& path) const {
+  TokenEmbedding e;
+  if (n.IsNull()) return e;
+  if (!n.IsMap()) fail(path, "expected a map with source and force, got " + describe(n));
+  for_each_entry(n, path, [&](const std::string& key, const YAML::Node& v) {
+    const std::string at = key_path(path, key);
+    if (key == "force") {
+      if (!v.IsScalar() || (v.Scalar() != "true" && v.Scalar() != "false"))
+        fail(at, "expected true or false, got " + describe(v));
+      e.force = v.Scalar() == "true";
+    } else if (key != "source") {
+      fail(path, "unknown key '" + key + "'");
+    } else if (v.IsNull()) {
+      e.source = TokenEmbedding::Source::Auto;
+    } else if (v.IsScalar()) {
+      e.source = TokenEmbedding::Source::Model;
+      e.model = parse_model_name(v, at);
+    } else if (v.IsMap()) {
+      std::string kind;
+      for_each_entry(v, at, [&](const std::string& k, const YAML::Node& x) {
+        const std::string xat = key_path(at, k);
+        if (k == "kind") {
+          kind = parse_string(x, xat);
+        } else if (k == "model") {
+          e.model = parse_model_name(x, xat);
+        } else if (k == "token_id") {
+          const double id = parse_number(x, xat, "a token id");
+          if (id < 0 || id != std::floor(id) || id > 1e12) fail(xat, "expected a token id, got " + describe(x));
+          e.token_id = static_cast<int64_t>(id);
+        } else if (k == "token") {
+          e.token = parse_string(x, xat);
+        } else {
+          fail(at, "unknown key '" + k + "'");
+        }
+      });
+      if (kind == "zero") {
+        e.source = TokenEmbedding::Source::Zero;
+        if (!e.model.empty() || e.token_id || e.token) fail(at, "a zero source takes no model or token");
+      } else if (kind == "model_token") {
+        e.source = TokenEmbedding::Source::ModelToken;
+        if (e.model.empty()) fail(key_path(at, "model"), "required for kind model_token");
+        if (e.token_id.has_value() == e.token.has_value()) fail(at, "give one of token_id and token");
+      } else {
+        fail(key_path(at, "kind"), "expected zero or model_token, got '" + kind + "'");
+      }
+    } else {
+      fail(at, "expected a model, {kind: zero} or {kind: model_token, ...}, got " + describe(v));
+    }
+  });
+  return e;
+}
+
+// A token's source model is one of the merge's: its entry in models, or the base_model.
+void ConfigParser::link_tokenizer(MergeConfig& c) const {
+  if (!c.tokenizer) return;
+  for (auto& [token, e] : c.tokenizer->tokens) {
+    if (e.model.empty()) continue;
+    const std::string at = "tokenizer.tokens." + token + ".source";
+    bool found = c.base_model && *c.base_model == e.model;
+    for (size_t i = 0; i < c.models.size() && !found; ++i)
+      if (c.models[i].model == e.model) {
+        e.candidate = i;
+        found = true;
+      }
+    if (!found) fail(at, "'" + e.model + "' is not a model of this merge");
   }
 }
 
@@ -717,6 +830,39 @@ YAML::Node slices_to_yaml(const MergeConfig& config) {
   return slices;
 }
 
+YAML::Node tokenizer_to_yaml(const MergeConfig& config) {
+  const TokenizerSettings& t = *config.tokenizer;
+  YAML::Node node(YAML::NodeType::Map);
+  node["source"] = text_node(t.source_path ? t.source_path->string() : t.source);
+  if (!t.tokens.empty()) {
+    YAML::Node tokens(YAML::NodeType::Map);
+    for (const auto& [token, e] : t.tokens) {
+      YAML::Node entry(YAML::NodeType::Map);
+      const std::string model =
+          e.candidate ? config.models.at(*e.candidate).model : config.base_model.value_or(e.model);
+      if (e.source == TokenEmbedding::Source::Model) {
+        entry["source"] = text_node(model);
+      } else if (e.source == TokenEmbedding::Source::Zero) {
+        YAML::Node zero(YAML::NodeType::Map);
+        zero["kind"] = "zero";
+        entry["source"] = zero;
+      } else if (e.source == TokenEmbedding::Source::ModelToken) {
+        YAML::Node source(YAML::NodeType::Map);
+        source["kind"] = "model_token";
+        source["model"] = text_node(model);
+        if (e.token_id) source["token_id"] = std::to_string(*e.token_id);
+        if (e.token) source["token"] = text_node(*e.token);
+        entry["source"] = source;
+      }
+      entry["force"] = e.force ? "true" : "false";
+      tokens[text_node(token)] = entry;
+    }
+    node["tokens"] = tokens;
+  }
+  if (t.pad_to_multiple_of) node["pad_to_multiple_of"] = std::to_string(*t.pad_to_multiple_of);
+  return node;
+}
+
 }  // namespace
 
 std::string merge_config_to_yaml(const MergeConfig& config) {
@@ -735,6 +881,7 @@ std::string merge_config_to_yaml(const MergeConfig& config) {
   if (config.out_dtype) root["out_dtype"] = dtype_config_name(*config.out_dtype);
   if (config.seed) root["seed"] = std::to_string(*config.seed);
   if (config.chat_template) root["chat_template"] = text_node(*config.chat_template);
+  if (config.tokenizer) root["tokenizer"] = tokenizer_to_yaml(config);
   YAML::Emitter out;
   emit(out, root);
   if (!out.good()) throw std::logic_error("merge_config_to_yaml: " + out.GetLastError());

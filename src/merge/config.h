@@ -116,6 +116,25 @@ struct MergeSlice {
   ParamMap parameters;
 };
 
+// mergekit's tokenizer options (`tokenizer_source`, or the `tokenizer:` section, which wins):
+// the output's vocabulary, and where a token's embedding row comes from in a model that lacks
+// the token (merge/vocabulary.h). A model named here is one of the merge's, as written.
+struct TokenEmbedding {
+  enum class Source { Auto, Zero, Model, ModelToken };
+  Source source = Source::Auto;      // Auto: as mergekit assigns it (one model has it, the base, or the mean)
+  std::string model;                 // Model, ModelToken: as written
+  std::optional<size_t> candidate;   // its entry in MergeConfig::models; nullopt: the base_model
+  std::optional<int64_t> token_id;   // ModelToken: a row of that model's own embeddings
+  std::optional<std::string> token;  // ModelToken: or the token whose row it is
+  bool force = false;                // this row even in the models that have the token
+};
+struct TokenizerSettings {
+  std::string source = "union";                                // "union", "base", or a model as written
+  std::optional<std::filesystem::path> source_path;            // a model's, resolved
+  std::vector<std::pair<std::string, TokenEmbedding>> tokens;  // added to the vocabulary, in config order
+  std::optional<int64_t> pad_to_multiple_of;
+};
+
 struct MergeConfig {
   std::filesystem::path source;  // the file it came from, for messages
   std::string merge_method;
@@ -130,13 +149,13 @@ struct MergeConfig {
   std::optional<uint64_t> seed;  // amalgam extension; --seed on the command line overrides it
   // mergekit's chat_template: "auto", a template name or a Jinja template (merge/chat_template.h).
   std::optional<std::string> chat_template;
+  std::optional<TokenizerSettings> tokenizer;  // none: the base's tokenizer files, shapes must match
 };
 
 // Parses YAML text. Errors are InputError naming `source` and the key, e.g.
 // "merge.yaml: models[1].parameters.weight: expected a number, a list of numbers, or a list of
-// {filter, value}, got 'abc'". Unknown keys are errors; mergekit keys amalgam does not act on
-// (tokenizer_source other than "base", tokenizer, modules) are
-// errors saying they are not supported. Exactly one of models and slices. Numbers must be plain YAML scalars (a quoted
+// {filter, value}, got 'abc'". Unknown keys are errors; `modules`, which amalgam does not act
+// on, is an error saying so. Exactly one of models and slices. Numbers must be plain YAML scalars (a quoted
 // "0.5" is a string, an error) and finite. An optional key set to null counts as absent, and a models entry may be a
 // bare string, short for {model: STRING}.
 MergeConfig parse_merge_config(std::string_view yaml_text, const std::filesystem::path& source);

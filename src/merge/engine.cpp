@@ -24,6 +24,7 @@
 #include "merge/method.h"
 #include "merge/model_card.h"
 #include "merge/plan.h"
+#include "merge/vocabulary.h"
 
 namespace amalgam {
 
@@ -198,6 +199,19 @@ struct MergeInputs {
   Candidates candidates;
   const CheckpointReader* reference = nullptr;  // the base, or the first model without one
   std::optional<LayerPositions> positions;      // of the reference's tensors
+  // With tokenizer options: the output vocabulary, and each model's embedding tensors in it,
+  // read in place of its own (the reader that holds them, by the model's reader).
+  std::optional<OutputVocabulary> vocabulary;
+  std::unique_ptr<PermutedEmbeddings> permuted;
+  std::set<std::string> vocabulary_tensors;
+  std::map<const CheckpointReader*, const CheckpointReader*> permuted_reader;
+
+  // Where a model's tensor is read from: its permuted embeddings, or its own checkpoint.
+  const CheckpointReader& source(const CheckpointReader& model, const std::string& name) const {
+    if (!vocabulary_tensors.contains(name)) return model;
+    const auto it = permuted_reader.find(&model);
+    return it == permuted_reader.end() ? model : *it->second;
+  }
   uint64_t seed = 0;
 };
 
@@ -218,14 +232,14 @@ void for_each_input(const PlannedTensor& p, const std::function<void(const Check
 // A models: merge's plan: every tensor of the reference, each candidate's tensor of that name
 // (with --allow-missing, the base's where a candidate lacks it), t by the tensor's layer.
 std::vector<PlannedTensor> plan_models(const MergeInputs& in) {
-  const CheckpointReader& ref = *in.reference;
   std::vector<PlannedTensor> plan;
-  for (const auto& name : ref.names()) {
+  for (const auto& name : in.reference->names()) {
+    const CheckpointReader& ref = in.source(*in.reference, name);
     const TensorInfo& info = ref.info(name);
     PlannedTensor p;
     p.t = (*in.positions)(name);
     for (size_t i = 0; i < in.candidates.readers.size(); ++i) {
-      const CheckpointReader& r = *in.candidates.readers[i];
+      const CheckpointReader& r = in.source(*in.candidates.readers[i], name);
       const ParamOwner owner{in.candidates.config_index[i], std::nullopt, std::nullopt};
       if (r.contains(name)) {
         check_same_shape(ref, r, name);
@@ -238,12 +252,13 @@ std::vector<PlannedTensor> plan_models(const MergeInputs& in) {
                              (in.base ? "; --allow-missing takes the base's tensor" : ""));
       }
     }
-    if (in.base) p.base = TensorSource{in.base.get(), name, ParamOwner{}};
+    if (in.base) p.base = TensorSource{&in.source(*in.base, name), name, ParamOwner{}};
     DType out = info.dtype;
     if (is_floating(info.dtype)) out = in.config.out_dtype.value_or(in.config.dtype.value_or(info.dtype));
     p.out = {name, out, info.shape};
     plan.push_back(std::move(p));
   }
+  const CheckpointReader& ref = *in.reference;
   const std::set<std::string> ref_names(ref.names().begin(), ref.names().end());
   for (const auto& r : in.candidates.readers)
     for (const auto& name : r->names())
@@ -266,6 +281,40 @@ void set_chat_template(const MergeInputs& in, const fs::path& staging) {
   }
   if (!write_chat_template(staging, *text) && !in.options.quiet)
     std::cerr << "amalgam: warning: chat_template: the output has no tokenizer_config.json to hold it; not saved\n";
+}
+
+// mergekit's tokenizer options: the output vocabulary over the base (or the first model) and
+// every candidate, and each one's embeddings and LM head mapped into it by token.
+void permute_embeddings(MergeInputs& in) {
+  const MergeConfig& config = in.config;
+  if (in.method->spec().data_aware)
+    throw InputError(config.source, "tokenizer: " + in.method->spec().name +
+                                        " measures each model with its own vocabulary; tokenizer options take "
+                                        "data-free methods");
+  std::vector<const CheckpointReader*> readers;
+  if (in.base) readers.push_back(in.base.get());
+  for (const auto& r : in.candidates.readers) readers.push_back(r.get());
+  std::vector<ModelTokens> tokens;
+  for (const CheckpointReader* r : readers) tokens.push_back(read_model_tokens(r->dir()));
+  in.vocabulary = build_output_vocabulary(*config.tokenizer, tokens);
+  const std::vector<std::string> names = vocabulary_tensors(*readers.front(), tokens.front().vocab_size);
+  if (names.empty())
+    throw InputError(readers.front()->path(),
+                     "tokenizer: no embedding or lm_head tensor has config.json's vocab_size (" +
+                         std::to_string(tokens.front().vocab_size) + ") rows");
+  // A token's source model, by its config entry: the base, or the candidate read from it (a
+  // base listed among the models too is read as the base).
+  auto token_model = [&](std::optional<size_t> candidate) -> size_t {
+    if (candidate)
+      for (size_t j = 0; j < in.candidates.config_index.size(); ++j)
+        if (in.candidates.config_index[j] == *candidate) return j + (in.base ? 1 : 0);
+    if (!in.base) throw InputError(config.source, "tokenizer.tokens: a source names the base_model, and there is none");
+    return 0;
+  };
+  in.permuted = std::make_unique<PermutedEmbeddings>(*in.vocabulary, *config.tokenizer, readers, tokens, names,
+                                                     token_model, in.options.output);
+  in.vocabulary_tensors.insert(names.begin(), names.end());
+  for (size_t i = 0; i < readers.size(); ++i) in.permuted_reader[readers[i]] = &in.permuted->reader(i);
 }
 
 MergeContext make_context(const MergeInputs& in, const fs::path& staging) {
@@ -501,7 +550,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   } catch (const InputError& e) {
     throw InputError(config.source, std::string("merge_method: ") + e.what());
   }
-  MergeInputs in{config, options, std::move(method), nullptr, {}, nullptr, {}, nullptr, {}, 0};
+  MergeInputs in{config, options, std::move(method), nullptr, {}, nullptr, {}, nullptr, {}, {}, nullptr, {}, {}, 0};
   const MethodSpec& spec = in.method->spec();
   check_parameter_names(config, spec);
   if (!spec.data_aware)
@@ -537,6 +586,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   if (!in.reference) in.reference = in.candidates.readers.front().get();
   in.seed = options.seed.value_or(config.seed.value_or(0));
   in.positions.emplace(*in.reference);
+  if (config.tokenizer) permute_embeddings(in);
   const CheckpointReader& ref = *in.reference;
 
   // Plan: every output tensor, merged when it is floating point, copied from its first input
@@ -552,6 +602,12 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
     SlicePlan slices = plan_slices(config, spec, in.base.get(), readers);
     planned = std::move(slices.tensors);
     sliced_layers = slices.layers;
+    for (PlannedTensor& p : planned) {  // the embeddings in the output vocabulary
+      if (!in.vocabulary_tensors.contains(p.out.name)) continue;
+      for (TensorSource& s : p.inputs) s.reader = &in.source(*s.reader, s.name);
+      if (p.base) p.base->reader = &in.source(*p.base->reader, p.base->name);
+      p.out.shape = p.inputs.front().reader->info(p.inputs.front().name).shape;
+    }
   }
   std::vector<TensorSpec> plan;
   for (const PlannedTensor& p : planned) plan.push_back(p.out);
@@ -587,10 +643,12 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
       carried.push_back(f);
   }
   copy_files_into(carried, output.staging());
+  if (in.vocabulary && in.vocabulary->changed) write_tokenizer_files(*in.vocabulary, output.staging());
   if (config.chat_template) set_chat_template(in, output.staging());
   if (ref.config()) {
     nlohmann::ordered_json out_config = config_for_output(nlohmann::ordered_json(*ref.config()), weights);
     if (sliced_layers) set_layer_count(out_config, *sliced_layers);
+    if (in.vocabulary && out_config.contains("vocab_size")) out_config["vocab_size"] = in.vocabulary->rows;
     write_text_file(output.staging() / "config.json", out_config.dump(2) + "\n");
   }
   if (options.model_card)
