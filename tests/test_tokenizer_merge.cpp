@@ -231,6 +231,24 @@ TEST(TokenizerMerge, SourceModelGivesItsVocabulary) {
   expect_row(out, 4, want, "t4");
 }
 
+// A tokenizer larger than its model's embeddings (tokens at or past config.json's vocab_size):
+// tokenizer_source: base strips them, as mergekit's get_stripped_tokenizer does.
+TEST(TokenizerMerge, BaseTokensPastTheEmbeddingsAreStripped) {
+  TempDir tmp;
+  const TinyModel base = write_model(tmp / "base", 61, 10, plain_tokens(60), {"<unused>"});  // <unused> at id 61
+  const TinyModel ft = write_model(tmp / "ft", 61, 11, plain_tokens(60), {});
+  const CliResult r = merge(tmp,
+                            "merge_method: linear\nbase_model: base\ntokenizer_source: base\nparameters: {weight: 1}\n"
+                            "models:\n  - model: base\n  - model: ft\n",
+                            "out");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Json tokenizer = read_json_file(tmp / "out" / "tokenizer.json");
+  ASSERT_EQ(tokenizer["added_tokens"].size(), 1U);  // <s> alone
+  EXPECT_EQ(tokenizer["added_tokens"][0]["content"], "<s>");
+  EXPECT_EQ(rows_of(tmp / "out", "lm_head.weight").size(), 61U);
+  expect_row(rows_of(tmp / "out", "lm_head.weight"), 60, mean_of({base.head[60], ft.head[60]}), "t60");
+}
+
 TEST(TokenizerMerge, ConfigErrorsNameTheKey) {
   TempDir tmp;
   write_model(tmp / "base", 61, 1, plain_tokens(60), {});

@@ -59,8 +59,9 @@ const OJson& added_tokens_of(const OJson& tokenizer) {
 }
 
 // mergekit's get_stripped_tokenizer: the tokens at or past vocab_size (a tokenizer larger than
-// its model's embeddings) leave the vocabulary, the added tokens and the merges.
-void strip_tokenizer(OJson& tokenizer, int64_t vocab_size) {
+// its model's embeddings) leave the vocabulary, the added tokens and the merges. Returns
+// whether any did.
+bool strip_tokenizer(OJson& tokenizer, int64_t vocab_size) {
   std::set<std::string> unused;
   OJson& vocab = tokenizer["model"]["vocab"];
   if (vocab.is_object()) {
@@ -102,6 +103,7 @@ void strip_tokenizer(OJson& tokenizer, int64_t vocab_size) {
     }
     tokenizer["model"]["merges"] = std::move(kept);
   }
+  return !unused.empty();
 }
 
 // The settings transformers gives a token added by name (add_tokens(str)).
@@ -174,11 +176,7 @@ OutputVocabulary build_output_vocabulary(const TokenizerSettings& settings, cons
   const fs::path source_dir = from_model ? *settings.source_path : base.dir;
   out.files_from = source_dir;
   OJson source = read_ordered_json(source_dir / "tokenizer.json");
-  if (!from_model) {
-    const size_t before = source.dump().size();
-    strip_tokenizer(source, base.vocab_size);
-    out.changed = source.dump().size() != before;
-  }
+  if (!from_model) out.changed = strip_tokenizer(source, base.vocab_size);
   TokenizerBuilder builder(std::move(source), source_dir / "tokenizer.json");
 
   if (settings.source == "union") {
