@@ -423,6 +423,12 @@ TEST(TextStatistics, BatchingThreadsAndSplitsAgree) {
   ASSERT_EQ(stats(dir / "model", both + (dir / "t1.st").string() + " --threads 1").code, 0);
   ASSERT_EQ(stats(dir / "model", both + (dir / "t3.st").string() + " --threads 3").code, 0);
   EXPECT_EQ(read_bytes(dir / "t1.st"), read_bytes(dir / "t3.st"));
+  // Hidden states past half of --max-memory go to a scratch file: the same bits.
+  ASSERT_EQ(stats(dir / "model", both + (dir / "spilled.st").string() + " --max-memory 1KB").code, 0);
+  EXPECT_EQ(read_bytes(dir / "t1.st"), read_bytes(dir / "spilled.st"));
+  const auto noisy = run_amalgam("stats " + (dir / "model").string() + " " + both + (dir / "noisy.st").string() +
+                                 " --max-memory 1KB --progress none");
+  EXPECT_NE(noisy.err.find("they stay in a scratch file beside the output"), std::string::npos) << noisy.err;
 
   for (const char* half : {"a", "b"})
     ASSERT_EQ(stats(dir / "model", "--data " + (dir / (std::string(half) + ".jsonl")).string() + " --examples 2 -o " +

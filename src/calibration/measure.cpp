@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "calibration/gram.h"
+#include "calibration/hidden_states.h"
 #include "calibration/statistics_file.h"
 #include "core/error.h"
 #include "core/interrupt.h"
@@ -81,12 +82,24 @@ void write_grams(const GramCollector& grams, SafetensorsWriter& writer, const st
 }  // namespace
 
 MeasuredStatistics write_statistics(const Model& model, const CalibrationBatches& data, const std::string& model_name,
-                                    const std::filesystem::path& file, bool quiet) {
-  std::vector<Stream> streams;
-  for (const ModelInput& batch : data.batches) streams.push_back(model.embed(batch));
+                                    const std::filesystem::path& file, bool quiet, uint64_t max_memory) {
+  // The examples' hidden states, embedded batch by batch: in memory within half of
+  // `max_memory`, past it in a scratch file beside the output (the first batch's rows per
+  // example give the whole set's; for texts an estimate).
+  Stream first = model.embed(data.batches.front());
+  const auto bytes = static_cast<uint64_t>(static_cast<double>(first.data.size()) * sizeof(float) *
+                                           static_cast<double>(data.examples) / static_cast<double>(first.sequences()));
+  const auto spill = spill_dir_for(bytes, max_memory, file.parent_path().empty() ? "." : file.parent_path());
+  if (spill && !quiet)
+    warn("stats: the hidden states (" + std::to_string(bytes >> 20) +
+         " MiB) exceed half of --max-memory; they stay in a scratch file beside the output");
+  HiddenStates hidden(spill);
+  hidden.append(first);
+  first = Stream();
+  for (size_t b = 1; b < data.batches.size(); ++b) hidden.append(model.embed(data.batches[b]));
 
   GramStatistics header;  // everything but the Grams, which are written as they finish
-  for (const auto& s : streams) header.rows += s.rows();
+  header.rows = hidden.rows();
   header.examples = data.examples;
   header.tasks = data.tasks;
   header.model = model_name;
@@ -94,20 +107,19 @@ MeasuredStatistics write_statistics(const Model& model, const CalibrationBatches
   SafetensorsWriter writer(file, plan, statistics_metadata(header), WriteOrder::Plan);
 
   const int64_t layers = model.num_layers();
-  Progress progress("stats", static_cast<uint64_t>(layers) * streams.size(), 0, quiet, "block batches");
+  Progress progress("stats", static_cast<uint64_t>(layers) * hidden.batches(), 0, quiet, "block batches");
   for (int64_t l = 0; l < layers; ++l) {
     GramCollector grams(model.linear_sites(l));
     const auto block = model.read_block(l);
-    for (auto& stream : streams) {
-      check_interrupt();
-      model.run_block(l, *block, stream, grams.tap());
+    hidden.for_each(/*write_back=*/true, [&](Stream& batch) {
+      model.run_block(l, *block, batch, grams.tap());
       progress.advance(1, 0);
-    }
+    });
     write_grams(grams, writer, model_name);
   }
   if (auto head_sites = model.linear_sites(-1); !head_sites.empty()) {
     GramCollector grams(std::move(head_sites));
-    for (const auto& stream : streams) (void)model.head(stream, grams.tap());
+    hidden.for_each(/*write_back=*/false, [&](Stream& batch) { (void)model.head(batch, grams.tap()); });
     write_grams(grams, writer, model_name);
   }
   writer.finish();

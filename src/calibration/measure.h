@@ -59,8 +59,9 @@ struct MeasuredStatistics {
 // Measures every site of model.all_linear_sites() and writes the Grams (means over rows) to
 // `file` in that order, with the statistics metadata (calibration/statistics_file.h). A Gram
 // that is not finite is an InputError naming `model_name` and the Gram: the first in model
-// order says where a NaN weight or an overflowing activation starts.
+// order says where a NaN weight or an overflowing activation starts. The examples' hidden
+// states stay in memory within half of `max_memory`, in a scratch file beside `file` past it.
 MeasuredStatistics write_statistics(const Model& model, const CalibrationBatches& data, const std::string& model_name,
-                                    const std::filesystem::path& file, bool quiet);
+                                    const std::filesystem::path& file, bool quiet, uint64_t max_memory);
 
 }  // namespace amalgam

@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "io/atomic_output.h"
+#include "merge/engine.h"  // default_max_memory
 #include "model/model.h"
 
 namespace amalgam::cli {
@@ -22,6 +23,7 @@ struct StatsArgs {
   CalibrationOptions options;
   int64_t max_length = 512;
   int64_t batch_size = 0;  // 0: the model kind's default
+  std::string max_memory;  // empty: half of physical memory
   bool force = false;
 };
 
@@ -58,6 +60,9 @@ void add_stats_command(CLI::App& app) {
   cmd->add_option("--sum", a->sum, "statistics files to pool (weighted by their row counts) instead of measuring")
       ->expected(2, 1 << 20);
   cmd->add_option("-o,--output", a->output, "statistics file to write (safetensors)")->required();
+  cmd->add_option("--max-memory", a->max_memory,
+                  "memory the examples' hidden states may take, e.g. 8GB (default: half of physical memory); past "
+                  "half of it they go to a scratch file beside the output");
   cmd->add_flag("--force", a->force, "replace an existing output");
   cmd->add_flag("-q,--quiet", a->options.quiet, "no progress bar");
   cmd->callback([a] {
@@ -76,8 +81,9 @@ void add_stats_command(CLI::App& app) {
     const std::unique_ptr<Model> model = open_model(a->model);
     const std::unique_ptr<Calibration> calibration = load_stats_calibration(*a, *model);
     AtomicOutput output(a->output, a->force, AtomicOutput::Kind::File);
+    const uint64_t max_memory = a->max_memory.empty() ? default_max_memory() : parse_byte_size(a->max_memory);
     const MeasuredStatistics done =
-        write_statistics(*model, calibration->batches, a->model, output.staging(), a->options.quiet);
+        write_statistics(*model, calibration->batches, a->model, output.staging(), a->options.quiet, max_memory);
     output.commit();
     if (!a->options.quiet)
       std::fprintf(stderr, "amalgam: %lld Grams over %lld rows of %lld examples -> %s\n",

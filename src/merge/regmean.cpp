@@ -113,7 +113,7 @@ class RegMean final : public MergeMethod {
     const auto calibration = load_calibration(*model, ctx.candidates[i], entry.data, images, texts);
     const fs::path file = ctx.staging / ".calibration" / ("model-" + std::to_string(i) + ".safetensors");
     fs::create_directories(file.parent_path());
-    write_statistics(*model, calibration->batches, entry.model, file, ctx.quiet);
+    write_statistics(*model, calibration->batches, entry.model, file, ctx.quiet, ctx.max_memory);
     return std::make_unique<StatisticsFile>(file);
   }
 

@@ -25,6 +25,7 @@
 #include <set>
 
 #include "calibration/gram.h"
+#include "calibration/hidden_states.h"
 #include "calibration/images.h"
 #include "calibration/measure.h"
 #include "calibration/statistics_file.h"
@@ -36,7 +37,6 @@
 #include "io/checkpoint.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
-#include "io/scratch_file.h"
 #include "merge/audit.h"
 #include "merge/config.h"
 #include "merge/plan.h"
@@ -47,69 +47,6 @@ namespace amalgam {
 namespace {
 
 namespace fs = std::filesystem;
-
-// One task's hidden states after the merged prefix, batch by batch (each batch keeps its
-// sequence offsets): in memory, or in a scratch file, read and written a batch at a time.
-class TaskStream {
- public:
-  explicit TaskStream(const std::optional<fs::path>& spill_dir) {
-    if (spill_dir) file_.emplace(*spill_dir);
-  }
-  size_t batches() const { return batches_.size(); }
-  int64_t rows() const { return rows_; }
-
-  void append(const Stream& s) {
-    Batch b{s.offsets, s.width, end_, {}};
-    if (file_)
-      file_->write(end_, std::as_bytes(std::span(s.data)));
-    else
-      b.memory = s.data;
-    end_ += s.data.size() * sizeof(float);
-    rows_ += s.rows();
-    batches_.push_back(std::move(b));
-  }
-  void read(size_t i, Stream& out) const {
-    const Batch& b = batches_[i];
-    out.offsets = b.offsets;
-    out.width = b.width;
-    out.data.resize(static_cast<size_t>(b.offsets.back() * b.width));
-    if (file_)
-      file_->read(b.offset, std::as_writable_bytes(std::span(out.data)));
-    else
-      out.data = b.memory;
-  }
-  void write(size_t i, const Stream& in) {
-    Batch& b = batches_[i];
-    if (file_)
-      file_->write(b.offset, std::as_bytes(std::span(in.data)));
-    else
-      b.memory = in.data;
-  }
-
- private:
-  struct Batch {
-    std::vector<int64_t> offsets;
-    int64_t width = 0;
-    uint64_t offset = 0;  // in the scratch file
-    std::vector<float> memory;
-  };
-  std::vector<Batch> batches_;
-  uint64_t end_ = 0;
-  int64_t rows_ = 0;
-  std::optional<ScratchFile> file_;
-};
-
-// Runs `fn` on every batch of a task's stream (written back when `write_back`): a candidate's
-// block must not disturb the merged stream.
-void for_each_batch(TaskStream& stream, bool write_back, const std::function<void(Stream&)>& fn) {
-  Stream batch;
-  for (size_t b = 0; b < stream.batches(); ++b) {
-    check_interrupt();
-    stream.read(b, batch);
-    fn(batch);
-    if (write_back) stream.write(b, batch);
-  }
-}
 
 // sum_t a_t x_t / sum_t a_t, elementwise.
 void weighted_average(const std::vector<std::span<const float>>& inputs, const std::vector<double>& factors,
@@ -172,7 +109,7 @@ class RegMeanPlusPlus final : public MergeMethod {
  private:
   // Every task's hidden states after the merged prefix, with its calibration metadata.
   struct TaskState {
-    TaskStream hidden;
+    HiddenStates hidden;
     int64_t examples = 0;
     std::vector<std::string> tasks;
   };
@@ -314,10 +251,8 @@ class RegMeanPlusPlus final : public MergeMethod {
           static_cast<uint64_t>(static_cast<double>(firsts.back().data.size()) * 4.0 *
                                 static_cast<double>(batches.examples) / static_cast<double>(firsts.back().sequences()));
     }
-    // Half the budget for the hidden states; the rest holds the blocks, Grams and buffers.
-    std::optional<fs::path> spill;
-    if (hidden_bytes > ctx.max_memory / 2) {
-      spill = ctx.staging;
+    const std::optional<fs::path> spill = spill_dir_for(hidden_bytes, ctx.max_memory, ctx.staging);
+    if (spill) {
       if (!ctx.quiet)
         warn("regmean_plusplus: the hidden states (" + std::to_string(hidden_bytes >> 20) +
              " MiB) exceed half of --max-memory; they stay in a scratch file beside the output");
@@ -325,7 +260,7 @@ class RegMeanPlusPlus final : public MergeMethod {
     std::vector<TaskState> tasks;
     for (size_t t = 0; t < data.size(); ++t) {
       const CalibrationBatches& batches = data[t]->batches;
-      TaskState s{TaskStream(spill), batches.examples, batches.tasks};
+      TaskState s{HiddenStates(spill), batches.examples, batches.tasks};
       s.hidden.append(firsts[t]);
       for (size_t b = 1; b < batches.batches.size(); ++b) s.hidden.append(merged_->embed(batches.batches[b]));
       tasks.push_back(std::move(s));
@@ -336,8 +271,8 @@ class RegMeanPlusPlus final : public MergeMethod {
   // The Grams of one block (its sites, in table order) of candidate t on task t's stream.
   std::vector<Tensor> measure_block(const BlockWeights& block, int64_t l, TaskState& task) const {
     GramCollector grams(merged_->linear_sites(l));
-    for_each_batch(task.hidden, /*write_back=*/false,
-                   [&](Stream& batch) { merged_->run_block(l, block, batch, grams.tap()); });
+    task.hidden.for_each(/*write_back=*/false,
+                         [&](Stream& batch) { merged_->run_block(l, block, batch, grams.tap()); });
     std::vector<Tensor> means;
     for (auto& [name, gram] : grams.means()) means.push_back(std::move(gram));
     return means;
@@ -398,8 +333,7 @@ class RegMeanPlusPlus final : public MergeMethod {
     const CheckpointReader reader(file);
     const auto merged_block = merged_->read_block(reader, l);
     for (auto& task : tasks)
-      for_each_batch(task.hidden, /*write_back=*/true,
-                     [&](Stream& batch) { merged_->run_block(l, *merged_block, batch); });
+      task.hidden.for_each(/*write_back=*/true, [&](Stream& batch) { merged_->run_block(l, *merged_block, batch); });
     // From here on the block's results are the file's mapped tensors: memory holds one block.
     for (const std::string& name : merged_->block_tensor_names(l)) results_.insert_or_assign(name, reader.tensor(name));
   }
@@ -412,7 +346,7 @@ class RegMeanPlusPlus final : public MergeMethod {
     for (size_t t = 0; t < readers_.size(); ++t) {
       const std::unique_ptr<Model> own = open_model(ctx.candidates[t]);
       GramCollector collector(sites);
-      for_each_batch(tasks[t].hidden, false, [&](Stream& batch) { (void)own->head(batch, collector.tap()); });
+      tasks[t].hidden.for_each(false, [&](Stream& batch) { (void)own->head(batch, collector.tap()); });
       grams.emplace_back();
       for (auto& [name, gram] : collector.means()) grams.back().push_back(std::move(gram));
     }
