@@ -162,7 +162,10 @@ void add_merge_command(CLI::App& app) {
       std::cout << name << ": " << spec.description << "\n";
       for (const auto& p : spec.params) {
         std::cout << "    " << p.name << (p.scope == ParamSpec::Scope::Model ? " (per model)" : " (global)");
-        if (p.default_value)
+        const WordParameter* words = word_parameter(p.name);
+        if (p.default_value && words)
+          std::cout << ", default " << words->words.at(static_cast<size_t>(*p.default_value));
+        else if (p.default_value)
           std::cout << ", default " << *p.default_value;
         else
           std::cout << ", required";
