@@ -38,6 +38,7 @@ namespace amalgam {
 struct ModelTokens {
   std::filesystem::path dir;
   std::map<std::string, int64_t> ids;
+  nlohmann::json added;    // tokenizer.json's added_tokens, as written (their settings)
   int64_t vocab_size = 0;  // config.json's, else the vocabulary's size
 };
 
@@ -46,12 +47,12 @@ struct ModelTokens {
 ModelTokens read_model_tokens(const std::filesystem::path& dir);
 
 struct OutputVocabulary {
-  nlohmann::ordered_json tokenizer;           // the output's tokenizer.json
-  std::vector<nlohmann::ordered_json> added;  // the added tokens, for tokenizer_config.json
-  std::map<std::string, int64_t> ids;         // token -> id in the output
-  int64_t rows = 0;                           // embedding rows: the last id + 1, padded
-  bool changed = false;                       // differs from the files the output carries
-  std::filesystem::path files_from;           // whose tokenizer_config.json and special_tokens_map.json
+  nlohmann::json tokenizer;            // the output's tokenizer.json
+  std::vector<nlohmann::json> added;   // the added tokens, for tokenizer_config.json
+  std::map<std::string, int64_t> ids;  // token -> id in the output
+  int64_t rows = 0;                    // embedding rows: the last id + 1, padded
+  bool changed = false;                // differs from the files the output carries
+  std::filesystem::path files_from;    // whose tokenizer_config.json and special_tokens_map.json
 };
 
 // The output vocabulary of `settings` over `models` (models[0] the base, or the first model
