@@ -60,8 +60,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Not inside accept_input_errors: amalgam's own output failing to parse is a bug.
   const MergeConfig again = parse_merge_config(merge_config_to_yaml(*config), source);
   if (again.merge_method != config->merge_method || again.models.size() != config->models.size() ||
-      again.parameters != config->parameters || again.slices.size() != config->slices.size())
+      again.parameters != config->parameters || again.slices.size() != config->slices.size() ||
+      again.modules.size() != config->modules.size())
     std::abort();
+  for (size_t m = 0; m < config->modules.size(); ++m) {
+    const MergeModule &a = config->modules[m], &b = again.modules[m];
+    if (a.name != b.name || a.first_slice != b.first_slice || a.slice_count != b.slice_count ||
+        a.from_models != b.from_models || a.parameters != b.parameters)
+      std::abort();
+  }
   if (again.tokenizer.has_value() != config->tokenizer.has_value()) std::abort();
   if (config->tokenizer) {
     const TokenizerSettings &a = *config->tokenizer, &b = *again.tokenizer;
@@ -77,7 +84,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (size_t s = 0; s < config->slices.size(); ++s)
     for (size_t j = 0; j < config->slices[s].sources.size(); ++j) {
       const SliceSource &a = config->slices[s].sources[j], &b = again.slices[s].sources.at(j);
-      if (a.candidate != b.candidate || a.first != b.first || a.end != b.end || a.parameters != b.parameters)
+      if (a.candidate != b.candidate || a.first != b.first || a.end != b.end || a.parameters != b.parameters ||
+          a.whole_stack != b.whole_stack || a.added_base != b.added_base)
         std::abort();
     }
   return 0;

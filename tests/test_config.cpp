@@ -348,8 +348,10 @@ TEST(ConfigErrors, TopLevel) {
 }
 
 TEST(ConfigErrors, UnsupportedMergekitKeys) {
-  EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\nmodules: x\n",
-                     "merge.yaml: modules: not supported by amalgam");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodules: x\n",
+                     "merge.yaml: modules: expected a non-empty map of module names, got 'x'");
+  EXPECT_PARSE_ERROR("merge_method: linear\nmodules: {text_decoder: {models: [a], merge_method: ties}}\n",
+                     "modules.text_decoder: unknown key 'merge_method'");
   // The tokenizer options are read (merge/vocabulary.h); malformed ones name the key.
   EXPECT_PARSE_ERROR("merge_method: linear\nmodels: [a]\ntokenizer: x\n",
                      "merge.yaml: tokenizer: expected a map with source, tokens or pad_to_multiple_of, got 'x'");
@@ -503,7 +505,10 @@ slices:
 TEST(ConfigSlices, Errors) {
   const std::string head = "merge_method: passthrough\n";
   EXPECT_PARSE_ERROR(head + "models: [a]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n",
-                     "give either models or slices, not both");
+                     "give one of models, slices and modules (as mergekit), not models and slices");
+  EXPECT_PARSE_ERROR(
+      head + "modules: {default: {models: [a]}}\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n",
+      "give one of models, slices and modules (as mergekit), not modules and slices");
   EXPECT_PARSE_ERROR(head + "slices: []\n", "slices: expected a non-empty list");
   EXPECT_PARSE_ERROR(head + "slices: [{sources: [{model: a}]}]\n", "slices[0].sources[0]: missing 'layer_range'");
   EXPECT_PARSE_ERROR(head + "slices: [{sources: [{layer_range: [0, 1]}]}]\n", "slices[0].sources[0]: missing 'model'");

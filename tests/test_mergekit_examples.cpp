@@ -231,5 +231,40 @@ TEST(MergekitHabits, NoCopyTokenizerAndNoModelCard) {
   EXPECT_NE(read_bytes(tmp / "bare" / "amalgam_config.yaml").find("seed: 3"), std::string::npos);
 }
 
+// A community model card's command line, unchanged: mergekit-yaml's flags are taken, those
+// that change the output mapped (--out-shard-size in mergekit's K/M/B bytes, --copy-tokenizer,
+// --num-threads), those that cannot apply here noted once each; the merge is the same bits.
+TEST(MergekitHabits, MergekitYamlCommandLinesRunUnchanged) {
+  TempDir tmp;
+  write_random_decoder(tmp / "a", tiny_config("llama"), DType::F32, 1);
+  write_random_decoder(tmp / "b", tiny_config("llama"), DType::F32, 2);
+  write_bytes(tmp / "merge.yaml",
+              "merge_method: linear\nparameters: {weight: 1}\nmodels:\n  - model: a\n  - model: b\n");
+  const std::string merge = "merge " + (tmp / "merge.yaml").string() + " ";
+  ASSERT_EQ(run_amalgam(merge + (tmp / "plain").string() + " -q").code, 0);
+  const CliResult r = run_amalgam(merge + (tmp / "habits").string() +
+                                  " --cuda --allow-crimes --lazy-unpickle --copy-tokenizer --out-shard-size 20K -vv "
+                                  "--device cuda --num-threads 1 --write-threads 2 --safe-serialization");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("note: --cuda has no effect: amalgam computes on the CPU"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("note: --lazy-unpickle has no effect"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("note: --device has no effect"), std::string::npos) << r.err;
+  // 20K = 20,000 bytes a shard: the 2-layer model's ~62 KB of F32 goes to several shards.
+  const CheckpointReader plain(tmp / "plain"), habits(tmp / "habits");
+  EXPECT_TRUE(fs::exists(tmp / "habits" / "model.safetensors.index.json"));
+  size_t shards = 0;
+  for (const auto& e : fs::directory_iterator(tmp / "habits")) shards += e.path().extension() == ".safetensors" ? 1 : 0;
+  EXPECT_GT(shards, 2U);
+  ASSERT_EQ(habits.names(), plain.names());
+  for (const std::string& name : plain.names()) {
+    const Tensor x = plain.tensor(name), y = habits.tensor(name);
+    EXPECT_TRUE(std::equal(x.bytes().begin(), x.bytes().end(), y.bytes().begin(), y.bytes().end())) << name;
+  }
+  const CliResult pickles = run_amalgam(merge + (tmp / "pickled").string() + " --no-safe-serialization");
+  EXPECT_EQ(pickles.code, 2);
+  EXPECT_NE(pickles.err.find("--no-safe-serialization: amalgam writes safetensors only"), std::string::npos);
+  EXPECT_EQ(run_amalgam(merge + (tmp / "bad").string() + " --out-shard-size 5G").code, 2);
+}
+
 }  // namespace
 }  // namespace amalgam::testing

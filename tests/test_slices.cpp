@@ -1,7 +1,8 @@
 // mergekit's slices (merge/plan.h) through run_merge on tiny Llama checkpoints: a frankenmerge
 // takes layers whole and renumbers them, tensors before the layers come from the first slice
 // and after them from the last; a slice's layer i of n has t = i / (n - 1); settings resolve
-// source > slice > global; the values checked against a direct computation in double.
+// source > slice > module > global; the values checked against a direct computation in double.
+// mergekit's modules: a vision-language checkpoint merged module by module.
 #include <gtest/gtest.h>
 
 #include "decoder_fixtures.h"
@@ -176,8 +177,8 @@ TEST(Slices, ErrorsNameTheKeyAndWriteNothing) {
             std::string::npos);
   EXPECT_NE(error("merge_method: linear\nslices: [{sources: [{model: $A, layer_range: [0, 2]}, {model: $B, "
                   "layer_range: [0, 3]}]}]\n")
-                .find("slices[0]: every source must give the same number of layers (sources[0] gives 2, "
-                      "sources[1] 3)"),
+                .find("slices[0]: every source must give the same number of layers (slices[0].sources[0] gives "
+                      "2, slices[0].sources[1] 3)"),
             std::string::npos);
   EXPECT_NE(error("merge_method: task_arithmetic\nslices: [{sources: [{model: $A, layer_range: [0, 2]}, {model: $B, "
                   "layer_range: [0, 2]}]}]\n")
@@ -196,6 +197,173 @@ TEST(Slices, ErrorsNameTheKeyAndWriteNothing) {
             std::string::npos);
   EXPECT_NE(error("merge_method: regmean\nslices: [{sources: [{model: $A, layer_range: [0, 2]}]}]\n")
                 .find("slices: regmean measures whole models' statistics"),
+            std::string::npos);
+}
+
+// A Mistral3-style vision-language checkpoint: a 4-layer text decoder, a projector and a
+// 3-layer vision tower, under mergekit's weight prefixes for Mistral3ForConditionalGeneration.
+struct TwoVisionLanguageModels {
+  TempDir dir;
+  Weights a, b;
+  TwoVisionLanguageModels() {
+    const Json c = {{"architectures", {"Mistral3ForConditionalGeneration"}},
+                    {"model_type", "mistral3"},
+                    {"text_config", {{"num_hidden_layers", 4}, {"hidden_size", 4}}},
+                    {"vision_config", {{"num_hidden_layers", 3}}}};
+    std::vector<std::pair<std::string, Shape>> shapes = {{"language_model.model.embed_tokens.weight", {10, 4}},
+                                                         {"language_model.model.norm.weight", {4}},
+                                                         {"language_model.lm_head.weight", {10, 4}},
+                                                         {"multi_modal_projector.linear_1.weight", {4, 6}},
+                                                         {"vision_tower.patch_conv.weight", {6, 3}},
+                                                         {"vision_tower.ln_pre.weight", {6}}};
+    for (int l = 0; l < 4; ++l) {
+      shapes.push_back({text_layer(l, "self_attn.q_proj.weight"), {4, 4}});
+      shapes.push_back({text_layer(l, "input_layernorm.weight"), {4}});
+    }
+    for (int l = 0; l < 3; ++l) shapes.push_back({vision_layer(l), {6, 6}});
+    const auto init = [](const std::string&) { return std::pair{0.0f, 1.0f}; };
+    a = write_random_checkpoint(dir.path() / "a", c, shapes, DType::F32, 21, init);
+    b = write_random_checkpoint(dir.path() / "b", c, shapes, DType::F32, 22, init);
+  }
+  static std::string text_layer(int64_t l, const std::string& rest) {
+    return "language_model.model.layers." + std::to_string(l) + "." + rest;
+  }
+  static std::string vision_layer(int64_t l) {
+    return "vision_tower.transformer.layers." + std::to_string(l) + ".attention.q_proj.weight";
+  }
+  fs::path out() const { return dir.path() / "out"; }
+  void merge(std::string yaml, const fs::path& out) const {
+    for (const auto& [from, to] : {std::pair{"$A", dir.path() / "a"}, std::pair{"$B", dir.path() / "b"}})
+      for (size_t at = yaml.find(from); at != std::string::npos; at = yaml.find(from, at + to.string().size()))
+        yaml.replace(at, 2, to.string());
+    write_bytes(dir.path() / "merge.yaml", yaml);
+    MergeOptions o;
+    o.output = out;
+    o.quiet = true;
+    run_merge(load_merge_config(dir.path() / "merge.yaml"), o);
+  }
+};
+
+TEST(Modules, AVisionLanguageModelMergesEachModuleFromItsOwnModelsOrSlices) {
+  const TwoVisionLanguageModels m;
+  m.merge(R"(
+merge_method: linear
+parameters: {weight: 1}
+modules:
+  text_decoder:
+    slices:
+      - sources: [{model: $A, layer_range: [0, 3]}]
+      - sources: [{model: $B, layer_range: [2, 4]}]
+  vision_tower:
+    models:
+      - model: $A
+      - model: $B
+        parameters: {weight: 3}
+    parameters: {weight: 0.5}
+  multi_modal_projector:
+    models: [$A, $B]
+)",
+          m.out());
+  const Weights out = read_checkpoint_values(m.out());
+  // The text decoder: a frankenmerge of a's layers 0-2 and b's 2-3, renumbered 0-4; its
+  // embeddings from the first slice (a), its norm and head from the last (b).
+  const std::pair<const Weights*, int64_t> from[] = {{&m.a, 0}, {&m.a, 1}, {&m.a, 2}, {&m.b, 2}, {&m.b, 3}};
+  for (int64_t l = 0; l < 5; ++l)
+    for (const char* part : {"self_attn.q_proj.weight", "input_layernorm.weight"})
+      EXPECT_EQ(out.at(m.text_layer(l, part)), from[l].first->at(m.text_layer(from[l].second, part)));
+  EXPECT_EQ(out.at("language_model.model.embed_tokens.weight"), m.a.at("language_model.model.embed_tokens.weight"));
+  EXPECT_EQ(out.at("language_model.model.norm.weight"), m.b.at("language_model.model.norm.weight"));
+  EXPECT_EQ(out.at("language_model.lm_head.weight"), m.b.at("language_model.lm_head.weight"));
+  // The vision tower: a at its module's weight 0.5, b at its own 3; the projector at the
+  // global 1 each. (wa a + wb b) / (wa + wb) in double against the F32 output.
+  auto expect_mean = [&](const std::string& name, double wa, double wb) {
+    const auto &x = m.a.at(name), &y = m.b.at(name), &got = out.at(name);
+    ASSERT_EQ(got.size(), x.size()) << name;
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_NEAR(got[i], (wa * x[i] + wb * y[i]) / (wa + wb), 1e-6 * (1 + std::abs(x[i]) + std::abs(y[i]))) << name;
+  };
+  for (int64_t l = 0; l < 3; ++l) expect_mean(m.vision_layer(l), 0.5, 3);
+  expect_mean("vision_tower.patch_conv.weight", 0.5, 3);
+  expect_mean("vision_tower.ln_pre.weight", 0.5, 3);
+  expect_mean("multi_modal_projector.linear_1.weight", 1, 1);
+  EXPECT_EQ(out.size(), 3 + 2 * 5 + 1 + 2 + 3U);
+
+  // config.json counts each module's layers under its own key.
+  const Json config = read_json(m.out() / "config.json");
+  EXPECT_EQ(config["text_config"]["num_hidden_layers"], 5);
+  EXPECT_EQ(config["text_config"]["hidden_size"], 4);
+  EXPECT_EQ(config["vision_config"]["num_hidden_layers"], 3);
+  EXPECT_FALSE(config.contains("num_hidden_layers"));
+
+  // The recorded config (modules written back) runs again to the same bits.
+  m.merge(read_bytes(m.out() / "amalgam_config.yaml"), m.dir.path() / "again");
+  EXPECT_EQ(read_bytes(m.dir.path() / "again" / "model.safetensors"), read_bytes(m.out() / "model.safetensors"));
+}
+
+// A one-module model's only module is mergekit's "default": modules: default: models: is the
+// top-level models: merge, the base_model added to the module's models as mergekit adds it.
+TEST(Modules, TheDefaultModuleOfAOneModuleModelIsTheWholeModel) {
+  const TwoLlamas m;
+  const auto merge_to = [&](const std::string& yaml, const char* out) {
+    m.merge(yaml);
+    fs::rename(m.out(), m.dir.path() / out);
+    return read_bytes(m.dir.path() / out / "model.safetensors");
+  };
+  EXPECT_EQ(merge_to("merge_method: linear\nmodels: [{model: $A, parameters: {weight: 1}}, {model: $B, parameters: "
+                     "{weight: 3}}]\n",
+                     "top"),
+            merge_to("merge_method: linear\nmodules:\n  default:\n    models: [{model: $A}, {model: $B, parameters: "
+                     "{weight: 3}}]\n    parameters: {weight: 1}\n",
+                     "module"));
+  EXPECT_EQ(merge_to("merge_method: task_arithmetic\nbase_model: $A\nmodels: [{model: $B, parameters: {weight: "
+                     "0.5}}]\n",
+                     "top_base"),
+            merge_to("merge_method: task_arithmetic\nbase_model: $A\nmodules: {default: {models: [{model: $B, "
+                     "parameters: {weight: 0.5}}]}}\n",
+                     "module_base"));
+  EXPECT_EQ(read_json(m.dir.path() / "module_base" / "config.json")["num_hidden_layers"], 3);
+}
+
+TEST(Modules, ErrorsNameTheModuleAndWriteNothing) {
+  const TwoVisionLanguageModels m;
+  auto error = [&](const std::string& yaml) {
+    const std::string e = input_error_of([&] { m.merge(yaml, m.out()); });
+    EXPECT_FALSE(fs::exists(m.out())) << e;
+    return e;
+  };
+  EXPECT_NE(error("merge_method: linear\nmodules: {vision: {models: [$A]}}\n")
+                .find("modules.vision: " + (m.dir.path() / "a").string() +
+                      " has no such module (its modules: text_decoder, multi_modal_projector, vision_tower)"),
+            std::string::npos);
+  EXPECT_NE(error("merge_method: passthrough\nslices: [{sources: [{model: $A, layer_range: [0, 2]}]}]\n")
+                .find("has modules (text_decoder, multi_modal_projector, vision_tower); slices of it go under "
+                      "modules: NAME: slices:"),
+            std::string::npos);
+  EXPECT_NE(error("merge_method: passthrough\nmodules: {text_decoder: {slices: [{sources: [{model: $A, layer_range: "
+                  "[2, 5]}]}]}}\n")
+                .find("modules.text_decoder.slices[0].sources[0].layer_range: [2, 5] goes past the model's 4 layers"),
+            std::string::npos);
+  EXPECT_NE(error("merge_method: linear\nmodules: {vision_tower: {models: [$A, $B], parameters: {t: 1}}}\n")
+                .find("modules.vision_tower.parameters.t: not a parameter of linear"),
+            std::string::npos);
+  EXPECT_NE(error("merge_method: linear\nmodules: {vision_tower: {models: [$A, {model: $B, parameters: {t: 1}}]}}\n")
+                .find("modules.vision_tower.models[1].parameters.t: not a parameter of linear"),
+            std::string::npos);
+  EXPECT_NE(error("merge_method: linear\nmodules: {vision_tower: {models: [$A], slices: [{sources: [{model: $A, "
+                  "layer_range: [0, 1]}]}]}}\n")
+                .find("modules.vision_tower: give either models or slices"),
+            std::string::npos);
+  EXPECT_NE(error("merge_method: linear\nmodels: [$A]\nmodules: {vision_tower: {models: [$A]}}\n")
+                .find("give one of models, slices and modules"),
+            std::string::npos);
+  // A tensor under no module's prefix (a checkpoint saved with other names).
+  write_random_checkpoint(m.dir.path() / "c", read_json(m.dir.path() / "a" / "config.json"),
+                          {{"model.language_model.embed_tokens.weight", {2, 2}}}, DType::F32, 1,
+                          [](const std::string&) {
+                            return std::pair{0.0f, 1.0f};
+                          });
+  EXPECT_NE(error("merge_method: linear\nmodules: {text_decoder: {models: [" + (m.dir.path() / "c").string() + "]}}\n")
+                .find("tensor 'model.language_model.embed_tokens.weight': belongs to none of the checkpoint's modules"),
             std::string::npos);
 }
 

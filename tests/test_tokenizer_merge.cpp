@@ -148,6 +148,32 @@ TEST(TokenizerMerge, AFineTuneWithTwoAddedTokensMergesWithItsBase) {
     EXPECT_EQ(e.path().filename().string().find(".out.vocab"), std::string::npos) << e.path();
 }
 
+// Slices take the output vocabulary too: a frankenmerge of the base's layers and the
+// fine-tune's has the embeddings of its first slice's model (the base, its rows for the added
+// tokens the fine-tune's, as mergekit's donor rule gives them) and the LM head of its last.
+TEST(TokenizerMerge, AFrankenmergeTakesTheVocabularyThroughItsSlices) {
+  TempDir tmp;
+  const TinyModel base = write_model(tmp / "base", 61, 1, plain_tokens(60), {});
+  const TinyModel ft = write_model(tmp / "ft", 63, 2, plain_tokens(60), {"<|tool|>", "<|end_tool|>"});
+  const CliResult r = merge(tmp,
+                            "merge_method: passthrough\ntokenizer_source: union\nslices:\n"
+                            "  - sources: [{model: base, layer_range: [0, 2]}]\n"
+                            "  - sources: [{model: ft, layer_range: [0, 2]}]\n",
+                            "out");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Rows embed = rows_of(tmp / "out", "model.embed_tokens.weight"), head = rows_of(tmp / "out", "lm_head.weight");
+  ASSERT_EQ(embed.size(), 63U);
+  ASSERT_EQ(head.size(), 63U);
+  for (size_t i = 0; i < 61; ++i) expect_row(embed, i, base.embed[i], "embed");
+  expect_row(embed, 61, ft.embed[61], "embed <|tool|>");
+  expect_row(embed, 62, ft.embed[62], "embed <|end_tool|>");
+  for (size_t i = 0; i < 63; ++i) expect_row(head, i, ft.head[i], "head");
+  const Json config = read_json_file(tmp / "out" / "config.json");
+  EXPECT_EQ(config["vocab_size"], 63);
+  EXPECT_EQ(config["num_hidden_layers"], 4);
+  EXPECT_EQ(read_json_file(tmp / "out" / "tokenizer.json")["added_tokens"].size(), 3U);
+}
+
 // union: the base's vocabulary, then the tokens other models add, in model order; a token two
 // models have and the base lacks takes their mean in the base, one model's token that model's
 // row everywhere.

@@ -61,7 +61,8 @@ CLI::Validator non_negative_number() {
 // Adds --threads and --progress to `app` and to every command under it (CLI11's fallthrough
 // would hand the option to the parent but leave its value to the command's positionals).
 void add_common_options(CLI::App& app, int& threads, std::string& progress) {
-  app.add_option("--threads", threads, "threads to use (default: the cores this process may use)")
+  app.add_option("--threads,--num-threads", threads,
+                 "threads to use (default: the cores this process may use; --num-threads: mergekit's name)")
       ->check(positive_number());
   app.add_option("--progress", progress, "auto (a bar on a terminal, plain lines elsewhere), bar, lines, none")
       ->check(CLI::IsMember({"auto", "bar", "lines", "none"}));

@@ -1,7 +1,9 @@
 // `amalgam merge CONFIG.yaml -o OUT/`: every registered method, from a mergekit-style config.
 // `amalgam methods`: the methods and their parameters.
+#include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -85,6 +87,82 @@ nlohmann::ordered_json merge_summary_json(const MergeConfig& config, const Merge
           {"audit", s.audit_summary}};
 }
 
+// mergekit's "5B", "500M", "100K" or a plain count. mergekit's help calls it parameters, but
+// its writer compares each shard's bytes with it, so it is bytes here too.
+uint64_t parse_mergekit_size(const std::string& text) {
+  static constexpr std::pair<char, uint64_t> kScales[] = {{'k', 1000}, {'m', 1000'000}, {'b', 1000'000'000}};
+  uint64_t scale = 1;
+  std::string digits = text;
+  for (const auto& [suffix, s] : kScales)
+    if (!text.empty() && std::tolower(static_cast<unsigned char>(text.back())) == suffix) {
+      scale = s;
+      digits.pop_back();
+    }
+  if (digits.empty() || digits.size() > 12 || digits.find_first_not_of("0123456789") != std::string::npos)
+    throw InputError("--out-shard-size: expected a count with an optional K, M or B, as mergekit's, got '" + text +
+                     "'");
+  return std::stoull(digits) * scale;
+}
+
+// mergekit-yaml's options, so that its command lines run unchanged. Those that change what is
+// written map to amalgam's (--out-shard-size, --copy-tokenizer, --write-model-card,
+// --transformers-cache, --random-seed, --num-threads); the rest change nothing here, each for
+// the reason given, said once on stderr when used.
+struct MergekitOptions {
+  std::string out_shard_size, transformers_cache;
+  bool safe_serialization = true;
+  std::vector<std::pair<CLI::Option*, std::string>> without_effect;  // and why
+};
+
+void add_mergekit_options(CLI::App& cmd, MergekitOptions& m, CLI::Option* max_shard_size) {
+  const std::string group = "mergekit-yaml's options";
+  cmd.add_option("--out-shard-size", m.out_shard_size, "mergekit's shard size: 5B, 500M (bytes)")
+      ->excludes(max_shard_size)
+      ->group(group);
+  cmd.add_option("--transformers-cache", m.transformers_cache, "the Hugging Face hub cache to find model ids in")
+      ->group(group);
+  cmd.add_flag("--safe-serialization,!--no-safe-serialization", m.safe_serialization,
+               "safetensors (amalgam writes nothing else)")
+      ->group(group);
+  const std::pair<const char*, const char*> flags[] = {
+      {"--allow-crimes", "amalgam merges any architectures tensor by tensor, by name and shape"},
+      {"--lazy-unpickle", "amalgam reads safetensors only: unpickling a checkpoint runs its code"},
+      {"--trust-remote-code", "amalgam runs no model code"},
+      {"--clone-tensors", "every output tensor is written on its own already"},
+      {"--async-write", "a second thread writes each tensor while the next merges already"},
+      {"--cuda", "amalgam computes on the CPU (BLAS)"},
+      {"--low-cpu-memory", "amalgam computes on the CPU (BLAS)"},
+      {"--read-to-gpu", "amalgam computes on the CPU (BLAS)"},
+      {"--multi-gpu", "amalgam computes on the CPU (BLAS)"},
+      {"--gpu-rich", "amalgam computes on the CPU (BLAS)"},
+      {"-v,--verbose", "amalgam's progress says what it does (--progress lines for a line per step)"},
+  };
+  for (const auto& [name, why] : flags)
+    m.without_effect.emplace_back(cmd.add_flag(name)->description(std::string("no effect: ") + why)->group(group), why);
+  const std::pair<const char*, const char*> options[] = {
+      {"--device", "amalgam computes on the CPU (BLAS)"},
+      {"--lora-merge-cache", "an adapter is applied into a hidden sibling of the output for the run, then removed"},
+      {"--lora-merge-dtype", "a LoRA is applied in float32 and stored in its base's dtype"},
+      {"--write-threads", "a second thread writes each tensor while the next merges"},
+  };
+  for (const auto& [name, why] : options)
+    m.without_effect.emplace_back(cmd.add_option(name)->description(std::string("no effect: ") + why)->group(group),
+                                  why);
+}
+
+// Applies what maps to amalgam's own options; notes the rest.
+void apply_mergekit_options(const MergekitOptions& m, MergeOptions& options) {
+  if (!m.safe_serialization)
+    throw InputError(
+        "--no-safe-serialization: amalgam writes safetensors only (a pickled checkpoint runs code when "
+        "loaded)");
+  if (!m.out_shard_size.empty()) options.max_shard_bytes = parse_mergekit_size(m.out_shard_size);
+  if (!m.transformers_cache.empty()) ::setenv("HF_HUB_CACHE", m.transformers_cache.c_str(), 1);
+  if (options.quiet) return;
+  for (const auto& [option, why] : m.without_effect)
+    if (option->count() > 0) std::cerr << "amalgam: note: " << option->get_name() << " has no effect: " << why << "\n";
+}
+
 }  // namespace
 
 void add_merge_command(CLI::App& app) {
@@ -96,6 +174,7 @@ void add_merge_command(CLI::App& app) {
     bool no_check_finite = false;
     bool no_audit = false;
     bool json = false;
+    MergekitOptions mergekit;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("config", a->config, "merge config (YAML)")->required();
@@ -103,7 +182,8 @@ void add_merge_command(CLI::App& app) {
   auto* positional_output = cmd->add_option("output", a->positional_output, "output checkpoint directory (or -o)");
   cmd->add_option("-o,--output", a->output, "output checkpoint directory")->excludes(positional_output);
   cmd->add_flag("--force", a->options.force, "replace an existing output");
-  cmd->add_option("--max-shard-size", a->shard_size, "largest output shard, e.g. 5GB, 500MB (default 5GB)");
+  auto* max_shard_size =
+      cmd->add_option("--max-shard-size", a->shard_size, "largest output shard, e.g. 5GB, 500MB (default 5GB)");
   cmd->add_option("--max-memory", a->max_memory,
                   "memory a data-aware method may hold, e.g. 8GB (default: half of physical memory); RegMean++'s "
                   "hidden states go to a scratch file beyond half of it");
@@ -115,11 +195,12 @@ void add_merge_command(CLI::App& app) {
       cmd->add_option("--seed,--random-seed", a->seed, "seed of the random methods (DARE); overrides the config's")
           ->check(non_negative_number());
   cmd->add_flag("-q,--quiet", a->options.quiet, "no progress or summary");
-  cmd->add_flag("!--no-copy-tokenizer", a->options.copy_tokenizer,
-                "leave the base's tokenizer files out of the output (mergekit's --no-copy-tokenizer)");
-  cmd->add_flag("!--no-write-model-card", a->options.model_card,
-                "write no README.md model card (mergekit's --no-write-model-card)");
+  cmd->add_flag("--copy-tokenizer,!--no-copy-tokenizer", a->options.copy_tokenizer,
+                "carry the base's tokenizer files into the output (default), or not (mergekit's flags)");
+  cmd->add_flag("--write-model-card,!--no-write-model-card", a->options.model_card,
+                "write a README.md model card (default), or not (mergekit's flags)");
   cmd->add_flag("--json", a->json, "print the summary as one JSON object on stdout (progress still on stderr)");
+  add_mergekit_options(*cmd, a->mergekit, max_shard_size);
   cmd->callback([a, seed] {
     if (a->output.empty()) a->output = a->positional_output;
     if (a->output.empty())
@@ -131,6 +212,7 @@ void add_merge_command(CLI::App& app) {
     a->options.audit = !a->no_audit;
     if (!a->max_memory.empty()) a->options.max_memory = parse_byte_size(a->max_memory);
     if (seed->count() > 0) a->options.seed = a->seed;
+    apply_mergekit_options(a->mergekit, a->options);
     const MergeConfig config = load_merge_config(a->config);
     const MergeSummary s = run_merge(config, a->options);
     if (a->json) std::cout << merge_summary_json(config, s, a->output).dump(2) << "\n";

@@ -125,7 +125,10 @@ class ConfigParser : YamlConfigReader {
                                       std::optional<std::filesystem::path>& adapter) const;
   fs::path parse_path(const YAML::Node& n, const std::string& path) const;
   std::vector<ModelEntry> parse_models(const YAML::Node& n) const;
-  std::vector<MergeSlice> parse_slices(const YAML::Node& n, std::vector<std::string>& slice_bases) const;
+  std::vector<MergeSlice> parse_slices(const YAML::Node& n, const std::string& path,
+                                       std::vector<std::string>& slice_bases) const;
+  void parse_modules(const YAML::Node& n, MergeConfig& c, std::vector<std::string>& slice_bases) const;
+  void add_bases_to_modules(MergeConfig& c) const;
   SliceSource parse_slice_source(const YAML::Node& n, const std::string& path) const;
   void link_slices(MergeConfig& c, const std::vector<std::string>& slice_bases) const;
   TokenizerSettings parse_tokenizer(const YAML::Node& n, const std::string& path) const;
@@ -151,36 +154,35 @@ MergeConfig ConfigParser::parse(const YAML::Node& root) const {
   MergeConfig c;
   c.source = source_;
   std::vector<std::string> slice_bases;
+  std::vector<std::string> given;  // of models, slices and modules
   for_each_entry(root, "", [&](const std::string& key, const YAML::Node& v) {
+    if ((key == "models" || key == "slices" || key == "modules") && !v.IsNull()) given.push_back(key);
     if (key == "slices" && !v.IsNull())
-      c.slices = parse_slices(v, slice_bases);
+      c.slices = parse_slices(v, "slices", slice_bases);
+    else if (key == "modules" && !v.IsNull())
+      parse_modules(v, c, slice_bases);
     else
       parse_top_key(c, key, v);
   });
   if (c.merge_method.empty()) fail("merge_method", "required");
-  if (!c.slices.empty() && !c.models.empty()) fail("", "give either models or slices, not both (as mergekit)");
-  if (c.slices.empty() && c.models.empty()) fail("models", "required: the list of models to merge (or slices)");
+  if (given.size() > 1)
+    fail("", "give one of models, slices and modules (as mergekit), not " + given[0] + " and " + given[1]);
+  if (c.slices.empty() && c.models.empty())
+    fail("models", "required: the list of models to merge (or slices, or modules)");
+  add_bases_to_modules(c);
   link_slices(c, slice_bases);
   link_tokenizer(c);
   return c;
 }
 
-bool is_unsupported_key(const std::string& key) {
-  return key == "modules";
-}
-
 bool is_known_key(const std::string& key) {
-  return key == "merge_method" || key == "models" || key == "slices" || key == "base_model" || key == "parameters" ||
-         key == "dtype" || key == "out_dtype" || key == "seed" || key == "tokenizer_source" || key == "tokenizer" ||
-         key == "chat_template";
+  return key == "merge_method" || key == "models" || key == "slices" || key == "modules" || key == "base_model" ||
+         key == "parameters" || key == "dtype" || key == "out_dtype" || key == "seed" || key == "tokenizer_source" ||
+         key == "tokenizer" || key == "chat_template";
 }
 
 // A key set to null counts as absent, as in mergekit, where every optional field is Optional.
 void ConfigParser::parse_top_key(MergeConfig& c, const std::string& key, const YAML::Node& v) const {
-  if (is_unsupported_key(key)) {
-    if (!v.IsNull()) fail(key, "not supported by amalgam");
-    return;
-  }
   if (!is_known_key(key)) fail("", "unknown key '" + key + "'");
   if (key == "merge_method") {
     c.merge_method = parse_string(v, key);
@@ -352,11 +354,12 @@ std::vector<ModelEntry> ConfigParser::parse_models(const YAML::Node& n) const {
   return models;
 }
 
-std::vector<MergeSlice> ConfigParser::parse_slices(const YAML::Node& n, std::vector<std::string>& slice_bases) const {
-  if (!n.IsSequence() || n.size() == 0) fail("slices", "expected a non-empty list, got " + describe(n));
+std::vector<MergeSlice> ConfigParser::parse_slices(const YAML::Node& n, const std::string& at_key,
+                                                   std::vector<std::string>& slice_bases) const {
+  if (!n.IsSequence() || n.size() == 0) fail(at_key, "expected a non-empty list, got " + describe(n));
   std::vector<MergeSlice> slices;
   for (size_t i = 0; i < n.size(); ++i) {
-    const std::string path = index_path("slices", i);
+    const std::string path = index_path(at_key, i);
     if (!n[i].IsMap()) fail(path, "expected a map with 'sources', got " + describe(n[i]));
     MergeSlice slice;
     std::string base;
@@ -412,6 +415,60 @@ SliceSource ConfigParser::parse_slice_source(const YAML::Node& n, const std::str
   return s;
 }
 
+// modules: NAME -> {models | slices, parameters}, normalized as mergekit normalizes it: a
+// module's models become one slice of whole stacks; every module's slices go to c.slices.
+void ConfigParser::parse_modules(const YAML::Node& n, MergeConfig& c, std::vector<std::string>& slice_bases) const {
+  if (!n.IsMap() || n.size() == 0) fail("modules", "expected a non-empty map of module names, got " + describe(n));
+  for_each_entry(n, "modules", [&](const std::string& name, const YAML::Node& def) {
+    const std::string path = key_path("modules", name);
+    if (!def.IsMap()) fail(path, "expected a map with models or slices, got " + describe(def));
+    MergeModule module{name, c.slices.size(), 0, false, {}};
+    std::vector<MergeSlice> slices;
+    for_each_entry(def, path, [&](const std::string& key, const YAML::Node& v) {
+      const std::string at = key_path(path, key);
+      if (key != "models" && key != "slices" && key != "parameters") fail(path, "unknown key '" + key + "'");
+      if (v.IsNull()) return;
+      if (key == "parameters") {
+        module.parameters = parse_params(v, at);
+      } else if (key == "slices") {
+        slices = parse_slices(v, at, slice_bases);
+      } else {
+        if (!v.IsSequence() || v.size() == 0) fail(at, "expected a non-empty list, got " + describe(v));
+        MergeSlice whole;
+        for (size_t j = 0; j < v.size(); ++j) {
+          ModelEntry m = parse_model(v[j], index_path(at, j));
+          if (!m.data.empty() || m.stats)
+            fail(index_path(at, j), "data and stats take a models: merge (data-aware methods merge whole models)");
+          whole.sources.push_back({m.model, std::nullopt, 0, 0, true, false, std::move(m.parameters)});
+        }
+        slices.push_back(std::move(whole));
+        slice_bases.emplace_back();
+        module.from_models = true;
+      }
+    });
+    const bool given_slices = def["slices"] && !def["slices"].IsNull();
+    if (module.from_models == given_slices) fail(path, "give either models or slices (as mergekit)");
+    module.slice_count = slices.size();
+    for (MergeSlice& slice : slices) {
+      slice.module = c.modules.size();
+      c.slices.push_back(std::move(slice));
+    }
+    c.modules.push_back(std::move(module));
+  });
+}
+
+// mergekit adds the base_model to a module's models when they do not list it.
+void ConfigParser::add_bases_to_modules(MergeConfig& c) const {
+  if (!c.base_model) return;
+  for (const MergeModule& module : c.modules) {
+    if (!module.from_models) continue;
+    MergeSlice& slice = c.slices[module.first_slice];
+    const bool listed = std::any_of(slice.sources.begin(), slice.sources.end(),
+                                    [&](const SliceSource& s) { return s.model == *c.base_model; });
+    if (!listed) slice.sources.push_back({*c.base_model, std::nullopt, 0, 0, true, true, {}});
+  }
+}
+
 // With slices, `models` lists the distinct models the sources read, in order of first
 // appearance, except the base_model, which stays apart as with models; a slice's own
 // base_model must be one of its sources.
@@ -427,14 +484,14 @@ void ConfigParser::link_slices(MergeConfig& c, const std::vector<std::string>& s
       if (known != c.models.end()) continue;
       ModelEntry m;
       m.model = s.model;
-      m.path = resolve_model(s.model, index_path(index_path("slices", i) + ".sources", j) + ".model", m.adapter);
+      m.path = resolve_model(s.model, source_key(c, i, j) + ".model", m.adapter);
       c.models.push_back(std::move(m));
     }
     if (slice_bases[i].empty()) continue;
     const auto base = std::find_if(slice.sources.begin(), slice.sources.end(),
                                    [&](const SliceSource& s) { return s.model == slice_bases[i]; });
     if (base == slice.sources.end())
-      fail(index_path("slices", i) + ".base_model", "'" + slice_bases[i] + "' is not one of the slice's sources");
+      fail(slice_key(c, i) + ".base_model", "'" + slice_bases[i] + "' is not one of the slice's sources");
     slice.base_source = static_cast<size_t>(base - slice.sources.begin());
   }
 }
@@ -802,9 +859,10 @@ YAML::Node model_to_yaml(const ModelEntry& m) {
 
 // Sources name their models as `models` and base_model do (the resolved config names them by
 // absolute path).
-YAML::Node slices_to_yaml(const MergeConfig& config) {
+YAML::Node slices_to_yaml(const MergeConfig& config, size_t first, size_t count) {
   YAML::Node slices(YAML::NodeType::Sequence);
-  for (const MergeSlice& slice : config.slices) {
+  for (size_t i = first; i < first + count; ++i) {
+    const MergeSlice& slice = config.slices[i];
     YAML::Node node(YAML::NodeType::Map);
     YAML::Node sources(YAML::NodeType::Sequence);
     auto name_of = [&](const SliceSource& s) {
@@ -828,6 +886,30 @@ YAML::Node slices_to_yaml(const MergeConfig& config) {
     slices.push_back(node);
   }
   return slices;
+}
+
+// A module given as models: its slice's sources as model entries, less the base mergekit adds.
+YAML::Node modules_to_yaml(const MergeConfig& config) {
+  YAML::Node modules(YAML::NodeType::Map);
+  for (const MergeModule& module : config.modules) {
+    YAML::Node node(YAML::NodeType::Map);
+    if (module.from_models) {
+      YAML::Node models(YAML::NodeType::Sequence);
+      for (const SliceSource& s : config.slices.at(module.first_slice).sources) {
+        if (s.added_base) continue;
+        YAML::Node entry(YAML::NodeType::Map);
+        entry["model"] = text_node(s.candidate ? config.models.at(*s.candidate).model : config.base_model.value());
+        if (!s.parameters.empty()) entry["parameters"] = params_to_yaml(s.parameters);
+        models.push_back(entry);
+      }
+      node["models"] = models;
+    } else {
+      node["slices"] = slices_to_yaml(config, module.first_slice, module.slice_count);
+    }
+    if (!module.parameters.empty()) node["parameters"] = params_to_yaml(module.parameters);
+    modules[text_node(module.name)] = node;
+  }
+  return modules;
 }
 
 YAML::Node tokenizer_to_yaml(const MergeConfig& config) {
@@ -869,12 +951,14 @@ std::string merge_config_to_yaml(const MergeConfig& config) {
   YAML::Node root(YAML::NodeType::Map);
   root["merge_method"] = text_node(config.merge_method);
   if (config.base_model) root["base_model"] = text_node(*config.base_model);
-  if (config.slices.empty()) {
+  if (!config.modules.empty()) {
+    root["modules"] = modules_to_yaml(config);
+  } else if (config.slices.empty()) {
     YAML::Node models(YAML::NodeType::Sequence);
     for (const ModelEntry& m : config.models) models.push_back(model_to_yaml(m));
     root["models"] = models;
   } else {
-    root["slices"] = slices_to_yaml(config);
+    root["slices"] = slices_to_yaml(config, 0, config.slices.size());
   }
   if (!config.parameters.empty()) root["parameters"] = params_to_yaml(config.parameters);
   if (config.dtype) root["dtype"] = dtype_config_name(*config.dtype);
@@ -909,11 +993,30 @@ std::optional<double> resolve_param(const MergeConfig& config, const std::string
     if (owner.source)
       if (std::optional<double> v = from(slice.sources.at(*owner.source).parameters)) return v;
     if (std::optional<double> v = from(slice.parameters)) return v;
+    if (slice.module)
+      if (std::optional<double> v = from(config.modules.at(*slice.module).parameters)) return v;
   } else if (owner.model) {
     if (std::optional<double> v = from(config.models.at(*owner.model).parameters)) return v;
   }
   if (auto it = config.parameters.find(name); it != config.parameters.end()) return it->second.evaluate(tensor_name, t);
   return std::nullopt;
+}
+
+std::string slice_key(const MergeConfig& config, size_t s) {
+  const MergeSlice& slice = config.slices.at(s);
+  if (!slice.module) return "slices[" + std::to_string(s) + "]";
+  const MergeModule& module = config.modules.at(*slice.module);
+  const std::string at = "modules." + module.name;
+  return module.from_models ? at + ".models" : at + ".slices[" + std::to_string(s - module.first_slice) + "]";
+}
+
+std::string source_key(const MergeConfig& config, size_t s, size_t j) {
+  const MergeSlice& slice = config.slices.at(s);
+  if (slice.module && config.modules.at(*slice.module).from_models) {
+    if (slice.sources.at(j).added_base) return "base_model";
+    return slice_key(config, s) + "[" + std::to_string(j) + "]";
+  }
+  return slice_key(config, s) + ".sources[" + std::to_string(j) + "]";
 }
 
 std::optional<DType> parse_dtype_name(std::string_view name) {

@@ -107,12 +107,40 @@ struct SliceSource {
   std::string model;                // as written
   std::optional<size_t> candidate;  // its entry in MergeConfig::models; nullopt: the base_model
   int64_t first = 0, end = 0;       // layer_range [first, end)
+  // A module's `models:` entry: the model's whole stack of layers in its module (the planner
+  // counts them); `added_base`: the base_model, which mergekit adds to a module's models
+  // when they do not list it.
+  bool whole_stack = false;
+  bool added_base = false;
   ParamMap parameters;
 };
 struct MergeSlice {
   std::vector<SliceSource> sources;
   std::optional<size_t> base_source;      // the slice's own base_model: one of its sources
   std::optional<double> residual_weight;  // read and kept; mergekit's current code does not use it
+  ParamMap parameters;
+  std::optional<size_t> module;  // its entry in MergeConfig::modules, with `modules:`
+};
+
+// mergekit's modules: the parts of a multi-module checkpoint (a vision-language model's
+// text_decoder, vision_tower and multi_modal_projector; an encoder-decoder's encoder and
+// decoder), each merged from its own models or slices (merge/modules.h says which tensors
+// belong to which). A one-module checkpoint's only module is "default".
+//
+//   modules:
+//     text_decoder:
+//       slices: [...]                      # as the top-level slices
+//     vision_tower:
+//       models: [{model: a}, {model: b}]   # each model's whole module
+//       parameters: {weight: 0.5}          # between a slice's settings and the global ones
+//
+// Parsed as mergekit normalizes it: every module's models become one slice whose sources
+// take each model's whole stack, and all modules' slices lie in MergeConfig::slices, module
+// after module.
+struct MergeModule {
+  std::string name;
+  size_t first_slice = 0, slice_count = 0;  // its slices in MergeConfig::slices
+  bool from_models = false;                 // given as models: (and written back so)
   ParamMap parameters;
 };
 
@@ -143,6 +171,7 @@ struct MergeConfig {
   std::optional<std::filesystem::path> base_adapter;  // "BASE+ADAPTER", as for a model
   std::vector<ModelEntry> models;                     // with slices: the distinct models they read, base_model apart
   std::vector<MergeSlice> slices;
+  std::vector<MergeModule> modules;  // with modules: (their slices in `slices`)
   ParamMap parameters;
   std::optional<DType> dtype;
   std::optional<DType> out_dtype;
@@ -154,8 +183,8 @@ struct MergeConfig {
 
 // Parses YAML text. Errors are InputError naming `source` and the key, e.g.
 // "merge.yaml: models[1].parameters.weight: expected a number, a list of numbers, or a list of
-// {filter, value}, got 'abc'". Unknown keys are errors; `modules`, which amalgam does not act
-// on, is an error saying so. Exactly one of models and slices. Numbers must be plain YAML scalars (a quoted
+// {filter, value}, got 'abc'". Unknown keys are errors. Exactly one of models, slices and
+// modules. Numbers must be plain YAML scalars (a quoted
 // "0.5" is a string, an error) and finite. An optional key set to null counts as absent, and a models entry may be a
 // bare string, short for {model: STRING}.
 MergeConfig parse_merge_config(std::string_view yaml_text, const std::filesystem::path& source);
@@ -173,8 +202,8 @@ struct ParamOwner {
   std::optional<size_t> slice;
   std::optional<size_t> source;
 };
-// mergekit's precedence: the slice source's setting, the slice's, then the global one (with
-// models: the model's own, then the global); a setting that evaluates to nullopt (no
+// mergekit's precedence: the slice source's setting, the slice's, its module's, then the
+// global one (with models: the model's own, then the global); a setting that evaluates to nullopt (no
 // conditional matched) falls through. nullopt if none applies.
 std::optional<double> resolve_param(const MergeConfig& config, const std::string& name, const ParamOwner& owner,
                                     std::string_view tensor_name, double t);
@@ -183,6 +212,11 @@ inline std::optional<double> resolve_param(const MergeConfig& config, const std:
                                            std::optional<size_t> model_index, std::string_view tensor_name, double t) {
   return resolve_param(config, name, ParamOwner{model_index, std::nullopt, std::nullopt}, tensor_name, t);
 }
+
+// Where the config writes slice `s` and its source `j`, for messages: "slices[1]",
+// "modules.text_decoder.slices[0].sources[1]", "modules.vision_tower.models[0]".
+std::string slice_key(const MergeConfig& config, size_t s);
+std::string source_key(const MergeConfig& config, size_t s, size_t j);
 
 // Shared with the other YAML configs (MASS): the text parsed, a syntax error an InputError
 // naming `source`, the line and the column; and a path written in a config, resolved

@@ -63,8 +63,7 @@ void check_config_paths_exist(const MergeConfig& config) {
     std::string key = "models[" + std::to_string(i) + "]";
     for (size_t sl = config.slices.size(); sl-- > 0;)  // with slices: the first source that names it
       for (size_t j = config.slices[sl].sources.size(); j-- > 0;)
-        if (config.slices[sl].sources[j].candidate == i)
-          key = "slices[" + std::to_string(sl) + "].sources[" + std::to_string(j) + "]";
+        if (config.slices[sl].sources[j].candidate == i) key = source_key(config, sl, j);
     if (m.adapter) check(*m.adapter, key + ".model", m.model.substr(m.model.find('+') + 1), true);
     check(m.path, key + ".model", m.adapter ? m.model.substr(0, m.model.find('+')) : m.model, true);
     for (size_t d = 0; d < m.data.size(); ++d)
@@ -134,14 +133,17 @@ void check_parameter_names(const MergeConfig& config, const MethodSpec& spec) {
   };
   for (size_t i = 0; i < config.models.size(); ++i)
     check_model_params(config.models[i].parameters, "models[" + std::to_string(i) + "]");
-  for (size_t s = 0; s < config.slices.size(); ++s) {
-    const std::string at = "slices[" + std::to_string(s) + "]";
-    for (const auto& [name, setting] : config.slices[s].parameters)
+  const auto check_any_params = [&](const ParamMap& params, const std::string& at) {
+    for (const auto& [name, setting] : params)
       if (!find(name))
         throw InputError(config.source, at + ".parameters." + name + ": not a parameter of " + spec.name +
                                             " (known: " + known() + ")");
+  };
+  for (const MergeModule& m : config.modules) check_any_params(m.parameters, "modules." + m.name);
+  for (size_t s = 0; s < config.slices.size(); ++s) {
+    check_any_params(config.slices[s].parameters, slice_key(config, s));
     for (size_t j = 0; j < config.slices[s].sources.size(); ++j)
-      check_model_params(config.slices[s].sources[j].parameters, at + ".sources[" + std::to_string(j) + "]");
+      check_model_params(config.slices[s].sources[j].parameters, source_key(config, s, j));
   }
 }
 
@@ -150,8 +152,8 @@ double resolve_one(const MergeConfig& config, const ParamSpec& p, const ParamOwn
   std::optional<double> v = resolve_param(config, p.name, owner, tensor, t);
   std::string where = "parameters." + p.name;
   if (owner.slice)
-    where = "slices[" + std::to_string(*owner.slice) + "]" +
-            (owner.source ? ".sources[" + std::to_string(*owner.source) + "]" : "") + "." + where;
+    where = (owner.source ? source_key(config, *owner.slice, *owner.source) : slice_key(config, *owner.slice)) + "." +
+            where;
   else if (owner.model)
     where = "models[" + std::to_string(*owner.model) + "]." + where;
   if (!v) v = p.default_value;
@@ -528,9 +530,22 @@ std::optional<DType> floating_dtype_written(const std::vector<TensorSpec>& plan)
       ->first;
 }
 
-// A slices merge's config.json says how many layers it wrote (num_hidden_layers, or GPT-2's
-// n_layer, whichever the reference's config has).
-void set_layer_count(nlohmann::ordered_json& config, int64_t layers) {
+// A slices merge's config.json says how many layers it wrote: under a module's dotted key
+// ("text_config.num_hidden_layers"), or for the one module of a one-module model under
+// num_hidden_layers, or GPT-2's n_layer, whichever the reference's config has.
+void set_layer_count(nlohmann::ordered_json& config, const std::string& key, int64_t layers) {
+  if (!key.empty()) {
+    nlohmann::ordered_json* at = &config;
+    for (size_t start = 0;;) {
+      const size_t dot = key.find('.', start);
+      if (!at->is_object()) *at = nlohmann::ordered_json::object();
+      at = &(*at)[key.substr(start, dot - start)];
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+    *at = layers;
+    return;
+  }
   bool set = false;
   for (const char* key : {"num_hidden_layers", "n_layer"})
     if (config.contains(key)) {
@@ -591,7 +606,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
 
   // Plan: every output tensor, merged when it is floating point, copied from its first input
   // when not (integer buffers).
-  std::optional<int64_t> sliced_layers;
+  std::vector<std::pair<std::string, int64_t>> sliced_layers;
   std::vector<PlannedTensor> planned;
   if (config.slices.empty()) {
     planned = plan_models(in);
@@ -601,7 +616,11 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
       readers[in.candidates.config_index[i]] = in.candidates.readers[i].get();
     SlicePlan slices = plan_slices(config, spec, in.base.get(), readers);
     planned = std::move(slices.tensors);
-    sliced_layers = slices.layers;
+    sliced_layers = std::move(slices.layer_counts);
+    for (const std::string& m : slices.modules_left_out)
+      if (!options.quiet)
+        std::cerr << "amalgam: warning: modules: the config does not give '" << m
+                  << "', so none of its tensors is written (as mergekit)\n";
     for (PlannedTensor& p : planned) {  // the embeddings in the output vocabulary
       if (!in.vocabulary_tensors.contains(p.out.name)) continue;
       for (TensorSource& s : p.inputs) s.reader = &in.source(*s.reader, s.name);
@@ -647,7 +666,7 @@ MergeSummary run_merge(const MergeConfig& config, const MergeOptions& options) {
   if (config.chat_template) set_chat_template(in, output.staging());
   if (ref.config()) {
     nlohmann::ordered_json out_config = config_for_output(nlohmann::ordered_json(*ref.config()), weights);
-    if (sliced_layers) set_layer_count(out_config, *sliced_layers);
+    for (const auto& [key, layers] : sliced_layers) set_layer_count(out_config, key, layers);
     if (in.vocabulary && out_config.contains("vocab_size")) out_config["vocab_size"] = in.vocabulary->rows;
     write_text_file(output.staging() / "config.json", out_config.dump(2) + "\n");
   }

@@ -1,8 +1,10 @@
 #include "merge/plan.h"
 
+#include <algorithm>
 #include <map>
 
 #include "core/error.h"
+#include "merge/modules.h"
 #include "model/model.h"
 
 namespace amalgam {
@@ -87,29 +89,43 @@ std::string with_layer(const LayerName& l, int64_t index) {
   return l.prefix + std::to_string(index) + (l.suffix.empty() ? "" : "." + l.suffix);
 }
 
-std::string source_key(size_t slice, size_t source) {
-  return "slices[" + std::to_string(slice) + "].sources[" + std::to_string(source) + "]";
+std::string module_names(const std::vector<ModuleLayout>& layouts) {
+  std::string names;
+  for (const ModuleLayout& m : layouts) names.append(names.empty() ? "" : ", ").append(m.name);
+  return names;
 }
 
+// Plans one module at a time: its tensors before the layers from its first slice's sources,
+// its slices' layers renumbered from 0 within its own stack, its tensors after the layers from
+// its last slice's sources. Top-level slices are the "default" module's.
 class SlicePlanner {
  public:
   SlicePlanner(const MergeConfig& config, const MethodSpec& spec, const CheckpointReader* base,
                std::span<const CheckpointReader* const> readers)
-      : config_(config), spec_(spec), base_(base), readers_(readers) {}
+      : config_(config), spec_(spec), base_(base), readers_(readers), layouts_(module_layouts(reader(0, 0))) {}
 
   SlicePlan plan() {
-    check_slices();
-    const CheckpointReader& first = reader(0, 0);
-    for (const std::string& name : first.names())
-      if (!layer_of(name) && before_layers(name)) add_outside(name, 0);
-    for (size_t s = 0; s < config_.slices.size(); ++s) {
-      const MergeSlice& slice = config_.slices[s];
-      const int64_t n = slice.sources[0].end - slice.sources[0].first;
-      for (int64_t i = 0; i < n; ++i) add_layer(s, i, n);
+    if (config_.modules.empty()) {
+      if (layouts_.size() > 1)
+        throw InputError(config_.source, "slices: " + reader(0, 0).path().string() + " has modules (" +
+                                             module_names(layouts_) +
+                                             "); slices of it go under modules: NAME: slices: (as mergekit)");
+      plan_module(layouts_.front(), 0, config_.slices.size());
+      return std::move(plan_);
     }
-    const size_t last = config_.slices.size() - 1;
-    for (const std::string& name : reader(last, 0).names())
-      if (!layer_of(name) && !before_layers(name)) add_outside(name, last);
+    check_every_tensor_has_a_module();
+    for (const MergeModule& m : config_.modules) {
+      const auto layout =
+          std::find_if(layouts_.begin(), layouts_.end(), [&](const ModuleLayout& l) { return l.name == m.name; });
+      if (layout == layouts_.end())
+        throw InputError(config_.source, "modules." + m.name + ": " + reader(0, 0).path().string() +
+                                             " has no such module (its modules: " + module_names(layouts_) + ")");
+      plan_module(*layout, m.first_slice, m.slice_count);
+    }
+    for (const ModuleLayout& l : layouts_)
+      if (std::none_of(config_.modules.begin(), config_.modules.end(),
+                       [&](const MergeModule& m) { return m.name == l.name; }))
+        plan_.modules_left_out.push_back(l.name);
     return std::move(plan_);
   }
 
@@ -119,32 +135,68 @@ class SlicePlanner {
     return s.candidate ? *readers_[*s.candidate] : *base_;
   }
 
+  // A multi-module checkpoint's tensors each belong to a module (mergekit writes no other).
+  void check_every_tensor_has_a_module() const {
+    const CheckpointReader& r = reader(0, 0);
+    for (const std::string& name : r.names())
+      if (!owning_module(layouts_, name))
+        throw InputError(r.path(), name,
+                         "belongs to none of the checkpoint's modules (" + module_names(layouts_) + ")");
+  }
+
+  bool in_stack(const ModuleLayout& module, const std::string& name) const {
+    if (module.stack.empty()) return false;
+    const auto l = layer_of(name);
+    return l && l->prefix == module.stack;
+  }
+
+  bool owns(const ModuleLayout& module, const std::string& name) const {
+    return owning_module(layouts_, name) == &module;
+  }
+
+  void plan_module(const ModuleLayout& module, size_t first, size_t count) {
+    check_slices(module, first, count);
+    for (const std::string& name : reader(first, 0).names())
+      if (owns(module, name) && !in_stack(module, name) && (module.stack.empty() || before_layers(name)))
+        add_outside(name, first);
+    int64_t layers = 0;
+    for (size_t s = first; s < first + count; ++s) {
+      const auto [begin, end] = range(module, s, 0);
+      for (int64_t i = 0; i < end - begin; ++i) add_layer(module, s, i, end - begin, layers++);
+    }
+    const size_t last = first + count - 1;
+    if (!module.stack.empty())
+      for (const std::string& name : reader(last, 0).names())
+        if (owns(module, name) && !in_stack(module, name) && !before_layers(name)) add_outside(name, last);
+    if (!module.stack.empty()) plan_.layer_counts.emplace_back(module.layers_key, layers);
+  }
+
   // Each source's layers exist and every source of a slice gives as many; each slice has the
   // base its method needs and as many models as it merges.
-  void check_slices() {
-    for (size_t s = 0; s < config_.slices.size(); ++s) {
+  void check_slices(const ModuleLayout& module, size_t first, size_t count) {
+    for (size_t s = first; s < first + count; ++s) {
       const MergeSlice& slice = config_.slices[s];
+      const auto [first0, end0] = range(module, s, 0);
       for (size_t j = 0; j < slice.sources.size(); ++j) {
         const SliceSource& src = slice.sources[j];
-        const int64_t layers = layer_count(reader(s, j), source_key(s, j));
-        if (src.end > layers)
-          throw InputError(config_.source, source_key(s, j) + ".layer_range: [" + std::to_string(src.first) + ", " +
-                                               std::to_string(src.end) + "] goes past the model's " +
+        const auto [begin, end] = range(module, s, j);
+        const int64_t layers = layer_count(module, reader(s, j), source_key(config_, s, j));
+        if (end > layers)
+          throw InputError(config_.source, source_key(config_, s, j) + ".layer_range: [" + std::to_string(src.first) +
+                                               ", " + std::to_string(src.end) + "] goes past the model's " +
                                                std::to_string(layers) + " layers");
-        if (src.end - src.first != slice.sources[0].end - slice.sources[0].first)
-          throw InputError(config_.source, "slices[" + std::to_string(s) +
-                                               "]: every source must give the same number of layers (sources[0] "
-                                               "gives " +
-                                               std::to_string(slice.sources[0].end - slice.sources[0].first) +
-                                               ", sources[" + std::to_string(j) + "] " +
-                                               std::to_string(src.end - src.first) + ")");
+        if (end - begin != end0 - first0)
+          throw InputError(config_.source,
+                           slice_key(config_, s) + ": every source must give the same number of layers (" +
+                               source_key(config_, s, 0) + " gives " + std::to_string(end0 - first0) + ", " +
+                               source_key(config_, s, j) + " " + std::to_string(end - begin) + ")");
       }
       const size_t merged = slice.sources.size() - (spec_.needs_base && base_source(s) ? 1 : 0);
       if (spec_.needs_base && !base_source(s))
-        throw InputError(config_.source, "slices[" + std::to_string(s) + "]: " + spec_.name +
+        throw InputError(config_.source, slice_key(config_, s) + ": " + spec_.name +
                                              " needs the base model among the slice's sources (base_model)");
       if (merged < spec_.min_models || merged > spec_.max_models)
-        throw InputError(config_.source, "slices[" + std::to_string(s) + "]: " + spec_.name + " merges " +
+        throw InputError(config_.source, slice_key(config_, s) + ": " + spec_.name + " merges " +
                                              std::to_string(spec_.min_models) +
                                              (spec_.max_models == spec_.min_models ? "" : " or more") + " model(s)" +
                                              (spec_.needs_base ? " besides the base" : "") + ", the slice has " +
@@ -152,14 +204,24 @@ class SlicePlanner {
     }
   }
 
-  // The number of layers of a checkpoint's one stack.
-  int64_t layer_count(const CheckpointReader& r, const std::string& key) {
-    if (const auto known = counts_.find(&r); known != counts_.end()) return known->second;
-    const std::map<std::string, int> stacks = find_layer_stacks(r.names());
-    if (stacks.size() != 1)
+  // Source j of slice s: its layer_range, or its model's whole stack.
+  std::pair<int64_t, int64_t> range(const ModuleLayout& module, size_t s, size_t j) {
+    const SliceSource& src = config_.slices[s].sources[j];
+    if (!src.whole_stack) return {src.first, src.end};
+    return {0, layer_count(module, reader(s, j), source_key(config_, s, j))};
+  }
+
+  // The number of layers in a checkpoint's stack of the module.
+  int64_t layer_count(const ModuleLayout& module, const CheckpointReader& r, const std::string& key) {
+    const auto id = std::make_pair(&r, &module);
+    if (const auto known = counts_.find(id); known != counts_.end()) return known->second;
+    if (module.name == "default" && module.stack.empty() && module.several_stacks)
       throw InputError(r.path(), key + ": slices take layers from a model with one stack of layers; this one has " +
-                                     std::to_string(stacks.size()));
-    return counts_[&r] = stacks.begin()->second;
+                                     std::to_string(find_layer_stacks(r.names()).size()));
+    int64_t layers = 0;
+    for (const std::string& name : r.names())
+      if (in_stack(module, name)) layers = std::max<int64_t>(layers, layer_of(name)->index + 1);
+    return counts_[id] = layers;
   }
 
   // The slice's base: its own base_model, else a source that is the config's base_model.
@@ -175,7 +237,7 @@ class SlicePlanner {
     const CheckpointReader& r = reader(s, j);
     if (!r.contains(name))
       throw InputError(r.path(), name,
-                       "missing (" + source_key(s, j) + " gives it to the output's '" + out_name + "')");
+                       "missing (" + source_key(config_, s, j) + " gives it to the output's '" + out_name + "')");
     return {&r, name, ParamOwner{config_.slices[s].sources[j].candidate, s, j}};
   }
 
@@ -211,15 +273,17 @@ class SlicePlanner {
     add(s, name, std::vector<std::string>(config_.slices[s].sources.size(), name), 0.0);
   }
 
-  void add_layer(size_t s, int64_t i, int64_t n) {
+  // Layer i of slice s's n, written as the module's layer `out_layer`.
+  void add_layer(const ModuleLayout& module, size_t s, int64_t i, int64_t n, int64_t out_layer) {
     const MergeSlice& slice = config_.slices[s];
     const double t = n > 1 ? static_cast<double>(i) / static_cast<double>(n - 1) : 1.0;
-    const int64_t out_layer = plan_.layers++;
+    std::vector<int64_t> firsts;
+    for (size_t j = 0; j < slice.sources.size(); ++j) firsts.push_back(range(module, s, j).first);
     for (const std::string& name : reader(s, 0).names()) {
       const auto l = layer_of(name);
-      if (!l || l->index != slice.sources[0].first + i) continue;
+      if (!l || !in_stack(module, name) || l->index != firsts[0] + i) continue;
       std::vector<std::string> names;
-      for (const SliceSource& src : slice.sources) names.push_back(with_layer(*l, src.first + i));
+      for (const int64_t f : firsts) names.push_back(with_layer(*l, f + i));
       add(s, with_layer(*l, out_layer), names, t);
     }
   }
@@ -228,7 +292,8 @@ class SlicePlanner {
   const MethodSpec& spec_;
   const CheckpointReader* base_;
   std::span<const CheckpointReader* const> readers_;
-  std::map<const CheckpointReader*, int64_t> counts_;
+  std::vector<ModuleLayout> layouts_;
+  std::map<std::pair<const CheckpointReader*, const ModuleLayout*>, int64_t> counts_;
   SlicePlan plan_;
 };
 

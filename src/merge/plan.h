@@ -71,15 +71,19 @@ bool before_layers(const std::string& name);
 // the layers): what RegMean's `embeddings: base` keeps from the base model.
 bool embedding_or_head(const std::string& name);
 
-// mergekit's slices planned (its plan_module and plan_slice): the tensors before the layers
-// from the first slice's sources, each slice's layers renumbered from 0 in output order with
-// t = i / (n - 1) across a slice of n layers (a lone layer: 1), the tensors after the layers
-// from the last slice's sources. `readers[i]` reads config.models[i]; `base` the base_model.
+// mergekit's slices planned (its plan_module and plan_slice), module by module (top-level
+// slices: the one module "default"; merge/modules.h): a module's tensors before its layers
+// from its first slice's sources, each slice's layers renumbered from 0 in output order with
+// t = i / (n - 1) across a slice of n layers (a lone layer: 1), its tensors after the layers
+// from its last slice's sources. `readers[i]` reads config.models[i]; `base` the base_model.
 // InputError naming the config key for a layer range outside a model, slices of unequal
-// lengths, a missing tensor, or a slice without the base a method needs.
+// lengths, a missing tensor, a slice without the base a method needs, a module the
+// checkpoint does not have, or a multi-module checkpoint's tensor that is in no module.
 struct SlicePlan {
   std::vector<PlannedTensor> tensors;
-  int64_t layers = 0;  // in the output
+  // Each module's layers in the output, by its config.json key (ModuleLayout::layers_key).
+  std::vector<std::pair<std::string, int64_t>> layer_counts;
+  std::vector<std::string> modules_left_out;  // the checkpoint's modules the config does not give
 };
 SlicePlan plan_slices(const MergeConfig& config, const MethodSpec& spec, const CheckpointReader* base,
                       std::span<const CheckpointReader* const> readers);
