@@ -20,6 +20,7 @@
 #include "clip_fixtures.h"
 #include "clip_reference.h"
 #include "core/error.h"
+#include "core/parallel.h"
 #include "data/preprocess.h"
 #include "data/task.h"
 #include "eval/evaluate.h"
@@ -112,6 +113,35 @@ TEST(SolveSymmetric, CholeskyMatchesGaussianElimination) {
   EXPECT_GT(s.condition, 1.0);
   const Doubles ref = gauss_solve(a, b, n, m);
   for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(solved[i], ref[i], 1e-9 * (1 + std::abs(ref[i])));
+}
+
+// Past one tile (256) the factorization and the right-hand sides run in tiles on every
+// thread: a 600-wide system (three tiles, the last partial) with 300 columns (two blocks)
+// against Gaussian elimination, and the same bits on 1, 2 and 3 threads.
+TEST(SolveSymmetric, TiledCholeskyMatchesGaussianEliminationOnAnyThreadCount) {
+  const int64_t n = 600, m = 300;
+  const Doubles x = random_values(static_cast<size_t>(2 * n * n), 5);
+  const Doubles a = gram_of(x, n);
+  const Doubles b = random_values(static_cast<size_t>(n * m), 6);
+  const Doubles ref = gauss_solve(a, b, n, m);
+  std::vector<Doubles> solved;
+  const int saved_threads = num_threads();
+  for (const int threads : {1, 2, 3}) {
+    set_thread_count(threads);
+    solved.push_back(b);
+    const SymmetricSolve s = solve_symmetric(a, n, solved.back(), m);
+    EXPECT_FALSE(s.fallback);
+    EXPECT_EQ(s.rank, n);
+  }
+  set_thread_count(saved_threads);
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    err = std::max(err, std::abs(solved[0][i] - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  EXPECT_LT(err, 1e-9 * scale);
+  EXPECT_EQ(solved[1], solved[0]);
+  EXPECT_EQ(solved[2], solved[0]);
 }
 
 TEST(SolveSymmetric, SingularFallsBackToThePseudoInverse) {
