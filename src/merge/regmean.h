@@ -46,14 +46,16 @@ void record_regmean_audit(TensorAudit& audit, const RegMeanLinear& solved);
 // weight with statistics.
 Tensor weighted_mean(const TensorJob& job);
 
-// alpha (global), weight (per model), examples and batch_size (global, calibration), and
+// alpha (global), weight (per model), examples, batch_size and max_length (global,
+// calibration), and
 // embeddings (global: mean 0, base 1).
 std::vector<ParamSpec> regmean_params();
 // `embeddings: base` needs a base_model: InputError naming the config otherwise.
 void check_embeddings_source(const MergeContext& ctx);
 
 // How both methods draw a candidate's `data:`: `examples` and `batch_size` (images per
-// forward, or texts per block call) from the parameters, the merge's seed.
+// forward, or texts per block call) and max_length (tokens per text) from the parameters,
+// the merge's seed.
 struct RegMeanCalibrationOptions {
   CalibrationOptions images;
   TextCalibrationOptions texts;

@@ -157,6 +157,7 @@ RegMeanCalibrationOptions regmean_calibration_options(const MergeContext& ctx) {
   RegMeanCalibrationOptions o;
   o.images.examples = o.texts.examples = static_cast<int64_t>(ctx.param("examples", std::nullopt, ""));
   o.images.batch_size = o.texts.batch_size = static_cast<int64_t>(ctx.param("batch_size", std::nullopt, ""));
+  o.texts.max_length = static_cast<int64_t>(ctx.param("max_length", std::nullopt, ""));
   o.images.seed = o.texts.seed = ctx.seed;
   o.images.quiet = o.texts.quiet = ctx.quiet;
   return o;
@@ -176,6 +177,8 @@ std::vector<ParamSpec> regmean_params() {
            "the model's weight: scales its Grams and its share of the mean"},
           {"examples", ParamSpec::Scope::Global, 256, 1, 1e7, "calibration examples per model (with `data`)"},
           {"batch_size", ParamSpec::Scope::Global, 32, 1, 65536, "images per forward while calibrating"},
+          {"max_length", ParamSpec::Scope::Global, 512, 1, 1e6,
+           "tokens per text record while calibrating a language model (longer ones are cut)"},
           {"embeddings", ParamSpec::Scope::Global, 0, 0, 1,
            "mean: the embeddings and lm_head are the models' weighted mean (RegMean's paper, FusionBench); base: "
            "the base model's (MergeBench)"}};
