@@ -68,6 +68,13 @@ std::vector<std::string> layer_parts(const Weights& w) {
   return parts;
 }
 
+// The input error a merge fails with, having written nothing at `out`.
+std::string refused(const std::function<void()>& merge, const fs::path& out) {
+  const std::string e = input_error_of(merge);
+  EXPECT_FALSE(fs::exists(out)) << e;
+  return e;
+}
+
 TEST(Slices, AFrankenmergeTakesLayersWholeAndRenumbersThem) {
   const TwoLlamas m;
   m.merge(R"(
@@ -167,11 +174,7 @@ parameters:
 
 TEST(Slices, ErrorsNameTheKeyAndWriteNothing) {
   const TwoLlamas m;
-  auto error = [&](const std::string& yaml) {
-    const std::string e = input_error_of([&] { m.merge(yaml); });
-    EXPECT_FALSE(fs::exists(m.out())) << e;
-    return e;
-  };
+  auto error = [&](const std::string& yaml) { return refused([&] { m.merge(yaml); }, m.out()); };
   EXPECT_NE(error("merge_method: passthrough\nslices: [{sources: [{model: $A, layer_range: [1, 5]}]}]\n")
                 .find("slices[0].sources[0].layer_range: [1, 5] goes past the model's 3 layers"),
             std::string::npos);
@@ -326,11 +329,7 @@ TEST(Modules, TheDefaultModuleOfAOneModuleModelIsTheWholeModel) {
 
 TEST(Modules, ErrorsNameTheModuleAndWriteNothing) {
   const TwoVisionLanguageModels m;
-  auto error = [&](const std::string& yaml) {
-    const std::string e = input_error_of([&] { m.merge(yaml, m.out()); });
-    EXPECT_FALSE(fs::exists(m.out())) << e;
-    return e;
-  };
+  auto error = [&](const std::string& yaml) { return refused([&] { m.merge(yaml, m.out()); }, m.out()); };
   EXPECT_NE(error("merge_method: linear\nmodules: {vision: {models: [$A]}}\n")
                 .find("modules.vision: " + (m.dir.path() / "a").string() +
                       " has no such module (its modules: text_decoder, multi_modal_projector, vision_tower)"),

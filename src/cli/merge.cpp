@@ -124,30 +124,35 @@ void add_mergekit_options(CLI::App& cmd, MergekitOptions& m, CLI::Option* max_sh
   cmd.add_flag("--safe-serialization,!--no-safe-serialization", m.safe_serialization,
                "safetensors (amalgam writes nothing else)")
       ->group(group);
-  const std::pair<const char*, const char*> flags[] = {
-      {"--allow-crimes", "amalgam merges any architectures tensor by tensor, by name and shape"},
-      {"--lazy-unpickle", "amalgam reads safetensors only: unpickling a checkpoint runs its code"},
-      {"--trust-remote-code", "amalgam runs no model code"},
-      {"--clone-tensors", "every output tensor is written on its own already"},
-      {"--async-write", "a second thread writes each tensor while the next merges already"},
-      {"--cuda", "amalgam computes on the CPU (BLAS)"},
-      {"--low-cpu-memory", "amalgam computes on the CPU (BLAS)"},
-      {"--read-to-gpu", "amalgam computes on the CPU (BLAS)"},
-      {"--multi-gpu", "amalgam computes on the CPU (BLAS)"},
-      {"--gpu-rich", "amalgam computes on the CPU (BLAS)"},
-      {"-v,--verbose", "amalgam's progress says what it does (--progress lines for a line per step)"},
+  constexpr const char* kCpu = "amalgam computes on the CPU (BLAS)";
+  constexpr const char* kWriter = "a second thread writes each tensor while the next merges already";
+  struct WithoutEffect {
+    const char* name;
+    bool takes_value;
+    const char* why;
   };
-  for (const auto& [name, why] : flags)
-    m.without_effect.emplace_back(cmd.add_flag(name)->description(std::string("no effect: ") + why)->group(group), why);
-  const std::pair<const char*, const char*> options[] = {
-      {"--device", "amalgam computes on the CPU (BLAS)"},
-      {"--lora-merge-cache", "an adapter is applied into a hidden sibling of the output for the run, then removed"},
-      {"--lora-merge-dtype", "a LoRA is applied in float32 and stored in its base's dtype"},
-      {"--write-threads", "a second thread writes each tensor while the next merges"},
+  const WithoutEffect flags[] = {
+      {"--allow-crimes", false, "amalgam merges any architectures tensor by tensor, by name and shape"},
+      {"--lazy-unpickle", false, "amalgam reads safetensors only: unpickling a checkpoint runs its code"},
+      {"--trust-remote-code", false, "amalgam runs no model code"},
+      {"--clone-tensors", false, "every output tensor is written on its own already"},
+      {"--async-write", false, kWriter},
+      {"--write-threads", true, kWriter},
+      {"--cuda", false, kCpu},
+      {"--low-cpu-memory", false, kCpu},
+      {"--read-to-gpu", false, kCpu},
+      {"--multi-gpu", false, kCpu},
+      {"--gpu-rich", false, kCpu},
+      {"--device", true, kCpu},
+      {"-v,--verbose", false, "amalgam's progress says what it does (--progress lines for a line per step)"},
+      {"--lora-merge-cache", true,
+       "an adapter is applied into a hidden sibling of the output for the run, then removed"},
+      {"--lora-merge-dtype", true, "a LoRA is applied in float32 and stored in its base's dtype"},
   };
-  for (const auto& [name, why] : options)
-    m.without_effect.emplace_back(cmd.add_option(name)->description(std::string("no effect: ") + why)->group(group),
-                                  why);
+  for (const auto& [name, takes_value, why] : flags) {
+    CLI::Option* option = takes_value ? cmd.add_option(name) : cmd.add_flag(name);
+    m.without_effect.emplace_back(option->description(std::string("no effect: ") + why)->group(group), why);
+  }
 }
 
 // Applies what maps to amalgam's own options; notes the rest.

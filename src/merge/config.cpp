@@ -424,6 +424,7 @@ void ConfigParser::parse_modules(const YAML::Node& n, MergeConfig& c, std::vecto
     if (!def.IsMap()) fail(path, "expected a map with models or slices, got " + describe(def));
     MergeModule module{name, c.slices.size(), 0, false, {}};
     std::vector<MergeSlice> slices;
+    bool given_slices = false;
     for_each_entry(def, path, [&](const std::string& key, const YAML::Node& v) {
       const std::string at = key_path(path, key);
       if (key != "models" && key != "slices" && key != "parameters") fail(path, "unknown key '" + key + "'");
@@ -432,6 +433,7 @@ void ConfigParser::parse_modules(const YAML::Node& n, MergeConfig& c, std::vecto
         module.parameters = parse_params(v, at);
       } else if (key == "slices") {
         slices = parse_slices(v, at, slice_bases);
+        given_slices = true;
       } else {
         if (!v.IsSequence() || v.size() == 0) fail(at, "expected a non-empty list, got " + describe(v));
         MergeSlice whole;
@@ -446,7 +448,6 @@ void ConfigParser::parse_modules(const YAML::Node& n, MergeConfig& c, std::vecto
         module.from_models = true;
       }
     });
-    const bool given_slices = def["slices"] && !def["slices"].IsNull();
     if (module.from_models == given_slices) fail(path, "give either models or slices (as mergekit)");
     module.slice_count = slices.size();
     for (MergeSlice& slice : slices) {

@@ -117,33 +117,26 @@ void check_parameter_names(const MergeConfig& config, const MethodSpec& spec) {
       if (p.name == name) return &p;
     return nullptr;
   };
-  for (const auto& [name, setting] : config.parameters)
-    if (!find(name))
-      throw InputError(config.source,
-                       "parameters." + name + ": not a parameter of " + spec.name + " (known: " + known() + ")");
-  const auto check_model_params = [&](const ParamMap& params, const std::string& at) {
+  // `at`: where the map sits in the config ("" at the top level); `one_model`: a model's or a
+  // slice source's own settings, where a parameter that applies to all models is refused.
+  const auto check = [&](const ParamMap& params, const std::string& at, bool one_model) {
     for (const auto& [name, setting] : params) {
-      const std::string key = at + ".parameters." + name;
+      const std::string key = (at.empty() ? "" : at + ".") + "parameters." + name;
       const ParamSpec* p = find(name);
       if (!p) throw InputError(config.source, key + ": not a parameter of " + spec.name + " (known: " + known() + ")");
-      if (p->scope == ParamSpec::Scope::Global)
+      if (one_model && p->scope == ParamSpec::Scope::Global)
         throw InputError(config.source,
                          key + ": '" + name + "' applies to all models; set it under the top-level parameters");
     }
   };
+  check(config.parameters, "", false);
   for (size_t i = 0; i < config.models.size(); ++i)
-    check_model_params(config.models[i].parameters, "models[" + std::to_string(i) + "]");
-  const auto check_any_params = [&](const ParamMap& params, const std::string& at) {
-    for (const auto& [name, setting] : params)
-      if (!find(name))
-        throw InputError(config.source, at + ".parameters." + name + ": not a parameter of " + spec.name +
-                                            " (known: " + known() + ")");
-  };
-  for (const MergeModule& m : config.modules) check_any_params(m.parameters, "modules." + m.name);
+    check(config.models[i].parameters, "models[" + std::to_string(i) + "]", true);
+  for (const MergeModule& m : config.modules) check(m.parameters, "modules." + m.name, false);
   for (size_t s = 0; s < config.slices.size(); ++s) {
-    check_any_params(config.slices[s].parameters, slice_key(config, s));
+    check(config.slices[s].parameters, slice_key(config, s), false);
     for (size_t j = 0; j < config.slices[s].sources.size(); ++j)
-      check_model_params(config.slices[s].sources[j].parameters, source_key(config, s, j));
+      check(config.slices[s].sources[j].parameters, source_key(config, s, j), true);
   }
 }
 

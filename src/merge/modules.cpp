@@ -23,15 +23,13 @@ const std::map<std::string, std::vector<ModuleLayout>>& multi_module_architectur
          "vision_config.num_hidden_layers"},
     };
   };
-  // Qwen's vision-language models keep the language model at the top level.
-  const auto qwen_vl = [](std::string root, std::string text_layers_key) {
+  // Qwen's vision-language models: the language model under `text` (Qwen2: "model.", Qwen3:
+  // "model.language_model."), the vision tower and its merger under `visual`.
+  const auto qwen_vl = [](const std::string& text, const std::string& visual, std::string text_layers_key) {
     return std::vector<ModuleLayout>{
-        {"text_decoder",
-         {root == "model.visual." ? "model.language_model." : "model.", "lm_head."},
-         root == "model.visual." ? "model.language_model.layers." : "model.layers.",
-         std::move(text_layers_key)},
-        {"multi_modal_projector", {root + "merger.", root + "deepstack_merger_list."}, "", ""},
-        {"vision_tower", {root}, root + "blocks.", "vision_config.depth"},
+        {"text_decoder", {text, "lm_head."}, text + "layers.", std::move(text_layers_key)},
+        {"multi_modal_projector", {visual + "merger.", visual + "deepstack_merger_list."}, "", ""},
+        {"vision_tower", {visual}, visual + "blocks.", "vision_config.depth"},
     };
   };
   static const std::map<std::string, std::vector<ModuleLayout>> kTable = {
@@ -39,10 +37,12 @@ const std::map<std::string, std::vector<ModuleLayout>>& multi_module_architectur
        vlm("vision_tower", "vision_tower.", "vision_tower.vision_model.encoder.layers.")},
       {"Llama4ForConditionalGeneration", vlm("vision_model", "vision_model.", "vision_model.model.layers.")},
       {"Mistral3ForConditionalGeneration", vlm("vision_tower", "vision_tower.", "vision_tower.transformer.layers.")},
-      {"Qwen2VLForConditionalGeneration", qwen_vl("visual.", "num_hidden_layers")},
-      {"Qwen2_5_VLForConditionalGeneration", qwen_vl("visual.", "text_config.num_hidden_layers")},
-      {"Qwen3VLForConditionalGeneration", qwen_vl("model.visual.", "text_config.num_hidden_layers")},
-      {"Qwen3VLMoeForConditionalGeneration", qwen_vl("model.visual.", "text_config.num_hidden_layers")},
+      {"Qwen2VLForConditionalGeneration", qwen_vl("model.", "visual.", "num_hidden_layers")},
+      {"Qwen2_5_VLForConditionalGeneration", qwen_vl("model.", "visual.", "text_config.num_hidden_layers")},
+      {"Qwen3VLForConditionalGeneration",
+       qwen_vl("model.language_model.", "model.visual.", "text_config.num_hidden_layers")},
+      {"Qwen3VLMoeForConditionalGeneration",
+       qwen_vl("model.language_model.", "model.visual.", "text_config.num_hidden_layers")},
       {"T5ForConditionalGeneration",
        {{"decoder", {"decoder."}, "decoder.block.", "num_decoder_layers"},
         {"encoder", {"encoder."}, "encoder.block.", "num_layers"},

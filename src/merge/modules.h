@@ -20,7 +20,7 @@ struct ModuleLayout {
   std::string stack;                  // its layers' name prefix ("language_model.model.layers."); empty: none
   std::string layers_key;             // config.json's count of them, dotted ("text_config.num_hidden_layers");
                                       // empty for "default": num_hidden_layers or GPT-2's n_layer
-  bool several_stacks = false;        // "default" only: the checkpoint has no one stack to slice
+  bool several_stacks = false;        // "default" only: no one stack to slice (`stack` is empty)
 };
 
 // A checkpoint's modules: mergekit's for the multi-module architectures it defines (found by

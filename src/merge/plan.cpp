@@ -164,11 +164,11 @@ class SlicePlanner {
       const auto [begin, end] = range(module, s, 0);
       for (int64_t i = 0; i < end - begin; ++i) add_layer(module, s, i, end - begin, layers++);
     }
+    if (module.stack.empty()) return;  // every tensor came from the first slice
     const size_t last = first + count - 1;
-    if (!module.stack.empty())
-      for (const std::string& name : reader(last, 0).names())
-        if (owns(module, name) && !in_stack(module, name) && !before_layers(name)) add_outside(name, last);
-    if (!module.stack.empty()) plan_.layer_counts.emplace_back(module.layers_key, layers);
+    for (const std::string& name : reader(last, 0).names())
+      if (owns(module, name) && !in_stack(module, name) && !before_layers(name)) add_outside(name, last);
+    plan_.layer_counts.emplace_back(module.layers_key, layers);
   }
 
   // Each source's layers exist and every source of a slice gives as many; each slice has the
@@ -215,7 +215,7 @@ class SlicePlanner {
   int64_t layer_count(const ModuleLayout& module, const CheckpointReader& r, const std::string& key) {
     const auto id = std::make_pair(&r, &module);
     if (const auto known = counts_.find(id); known != counts_.end()) return known->second;
-    if (module.name == "default" && module.stack.empty() && module.several_stacks)
+    if (module.several_stacks)
       throw InputError(r.path(), key + ": slices take layers from a model with one stack of layers; this one has " +
                                      std::to_string(find_layer_stacks(r.names()).size()));
     int64_t layers = 0;
